@@ -1,0 +1,186 @@
+//! rein's kernel programs: a token bucket per cgroup and direction, at cgroup_skb egress and
+//! ingress, attached once at the cgroup v2 root.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
+    macros::{cgroup_skb, map},
+    maps::{HashMap, PerCpuHashMap},
+    programs::SkBuffContext,
+};
+use rein_common::{
+    Bucket, Counters, Direction, MAX_CGROUP_DEPTH, MAX_RULES, Rule, RuleKey, Verdict,
+};
+
+mod atomic;
+mod packet;
+
+#[map(name = "REIN_RULES")]
+static REIN_RULES: HashMap<RuleKey, Rule> = HashMap::with_max_entries(2 * MAX_RULES, 0);
+
+#[map(name = "REIN_COUNTERS")]
+static REIN_COUNTERS: PerCpuHashMap<RuleKey, Counters> =
+    PerCpuHashMap::with_max_entries(2 * MAX_RULES, 0);
+
+/// cgroup_skb return codes. At egress, bit 1 adds a congestion notification: the dropped
+/// packet then reads as NET_XMIT_DROP, so UDP senders see what a full qdisc would give them
+/// (ENOBUFS, which UDP swallows) rather than EPERM, and TCP enters CWR. Ingress allows 0 and 1.
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+const DROP_NOTIFY_CONGESTION: i32 = 2;
+
+#[cgroup_skb(egress)]
+pub fn rein_egress(ctx: SkBuffContext) -> i32 {
+    match limit(&ctx, Direction::Egress) {
+        PASS => PASS,
+        _ => DROP_NOTIFY_CONGESTION,
+    }
+}
+
+#[cgroup_skb(ingress)]
+pub fn rein_ingress(ctx: SkBuffContext) -> i32 {
+    limit(&ctx, Direction::Ingress)
+}
+
+/// Charges the packet to the bucket of every rule on the socket's cgroup and its ancestors, and
+/// passes it only if all of them have room. Levels are walked from the root down; when a deeper
+/// bucket refuses, what was charged to the shallower ones is given back.
+#[inline(always)]
+fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
+    let skb = ctx.skb.skb;
+    let bytes = packet::ip_bytes(ctx);
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    let mut refused_at = 0u32;
+    let mut level = 1u32;
+    while level <= MAX_CGROUP_DEPTH {
+        let Some(cgroup_id) = ancestor(skb, level) else {
+            break;
+        };
+        if let Some(rule) = rule(cgroup_id, direction)
+            && !charge(rule, now, bytes)
+        {
+            refused_at = level;
+            break;
+        }
+        level += 1;
+    }
+    let deepest = level;
+
+    if refused_at == 0 {
+        settle(skb, direction, deepest, bytes, |counters| {
+            atomic::add(&mut counters.passed_packets, 1);
+            atomic::add(&mut counters.passed_bytes, bytes);
+        });
+        return PASS;
+    }
+
+    // Give back what the shallower rules were charged, and count the drop against the rule
+    // that refused.
+    let mut level = 1u32;
+    while level < refused_at && level <= MAX_CGROUP_DEPTH {
+        if let Some(cgroup_id) = ancestor(skb, level)
+            && let Some(rule) = rule(cgroup_id, direction)
+        {
+            refund(rule, bytes);
+        }
+        level += 1;
+    }
+    if let Some(cgroup_id) = ancestor(skb, refused_at)
+        && let Some(counters) = counters(cgroup_id, direction)
+    {
+        atomic::add(&mut counters.dropped_packets, 1);
+        atomic::add(&mut counters.dropped_bytes, bytes);
+    }
+    DROP
+}
+
+/// Applies `count` to the counters of every rule on levels `1..deepest`.
+#[inline(always)]
+fn settle(
+    skb: *mut __sk_buff,
+    direction: Direction,
+    deepest: u32,
+    _bytes: u64,
+    count: impl Fn(&mut Counters),
+) {
+    let mut level = 1u32;
+    while level < deepest && level <= MAX_CGROUP_DEPTH {
+        if let Some(cgroup_id) = ancestor(skb, level)
+            && let Some(counters) = counters(cgroup_id, direction)
+        {
+            count(counters);
+        }
+        level += 1;
+    }
+}
+
+#[inline(always)]
+fn ancestor(skb: *mut __sk_buff, level: u32) -> Option<u64> {
+    // Returns 0 when the socket's cgroup is shallower than `level` (or there is no socket).
+    match unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) } {
+        0 => None,
+        id => Some(id),
+    }
+}
+
+#[inline(always)]
+fn rule(cgroup_id: u64, direction: Direction) -> Option<&'static mut Rule> {
+    let ptr = REIN_RULES.get_ptr_mut(RuleKey::new(cgroup_id, direction))?;
+    // SAFETY: the map value stays valid for the program's run (RCU); fields that other CPUs
+    // change are only touched through atomics.
+    Some(unsafe { &mut *ptr })
+}
+
+#[inline(always)]
+fn counters(cgroup_id: u64, direction: Direction) -> Option<&'static mut Counters> {
+    let ptr = REIN_COUNTERS.get_ptr_mut(RuleKey::new(cgroup_id, direction))?;
+    // SAFETY: as for `rule`; per-CPU, and updated with atomic adds because a softirq on the
+    // same CPU can interrupt a program in process context.
+    Some(unsafe { &mut *ptr })
+}
+
+/// Takes `bytes` from the rule's bucket; false when the bucket has no room.
+#[inline(always)]
+fn charge(rule: &mut Rule, now: u64, bytes: u64) -> bool {
+    let bucket = rule.bucket;
+    let cost = bucket.cost_ns(bytes);
+    // Another CPU may move tat between the load and the swap; try again a few times, and then
+    // refuse: a bucket contended that hard is full of traffic anyway.
+    let mut attempt = 0;
+    let mut tat = atomic::load(&rule.bucket.tat);
+    while attempt < 8 {
+        match Bucket::decide(tat, now, cost, bucket.burst_ns) {
+            Verdict::Refuse => return false,
+            Verdict::Pass { tat: next } => {
+                match atomic::compare_exchange(&mut rule.bucket.tat, tat, next) {
+                    Ok(()) => return true,
+                    Err(current) => tat = current,
+                }
+            }
+        }
+        attempt += 1;
+    }
+    false
+}
+
+/// Gives back the cost of `bytes` charged by `charge`.
+#[inline(always)]
+fn refund(rule: &mut Rule, bytes: u64) {
+    let cost = rule.bucket.cost_ns(bytes);
+    atomic::sub(&mut rule.bucket.tat, cost);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,45 @@
+//! How many IP-layer bytes a packet puts on the wire.
+use aya_ebpf::programs::SkBuffContext;
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// IP-layer bytes of the packet as it crosses the wire. A GSO/GRO packet stands for `gso_segs`
+/// packets that each carry their own IP and transport headers, but `skb->len` counts those
+/// headers once; add them back so the limit counts what the wire carries, as tc does.
+#[inline(always)]
+pub fn ip_bytes(ctx: &SkBuffContext) -> u64 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let (len, segs) = unsafe { ((*ctx.skb.skb).len, (*ctx.skb.skb).gso_segs) };
+    let len = len as u64;
+    if segs <= 1 {
+        return len;
+    }
+    match header_bytes(ctx) {
+        Some(headers) => len + (segs as u64 - 1) * headers,
+        None => len,
+    }
+}
+
+/// Length of the IP and transport headers at the start of the packet (cgroup_skb sees the
+/// packet from its network header on).
+#[inline(always)]
+fn header_bytes(ctx: &SkBuffContext) -> Option<u64> {
+    let first: u8 = ctx.load(0).ok()?;
+    let (ip_len, protocol) = match first >> 4 {
+        4 => ((first & 0x0f) as u64 * 4, ctx.load::<u8>(9).ok()?),
+        // Extension headers are not followed: a GSO packet with them is rare, and counting
+        // only the fixed header errs by a few bytes per segment.
+        6 => (40, ctx.load::<u8>(6).ok()?),
+        _ => return None,
+    };
+    let l4_len = match protocol {
+        IPPROTO_TCP => {
+            let offset_byte: u8 = ctx.load(ip_len as usize + 12).ok()?;
+            (offset_byte >> 4) as u64 * 4
+        }
+        IPPROTO_UDP => 8,
+        _ => 0,
+    };
+    Some(ip_len + l4_len)
+}

@@ -1,0 +1,88 @@
+//! The command line exactly as typed. Values stay strings here; `hiargs` gives them meaning, so
+//! a bad rate gets rein's own one-line error rather than clap's usage screen.
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rein",
+    version,
+    about = "Bandwidth limits per process and cgroup, enforced in the kernel with eBPF",
+    after_help = "Rates follow tc(8): bit kbit mbit gbit tbit (bit/s, 1000-based), bps kbps mbps \
+                  gbps (bytes/s); a bare number is bit/s. Sizes: b k m g (1024-based).\n\
+                  Rates count IP-layer bytes."
+)]
+pub struct LowArgs {
+    /// Log what rein does (repeat for more detail).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: LowCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LowCommand {
+    /// Run a command in a new limited cgroup; exits with the command's exit code.
+    Run {
+        #[command(flatten)]
+        limits: LowLimits,
+        /// The command and its arguments, after `--`.
+        #[arg(required = true, last = true, value_name = "COMMAND")]
+        command: Vec<OsString>,
+    },
+    /// Limit a running process or an existing cgroup, or change its limit.
+    Set {
+        #[command(flatten)]
+        target: LowTarget,
+        #[command(flatten)]
+        limits: LowLimits,
+    },
+    /// Remove a limit; a process moved by `set --pid` goes back to its cgroup.
+    Unset {
+        #[command(flatten)]
+        target: LowTarget,
+    },
+    /// Show every limit with its cgroup, processes and counters.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the loaded kernel programs with this build's, keeping every limit and its state.
+    Reload,
+    /// Remove everything rein created: limits, programs, pins, cgroups and state.
+    Purge,
+    /// Check the kernel features rein needs and say how to fix what is missing.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LowLimits {
+    /// Limit of traffic the processes send (e.g. 10mbit).
+    #[arg(long, value_name = "RATE", allow_hyphen_values = true)]
+    pub egress: Option<String>,
+    /// Limit of traffic the processes receive (e.g. 100mbit).
+    #[arg(long, value_name = "RATE", allow_hyphen_values = true)]
+    pub ingress: Option<String>,
+    /// Burst allowed above the rate, for both directions (default: the larger of 64k and 10 ms
+    /// at the rate).
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub burst: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct LowTarget {
+    /// A running process (moved into a cgroup of its own; its threads go with it).
+    #[arg(long, value_name = "PID", allow_hyphen_values = true)]
+    pub pid: Option<String>,
+    /// An existing cgroup v2, as a directory or a path from the v2 root (/system.slice/x).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+}

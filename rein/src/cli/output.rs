@@ -1,0 +1,158 @@
+//! What rein prints: tables for people, JSON for programs.
+use std::fmt::Write as _;
+
+use rein::{
+    doctor::Check,
+    manager::{DirectionView, RuleView, SetOutcome},
+    state::{LimitSpec, Origin},
+    units::{Rate, Size},
+};
+
+pub fn set_outcome(outcome: &SetOutcome) -> String {
+    let record = &outcome.record;
+    let mut text = format!(
+        "limited {}: egress {}, ingress {}",
+        record.cgroup,
+        spec(record.egress),
+        spec(record.ingress)
+    );
+    if let Some(moved) = &outcome.moved {
+        let _ = write!(
+            text,
+            "\nmoved pid {} from {} to {}",
+            moved.pid, moved.from, moved.to
+        );
+        if moved.sockets_left_behind > 0 {
+            let _ = write!(
+                text,
+                "\nnote: pid {} had {} socket(s) open before the move; the kernel keeps a \
+                 socket in the cgroup that created it, so their traffic is not limited. New \
+                 sockets are. To cover existing connections, limit the original cgroup in \
+                 place: rein set --cgroup {} ...",
+                moved.pid, moved.sockets_left_behind, moved.from
+            );
+        }
+    }
+    text
+}
+
+fn spec(spec: Option<LimitSpec>) -> String {
+    match spec {
+        None => "unlimited".into(),
+        Some(LimitSpec { rate, burst: None }) => {
+            format!(
+                "{rate} (burst {} default)",
+                rein::limit::default_burst(rate)
+            )
+        }
+        Some(LimitSpec {
+            rate,
+            burst: Some(burst),
+        }) => format!("{rate} (burst {burst})"),
+    }
+}
+
+pub fn list(views: &[RuleView]) -> String {
+    if views.is_empty() {
+        return "no limits\n".into();
+    }
+    let mut rows = vec![
+        [
+            "CGROUP", "ORIGIN", "DIR", "RATE", "BURST", "PASSED", "DROPPED", "PIDS",
+        ]
+        .map(String::from),
+    ];
+    for view in views {
+        let origin = match &view.origin {
+            Origin::Run { owner } => format!("run by {owner}"),
+            Origin::Pid { pid, .. } => format!("pid {pid}"),
+            Origin::Cgroup => "cgroup".into(),
+        };
+        let pids = if view.processes.is_empty() {
+            "-".into()
+        } else {
+            let shown: Vec<String> = view.processes.iter().take(8).map(u32::to_string).collect();
+            let more = view.processes.len().saturating_sub(8);
+            if more > 0 {
+                format!("{} +{more}", shown.join(","))
+            } else {
+                shown.join(",")
+            }
+        };
+        for (name, direction) in [("egress", &view.egress), ("ingress", &view.ingress)] {
+            let Some(d) = direction else { continue };
+            rows.push([
+                view.cgroup.clone(),
+                origin.clone(),
+                name.into(),
+                rate(d),
+                burst(d),
+                format!("{} pkt / {}", d.passed_packets, bytes(d.passed_bytes)),
+                format!("{} pkt / {}", d.dropped_packets, bytes(d.dropped_bytes)),
+                pids.clone(),
+            ]);
+        }
+    }
+    table(&rows)
+}
+
+fn rate(d: &DirectionView) -> String {
+    Rate::from_bits(d.rate_bits_per_second)
+        .map_or_else(|_| d.rate_bits_per_second.to_string(), |r| r.to_string())
+}
+
+fn burst(d: &DirectionView) -> String {
+    let size = Size::from_bytes(d.burst_bytes)
+        .map_or_else(|_| d.burst_bytes.to_string(), |s| s.to_string());
+    if d.burst_is_default {
+        format!("{size}*")
+    } else {
+        size
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+pub fn doctor(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for check in checks {
+        let status = if check.ok { "ok  " } else { "FAIL" };
+        let _ = writeln!(out, "{status} {:<9} {}", check.name, check.detail);
+        if let Some(fix) = &check.fix {
+            let _ = writeln!(out, "     {:<9} fix: {fix}", "");
+        }
+    }
+    out
+}

@@ -1,0 +1,125 @@
+//! Everything that can go wrong in rein's library, each with a message an operator can act on.
+use std::{io, path::PathBuf};
+
+use crate::units::UnitError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Unit(#[from] UnitError),
+
+    #[error(
+        "rein needs root (CAP_BPF, CAP_NET_ADMIN and write access to cgroups); run it with sudo"
+    )]
+    NotRoot,
+
+    #[error("no bpffs at {0}: mount it with `mount -t bpf bpf {0}`")]
+    NoBpffs(PathBuf),
+
+    #[error(
+        "the kernel has no BTF ({0} is missing): rein needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf(PathBuf),
+
+    #[error(
+        "no cgroup v2 hierarchy is mounted: mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )]
+    NoCgroup2,
+
+    #[error("{path} is outside cgroup v2 (mounted at {mount})")]
+    OutsideCgroup2 { path: PathBuf, mount: PathBuf },
+
+    #[error("no cgroup {0}")]
+    NoSuchCgroup(String),
+
+    #[error("refusing to limit the cgroup v2 root: that would limit the whole machine")]
+    RootCgroup,
+
+    #[error("cgroup {path} is {depth} levels deep; rein covers cgroups up to {max} levels deep")]
+    CgroupTooDeep {
+        path: String,
+        depth: usize,
+        max: u32,
+    },
+
+    #[error("invalid cgroup path {0:?}: it must not contain `..`")]
+    BadCgroupPath(String),
+
+    #[error("no process with pid {0}")]
+    NoSuchProcess(u32),
+
+    #[error("process {0} exited before it could be limited")]
+    ProcessExited(u32),
+
+    #[error("pid {pid} is limited through cgroup {cgroup}; use `rein unset --cgroup {cgroup}`")]
+    LimitedThroughCgroup { pid: u32, cgroup: String },
+
+    #[error("{0} has no rein limit")]
+    NotLimited(String),
+
+    #[error("nothing to set: give --egress, --ingress or --burst")]
+    NothingToSet,
+
+    #[error("{0} has no limit yet: give --egress or --ingress with --burst")]
+    BurstWithoutRate(String),
+
+    #[error("another rein command is running (it holds {0}); try again when it has finished")]
+    Busy(PathBuf),
+
+    #[error("rein's state in {path} is unreadable: {reason}; `rein purge` starts afresh")]
+    CorruptState { path: PathBuf, reason: String },
+
+    #[error("the rule table is full ({0} rules)")]
+    TooManyRules(u32),
+
+    #[error("invalid instance name {0:?}: use 1-32 characters of a-z, 0-9, - and _")]
+    BadInstanceName(String),
+
+    #[error("rein's kernel programs are not installed; nothing to reload")]
+    NotInstalled,
+
+    #[error("failed to load rein's kernel programs: {0}")]
+    Load(String),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{context}: {message}")]
+    Bpf { context: String, message: String },
+}
+
+/// Attaches what was being done to an I/O error.
+pub trait IoContext<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
+    }
+}
+
+/// Attaches what was being done to an aya error (aya's errors are many types), with the whole
+/// chain of causes on one line: aya's own message often leaves the errno to its source.
+pub fn bpf_error(context: impl Into<String>) -> impl FnOnce(&dyn std::error::Error) -> Error {
+    let context = context.into();
+    move |error| {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Error::Bpf { context, message }
+    }
+}

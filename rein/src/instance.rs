@@ -1,0 +1,97 @@
+//! Where one rein instance keeps its things: bpffs pins, its cgroup subtree, its state and lock.
+//!
+//! The default instance is `rein`. Tests run their own instances side by side (`REIN_INSTANCE`),
+//! and can point rein at other system paths (`REIN_BPFFS`, `REIN_BTF`) to see how it copes
+//! without them.
+use std::path::PathBuf;
+
+use rein_common::LAYOUT_VERSION;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct Instance {
+    name: String,
+    bpffs: PathBuf,
+    run_dir: PathBuf,
+    btf: PathBuf,
+}
+
+impl Instance {
+    pub const DEFAULT_NAME: &'static str = "rein";
+
+    pub fn new(name: &str) -> Result<Self> {
+        let valid = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(Error::BadInstanceName(name.to_owned()));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            bpffs: PathBuf::from("/sys/fs/bpf"),
+            run_dir: PathBuf::from("/run"),
+            btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
+        })
+    }
+
+    /// The instance the environment names, with the environment's system paths.
+    pub fn from_env() -> Result<Self> {
+        let name = std::env::var("REIN_INSTANCE").unwrap_or_else(|_| Self::DEFAULT_NAME.into());
+        let mut instance = Self::new(&name)?;
+        if let Some(path) = std::env::var_os("REIN_BPFFS") {
+            instance.bpffs = path.into();
+        }
+        if let Some(path) = std::env::var_os("REIN_RUN_DIR") {
+            instance.run_dir = path.into();
+        }
+        if let Some(path) = std::env::var_os("REIN_BTF") {
+            instance.btf = path.into();
+        }
+        Ok(instance)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bpffs mount rein pins under.
+    pub fn bpffs(&self) -> &PathBuf {
+        &self.bpffs
+    }
+
+    pub fn btf(&self) -> &PathBuf {
+        &self.btf
+    }
+
+    /// `/sys/fs/bpf/rein`: everything the instance pins.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join(&self.name)
+    }
+
+    /// Maps live in a directory named after their layout version, so a build with another
+    /// layout never opens maps it does not understand.
+    pub fn maps_dir(&self) -> PathBuf {
+        self.pin_dir().join(format!("maps-v{LAYOUT_VERSION}"))
+    }
+
+    pub fn link_pin(&self, direction: rein_common::Direction) -> PathBuf {
+        let name = match direction {
+            rein_common::Direction::Egress => "link-egress",
+            rein_common::Direction::Ingress => "link-ingress",
+        };
+        self.pin_dir().join(name)
+    }
+
+    /// `/run/rein`: the state file and the lock.
+    pub fn state_dir(&self) -> PathBuf {
+        self.run_dir.join(&self.name)
+    }
+
+    /// Name of the instance's cgroup subtree under the cgroup v2 root.
+    pub fn cgroup_subtree(&self) -> &str {
+        &self.name
+    }
+}

@@ -1,0 +1,52 @@
+//! One rein command at a time per instance: an exclusive flock on a file in the state directory.
+use std::{
+    fs::{self, File, OpenOptions},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Held for as long as the value lives; the kernel drops the lock with the file.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl InstanceLock {
+    /// Takes the lock or fails at once with [`Error::Busy`].
+    pub fn try_acquire(state_dir: &Path) -> Result<Self> {
+        Self::acquire(state_dir, Duration::ZERO)
+    }
+
+    /// Takes the lock, waiting up to `patience` for another command to finish.
+    pub fn acquire(state_dir: &Path, patience: Duration) -> Result<Self> {
+        fs::create_dir_all(state_dir)
+            .context(|| format!("cannot create {}", state_dir.display()))?;
+        let path = state_dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .context(|| format!("cannot open {}", path.display()))?;
+        let deadline = Instant::now() + patience;
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Self { _file: file, path });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Busy(path));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

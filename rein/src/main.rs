@@ -1,0 +1,103 @@
+//! The `rein` command: parse, resolve, call the library, print; the only place that decides
+//! exit codes.
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use rein::{Instance, Rein, doctor, run};
+
+mod cli;
+
+use cli::{
+    hiargs::{self, HiCommand},
+    lowargs::LowArgs,
+    output,
+};
+
+fn main() -> ExitCode {
+    let low = LowArgs::parse();
+    init_logging(low.verbose);
+    match execute(low) {
+        Ok(code) => code,
+        Err(error) => {
+            // One line: the error and its causes, as `rein: what: why`.
+            eprintln!("rein: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
+    let command = hiargs::resolve(low)?;
+    let instance = Instance::from_env()?;
+    match command {
+        HiCommand::Run { change, command } => {
+            let code = run::run(&instance, change, &command)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)));
+        }
+        HiCommand::Set { target, change } => {
+            let outcome = Rein::open(instance)?.set(&target, change)?;
+            println!("{}", output::set_outcome(&outcome));
+        }
+        HiCommand::Unset { target } => {
+            let record = Rein::open(instance)?.unset(&target)?;
+            println!("removed the limit of {}", record.cgroup);
+        }
+        HiCommand::List { json } => {
+            let views = Rein::open(instance)?.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views).context("json")?);
+            } else {
+                print!("{}", output::list(&views));
+            }
+        }
+        HiCommand::Reload => {
+            let restored = Rein::open(instance)?.reload()?;
+            println!("reloaded the kernel programs; limits and bucket state kept");
+            if restored > 0 {
+                println!("restored {restored} rule(s) from the state file");
+            }
+        }
+        HiCommand::Purge => {
+            let report = Rein::open(instance)?.purge()?;
+            println!(
+                "purged: {} rule(s), {} cgroup(s), {} process(es) moved back, programs {}",
+                report.rules,
+                report.cgroups,
+                report.processes_moved,
+                if report.datapath {
+                    "detached"
+                } else {
+                    "were not attached"
+                }
+            );
+        }
+        HiCommand::Doctor { json } => {
+            let checks = doctor::diagnose(&instance);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks).context("json")?);
+            } else {
+                print!("{}", output::doctor(&checks));
+            }
+            if checks.iter().any(|c| !c.ok) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REIN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+}
