@@ -1,0 +1,488 @@
+//! The kernel programs run through BPF_PROG_TEST_RUN on built packets and held to the Rust
+//! reference model of the token bucket.
+//!
+//! BPF_PROG_TEST_RUN gives the test packet a socket in the cgroup of the calling task, so this
+//! binary first moves itself into a throwaway cgroup (`/rein-testrun-PID/inner`) and back out at
+//! the end. Each test loads its own copy of the programs with fresh, unpinned maps.
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    sync::{Arc, Barrier},
+    thread,
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, PerCpuHashMap, PerCpuValues},
+    programs::{CgroupSkb, TestRun, TestRunOptions},
+};
+use libtest_mimic::{Arguments, Failed, Trial};
+use rein::{
+    cgroup::{Cgroup, CgroupFs},
+    clock::MonotonicClock,
+    datapath,
+    limit::Limit,
+    model::TokenBucketModel,
+};
+use rein_common::{
+    Action, COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, INGRESS_PROGRAM, RULES_MAP, Rule,
+    RuleKey,
+};
+
+/// The cgroups the test process runs in, and where it came from.
+struct TestCgroups {
+    home: Cgroup,
+    parent: Cgroup,
+    inner: Cgroup,
+}
+
+impl TestCgroups {
+    fn enter() -> Self {
+        let fs = CgroupFs::discover().expect("cgroup v2");
+        let home = fs.of_pid(std::process::id()).expect("own cgroup");
+        let parent = fs
+            .root()
+            .child(&format!("rein-testrun-{}", std::process::id()));
+        let inner = parent.child("inner");
+        parent.create().expect("create parent cgroup");
+        inner.create().expect("create inner cgroup");
+        let cgroups = Self {
+            home,
+            parent,
+            inner,
+        };
+        cgroups
+            .inner
+            .add_process(std::process::id())
+            .expect("enter the test cgroup");
+        cgroups
+    }
+}
+
+impl Drop for TestCgroups {
+    fn drop(&mut self) {
+        let _ = self.home.add_process(std::process::id());
+        let _ = self.inner.remove();
+        let _ = self.parent.remove();
+    }
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let cgroups = Arc::new(TestCgroups::enter());
+    let ids = Ids {
+        parent: cgroups.parent.id().expect("parent id"),
+        inner: cgroups.inner.id().expect("inner id"),
+    };
+    let tests: Vec<(&str, TestFn)> = vec![
+        (
+            "egress_matches_the_model_while_draining",
+            egress_matches_the_model_while_draining,
+        ),
+        ("refill_matches_the_model", refill_matches_the_model),
+        ("ingress_refuses_with_zero", ingress_refuses_with_zero),
+        (
+            "unlimited_cgroups_pass_untouched",
+            unlimited_cgroups_pass_untouched,
+        ),
+        (
+            "a_parent_rule_covers_its_children",
+            a_parent_rule_covers_its_children,
+        ),
+        (
+            "nested_rules_refund_the_parent",
+            nested_rules_refund_the_parent,
+        ),
+        (
+            "gso_packets_count_every_segment_header",
+            gso_packets_count_every_segment_header,
+        ),
+        (
+            "a_packet_larger_than_the_burst_passes_from_a_full_bucket",
+            a_packet_larger_than_the_burst_passes_from_a_full_bucket,
+        ),
+        (
+            "both_cores_at_once_never_overdraw",
+            both_cores_at_once_never_overdraw,
+        ),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| Trial::test(name, move || test(ids)))
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(cgroups);
+    conclusion.exit();
+}
+
+type TestFn = fn(Ids) -> Result<(), Failed>;
+
+#[derive(Clone, Copy)]
+struct Ids {
+    parent: u64,
+    inner: u64,
+}
+
+/// A private copy of the programs and maps.
+struct Loaded {
+    ebpf: Ebpf,
+}
+
+impl Loaded {
+    fn new() -> Self {
+        let mut ebpf = EbpfLoader::new()
+            .load(datapath::object())
+            .expect("load the object");
+        for name in [EGRESS_PROGRAM, INGRESS_PROGRAM] {
+            let program: &mut CgroupSkb = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            program.load().expect("verifier accepts the program");
+        }
+        Self { ebpf }
+    }
+
+    fn set_rule(&mut self, cgroup_id: u64, direction: Direction, limit: Limit) {
+        let key = RuleKey::new(cgroup_id, direction);
+        let bucket = limit.bucket(rein::clock::Clock::now_ns(&MonotonicClock));
+        let rule = Rule {
+            bucket,
+            action: Action::Drop as u32,
+            flags: 0,
+        };
+        let mut rules: HashMap<_, RuleKey, Rule> =
+            HashMap::try_from(self.ebpf.map_mut(RULES_MAP).unwrap()).unwrap();
+        rules.insert(key, rule, 0).unwrap();
+        let cpus = aya::util::nr_cpus().unwrap();
+        let mut counters: PerCpuHashMap<_, RuleKey, Counters> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut(COUNTERS_MAP).unwrap()).unwrap();
+        let zero = PerCpuValues::try_from(vec![Counters::default(); cpus]).unwrap();
+        counters.insert(key, zero, 0).unwrap();
+    }
+
+    fn rule(&self, cgroup_id: u64, direction: Direction) -> Rule {
+        let rules: HashMap<_, RuleKey, Rule> =
+            HashMap::try_from(self.ebpf.map(RULES_MAP).unwrap()).unwrap();
+        rules.get(&RuleKey::new(cgroup_id, direction), 0).unwrap()
+    }
+
+    fn counters(&self, cgroup_id: u64, direction: Direction) -> Option<Counters> {
+        let counters: PerCpuHashMap<_, RuleKey, Counters> =
+            PerCpuHashMap::try_from(self.ebpf.map(COUNTERS_MAP).unwrap()).unwrap();
+        counters
+            .get(&RuleKey::new(cgroup_id, direction), 0)
+            .ok()
+            .map(|values| values.iter().fold(Counters::default(), |a, c| a.plus(*c)))
+    }
+
+    fn program(&self, direction: Direction) -> &CgroupSkb {
+        let name = match direction {
+            Direction::Egress => EGRESS_PROGRAM,
+            Direction::Ingress => INGRESS_PROGRAM,
+        };
+        self.ebpf.program(name).unwrap().try_into().unwrap()
+    }
+
+    /// Runs the program on `packet`; returns its verdict code.
+    fn offer(&self, direction: Direction, packet: &Packet) -> u32 {
+        self.offer_repeated(direction, packet, 1)
+    }
+
+    fn offer_repeated(&self, direction: Direction, packet: &Packet, repeat: u32) -> u32 {
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&packet.frame);
+        opts.ctx_in = packet.context.as_ref().map(|c| c.as_slice());
+        opts.repeat = repeat;
+        self.program(direction)
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+}
+
+/// An Ethernet frame carrying an IPv4 TCP packet of `ip_bytes`, and an optional __sk_buff
+/// context (for GSO fields).
+struct Packet {
+    frame: Vec<u8>,
+    context: Option<[u8; 192]>,
+}
+
+impl Packet {
+    fn tcp(ip_bytes: usize) -> Self {
+        assert!((40..=3000).contains(&ip_bytes));
+        let mut frame = vec![0u8; 14 + ip_bytes];
+        frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip = &mut frame[14..];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(ip_bytes as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&[198, 18, 0, 1]);
+        ip[16..20].copy_from_slice(&[198, 18, 0, 2]);
+        // TCP data offset: 5 words.
+        ip[20 + 12] = 5 << 4;
+        Self {
+            frame,
+            context: None,
+        }
+    }
+
+    /// The packet as a GSO packet of `segments` segments of `segment_size` payload bytes.
+    fn with_gso(mut self, segments: u32, segment_size: u32) -> Self {
+        let mut context = [0u8; 192];
+        // struct __sk_buff: gso_segs at 164, gso_size at 176.
+        context[164..168].copy_from_slice(&segments.to_ne_bytes());
+        context[176..180].copy_from_slice(&segment_size.to_ne_bytes());
+        self.context = Some(context);
+        self
+    }
+}
+
+const PASS: u32 = 1;
+const EGRESS_REFUSED: u32 = 2;
+const INGRESS_REFUSED: u32 = 0;
+
+fn limit(rate: &str, burst: &str) -> Limit {
+    Limit {
+        rate: rate.parse().unwrap(),
+        burst: burst.parse().unwrap(),
+    }
+}
+
+fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), Failed> {
+    if condition {
+        Ok(())
+    } else {
+        Err(message().into())
+    }
+}
+
+/// A small deterministic generator (xorshift), so failures reproduce.
+struct Xorshift(u64);
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// At 8 kbit/s the bucket refills one byte a millisecond: the few milliseconds a test takes
+/// cannot move a verdict whose margin is tens of bytes, so kernel and model must agree exactly.
+/// Sizes are multiples of 50 bytes to keep every margin that wide.
+fn egress_matches_the_model_while_draining(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    let limit = limit("8kbit", "20000");
+    loaded.set_rule(ids.inner, Direction::Egress, limit);
+    let mut model = TokenBucketModel::new(limit, &MonotonicClock);
+    let mut random = Xorshift(0x2545_f491_4f6c_dd1d);
+    let (mut passed, mut refused, mut passed_bytes) = (0u64, 0u64, 0u64);
+    for i in 0..300 {
+        let bytes = 50 * (1 + random.next() % 30) as usize;
+        let expected = model.offer(bytes as u64, &MonotonicClock);
+        let verdict = loaded.offer(Direction::Egress, &Packet::tcp(bytes));
+        let expected_code = if expected { PASS } else { EGRESS_REFUSED };
+        ensure(verdict == expected_code, || {
+            format!("packet {i} ({bytes} B): kernel {verdict}, model {expected_code}")
+        })?;
+        if expected {
+            passed += 1;
+            passed_bytes += bytes as u64;
+        } else {
+            refused += 1;
+        }
+    }
+    ensure(passed > 10 && refused > 100, || {
+        format!("{passed} passed, {refused} refused")
+    })?;
+    let counters = loaded.counters(ids.inner, Direction::Egress).unwrap();
+    ensure(
+        counters.passed_packets == passed
+            && counters.passed_bytes == passed_bytes
+            && counters.dropped_packets == refused,
+        || {
+            format!(
+                "counters {counters:?}, expected {passed} passed ({passed_bytes} B), {refused} dropped"
+            )
+        },
+    )
+}
+
+/// After draining, the bucket refills at the rate: at 80 kbit/s (10 bytes/ms), 300 ms bring
+/// back about 3000 bytes. The model, on the same clock, says how many 500-byte packets pass.
+fn refill_matches_the_model(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    let limit = limit("80kbit", "10000");
+    loaded.set_rule(ids.inner, Direction::Egress, limit);
+    let mut model = TokenBucketModel::new(limit, &MonotonicClock);
+    let packet = Packet::tcp(500);
+    let mut offer = || {
+        let expected = model.offer(500, &MonotonicClock);
+        let verdict = loaded.offer(Direction::Egress, &packet) == PASS;
+        (verdict, expected)
+    };
+    while offer().0 {}
+    thread::sleep(Duration::from_millis(300));
+    let mut refilled = 0;
+    for _ in 0..20 {
+        let (kernel, model) = offer();
+        // Within a packet of the boundary the two clocks may disagree by microseconds.
+        if kernel != model {
+            return Err(format!("after refill: kernel {kernel}, model {model}").into());
+        }
+        refilled += u32::from(kernel);
+    }
+    ensure((5..=7).contains(&refilled), || {
+        format!("{refilled} packets after 300 ms")
+    })
+}
+
+fn ingress_refuses_with_zero(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(ids.inner, Direction::Ingress, limit("8kbit", "3000"));
+    let packet = Packet::tcp(1000);
+    let verdicts: Vec<u32> = (0..5)
+        .map(|_| loaded.offer(Direction::Ingress, &packet))
+        .collect();
+    ensure(
+        verdicts == [PASS, PASS, PASS, INGRESS_REFUSED, INGRESS_REFUSED],
+        || format!("{verdicts:?}"),
+    )?;
+    // The egress direction of the same cgroup has no rule.
+    ensure(loaded.offer(Direction::Egress, &packet) == PASS, || {
+        "egress limited".into()
+    })
+}
+
+fn unlimited_cgroups_pass_untouched(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    // A rule on some other cgroup must not apply.
+    loaded.set_rule(
+        ids.inner + 1_000_000,
+        Direction::Egress,
+        limit("8kbit", "1500"),
+    );
+    for _ in 0..50 {
+        ensure(
+            loaded.offer(Direction::Egress, &Packet::tcp(1500)) == PASS,
+            || "an unlimited cgroup was limited".into(),
+        )?;
+    }
+    ensure(
+        loaded.counters(ids.inner, Direction::Egress).is_none(),
+        || "counters appeared for a cgroup without a rule".into(),
+    )
+}
+
+fn a_parent_rule_covers_its_children(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(ids.parent, Direction::Egress, limit("8kbit", "5000"));
+    let packet = Packet::tcp(1000);
+    let passed = (0..10)
+        .filter(|_| loaded.offer(Direction::Egress, &packet) == PASS)
+        .count();
+    ensure(passed == 5, || {
+        format!("{passed} of 10 passed a 5000-byte burst")
+    })?;
+    let counters = loaded.counters(ids.parent, Direction::Egress).unwrap();
+    ensure(
+        counters.passed_packets == 5 && counters.dropped_packets == 5,
+        || format!("{counters:?}"),
+    )
+}
+
+/// Parent and child both limited: the tighter bucket decides, and when the child refuses,
+/// what the parent was charged for that packet is given back.
+fn nested_rules_refund_the_parent(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(ids.parent, Direction::Egress, limit("8kbit", "20000"));
+    loaded.set_rule(ids.inner, Direction::Egress, limit("8kbit", "3000"));
+    let parent_before = loaded.rule(ids.parent, Direction::Egress).bucket;
+    let packet = Packet::tcp(1000);
+    let passed = (0..10)
+        .filter(|_| loaded.offer(Direction::Egress, &packet) == PASS)
+        .count();
+    ensure(passed == 3, || {
+        format!("{passed} passed the child's 3000-byte burst")
+    })?;
+    let parent_after = loaded.rule(ids.parent, Direction::Egress).bucket;
+    // 3 packets of 1000 bytes at 1 ms a byte: the parent's clock moved 3 s, not 10.
+    let charged_ns = parent_after.tat - parent_before.tat.max(parent_after.tat - 10_000_000_000);
+    ensure(
+        (2_900_000_000..=3_100_000_000).contains(&charged_ns),
+        || format!("parent charged {charged_ns} ns for 3 passed packets"),
+    )?;
+    let parent = loaded.counters(ids.parent, Direction::Egress).unwrap();
+    let child = loaded.counters(ids.inner, Direction::Egress).unwrap();
+    ensure(
+        parent.passed_packets == 3 && parent.dropped_packets == 0 && child.dropped_packets == 7,
+        || format!("parent {parent:?}, child {child:?}"),
+    )
+}
+
+/// A GSO packet of 10 segments carries 10 IP+TCP headers on the wire, not one.
+fn gso_packets_count_every_segment_header(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(ids.inner, Direction::Egress, limit("1gbit", "1m"));
+    let packet = Packet::tcp(2040).with_gso(10, 200);
+    ensure(loaded.offer(Direction::Egress, &packet) == PASS, || {
+        "refused".into()
+    })?;
+    let counters = loaded.counters(ids.inner, Direction::Egress).unwrap();
+    ensure(counters.passed_bytes == 2040 + 9 * 40, || {
+        format!(
+            "{} bytes charged, expected {}",
+            counters.passed_bytes,
+            2040 + 9 * 40
+        )
+    })
+}
+
+fn a_packet_larger_than_the_burst_passes_from_a_full_bucket(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(ids.inner, Direction::Egress, limit("8kbit", "1500"));
+    let big = Packet::tcp(3000);
+    ensure(loaded.offer(Direction::Egress, &big) == PASS, || {
+        "a full bucket refused a packet larger than its burst".into()
+    })?;
+    // The bucket is now 1500 bytes in debt: even a small packet waits.
+    ensure(
+        loaded.offer(Direction::Egress, &Packet::tcp(100)) == EGRESS_REFUSED,
+        || "the debt was not kept".into(),
+    )
+}
+
+/// Both CPUs hammer one bucket with 5000 packets each. Exactly the burst's worth may pass: a
+/// lost update between the CPUs would let more through.
+fn both_cores_at_once_never_overdraw(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(ids.inner, Direction::Egress, limit("8kbit", "100000"));
+    let loaded = Arc::new(loaded);
+    let cpus = thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
+    let start = Arc::new(Barrier::new(cpus));
+    let workers: Vec<_> = (0..cpus)
+        .map(|_| {
+            let loaded = Arc::clone(&loaded);
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                let packet = Packet::tcp(100);
+                start.wait();
+                loaded.offer_repeated(Direction::Egress, &packet, 5000);
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().map_err(|_| Failed::from("worker panicked"))?;
+    }
+    let counters = loaded.counters(ids.inner, Direction::Egress).unwrap();
+    let offered = 5000 * cpus as u64;
+    // 100000 bytes of burst is 1000 packets; the run takes milliseconds, refilling a few bytes.
+    ensure(
+        (1000..=1002).contains(&counters.passed_packets)
+            && counters.passed_packets + counters.dropped_packets == offered,
+        || format!("{counters:?} for {offered} offered"),
+    )
+}
