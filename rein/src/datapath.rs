@@ -102,6 +102,9 @@ impl Datapath {
                 .take_link(link_id)
                 .map_err(|e| bpf_error("cannot take the link")(&e))?;
             let link = FdLink::try_from(link).map_err(|e| bpf_error("cannot pin the link")(&e))?;
+            // A pin left by an install that was killed halfway holds the only reference to its
+            // link: removing it detaches that stale program. The maps are kept.
+            remove_if_exists(&instance.link_pin(direction));
             link.pin(instance.link_pin(direction))
                 .map_err(|e| bpf_error("cannot pin the link")(&e))?;
         }

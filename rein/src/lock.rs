@@ -24,20 +24,25 @@ impl InstanceLock {
 
     /// Takes the lock, waiting up to `patience` for another command to finish.
     pub fn acquire(state_dir: &Path, patience: Duration) -> Result<Self> {
-        fs::create_dir_all(state_dir)
-            .context(|| format!("cannot create {}", state_dir.display()))?;
         let path = state_dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .context(|| format!("cannot open {}", path.display()))?;
         let deadline = Instant::now() + patience;
         loop {
+            fs::create_dir_all(state_dir)
+                .context(|| format!("cannot create {}", state_dir.display()))?;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .context(|| format!("cannot open {}", path.display()))?;
             // SAFETY: flock on a descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(Self { _file: file, path });
+                // The holder we waited for may have removed the file (a tidy-up removes the
+                // state directory): a lock on a deleted file excludes nobody, so start again.
+                if is_same_file(&file, &path) {
+                    return Ok(Self { _file: file, path });
+                }
+                continue;
             }
             if Instant::now() >= deadline {
                 return Err(Error::Busy(path));
@@ -48,5 +53,13 @@ impl InstanceLock {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+fn is_same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }

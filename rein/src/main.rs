@@ -20,8 +20,9 @@ fn main() -> ExitCode {
     match execute(low) {
         Ok(code) => code,
         Err(error) => {
-            // One line: the error and its causes, as `rein: what: why`.
-            eprintln!("rein: {error:#}");
+            // One line. rein's errors already name their cause in their message, so the chain
+            // is not printed again.
+            eprintln!("rein: {error}");
             ExitCode::FAILURE
         }
     }

@@ -261,6 +261,10 @@ impl Rein {
                 let _ = home.add_process(pid);
             });
         }
+        // The kernel skips exiting tasks (zombies) without an error: check the move took.
+        if self.cgroups.of_pid(pid).ok().as_ref() != Some(&cgroup) {
+            return Err(Error::ProcessExited(pid));
+        }
         Ok(SetOutcome {
             record,
             moved: Some(Moved {
@@ -568,6 +572,16 @@ impl Rein {
             state.remove(record.cgroup_id);
         }
         self.save_or_tidy(&state)
+    }
+}
+
+impl Drop for Rein {
+    /// A command on an instance that holds nothing (`list` on a clean machine) leaves no state
+    /// directory behind: the lock file it made goes with it.
+    fn drop(&mut self) {
+        if !self.state_path().exists() && !Datapath::is_installed(&self.instance) {
+            remove_state_dir(&self.instance.state_dir());
+        }
     }
 }
 

@@ -30,11 +30,23 @@ const TEARDOWN_PATIENCE: Duration = Duration::from_secs(30);
 /// command's own, or 128 + the signal that killed it, as a shell reports it.
 pub fn run(instance: &Instance, change: LimitChange, command: &[OsString]) -> Result<i32> {
     let (program, args) = command.split_first().ok_or(Error::NothingToSet)?;
+    // From here on a terminating signal must not kill rein halfway through setting up; it is
+    // handled (forwarded, or ending the run before it starts) and rein cleans up.
+    let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
+        .context(|| "cannot install signal handlers".into())?;
     // Hold the instance lock only while setting up and tearing down, so other rein commands
     // (list, set) work while the command runs.
     let run = Rein::open(instance.clone())?.start_run(change)?;
 
-    let outcome = spawn_and_wait(&run.cgroup, program, args);
+    let interrupted = signals.pending().last().map(|info| 128 + info.signal);
+    let outcome = match interrupted {
+        // Asked to stop before the command started: do not start it.
+        Some(code) => {
+            signals.handle().close();
+            Ok(code)
+        }
+        None => spawn_and_wait(&run.cgroup, program, args, signals),
+    };
 
     let mut rein = Rein::open_waiting(instance.clone(), TEARDOWN_PATIENCE)?;
     rein.finish_run(&run)?;
@@ -45,6 +57,7 @@ fn spawn_and_wait(
     cgroup: &crate::cgroup::Cgroup,
     program: &OsString,
     args: &[OsString],
+    mut signals: SignalsInfo<WithOrigin>,
 ) -> Result<i32> {
     // Open cgroup.procs before forking: between fork and exec only async-signal-safe calls are
     // allowed, and a write(2) to an open descriptor is one. Writing "0" moves the writer, so
@@ -71,8 +84,6 @@ fn spawn_and_wait(
     // Signals sent to rein by another process reach the command too; Ctrl-C from the terminal
     // already reaches the whole foreground group, so it is not sent twice. rein itself keeps
     // running either way, to clean up.
-    let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
-        .context(|| "cannot install signal handlers".into())?;
     let handle = signals.handle();
     let mut child = match command.spawn() {
         Ok(child) => child,
