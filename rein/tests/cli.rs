@@ -1,0 +1,746 @@
+//! End-to-end tests of the `rein` command: what it refuses and how, that every command leaves
+//! no trace once its limits are gone, and that limits hold for real traffic between network
+//! namespaces.
+//!
+//! Every test runs its own instance (`REIN_INSTANCE=rein-t-<suffix>`), so tests run in parallel
+//! with each other and with any other rein on the machine; `ReinInstance`'s drop purges it and
+//! checks that nothing is left. Needs root, a bpffs at /sys/fs/bpf, cgroup v2 and iperf3.
+// clippy.toml allows unwrap/expect in #[test] functions only; the helpers here panic on purpose
+// too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/netns.rs"]
+mod netns;
+#[path = "support/rein_cli.rs"]
+mod rein_cli;
+
+use std::{
+    fs::{self, OpenOptions},
+    os::fd::AsRawFd,
+    path::Path,
+    process::{Command, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use netns::{ClientOptions, HostPair, IPERF3_PORT, Iperf3Result, Iperf3Server};
+use rein_cli::{
+    ChildGuard, ReinInstance, cgroup_of, impossible_pid, is_zombie, move_to, procs_of,
+    wait_timeout, wait_until,
+};
+
+/// Traffic tests share two cores: one at a time, so their rates measure rein, not the scheduler.
+static TRAFFIC: Mutex<()> = Mutex::new(());
+
+fn traffic() -> MutexGuard<'static, ()> {
+    TRAFFIC.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn instance() -> ReinInstance {
+    ReinInstance::new(&netns::unique_suffix())
+}
+
+/// A temporary directory of the test's own, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("rein-t-{what}-{}", netns::unique_suffix()));
+        fs::create_dir(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bad input: one clear line, a failing exit code, and nothing left behind
+// ---------------------------------------------------------------------------
+
+/// Runs `rein args`, expects a refusal naming every needle, and checks the instance left
+/// nothing: no pins, no cgroup subtree, no state directory (not even the lock file).
+fn refuse(rein: &ReinInstance, args: &[&str], needles: &[&str]) {
+    rein.rein(args).refused(needles);
+    rein.assert_no_trace(&format!("`rein {}`", args.join(" ")));
+}
+
+#[test]
+fn bad_rates_are_refused_before_anything_happens() {
+    let rein = instance();
+    let app = rein.cgroup("app");
+    let app = app.to_str().unwrap();
+    let scratch = TempDir::new("marker");
+    let marker = scratch.0.join("ran");
+    let marker_arg = marker.to_str().unwrap();
+    let cases: [(&str, &str, &[&str]); 6] = [
+        (
+            "--egress",
+            "10furlongs",
+            &["--egress", "unknown unit", "furlongs"],
+        ),
+        ("--egress", "0", &["--egress", "greater than zero"]),
+        ("--ingress", "0mbit", &["--ingress", "greater than zero"]),
+        (
+            "--egress",
+            "-5mbit",
+            &["--egress", "-5mbit", "greater than zero"],
+        ),
+        ("--egress", "5tbit", &["--egress", "5tbit", "out of range"]),
+        ("--burst", "12parsecs", &["--burst", "unknown unit"]),
+    ];
+    for (flag, value, needles) in cases {
+        refuse(&rein, &["set", "--cgroup", app, flag, value], needles);
+        // `run` must not start the command either.
+        let mut run = vec!["run"];
+        if flag == "--burst" {
+            run.extend(["--egress", "1mbit"]);
+        }
+        run.extend([flag, value, "--", "touch", marker_arg]);
+        refuse(&rein, &run, needles);
+        assert!(
+            !marker.exists(),
+            "`rein run {flag} {value}` ran the command"
+        );
+    }
+    assert!(rein.list().is_empty());
+}
+
+#[test]
+fn bad_pids_are_refused() {
+    let rein = instance();
+    let missing = impossible_pid().to_string();
+    refuse(
+        &rein,
+        &["set", "--pid", &missing, "--egress", "1mbit"],
+        &["no process", &missing],
+    );
+    refuse(
+        &rein,
+        &["unset", "--pid", &missing],
+        &["no process", &missing],
+    );
+    for pid in ["0", "abc", "-3"] {
+        refuse(
+            &rein,
+            &["set", "--pid", pid, "--egress", "1mbit"],
+            &["--pid", "not a process id"],
+        );
+    }
+}
+
+#[test]
+fn a_zombie_is_refused() {
+    let rein = instance();
+    let zombie = ChildGuard::spawn(Command::new("sh").args(["-c", "exit 0"]));
+    let pid = zombie.pid();
+    assert!(
+        wait_until(Duration::from_secs(5), || is_zombie(pid)),
+        "pid {pid} did not become a zombie"
+    );
+    let pid = pid.to_string();
+    refuse(
+        &rein,
+        &["set", "--pid", &pid, "--egress", "1mbit"],
+        &["exited", &pid],
+    );
+    // Reaped by the guard's drop.
+    drop(zombie);
+}
+
+#[test]
+fn bad_cgroups_are_refused() {
+    let rein = instance();
+    let cgroup2 = rein.cgroup2.to_str().unwrap().to_owned();
+    let mut outside = vec!["/proc".to_owned(), "/tmp".to_owned()];
+    // A cgroup v1 hierarchy, on hybrid systems.
+    let memory_v1 = Path::new("/sys/fs/cgroup/memory");
+    if memory_v1.is_dir() && memory_v1 != rein.cgroup2 {
+        outside.push(memory_v1.to_str().unwrap().to_owned());
+    }
+    for path in &outside {
+        refuse(
+            &rein,
+            &["set", "--cgroup", path, "--egress", "1mbit"],
+            &[path, "outside cgroup v2"],
+        );
+    }
+    refuse(
+        &rein,
+        &["unset", "--cgroup", "/proc"],
+        &["/proc", "outside cgroup v2"],
+    );
+
+    let missing_dir = rein.cgroup2.join(format!("{}-missing", rein.name));
+    let missing_dir = missing_dir.to_str().unwrap();
+    let missing_relative = format!("/{}-missing", rein.name);
+    for path in [missing_dir, &missing_relative] {
+        refuse(
+            &rein,
+            &["set", "--cgroup", path, "--egress", "1mbit"],
+            &["no cgroup", path],
+        );
+    }
+    assert!(
+        !Path::new(missing_dir).exists(),
+        "rein created {missing_dir}"
+    );
+
+    for root in [cgroup2.as_str(), "/"] {
+        refuse(
+            &rein,
+            &["set", "--cgroup", root, "--egress", "1mbit"],
+            &["refusing to limit the cgroup v2 root"],
+        );
+    }
+}
+
+#[test]
+fn a_system_without_bpffs_or_btf_is_refused() {
+    let rein = instance();
+    let app = rein.cgroup("app");
+    let app = app.to_str().unwrap();
+    let not_bpffs = TempDir::new("bpffs");
+    let not_bpffs_path = not_bpffs.0.to_str().unwrap();
+    let scratch = TempDir::new("marker");
+    let marker = scratch.0.join("ran");
+    let marker_arg = marker.to_str().unwrap();
+    let cases: [(&str, &str, &[&str]); 2] = [
+        (
+            "REIN_BPFFS",
+            not_bpffs_path,
+            &["bpffs", not_bpffs_path, "mount -t bpf"],
+        ),
+        ("REIN_BTF", "/nonexistent", &["BTF", "/nonexistent"]),
+    ];
+    for (var, value, needles) in cases {
+        for args in [
+            &["set", "--cgroup", app, "--egress", "1mbit"][..],
+            &["run", "--egress", "1mbit", "--", "touch", marker_arg],
+        ] {
+            let what = format!("`{var}={value} rein {}`", args.join(" "));
+            rein.rein_env(&[(var, value)], args).refused(needles);
+            rein.assert_no_trace(&what);
+            assert!(!marker.exists(), "{what} ran the command");
+            assert_eq!(
+                fs::read_dir(&not_bpffs.0).unwrap().count(),
+                0,
+                "{what} wrote into the directory that is not a bpffs"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_second_command_is_refused_while_one_runs() {
+    let rein = instance();
+    let app = rein.cgroup("app");
+    let app = app.to_str().unwrap();
+    let state_dir = rein.state_dir();
+    fs::create_dir_all(&state_dir).unwrap();
+    let lock_path = state_dir.join("lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    // SAFETY: flock on a descriptor the test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+
+    let started = Instant::now();
+    rein.rein(&["set", "--cgroup", app, "--egress", "1mbit"])
+        .refused(&["another rein command is running", "lock"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "rein waited {:?} for the lock instead of failing",
+        started.elapsed()
+    );
+    assert!(!rein.pin_dir().exists(), "a refused command installed pins");
+    assert!(!rein.subtree().exists(), "a refused command made a cgroup");
+    let mut entries: Vec<String> = fs::read_dir(&state_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["lock"], "a refused command wrote state");
+
+    // Released, the same command goes through: the lock was what stopped it.
+    drop(lock);
+    rein.rein(&["set", "--cgroup", app, "--egress", "1mbit"])
+        .ok();
+    rein.rein(&["unset", "--cgroup", app]).ok();
+    rein.assert_no_trace("unset after the lock was released");
+}
+
+#[test]
+fn a_burst_alone_or_an_unset_of_nothing_is_refused() {
+    let rein = instance();
+    let home = rein.cgroup("home");
+    let app = rein.cgroup("app");
+    let app_arg = app.to_str().unwrap();
+    let sleeper = ChildGuard::sleep(30);
+    move_to(&home, sleeper.pid());
+    let home_relative = rein.relative(&home);
+    let pid = sleeper.pid().to_string();
+
+    refuse(
+        &rein,
+        &["set", "--pid", &pid, "--burst", "100k"],
+        &["no limit yet", "--egress or --ingress"],
+    );
+    assert_eq!(cgroup_of(sleeper.pid()).as_deref(), Some(&*home_relative));
+    refuse(
+        &rein,
+        &["set", "--cgroup", app_arg, "--burst", "100k"],
+        &["no limit yet", &rein.relative(&app)],
+    );
+    refuse(
+        &rein,
+        &["run", "--burst", "100k", "--", "true"],
+        &["no limit yet"],
+    );
+    refuse(&rein, &["set", "--cgroup", app_arg], &["nothing to set"]);
+
+    refuse(
+        &rein,
+        &["unset", "--cgroup", app_arg],
+        &["has no rein limit"],
+    );
+    refuse(
+        &rein,
+        &["unset", "--pid", &pid],
+        &["has no rein limit", &pid],
+    );
+    assert_eq!(cgroup_of(sleeper.pid()).as_deref(), Some(&*home_relative));
+}
+
+#[test]
+fn errors_name_their_cause_once() {
+    let rein = instance();
+    let app = rein.cgroup("app");
+    let app = app.to_str().unwrap();
+    for args in [
+        &["set", "--cgroup", app, "--egress", "10furlongs"][..],
+        &["run", "--egress", "1mbit", "--", "/nonexistent/command"],
+    ] {
+        let out = rein.rein(args);
+        let line = out.refused(&[]);
+        let parts: Vec<&str> = line.split(": ").collect();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(
+                !parts[i + 1..].contains(part),
+                "{part:?} appears twice in the error:\n{out}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// set / unset / reload / purge leave no trace
+// ---------------------------------------------------------------------------
+
+/// The bits per second `rein list --json` shows for a direction of a rule.
+fn rate(rule: &serde_json::Value, direction: &str) -> Option<u64> {
+    rule[direction]["rate_bits_per_second"].as_u64()
+}
+
+#[test]
+fn a_cgroup_limit_is_set_changed_reloaded_and_unset_without_trace() {
+    let rein = instance();
+    let app = rein.cgroup("app");
+    let app_arg = app.to_str().unwrap();
+    let app_relative = rein.relative(&app);
+
+    rein.rein(&["set", "--cgroup", app_arg, "--egress", "10mbit"])
+        .ok();
+    let pins = rein.pin_dir();
+    for pin in ["link-egress", "link-ingress"] {
+        assert!(pins.join(pin).exists(), "no {pin} under {}", pins.display());
+    }
+    let maps = fs::read_dir(&pins)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("maps-v"))
+        .unwrap_or_else(|| panic!("no maps directory under {}", pins.display()));
+    assert!(
+        fs::read_dir(maps.path()).unwrap().count() > 0,
+        "no pinned maps"
+    );
+
+    let rules = rein.list();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let rule = &rules[0];
+    assert_eq!(rule["cgroup"].as_str(), Some(&*app_relative), "{rule}");
+    assert_eq!(rule["origin"]["kind"].as_str(), Some("cgroup"), "{rule}");
+    assert_eq!(rate(rule, "egress"), Some(10_000_000), "{rule}");
+    assert!(rule["ingress"].is_null(), "{rule}");
+
+    // A relative path names the same cgroup; the egress stays.
+    rein.rein(&["set", "--cgroup", &app_relative, "--ingress", "5mbit"])
+        .ok();
+    let rules = rein.list();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rate(&rules[0], "egress"), Some(10_000_000), "{}", rules[0]);
+    assert_eq!(rate(&rules[0], "ingress"), Some(5_000_000), "{}", rules[0]);
+
+    rein.rein(&["reload"]).ok();
+    let rule = rein
+        .rule(&app_relative)
+        .expect("the rule survives a reload");
+    assert_eq!(rate(&rule, "egress"), Some(10_000_000), "{rule}");
+    assert_eq!(rate(&rule, "ingress"), Some(5_000_000), "{rule}");
+
+    let out = rein.rein(&["unset", "--cgroup", app_arg]);
+    assert!(out.ok().contains(&app_relative), "{out}");
+    rein.assert_no_trace("the last unset");
+    assert!(app.is_dir(), "unset removed a cgroup rein did not create");
+    assert!(rein.list().is_empty());
+    // `list` on an empty instance leaves nothing either.
+    rein.assert_no_trace("list");
+}
+
+#[test]
+fn a_pid_limit_moves_the_process_and_unset_moves_it_back() {
+    let rein = instance();
+    let home = rein.cgroup("home");
+    let home_relative = rein.relative(&home);
+    let sleeper = ChildGuard::sleep(30);
+    let pid = sleeper.pid();
+    move_to(&home, pid);
+    let pid_arg = pid.to_string();
+
+    rein.rein(&["set", "--pid", &pid_arg, "--egress", "10mbit"])
+        .ok();
+    let limited = format!("/{}/pid-{pid}", rein.name);
+    assert_eq!(cgroup_of(pid).as_deref(), Some(&*limited));
+    let rule = rein.rule(&limited).expect("list shows the pid's cgroup");
+    assert_eq!(rule["origin"]["kind"].as_str(), Some("pid"), "{rule}");
+    assert_eq!(
+        rule["origin"]["home"].as_str(),
+        Some(&*home_relative),
+        "{rule}"
+    );
+    assert_eq!(rule["processes"], serde_json::json!([pid]), "{rule}");
+    assert_eq!(rate(&rule, "egress"), Some(10_000_000), "{rule}");
+
+    // A second set changes the limit in place.
+    rein.rein(&["set", "--pid", &pid_arg, "--ingress", "2mbit"])
+        .ok();
+    assert_eq!(cgroup_of(pid).as_deref(), Some(&*limited));
+    let rule = rein.rule(&limited).unwrap();
+    assert_eq!(rate(&rule, "egress"), Some(10_000_000), "{rule}");
+    assert_eq!(rate(&rule, "ingress"), Some(2_000_000), "{rule}");
+
+    rein.rein(&["unset", "--pid", &pid_arg]).ok();
+    assert_eq!(cgroup_of(pid).as_deref(), Some(&*home_relative));
+    rein.assert_no_trace("unset --pid");
+}
+
+#[test]
+fn purge_removes_everything_and_moves_processes_back() {
+    let rein = instance();
+    let home = rein.cgroup("home");
+    let home_relative = rein.relative(&home);
+    let app = rein.cgroup("app");
+    let sleeper = ChildGuard::sleep(30);
+    let pid = sleeper.pid();
+    move_to(&home, pid);
+
+    rein.rein(&["set", "--pid", &pid.to_string(), "--egress", "1mbit"])
+        .ok();
+    rein.rein(&[
+        "set",
+        "--cgroup",
+        app.to_str().unwrap(),
+        "--ingress",
+        "2mbit",
+    ])
+    .ok();
+    assert_eq!(cgroup_of(pid), Some(format!("/{}/pid-{pid}", rein.name)));
+    assert_eq!(rein.list().len(), 2);
+
+    let out = rein.rein(&["purge"]);
+    assert!(out.ok().contains("2 rule(s)"), "{out}");
+    assert_eq!(cgroup_of(pid).as_deref(), Some(&*home_relative));
+    rein.assert_no_trace("purge");
+    assert!(app.is_dir(), "purge removed a cgroup rein did not create");
+    assert!(!is_zombie(pid), "purge killed the process");
+}
+
+// ---------------------------------------------------------------------------
+// rein run: exit codes and signals
+// ---------------------------------------------------------------------------
+
+#[test]
+fn run_passes_the_exit_code_through() {
+    let rein = instance();
+    for (script, code) in [("exit 0", 0), ("exit 7", 7), ("kill -TERM $$", 143)] {
+        let out = rein.rein(&["run", "--egress", "1mbit", "--", "sh", "-c", script]);
+        assert_eq!(out.code(), Some(code), "{out}");
+        rein.assert_no_trace(&format!("`rein run -- sh -c '{script}'`"));
+    }
+    rein.rein(&["run", "--egress", "1mbit", "--", "/nonexistent/command"])
+        .refused(&["cannot run", "/nonexistent/command"]);
+    rein.assert_no_trace("`rein run` of a missing command");
+}
+
+/// Starts `rein run --egress 1mbit -- sleep 30`; returns it and its run cgroup once `sleep`
+/// is inside.
+fn start_sleeping_run(rein: &ReinInstance) -> (ChildGuard, std::path::PathBuf) {
+    let mut cmd = rein.command();
+    cmd.args(["run", "--egress", "1mbit", "--", "sleep", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let run = ChildGuard::spawn(&mut cmd);
+    let subtree = rein.subtree();
+    let mut cgroup = None;
+    let found = wait_until(Duration::from_secs(10), || {
+        cgroup = fs::read_dir(&subtree).ok().and_then(|entries| {
+            entries.flatten().map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("run-"))
+                    && !procs_of(p).is_empty()
+            })
+        });
+        cgroup.is_some()
+    });
+    assert!(
+        found,
+        "no run cgroup with a process under {}",
+        subtree.display()
+    );
+    (run, cgroup.unwrap())
+}
+
+#[test]
+fn a_terminated_run_kills_its_command_and_cleans_up() {
+    let rein = instance();
+    let (mut run, cgroup) = start_sleeping_run(&rein);
+    let sleep_pid = procs_of(&cgroup)[0];
+    let rule = rein
+        .rule(&rein.relative(&cgroup))
+        .expect("list shows the run");
+    assert_eq!(rule["origin"]["kind"].as_str(), Some("run"), "{rule}");
+    assert_eq!(
+        rule["origin"]["owner"].as_u64(),
+        Some(u64::from(run.pid())),
+        "{rule}"
+    );
+
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    assert_eq!(
+        unsafe { libc::kill(run.pid() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = wait_timeout(&mut run.0, Duration::from_secs(5))
+        .expect("rein did not exit within 5 s of SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "rein should exit 143 (its command died of the forwarded SIGTERM), got {status}"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{sleep_pid}")).exists(),
+        "the command (pid {sleep_pid}) survived"
+    );
+    rein.assert_no_trace("SIGTERM to `rein run`");
+}
+
+#[test]
+fn a_run_terminated_during_setup_cleans_up() {
+    let rein = instance();
+    let mut cmd = rein.command();
+    cmd.args(["run", "--egress", "1mbit", "--", "sleep", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut run = ChildGuard::spawn(&mut cmd);
+    let subtree = rein.subtree();
+    let appeared = wait_until(Duration::from_secs(10), || {
+        fs::read_dir(&subtree).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("run-"))
+        })
+    });
+    assert!(appeared, "no run cgroup under {}", subtree.display());
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::kill(run.pid() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = wait_timeout(&mut run.0, Duration::from_secs(5))
+        .expect("rein did not exit within 5 s of SIGTERM");
+    // Whatever a dead rein left running in its cgroup is the test's own.
+    let _ = fs::write(subtree.join("cgroup.kill"), "1");
+    assert_eq!(status.code(), Some(143), "got {status}");
+    rein.assert_no_trace("SIGTERM to `rein run` during setup");
+}
+
+// ---------------------------------------------------------------------------
+// Traffic
+// ---------------------------------------------------------------------------
+
+const LIMIT_BITS: f64 = 20e6;
+
+fn udp(reverse: bool) -> ClientOptions {
+    ClientOptions {
+        seconds: 3,
+        udp_bitrate: Some("100M".into()),
+        reverse,
+        ..ClientOptions::default()
+    }
+}
+
+fn tcp(reverse: bool) -> ClientOptions {
+    ClientOptions {
+        seconds: 3,
+        reverse,
+        ..ClientOptions::default()
+    }
+}
+
+/// `rein run <flag> 20mbit -- ip netns exec <client> iperf3 ...`; panics unless both iperf3
+/// and `rein run` exit 0.
+fn limited_iperf3(rein: &ReinInstance, flag: &str, opts: &ClientOptions) -> Iperf3Result {
+    let pair = HostPair::new();
+    let _server = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT);
+    let mut cmd = rein.command();
+    cmd.args(["run", flag, "20mbit", "--", "ip", "netns", "exec"])
+        .arg(&pair.client_ns)
+        .arg("iperf3")
+        .args(netns::iperf3_client_args(
+            &pair.server_addr,
+            IPERF3_PORT,
+            opts,
+        ));
+    let result = netns::run_iperf3_client(cmd, opts.is_udp(), netns::iperf3_timeout(opts));
+    eprintln!(
+        "{flag} {}{}: {:.2} Mbit/s received ({:.3} of the limit), {:.2} Mbit/s sent",
+        if opts.is_udp() { "udp" } else { "tcp" },
+        if opts.reverse { " -R" } else { "" },
+        result.bits_per_second / 1e6,
+        result.bits_per_second / LIMIT_BITS,
+        result.sent_bits_per_second / 1e6
+    );
+    result
+}
+
+fn assert_goodput_near_limit(result: &Iperf3Result, what: &str) {
+    let ratio = result.bits_per_second / LIMIT_BITS;
+    assert!(
+        (0.80..=1.05).contains(&ratio),
+        "{what}: goodput {:.2} Mbit/s is {ratio:.3} of the 20 Mbit/s limit, expected 0.80-1.05 \
+         ({result:?})",
+        result.bits_per_second / 1e6
+    );
+}
+
+/// This version drops when the bucket is empty, which collapses TCP far below the limit: only
+/// check that traffic flows and never beats the limit.
+fn assert_tcp_flows_within_limit(result: &Iperf3Result, what: &str) {
+    assert!(
+        result.bits_per_second > 0.0,
+        "{what}: no goodput ({result:?})"
+    );
+    assert!(
+        result.bits_per_second <= 1.05 * LIMIT_BITS,
+        "{what}: goodput {:.2} Mbit/s beats the 20 Mbit/s limit ({result:?})",
+        result.bits_per_second / 1e6
+    );
+}
+
+#[test]
+fn udp_egress_is_limited() {
+    let _traffic = traffic();
+    let rein = instance();
+    let result = limited_iperf3(&rein, "--egress", &udp(false));
+    assert_goodput_near_limit(&result, "UDP egress");
+    rein.assert_no_trace("`rein run` of iperf3");
+}
+
+#[test]
+fn udp_ingress_is_limited() {
+    let _traffic = traffic();
+    let rein = instance();
+    let result = limited_iperf3(&rein, "--ingress", &udp(true));
+    assert_goodput_near_limit(&result, "UDP ingress");
+    rein.assert_no_trace("`rein run` of iperf3 -R");
+}
+
+#[test]
+fn tcp_egress_flows_within_the_limit() {
+    let _traffic = traffic();
+    let rein = instance();
+    let result = limited_iperf3(&rein, "--egress", &tcp(false));
+    assert_tcp_flows_within_limit(&result, "TCP egress");
+    rein.assert_no_trace("`rein run` of iperf3");
+}
+
+#[test]
+fn tcp_ingress_flows_within_the_limit() {
+    let _traffic = traffic();
+    let rein = instance();
+    let result = limited_iperf3(&rein, "--ingress", &tcp(true));
+    assert_tcp_flows_within_limit(&result, "TCP ingress");
+    rein.assert_no_trace("`rein run` of iperf3 -R");
+}
+
+#[test]
+fn a_parent_cgroup_limit_covers_its_children() {
+    let _traffic = traffic();
+    let rein = instance();
+    let parent = rein.cgroup("parent");
+    let child = rein.cgroup("parent/child");
+    let parent_relative = rein.relative(&parent);
+    rein.rein(&[
+        "set",
+        "--cgroup",
+        parent.to_str().unwrap(),
+        "--egress",
+        "20mbit",
+    ])
+    .ok();
+
+    let pair = HostPair::new();
+    let _server = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT);
+    let opts = udp(false);
+    let mut cmd = Command::new("sh");
+    // The client joins the child cgroup before it execs, so all its traffic is the child's.
+    cmd.args(["-c", r#"echo $$ > "$0" && exec "$@""#])
+        .arg(child.join("cgroup.procs"))
+        .args(["ip", "netns", "exec", &pair.client_ns, "iperf3"])
+        .args(netns::iperf3_client_args(
+            &pair.server_addr,
+            IPERF3_PORT,
+            &opts,
+        ));
+    let result = netns::run_iperf3_client(cmd, true, netns::iperf3_timeout(&opts));
+    eprintln!(
+        "parent egress udp: {:.2} Mbit/s received ({:.3} of the limit)",
+        result.bits_per_second / 1e6,
+        result.bits_per_second / LIMIT_BITS
+    );
+    assert_goodput_near_limit(&result, "UDP egress from a child of a limited cgroup");
+
+    let rule = rein.rule(&parent_relative).expect("list shows the parent");
+    let egress = &rule["egress"];
+    for counter in [
+        "passed_packets",
+        "passed_bytes",
+        "dropped_packets",
+        "dropped_bytes",
+    ] {
+        assert!(
+            egress[counter].as_u64().is_some_and(|n| n > 0),
+            "{counter} of the parent's egress is not above zero: {rule}"
+        );
+    }
+
+    rein.rein(&["unset", "--cgroup", &parent_relative]).ok();
+    rein.assert_no_trace("unset of the parent");
+}
