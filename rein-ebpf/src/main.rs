@@ -56,23 +56,29 @@ fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
 
     let mut refused_at = 0u32;
+    let mut matched = false;
     let mut level = 1u32;
     while level <= MAX_CGROUP_DEPTH {
         let Some(cgroup_id) = ancestor(skb, level) else {
             break;
         };
-        if let Some(rule) = rule(cgroup_id, direction)
-            && !charge(rule, now, bytes)
-        {
-            refused_at = level;
-            break;
+        if let Some(rule) = rule(cgroup_id, direction) {
+            matched = true;
+            if !charge(rule, now, bytes) {
+                refused_at = level;
+                break;
+            }
         }
         level += 1;
     }
     let deepest = level;
 
     if refused_at == 0 {
-        settle(skb, direction, deepest, bytes, |counters| {
+        // Most packets belong to unlimited cgroups: they skip the second walk.
+        if !matched {
+            return PASS;
+        }
+        settle(skb, direction, deepest, |counters| {
             atomic::add(&mut counters.passed_packets, 1);
             atomic::add(&mut counters.passed_bytes, bytes);
         });
@@ -101,13 +107,7 @@ fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
 
 /// Applies `count` to the counters of every rule on levels `1..deepest`.
 #[inline(always)]
-fn settle(
-    skb: *mut __sk_buff,
-    direction: Direction,
-    deepest: u32,
-    _bytes: u64,
-    count: impl Fn(&mut Counters),
-) {
+fn settle(skb: *mut __sk_buff, direction: Direction, deepest: u32, count: impl Fn(&mut Counters)) {
     let mut level = 1u32;
     while level < deepest && level <= MAX_CGROUP_DEPTH {
         if let Some(cgroup_id) = ancestor(skb, level)
