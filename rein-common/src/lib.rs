@@ -79,6 +79,16 @@ pub struct Rule {
 }
 const _: () = assert!(core::mem::size_of::<Rule>() == 32);
 
+impl Rule {
+    pub const fn new(bucket: Bucket, action: Action) -> Self {
+        Self {
+            bucket,
+            action: action as u32,
+            flags: 0,
+        }
+    }
+}
+
 /// Per-CPU counters of one rule and direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -197,11 +197,6 @@ impl Datapath {
             })
             .unwrap_or_default()
     }
-
-    /// Keys of every rule in the map.
-    pub fn keys(&self) -> Vec<RuleKey> {
-        self.rules.keys().filter_map(|k| k.ok()).collect()
-    }
 }
 
 /// Loads the embedded object with its maps bound to the instance's pins: existing pins are

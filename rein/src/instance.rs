@@ -53,10 +53,6 @@ impl Instance {
         Ok(instance)
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The bpffs mount rein pins under.
     pub fn bpffs(&self) -> &PathBuf {
         &self.bpffs

@@ -2,7 +2,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     os::fd::AsRawFd,
-    path::{Path, PathBuf},
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
@@ -13,16 +13,11 @@ use crate::error::{Error, IoContext, Result};
 #[derive(Debug)]
 pub struct InstanceLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl InstanceLock {
-    /// Takes the lock or fails at once with [`Error::Busy`].
-    pub fn try_acquire(state_dir: &Path) -> Result<Self> {
-        Self::acquire(state_dir, Duration::ZERO)
-    }
-
-    /// Takes the lock, waiting up to `patience` for another command to finish.
+    /// Takes the lock, waiting up to `patience` (zero: not at all) for another command to
+    /// finish; fails with [`Error::Busy`] after that.
     pub fn acquire(state_dir: &Path, patience: Duration) -> Result<Self> {
         let path = state_dir.join("lock");
         let deadline = Instant::now() + patience;
@@ -40,7 +35,7 @@ impl InstanceLock {
                 // The holder we waited for may have removed the file (a tidy-up removes the
                 // state directory): a lock on a deleted file excludes nobody, so start again.
                 if is_same_file(&file, &path) {
-                    return Ok(Self { _file: file, path });
+                    return Ok(Self { _file: file });
                 }
                 continue;
             }
@@ -49,10 +44,6 @@ impl InstanceLock {
             }
             thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

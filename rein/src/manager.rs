@@ -133,14 +133,6 @@ impl Rein {
         Ok(rein)
     }
 
-    pub fn instance(&self) -> &Instance {
-        &self.instance
-    }
-
-    pub fn cgroups(&self) -> &CgroupFs {
-        &self.cgroups
-    }
-
     fn state_path(&self) -> PathBuf {
         self.instance.state_dir().join("state.json")
     }
@@ -291,14 +283,7 @@ impl Rein {
                         // Keep the bucket's debt across a change, but never more than a burst.
                         bucket.tat = previous.bucket.tat.clamp(now, now + bucket.burst_ns);
                     }
-                    datapath.put_rule(
-                        key,
-                        Rule {
-                            bucket,
-                            action: Action::Drop as u32,
-                            flags: 0,
-                        },
-                    )?;
+                    datapath.put_rule(key, Rule::new(bucket, Action::Drop))?;
                 }
                 None => datapath.remove_rule(key),
             }
@@ -345,12 +330,7 @@ impl Rein {
 
     /// Removes a record's rules and, for cgroups rein made for a process, the cgroup.
     fn release(&self, record: &RuleRecord) -> Result<()> {
-        if Datapath::is_installed(&self.instance) {
-            let mut datapath = Datapath::open(&self.instance)?;
-            for direction in DIRECTIONS {
-                datapath.remove_rule(RuleKey::new(record.cgroup_id, direction));
-            }
-        }
+        self.remove_rules(record.cgroup_id)?;
         if let Origin::Pid { home, .. } = &record.origin {
             let cgroup = self.cgroups.at(&record.cgroup)?;
             let home = self.cgroups.at(home)?;
@@ -364,6 +344,17 @@ impl Rein {
                 let _ = home.add_process(pid);
             }
             cgroup.remove()?;
+        }
+        Ok(())
+    }
+
+    /// Removes both directions' rules of a cgroup from the kernel maps, if they are there.
+    fn remove_rules(&self, cgroup_id: u64) -> Result<()> {
+        if Datapath::is_installed(&self.instance) {
+            let mut datapath = Datapath::open(&self.instance)?;
+            for direction in DIRECTIONS {
+                datapath.remove_rule(RuleKey::new(cgroup_id, direction));
+            }
         }
         Ok(())
     }
@@ -485,14 +476,7 @@ impl Rein {
                 if let Some(spec) = spec(record, direction)
                     && datapath.rule(key).is_none()
                 {
-                    datapath.put_rule(
-                        key,
-                        Rule {
-                            bucket: effective(spec).bucket(now),
-                            action: Action::Drop as u32,
-                            flags: 0,
-                        },
-                    )?;
+                    datapath.put_rule(key, Rule::new(effective(spec).bucket(now), Action::Drop))?;
                     restored += 1;
                 }
             }
@@ -560,12 +544,7 @@ impl Rein {
         }
         for record in &stale {
             tracing::info!("removing the stale rule of {}", record.cgroup);
-            if Datapath::is_installed(&self.instance) {
-                let mut datapath = Datapath::open(&self.instance)?;
-                for direction in DIRECTIONS {
-                    datapath.remove_rule(RuleKey::new(record.cgroup_id, direction));
-                }
-            }
+            self.remove_rules(record.cgroup_id)?;
             if record.origin != Origin::Cgroup {
                 let _ = remove_tree(&self.cgroups.at(&record.cgroup)?);
             }

@@ -145,11 +145,7 @@ impl Loaded {
     fn set_rule(&mut self, cgroup_id: u64, direction: Direction, limit: Limit) {
         let key = RuleKey::new(cgroup_id, direction);
         let bucket = limit.bucket(rein::clock::Clock::now_ns(&MonotonicClock));
-        let rule = Rule {
-            bucket,
-            action: Action::Drop as u32,
-            flags: 0,
-        };
+        let rule = Rule::new(bucket, Action::Drop);
         let mut rules: HashMap<_, RuleKey, Rule> =
             HashMap::try_from(self.ebpf.map_mut(RULES_MAP).unwrap()).unwrap();
         rules.insert(key, rule, 0).unwrap();
