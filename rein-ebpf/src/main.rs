@@ -55,44 +55,36 @@ fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
     let bytes = packet::ip_bytes(ctx);
     let now = unsafe { bpf_ktime_get_ns() };
 
+    // One walk from the root down: charge each rule's bucket and count the pass as we go, so
+    // a packet that passes (nearly all do) costs a single walk.
     let mut refused_at = 0u32;
-    let mut matched = false;
     let mut level = 1u32;
     while level <= MAX_CGROUP_DEPTH {
         let Some(cgroup_id) = ancestor(skb, level) else {
             break;
         };
         if let Some(rule) = rule(cgroup_id, direction) {
-            matched = true;
             if !charge(rule, now, bytes) {
                 refused_at = level;
                 break;
             }
+            count_pass(cgroup_id, direction, bytes, true);
         }
         level += 1;
     }
-    let deepest = level;
-
     if refused_at == 0 {
-        // Most packets belong to unlimited cgroups: they skip the second walk.
-        if !matched {
-            return PASS;
-        }
-        settle(skb, direction, deepest, |counters| {
-            atomic::add(&mut counters.passed_packets, 1);
-            atomic::add(&mut counters.passed_bytes, bytes);
-        });
         return PASS;
     }
 
-    // Give back what the shallower rules were charged, and count the drop against the rule
-    // that refused.
+    // A deeper rule refused: give back what the shallower rules were charged and counted, and
+    // count the drop against the rule that refused.
     let mut level = 1u32;
     while level < refused_at && level <= MAX_CGROUP_DEPTH {
         if let Some(cgroup_id) = ancestor(skb, level)
             && let Some(rule) = rule(cgroup_id, direction)
         {
             refund(rule, bytes);
+            count_pass(cgroup_id, direction, bytes, false);
         }
         level += 1;
     }
@@ -105,17 +97,17 @@ fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
     DROP
 }
 
-/// Applies `count` to the counters of every rule on levels `1..deepest`.
+/// Counts a passed packet (or takes the count back, when a deeper rule refused it after all).
 #[inline(always)]
-fn settle(skb: *mut __sk_buff, direction: Direction, deepest: u32, count: impl Fn(&mut Counters)) {
-    let mut level = 1u32;
-    while level < deepest && level <= MAX_CGROUP_DEPTH {
-        if let Some(cgroup_id) = ancestor(skb, level)
-            && let Some(counters) = counters(cgroup_id, direction)
-        {
-            count(counters);
+fn count_pass(cgroup_id: u64, direction: Direction, bytes: u64, passed: bool) {
+    if let Some(counters) = counters(cgroup_id, direction) {
+        if passed {
+            atomic::add(&mut counters.passed_packets, 1);
+            atomic::add(&mut counters.passed_bytes, bytes);
+        } else {
+            atomic::sub(&mut counters.passed_packets, 1);
+            atomic::sub(&mut counters.passed_bytes, bytes);
         }
-        level += 1;
     }
 }
 
