@@ -252,7 +252,8 @@ impl Cgroup {
         pids
     }
 
-    /// Moves a process (all its threads) into this cgroup.
+    /// Moves a process (all its threads) into this cgroup; [`Error::ProcessExited`] if it is
+    /// gone or exiting.
     pub fn add_process(&self, pid: u32) -> Result<()> {
         let procs = self.path.join("cgroup.procs");
         let result = fs::OpenOptions::new()
@@ -260,7 +261,9 @@ impl Cgroup {
             .open(&procs)
             .and_then(|mut file| file.write_all(pid.to_string().as_bytes()));
         match result {
-            Ok(()) => Ok(()),
+            // The kernel skips an exiting task (a zombie) without an error: check the move took.
+            Ok(()) if self.holds(pid) => Ok(()),
+            Ok(()) => Err(Error::ProcessExited(pid)),
             // ESRCH: the process is gone, or is a zombie that can no longer move.
             Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {
                 Err(Error::ProcessExited(pid))
@@ -270,6 +273,15 @@ impl Cgroup {
                 source: error,
             }),
         }
+    }
+
+    /// Whether /proc/PID/cgroup names this cgroup.
+    fn holds(&self, pid: u32) -> bool {
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("0::"))
+                .is_some_and(|path| path.trim() == self.relative)
+        })
     }
 
     /// Kills every process in the cgroup and its descendants (cgroup.kill, Linux 5.14+).

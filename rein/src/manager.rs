@@ -253,10 +253,6 @@ impl Rein {
                 let _ = home.add_process(pid);
             });
         }
-        // The kernel skips exiting tasks (zombies) without an error: check the move took.
-        if self.cgroups.of_pid(pid).ok().as_ref() != Some(&cgroup) {
-            return Err(Error::ProcessExited(pid));
-        }
         Ok(SetOutcome {
             record,
             moved: Some(Moved {
