@@ -6,8 +6,10 @@
 #![no_std]
 
 pub mod bucket;
+pub mod share;
 
 pub use bucket::{Bucket, Verdict};
+pub use share::{FlowCount, FlowState};
 
 /// Depth of the cgroup tree that the datapath searches for rules, counted from the v2 root
 /// (level 0). A socket in a deeper cgroup is still covered by rules on its first
@@ -21,13 +23,16 @@ pub const MAX_RULES: u32 = 16_384;
 pub const RULES_MAP: &str = "REIN_RULES";
 /// Name of the per-CPU map of counters.
 pub const COUNTERS_MAP: &str = "REIN_COUNTERS";
+/// Name of the socket-local storage of TCP flows under a limit.
+pub const FLOWS_MAP: &str = "REIN_FLOWS";
 /// Program names in the object file.
 pub const EGRESS_PROGRAM: &str = "rein_egress";
 pub const INGRESS_PROGRAM: &str = "rein_ingress";
+pub const SOCK_OPS_PROGRAM: &str = "rein_sock_ops";
 
 /// Version of the map layout. Pins live in a directory named after it, so a build with another
 /// layout never reads maps it does not understand.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Which way a packet crosses the socket.
 #[repr(u32)]
@@ -67,7 +72,7 @@ pub enum Action {
     Drop = 0,
 }
 
-/// Value of the rule map: the limit's configuration and its live bucket state.
+/// Value of the rule map: the limit's configuration and its live state.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rule {
@@ -76,15 +81,21 @@ pub struct Rule {
     pub action: u32,
     /// Reserved for flags of later mechanisms; zero.
     pub flags: u32,
+    /// The limit in IP bytes per second, which TCP flows share by pacing.
+    pub rate: u64,
+    /// The TCP flows currently sharing the rate. Shared by all CPUs; compare-and-swap only.
+    pub flows: FlowCount,
 }
-const _: () = assert!(core::mem::size_of::<Rule>() == 32);
+const _: () = assert!(core::mem::size_of::<Rule>() == 48);
 
 impl Rule {
-    pub const fn new(bucket: Bucket, action: Action) -> Self {
+    pub const fn new(bucket: Bucket, rate: u64, action: Action) -> Self {
         Self {
             bucket,
             action: action as u32,
             flags: 0,
+            rate,
+            flows: FlowCount(0),
         }
     }
 }
@@ -120,4 +131,6 @@ mod pod {
     unsafe impl aya::Pod for super::Rule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowState {}
 }

@@ -1,5 +1,6 @@
-//! rein's kernel programs: a token bucket per cgroup and direction, at cgroup_skb egress and
-//! ingress, attached once at the cgroup v2 root.
+//! rein's kernel programs, attached once at the cgroup v2 root: a token bucket per cgroup and
+//! direction at cgroup_skb egress and ingress, and a sock_ops program that makes each limited
+//! TCP flow pace itself at its share of the limit (see `rein_common::share`).
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -7,16 +8,18 @@
 
 use aya_ebpf::{
     bindings::__sk_buff,
+    btf_maps::SkStorage,
     helpers::{bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
-    macros::{cgroup_skb, map},
+    macros::{btf_map, cgroup_skb, map, sock_ops},
     maps::{HashMap, PerCpuHashMap},
-    programs::SkBuffContext,
+    programs::{SkBuffContext, SockOpsContext},
 };
 use rein_common::{
-    Bucket, Counters, Direction, MAX_CGROUP_DEPTH, MAX_RULES, Rule, RuleKey, Verdict,
+    Bucket, Counters, Direction, FlowState, MAX_CGROUP_DEPTH, MAX_RULES, Rule, RuleKey, Verdict,
 };
 
 mod atomic;
+mod flow;
 mod packet;
 
 #[map(name = "REIN_RULES")]
@@ -26,6 +29,10 @@ static REIN_RULES: HashMap<RuleKey, Rule> = HashMap::with_max_entries(2 * MAX_RU
 static REIN_COUNTERS: PerCpuHashMap<RuleKey, Counters> =
     PerCpuHashMap::with_max_entries(2 * MAX_RULES, 0);
 
+/// Per-socket flow state: written by the egress program, applied by the sock_ops program.
+#[btf_map]
+static REIN_FLOWS: SkStorage<FlowState> = SkStorage::new();
+
 /// cgroup_skb return codes. At egress, bit 1 adds a congestion notification: the dropped
 /// packet then reads as NET_XMIT_DROP, so UDP senders see what a full qdisc would give them
 /// (ENOBUFS, which UDP swallows) rather than EPERM, and TCP enters CWR. Ingress allows 0 and 1.
@@ -33,9 +40,13 @@ const PASS: i32 = 1;
 const DROP: i32 = 0;
 const DROP_NOTIFY_CONGESTION: i32 = 2;
 
+/// The most TCP sends in one go: a full GSO packet.
+const TCP_TRAIN_BYTES: u64 = 64 * 1024;
+
 #[cgroup_skb(egress)]
 pub fn rein_egress(ctx: SkBuffContext) -> i32 {
-    match limit(&ctx, Direction::Egress) {
+    let tcp = flow::tcp_socket(&ctx);
+    match limit(&ctx, Direction::Egress, tcp) {
         PASS => PASS,
         _ => DROP_NOTIFY_CONGESTION,
     }
@@ -43,17 +54,27 @@ pub fn rein_egress(ctx: SkBuffContext) -> i32 {
 
 #[cgroup_skb(ingress)]
 pub fn rein_ingress(ctx: SkBuffContext) -> i32 {
-    limit(&ctx, Direction::Ingress)
+    limit(&ctx, Direction::Ingress, core::ptr::null_mut())
+}
+
+#[sock_ops]
+pub fn rein_sock_ops(ctx: SockOpsContext) -> u32 {
+    flow::on_sock_ops(&ctx);
+    1
 }
 
 /// Charges the packet to the bucket of every rule on the socket's cgroup and its ancestors, and
 /// passes it only if all of them have room. Levels are walked from the root down; when a deeper
 /// bucket refuses, what was charged to the shallower ones is given back.
+///
+/// `tcp` is the sending TCP socket of an egress packet (else null): its flow is counted under
+/// each rule on the way, and given the smallest share it finds.
 #[inline(always)]
-fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
+fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings::bpf_sock) -> i32 {
     let skb = ctx.skb.skb;
     let bytes = packet::ip_bytes(ctx);
     let now = unsafe { bpf_ktime_get_ns() };
+    let mut flow = flow::Sharing::new(tcp, now, bytes);
 
     // One walk from the root down: charge each rule's bucket and count the pass as we go, so
     // a packet that passes (nearly all do) costs a single walk.
@@ -64,7 +85,9 @@ fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
             break;
         };
         if let Some(rule) = rule(cgroup_id, direction) {
-            if !charge(rule, now, bytes) {
+            // Counted before the charge: how many flows share the rule sets TCP's leeway.
+            let flows = flow.count_under(rule);
+            if !charge(rule, now, bytes, flows) {
                 refused_at = level;
                 break;
             }
@@ -73,6 +96,7 @@ fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
         level += 1;
     }
     if refused_at == 0 {
+        flow.finish();
         return PASS;
     }
 
@@ -121,7 +145,7 @@ fn ancestor(skb: *mut __sk_buff, level: u32) -> Option<u64> {
 }
 
 #[inline(always)]
-fn rule(cgroup_id: u64, direction: Direction) -> Option<&'static mut Rule> {
+pub(crate) fn rule(cgroup_id: u64, direction: Direction) -> Option<&'static mut Rule> {
     let ptr = REIN_RULES.get_ptr_mut(RuleKey::new(cgroup_id, direction))?;
     // SAFETY: the map value stays valid for the program's run (RCU); fields that other CPUs
     // change are only touched through atomics.
@@ -137,16 +161,26 @@ fn counters(cgroup_id: u64, direction: Direction) -> Option<&'static mut Counter
 }
 
 /// Takes `bytes` from the rule's bucket; false when the bucket has no room.
+///
+/// TCP flows (`tcp_flows` of them, 0 for other packets) may take the bucket further into debt:
+/// one 64 KiB segment train each. They pace themselves just under their share, so their long-run
+/// rate stays under the limit, but at a short round trip TCP sends up to 64 KiB at once and then
+/// waits (its TSO autosizing adds `gso_max_size >> (min_rtt_us >> tcp_tso_rtt_log)`), and the
+/// trains of several flows can line up. Refusing such a train would stall the flow until an ACK
+/// or a timer, because a refusal at cgroup egress is a local drop, not a loss. Past that leeway
+/// TCP is refused like anything else, which caps a flow that overrides its pacing.
 #[inline(always)]
-fn charge(rule: &mut Rule, now: u64, bytes: u64) -> bool {
+fn charge(rule: &mut Rule, now: u64, bytes: u64, tcp_flows: u32) -> bool {
     let bucket = rule.bucket;
     let cost = bucket.cost_ns(bytes);
+    // tcp_flows <= 2^16 and the cost of 64 KiB < 2^43 (at 1 kbit/s): no overflow.
+    let room = bucket.burst_ns + tcp_flows as u64 * bucket.cost_ns(TCP_TRAIN_BYTES);
     // Another CPU may move tat between the load and the swap; try again a few times, and then
     // refuse: a bucket contended that hard is full of traffic anyway.
     let mut attempt = 0;
     let mut tat = atomic::load(&rule.bucket.tat);
     while attempt < 8 {
-        match Bucket::decide(tat, now, cost, bucket.burst_ns) {
+        match Bucket::decide(tat, now, cost, room) {
             Verdict::Refuse => return false,
             Verdict::Pass { tat: next } => {
                 match atomic::compare_exchange(&mut rule.bucket.tat, tat, next) {

@@ -8,11 +8,13 @@ use std::{fs, io, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps, links::FdLink,
+    },
 };
 use rein_common::{
-    COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, INGRESS_PROGRAM, MAX_RULES, RULES_MAP, Rule,
-    RuleKey,
+    COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, FLOWS_MAP, INGRESS_PROGRAM, MAX_RULES,
+    RULES_MAP, Rule, RuleKey, SOCK_OPS_PROGRAM,
 };
 
 use crate::{
@@ -32,18 +34,62 @@ pub fn object() -> &'static [u8] {
     OBJECT
 }
 
-fn program_name(direction: Direction) -> &'static str {
-    match direction {
-        Direction::Egress => EGRESS_PROGRAM,
-        Direction::Ingress => INGRESS_PROGRAM,
+/// The kernel hooks rein attaches to, each with its own program and pinned link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// cgroup_skb egress: the bucket, and counting TCP flows.
+    Egress,
+    /// cgroup_skb ingress: the bucket.
+    Ingress,
+    /// sock_ops: pacing TCP flows at their share.
+    SockOps,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 3] = [Hook::Egress, Hook::Ingress, Hook::SockOps];
+
+    pub fn program_name(self) -> &'static str {
+        match self {
+            Hook::Egress => EGRESS_PROGRAM,
+            Hook::Ingress => INGRESS_PROGRAM,
+            Hook::SockOps => SOCK_OPS_PROGRAM,
+        }
+    }
+
+    /// Name of the link's pin in the instance's bpffs directory.
+    pub fn link_name(self) -> &'static str {
+        match self {
+            Hook::Egress => "link-egress",
+            Hook::Ingress => "link-ingress",
+            Hook::SockOps => "link-sock-ops",
+        }
     }
 }
 
-fn attach_type(direction: Direction) -> CgroupSkbAttachType {
-    match direction {
-        Direction::Egress => CgroupSkbAttachType::Egress,
-        Direction::Ingress => CgroupSkbAttachType::Ingress,
+/// Loads (verifies) every program of `ebpf` into the kernel.
+pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
+    for hook in Hook::ALL {
+        let name = hook.program_name();
+        let program = ebpf
+            .program_mut(name)
+            .ok_or_else(|| Error::Load(format!("program {name} is missing from the object")))?;
+        let loaded = match hook {
+            Hook::Egress | Hook::Ingress => {
+                let program: &mut CgroupSkb = program
+                    .try_into()
+                    .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
+                program.load()
+            }
+            Hook::SockOps => {
+                let program: &mut SockOps = program
+                    .try_into()
+                    .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
+                program.load()
+            }
+        };
+        loaded.map_err(|e| Error::Load(format!("{name}: {}", verifier_message(&e))))?;
     }
+    Ok(())
 }
 
 /// Handles on the pinned maps of an installed datapath.
@@ -55,9 +101,9 @@ pub struct Datapath {
 impl Datapath {
     /// Whether the programs are attached (their links pinned).
     pub fn is_installed(instance: &Instance) -> bool {
-        DIRECTIONS
+        Hook::ALL
             .iter()
-            .all(|&direction| instance.link_pin(direction).exists())
+            .all(|hook| instance.link_pin(hook.link_name()).exists())
     }
 
     /// Opens the pinned maps of an installed datapath.
@@ -88,24 +134,14 @@ impl Datapath {
         let mut ebpf = load_object(instance)?;
         let cgroup = fs::File::open(root.path())
             .context(|| format!("cannot open cgroup {}", root.path().display()))?;
-        for direction in DIRECTIONS {
-            let program = program_mut(&mut ebpf, direction)?;
-            program
-                .load()
-                .map_err(|e| Error::Load(verifier_message(&e)))?;
-            // A cgroup bpf_link always coexists with other programs (the kernel attaches links in
-            // multi mode); the link API refuses the legacy ALLOW_MULTI flag, hence `Single`.
-            let link_id = program
-                .attach(&cgroup, attach_type(direction), CgroupAttachMode::Single)
-                .map_err(|e| bpf_error("cannot attach to the cgroup v2 root")(&e))?;
-            let link = program
-                .take_link(link_id)
-                .map_err(|e| bpf_error("cannot take the link")(&e))?;
-            let link = FdLink::try_from(link).map_err(|e| bpf_error("cannot pin the link")(&e))?;
+        load_programs(&mut ebpf)?;
+        for hook in Hook::ALL {
+            let link = attach(&mut ebpf, hook, &cgroup)?;
             // A pin left by an install that was killed halfway holds the only reference to its
             // link: removing it detaches that stale program. The maps are kept.
-            remove_if_exists(&instance.link_pin(direction));
-            link.pin(instance.link_pin(direction))
+            let pin = instance.link_pin(hook.link_name());
+            remove_if_exists(&pin);
+            link.pin(&pin)
                 .map_err(|e| bpf_error("cannot pin the link")(&e))?;
         }
         drop(ebpf);
@@ -119,17 +155,17 @@ impl Datapath {
             return Err(Error::NotInstalled);
         }
         let mut ebpf = load_object(instance)?;
-        for direction in DIRECTIONS {
-            let program = program_mut(&mut ebpf, direction)?;
-            program
-                .load()
-                .map_err(|e| Error::Load(verifier_message(&e)))?;
-            let pin = instance.link_pin(direction);
-            let link = sys::bpf_obj_get(&pin)
-                .context(|| format!("cannot open the pinned link {}", pin.display()))?;
-            let fd = program
+        load_programs(&mut ebpf)?;
+        for hook in Hook::ALL {
+            let name = hook.program_name();
+            let fd = ebpf
+                .program(name)
+                .ok_or_else(|| Error::Load(format!("program {name} is missing from the object")))?
                 .fd()
                 .map_err(|e| bpf_error("loaded program has no fd")(&e))?;
+            let pin = instance.link_pin(hook.link_name());
+            let link = sys::bpf_obj_get(&pin)
+                .context(|| format!("cannot open the pinned link {}", pin.display()))?;
             sys::bpf_link_update(link, fd)
                 .context(|| format!("cannot swap the program of {}", pin.display()))?;
         }
@@ -139,9 +175,9 @@ impl Datapath {
 
     /// Detaches the programs and removes every pin; missing pieces are fine.
     pub fn uninstall(instance: &Instance) {
-        for direction in DIRECTIONS {
+        for hook in Hook::ALL {
             // Removing the last reference to a pinned link detaches its program.
-            remove_if_exists(&instance.link_pin(direction));
+            remove_if_exists(&instance.link_pin(hook.link_name()));
         }
         let pin_dir = instance.pin_dir();
         if let Ok(entries) = fs::read_dir(&pin_dir) {
@@ -208,21 +244,51 @@ fn load_object(instance: &Instance) -> Result<Ebpf> {
     EbpfLoader::new()
         .map_pin_path(RULES_MAP, maps_dir.join(RULES_MAP))
         .map_pin_path(COUNTERS_MAP, maps_dir.join(COUNTERS_MAP))
+        .map_pin_path(FLOWS_MAP, maps_dir.join(FLOWS_MAP))
         .load(OBJECT)
         .map_err(|e| Error::Load(e.to_string()))
 }
 
-fn program_mut(ebpf: &mut Ebpf, direction: Direction) -> Result<&mut CgroupSkb> {
-    let name = program_name(direction);
-    ebpf.program_mut(name)
-        .ok_or_else(|| Error::Load(format!("program {name} is missing from the object")))?
-        .try_into()
-        .map_err(|e| bpf_error(format!("program {name}"))(&e))
+/// Attaches a loaded program at the cgroup v2 root and returns its link.
+fn attach(ebpf: &mut Ebpf, hook: Hook, root: &fs::File) -> Result<FdLink> {
+    let name = hook.program_name();
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::Load(format!("program {name} is missing from the object")))?;
+    let attach_error = |e: &ProgramError| bpf_error("cannot attach to the cgroup v2 root")(e);
+    let take_error = |e: &ProgramError| bpf_error("cannot take the link")(e);
+    // A cgroup bpf_link always coexists with other programs (the kernel attaches links in multi
+    // mode); the link API refuses the legacy ALLOW_MULTI flag, hence `Single`.
+    let link = match hook {
+        Hook::Egress | Hook::Ingress => {
+            let program: &mut CgroupSkb = program
+                .try_into()
+                .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
+            let attach_type = match hook {
+                Hook::Egress => CgroupSkbAttachType::Egress,
+                _ => CgroupSkbAttachType::Ingress,
+            };
+            let id = program
+                .attach(root, attach_type, CgroupAttachMode::Single)
+                .map_err(|e| attach_error(&e))?;
+            FdLink::try_from(program.take_link(id).map_err(|e| take_error(&e))?)
+        }
+        Hook::SockOps => {
+            let program: &mut SockOps = program
+                .try_into()
+                .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
+            let id = program
+                .attach(root, CgroupAttachMode::Single)
+                .map_err(|e| attach_error(&e))?;
+            FdLink::try_from(program.take_link(id).map_err(|e| take_error(&e))?)
+        }
+    };
+    link.map_err(|e| bpf_error("cannot pin the link")(&e))
 }
 
-fn verifier_message(error: &aya::programs::ProgramError) -> String {
+fn verifier_message(error: &ProgramError) -> String {
     match error {
-        aya::programs::ProgramError::LoadError {
+        ProgramError::LoadError {
             io_error,
             verifier_log,
         } => {

@@ -1,8 +1,7 @@
 //! `rein doctor`: each kernel feature rein relies on, checked for real, with the fix when missing.
 use std::fs;
 
-use aya::{EbpfLoader, programs::CgroupSkb};
-use rein_common::{EGRESS_PROGRAM, INGRESS_PROGRAM};
+use aya::EbpfLoader;
 use serde::Serialize;
 
 use crate::{cgroup::CgroupFs, datapath::Datapath, instance::Instance, sys};
@@ -115,7 +114,7 @@ pub fn diagnose(instance: &Instance) -> Vec<Check> {
         "programs",
         programs.is_ok(),
         match &programs {
-            Ok(()) => "the cgroup_skb programs load and pass the verifier".into(),
+            Ok(()) => "the programs load and pass the verifier".into(),
             Err(error) => error.clone(),
         },
         Some(
@@ -145,13 +144,5 @@ pub fn diagnose(instance: &Instance) -> Vec<Check> {
 fn load_programs() -> Result<(), String> {
     let object = crate::datapath::object();
     let mut ebpf = EbpfLoader::new().load(object).map_err(|e| e.to_string())?;
-    for name in [EGRESS_PROGRAM, INGRESS_PROGRAM] {
-        let program: &mut CgroupSkb = ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("{name} is missing"))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-        program.load().map_err(|e| format!("{name}: {e}"))?;
-    }
-    Ok(())
+    crate::datapath::load_programs(&mut ebpf).map_err(|e| e.to_string())
 }

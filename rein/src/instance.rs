@@ -73,12 +73,9 @@ impl Instance {
         self.pin_dir().join(format!("maps-v{LAYOUT_VERSION}"))
     }
 
-    pub fn link_pin(&self, direction: rein_common::Direction) -> PathBuf {
-        let name = match direction {
-            rein_common::Direction::Egress => "link-egress",
-            rein_common::Direction::Ingress => "link-ingress",
-        };
-        self.pin_dir().join(name)
+    /// Where the link of one hook is pinned.
+    pub fn link_pin(&self, link_name: &str) -> PathBuf {
+        self.pin_dir().join(link_name)
     }
 
     /// `/run/rein`: the state file and the lock.

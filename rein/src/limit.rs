@@ -1,5 +1,5 @@
 //! A rate limit as the operator states it, and its translation into the kernel's bucket.
-use rein_common::{Bucket, bucket::COST_SHIFT};
+use rein_common::{Action, Bucket, Rule, bucket::COST_SHIFT};
 use serde::{Deserialize, Serialize};
 
 use crate::units::{Rate, Size};
@@ -38,6 +38,17 @@ impl Limit {
             burst_ns: u64::try_from(burst_ns).unwrap_or(u64::MAX),
             tat: now_ns,
         }
+    }
+}
+
+impl Limit {
+    /// The kernel's rule for this limit, with a full bucket and no flows counted yet.
+    pub fn rule(&self, now_ns: u64) -> Rule {
+        Rule::new(
+            self.bucket(now_ns),
+            self.rate.bytes_per_second(),
+            Action::Drop,
+        )
     }
 }
 

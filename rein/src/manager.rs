@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rein_common::{Action, Counters, Direction, Rule, RuleKey};
+use rein_common::{Counters, Direction, RuleKey, share::epoch_of};
 use serde::Serialize;
 
 use crate::{
@@ -86,6 +86,8 @@ pub struct DirectionView {
     pub passed_bytes: u64,
     pub dropped_packets: u64,
     pub dropped_bytes: u64,
+    /// TCP flows sharing the limit now (flows that sent in the last 100-200 ms).
+    pub tcp_flows: u32,
 }
 
 /// A cgroup made by `rein run`, to be torn down when its command ends.
@@ -273,13 +275,15 @@ impl Rein {
             let previous = datapath.rule(key);
             match spec(record, direction) {
                 Some(spec) => {
-                    let limit = effective(spec);
-                    let mut bucket = limit.bucket(now);
+                    let mut rule = effective(spec).rule(now);
                     if let Some(previous) = previous {
-                        // Keep the bucket's debt across a change, but never more than a burst.
-                        bucket.tat = previous.bucket.tat.clamp(now, now + bucket.burst_ns);
+                        // Keep the bucket's debt across a change, but never more than a burst,
+                        // and keep counting the flows that share the limit.
+                        rule.bucket.tat =
+                            previous.bucket.tat.clamp(now, now + rule.bucket.burst_ns);
+                        rule.flows = previous.flows;
                     }
-                    datapath.put_rule(key, Rule::new(bucket, Action::Drop))?;
+                    datapath.put_rule(key, rule)?;
                 }
                 None => datapath.remove_rule(key),
             }
@@ -428,14 +432,26 @@ impl Rein {
         } else {
             None
         };
+        let now = self.clock.now_ns();
         let view_of = |record: &RuleRecord, direction: Direction| {
             let spec = spec(record, direction)?;
             let limit = effective(spec);
+            let key = RuleKey::new(record.cgroup_id, direction);
             let counters = datapath
                 .as_ref()
-                .map(|d| d.counters(RuleKey::new(record.cgroup_id, direction)))
+                .map(|d| d.counters(key))
                 .unwrap_or_default();
-            Some(direction_view(limit, spec.burst.is_none(), counters))
+            let tcp_flows = datapath
+                .as_ref()
+                .and_then(|d| d.rule(key))
+                .map(|rule| rule.flows.active(epoch_of(now)))
+                .unwrap_or(0);
+            Some(direction_view(
+                limit,
+                spec.burst.is_none(),
+                counters,
+                tcp_flows,
+            ))
         };
         state
             .rules
@@ -472,7 +488,7 @@ impl Rein {
                 if let Some(spec) = spec(record, direction)
                     && datapath.rule(key).is_none()
                 {
-                    datapath.put_rule(key, Rule::new(effective(spec).bucket(now), Action::Drop))?;
+                    datapath.put_rule(key, effective(spec).rule(now))?;
                     restored += 1;
                 }
             }
@@ -629,7 +645,12 @@ fn effective(spec: LimitSpec) -> Limit {
     }
 }
 
-fn direction_view(limit: Limit, burst_is_default: bool, counters: Counters) -> DirectionView {
+fn direction_view(
+    limit: Limit,
+    burst_is_default: bool,
+    counters: Counters,
+    tcp_flows: u32,
+) -> DirectionView {
     DirectionView {
         rate_bits_per_second: limit.rate.bits_per_second(),
         burst_bytes: limit.burst.bytes(),
@@ -638,6 +659,7 @@ fn direction_view(limit: Limit, burst_is_default: bool, counters: Counters) -> D
         passed_bytes: counters.passed_bytes,
         dropped_packets: counters.dropped_packets,
         dropped_bytes: counters.dropped_bytes,
+        tcp_flows,
     }
 }
 

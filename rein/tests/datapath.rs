@@ -145,7 +145,7 @@ impl Loaded {
     fn set_rule(&mut self, cgroup_id: u64, direction: Direction, limit: Limit) {
         let key = RuleKey::new(cgroup_id, direction);
         let bucket = limit.bucket(rein::clock::Clock::now_ns(&MonotonicClock));
-        let rule = Rule::new(bucket, Action::Drop);
+        let rule = Rule::new(bucket, limit.rate.bytes_per_second(), Action::Drop);
         let mut rules: HashMap<_, RuleKey, Rule> =
             HashMap::try_from(self.ebpf.map_mut(RULES_MAP).unwrap()).unwrap();
         rules.insert(key, rule, 0).unwrap();

@@ -58,7 +58,15 @@ pub fn list(views: &[RuleView]) -> String {
     }
     let mut rows = vec![
         [
-            "CGROUP", "ORIGIN", "DIR", "RATE", "BURST", "PASSED", "DROPPED", "PIDS",
+            "CGROUP",
+            "ORIGIN",
+            "DIR",
+            "RATE",
+            "BURST",
+            "TCP FLOWS",
+            "PASSED",
+            "DROPPED",
+            "PIDS",
         ]
         .map(String::from),
     ];
@@ -87,6 +95,11 @@ pub fn list(views: &[RuleView]) -> String {
                 name.into(),
                 rate(d),
                 burst(d),
+                if name == "egress" {
+                    d.tcp_flows.to_string()
+                } else {
+                    "-".into()
+                },
                 format!("{} pkt / {}", d.passed_packets, bytes(d.passed_bytes)),
                 format!("{} pkt / {}", d.dropped_packets, bytes(d.dropped_bytes)),
                 pids.clone(),

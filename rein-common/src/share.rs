@@ -1,0 +1,264 @@
+//! How a limit is shared among the TCP flows under it, as the kernel computes it.
+//!
+//! A dropping bucket stalls TCP (a local drop at cgroup egress makes the socket wait for a
+//! timer), so TCP flows are not policed: each one paces itself with `SO_MAX_PACING_RATE` at its
+//! share of the limit, and sends at exactly that rate with no loss and no queue. The share is
+//! the limit divided by the number of *active* flows, and a flow is active while it sends.
+//!
+//! Flows are counted per epoch of [`EPOCH_NS`]: a flow registers once in each epoch in which it
+//! sends a real part of a share ([`register_threshold`]: a control connection or an interactive
+//! session that sends a few hundred bytes does not halve a bulk flow's rate), and the active count is the larger of this epoch's and the previous one's
+//! registrations. A flow that starts is counted at once; a flow that stops or closes stops
+//! counting within two epochs. The whole count lives in one `u64`, so CPUs update it with a
+//! single compare-and-swap.
+
+/// Length of a counting epoch: a flow that sends at least once per epoch stays counted.
+pub const EPOCH_NS: u64 = 100_000_000;
+
+/// A flow's epoch before it has registered anywhere.
+pub const NO_EPOCH: u32 = u32::MAX;
+
+/// Most flows one count holds; more are counted as this many.
+pub const MAX_COUNTED_FLOWS: u32 = 0xffff;
+
+/// Fraction of its share, in parts per 1024, that a flow paces at. TCP's pacing is exact, so
+/// pacing a hair under the share keeps the cgroup's bucket (which still backs the limit) from
+/// ever running dry and dropping a paced packet.
+pub const PACING_HEADROOM_PER_1024: u64 = 1019;
+
+/// Pacing rate that means "no cap" to the kernel (`~0U`).
+pub const UNCAPPED: u32 = u32::MAX;
+
+/// The epoch that `now` (CLOCK_MONOTONIC ns) falls in. Wraps after 13 years of uptime, which
+/// only matters for equality, and equality across a wrap needs a flow idle for exactly that long.
+#[inline(always)]
+pub const fn epoch_of(now: u64) -> u32 {
+    (now / EPOCH_NS) as u32
+}
+
+/// Registrations of flows in the current and the previous epoch: `epoch` in the low 32 bits,
+/// this epoch's count in the next 16, the previous epoch's in the top 16.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCount(pub u64);
+
+impl FlowCount {
+    #[inline(always)]
+    const fn epoch(self) -> u32 {
+        self.0 as u32
+    }
+
+    #[inline(always)]
+    const fn current(self) -> u32 {
+        ((self.0 >> 32) & 0xffff) as u32
+    }
+
+    #[inline(always)]
+    const fn previous(self) -> u32 {
+        (self.0 >> 48) as u32
+    }
+
+    #[inline(always)]
+    const fn pack(epoch: u32, current: u32, previous: u32) -> Self {
+        Self(epoch as u64 | ((current as u64) << 32) | ((previous as u64) << 48))
+    }
+
+    /// The epoch a registration at `now` lands in. A packet stamped just before another CPU
+    /// opened the next epoch belongs to that newer epoch: the count never steps back.
+    #[inline(always)]
+    const fn latest(self, now: u32) -> u32 {
+        if self.epoch() == now.wrapping_add(1) {
+            self.epoch()
+        } else {
+            now
+        }
+    }
+
+    /// The count as seen from epoch `now`: this epoch's registrations, and the previous one's.
+    #[inline(always)]
+    const fn view(self, now: u32) -> (u32, u32) {
+        let now = self.latest(now);
+        if self.epoch() == now {
+            (self.current(), self.previous())
+        } else if self.epoch().wrapping_add(1) == now {
+            (0, self.current())
+        } else {
+            (0, 0)
+        }
+    }
+
+    /// Flows active at epoch `now`.
+    #[inline(always)]
+    pub const fn active(self, now: u32) -> u32 {
+        let (current, previous) = self.view(now);
+        if current > previous {
+            current
+        } else {
+            previous
+        }
+    }
+
+    /// The count after one more flow registers in epoch `now`.
+    #[inline(always)]
+    pub const fn register(self, now: u32) -> Self {
+        let (current, previous) = self.view(now);
+        let current = if current < MAX_COUNTED_FLOWS {
+            current + 1
+        } else {
+            current
+        };
+        Self::pack(self.latest(now), current, previous)
+    }
+}
+
+/// Bytes a flow must send within an epoch to count as active: a quarter of what it would be
+/// entitled to as one more flow, and never more than two full segments.
+#[inline(always)]
+pub const fn register_threshold(rate: u64, active: u32) -> u64 {
+    let per_epoch = rate / (1_000_000_000 / EPOCH_NS);
+    let entitled = per_epoch / (active as u64 + 1) / 4;
+    if entitled < 3000 { entitled } else { 3000 }
+}
+
+/// Each active flow's share of `rate` bytes/s (IP bytes). A lone flow (or a count of zero, seen
+/// before the first registration lands) gets the whole rate.
+#[inline(always)]
+pub const fn share(rate: u64, active: u32) -> u64 {
+    if active <= 1 {
+        rate
+    } else {
+        rate / active as u64
+    }
+}
+
+/// The `SO_MAX_PACING_RATE` (payload bytes/s) that makes a flow put `share` IP bytes/s on the
+/// wire. TCP paces its payload; each segment of `mss` payload bytes also carries IP and TCP
+/// headers (with timestamps, as Linux sends by default). A share of 0 means "no rule": uncapped.
+#[inline(always)]
+pub const fn pacing_rate(share: u64, mss: u32, ipv6: bool) -> u32 {
+    if share == 0 {
+        return UNCAPPED;
+    }
+    let headers: u64 = if ipv6 { 40 + 32 } else { 20 + 32 };
+    // An unknown mss (0) or a silly one: assume a 1500-byte MTU.
+    let mss = if mss < 64 || mss > 65_535 {
+        1500 - headers
+    } else {
+        mss as u64
+    };
+    // share is at most 1.25e11 (1 tbit/s, < 2^37) and mss < 2^16: no product overflows.
+    let share = if share > 1 << 40 { 1 << 40 } else { share };
+    let payload = share * mss / (mss + headers);
+    let paced = payload * PACING_HEADROOM_PER_1024 / 1024;
+    if paced == 0 {
+        1
+    } else if paced >= UNCAPPED as u64 {
+        // Faster than the kernel's u32 can say: 34 Gbit/s and up. Leave the flow uncapped;
+        // the bucket still holds the limit.
+        UNCAPPED
+    } else {
+        paced as u32
+    }
+}
+
+/// Per-socket state, in socket-local storage: what the egress program worked out for the flow
+/// and what the sock_ops program last applied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    /// The flow's share in IP bytes/s, the smallest over the rules it is under; 0 when no rule
+    /// covers it (any cap it had must be lifted).
+    pub share: u64,
+    /// The share being worked out for the packet in flight; becomes `share` if it passes.
+    pub pending_share: u64,
+    /// The epoch that `sent` and `registered` are about.
+    pub epoch: u32,
+    /// The `SO_MAX_PACING_RATE` last applied to the socket; 0 before the first.
+    pub applied: u32,
+    /// IP bytes sent in `epoch`.
+    pub sent: u32,
+    /// 1 once the flow has registered (counted itself as active) in `epoch`; 2 while the packet
+    /// in flight is registering it (under each of its rules).
+    pub registered: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
+
+impl FlowState {
+    pub const NEW: Self = Self {
+        share: 0,
+        pending_share: 0,
+        epoch: NO_EPOCH,
+        applied: 0,
+        sent: 0,
+        registered: 0,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_flow_counts_at_once_and_a_stopped_one_within_two_epochs() {
+        let count = FlowCount::default();
+        let count = count.register(10).register(10);
+        assert_eq!(count.active(10), 2);
+        // Epoch 11: only one of the two sends; the previous epoch still vouches for both.
+        let count = count.register(11);
+        assert_eq!(count.active(11), 2);
+        // Epoch 12: the silent flow is gone.
+        let count = count.register(12);
+        assert_eq!(count.active(12), 1);
+        // Nobody registers for two epochs: nobody is active.
+        assert_eq!(count.active(14), 0);
+        assert_eq!(count.register(14).active(14), 1);
+    }
+
+    #[test]
+    fn a_packet_stamped_before_the_epoch_turned_counts_in_the_new_epoch() {
+        let count = FlowCount::default().register(4).register(5);
+        // Epoch 5 was opened by another CPU; a packet stamped in epoch 4 sees epoch 5's count.
+        assert_eq!(count.active(4), 1);
+        let count = count.register(4);
+        assert_eq!(count.active(5), 2);
+        assert_eq!(count.epoch(), 5);
+    }
+
+    #[test]
+    fn the_count_saturates() {
+        let mut count = FlowCount::default();
+        for _ in 0..70_000 {
+            count = count.register(3);
+        }
+        assert_eq!(count.active(3), MAX_COUNTED_FLOWS);
+    }
+
+    #[test]
+    fn pacing_turns_ip_bytes_into_payload_bytes_under_the_share() {
+        // 10 Mbit/s of IP bytes; 1448 of every 1500 bytes is payload.
+        let pacing = pacing_rate(1_250_000, 1448, false) as u64;
+        let exact = 1_250_000 * 1448 / 1500;
+        assert!(
+            pacing < exact && pacing * 1024 >= exact * 1018,
+            "{pacing} vs {exact}"
+        );
+        assert_eq!(pacing_rate(0, 1448, false), UNCAPPED);
+        assert_eq!(pacing_rate(125_000_000_000, 1448, false), UNCAPPED);
+        assert!(pacing_rate(1_250_000, 0, true) > 0);
+    }
+
+    #[test]
+    fn small_senders_do_not_register() {
+        // 20 Mbit/s: 250 kB an epoch; one more flow is entitled to 125 kB; two segments suffice.
+        assert_eq!(register_threshold(2_500_000, 1), 3000);
+        // 1 Mbit/s shared by 16: a flow gets 735 B an epoch; a quarter of it registers.
+        assert_eq!(register_threshold(125_000, 16), 183);
+    }
+
+    #[test]
+    fn share_divides_among_active_flows() {
+        assert_eq!(share(1000, 0), 1000);
+        assert_eq!(share(1000, 1), 1000);
+        assert_eq!(share(1000, 4), 250);
+    }
+}

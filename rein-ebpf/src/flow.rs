@@ -1,0 +1,229 @@
+//! TCP flows under a limit: counted by the egress program, paced by the sock_ops program.
+//!
+//! The egress program sees every packet with the cgroups it is charged to, so it counts the
+//! flow under each rule and records the flow's share in the socket's local storage. Only a
+//! sock_ops program may call `bpf_setsockopt`, so it applies the share as the socket's
+//! `SO_MAX_PACING_RATE` at the connection's start and on each RTT sample after.
+use core::{ffi::c_void, ptr};
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG,
+        bpf_sock,
+    },
+    helpers::generated::{bpf_setsockopt, bpf_sk_fullsock, bpf_sk_storage_get},
+    programs::{SkBuffContext, SockOpsContext},
+};
+use rein_common::{
+    FlowCount, FlowState, Rule,
+    share::{epoch_of, pacing_rate, register_threshold, share},
+};
+
+use crate::{REIN_FLOWS, atomic};
+
+const IPPROTO_TCP: u32 = 6;
+const AF_INET6: u32 = 10;
+const SOL_SOCKET: i32 = 1;
+const SO_MAX_PACING_RATE: i32 = 47;
+
+fn flows_map() -> *mut c_void {
+    ptr::from_ref(&REIN_FLOWS).cast_mut().cast()
+}
+
+/// The full TCP socket that sends this egress packet, or null.
+#[inline(always)]
+pub fn tcp_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
+    // SAFETY: the context is valid for the program's run; the kernel checks the pointers.
+    unsafe {
+        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return ptr::null_mut();
+        }
+        let full = bpf_sk_fullsock(sk);
+        if full.is_null() || (*full).protocol != IPPROTO_TCP {
+            return ptr::null_mut();
+        }
+        full
+    }
+}
+
+/// `FlowState::registered` values.
+const UNREGISTERED: u32 = 0;
+const REGISTERED: u32 = 1;
+const REGISTERING: u32 = 2;
+
+/// One packet's part in sharing its limits: the flow registers under each rule it is charged
+/// to (once an epoch, when it has sent enough), and keeps the smallest share it meets.
+///
+/// What the walk learns is kept in the socket's storage, not in locals: the verifier walks
+/// every cgroup level, and locals holding different known values at each level would multiply
+/// the states it must explore.
+pub struct Sharing {
+    socket: *mut bpf_sock,
+    state: *mut FlowState,
+    epoch: u32,
+    bytes: u64,
+}
+
+impl Sharing {
+    #[inline(always)]
+    pub fn new(socket: *mut bpf_sock, now: u64, bytes: u64) -> Self {
+        Self {
+            socket,
+            state: ptr::null_mut(),
+            epoch: epoch_of(now),
+            bytes,
+        }
+    }
+
+    /// The packet is charged to `rule`: count the flow there and take its share. Returns the
+    /// flows sharing the rule, or 0 for a packet that is not a TCP flow's.
+    #[inline(always)]
+    pub fn count_under(&mut self, rule: &mut Rule) -> u32 {
+        if self.socket.is_null() {
+            return 0;
+        }
+        if self.state.is_null() {
+            self.state = self.open();
+            if self.state.is_null() {
+                return 0;
+            }
+        }
+        // SAFETY: non-null storage of this socket, valid for the program's run.
+        let state = unsafe { &mut *self.state };
+        let mut active = FlowCount(atomic::load(&rule.flows.0)).active(self.epoch);
+        if state.registered != REGISTERED
+            && state.sent as u64 >= register_threshold(rule.rate, active)
+        {
+            active = register(rule, self.epoch);
+            state.registered = REGISTERING;
+        }
+        let own = share(rule.rate, active);
+        if own < state.pending_share {
+            state.pending_share = own;
+        }
+        // At least this flow, even before it registers.
+        if active == 0 { 1 } else { active }
+    }
+
+    /// The socket's storage (created on first use), brought to this epoch and this packet.
+    #[inline(always)]
+    fn open(&self) -> *mut FlowState {
+        let mut new = FlowState::NEW;
+        // SAFETY: a full socket and a value of the map's value type.
+        let state: *mut FlowState = unsafe {
+            bpf_sk_storage_get(
+                flows_map(),
+                self.socket.cast(),
+                ptr::from_mut(&mut new).cast(),
+                BPF_SK_STORAGE_GET_F_CREATE.into(),
+            )
+        }
+        .cast();
+        if state.is_null() {
+            return state;
+        }
+        // SAFETY: non-null storage of this socket, valid for the program's run.
+        let flow = unsafe { &mut *state };
+        if flow.epoch != self.epoch {
+            flow.epoch = self.epoch;
+            flow.sent = 0;
+            flow.registered = UNREGISTERED;
+        }
+        flow.sent = flow.sent.saturating_add(self.bytes as u32);
+        flow.pending_share = u64::MAX;
+        state
+    }
+
+    /// The packet passed: record the flow's share, or lift the cap of a flow no rule covers.
+    #[inline(always)]
+    pub fn finish(self) {
+        if self.socket.is_null() {
+            return;
+        }
+        if self.state.is_null() {
+            // No rule: only a socket that was capped before has anything to undo.
+            // SAFETY: a full socket; no value given, so nothing is created.
+            let state: *mut FlowState =
+                unsafe { bpf_sk_storage_get(flows_map(), self.socket.cast(), ptr::null_mut(), 0) }
+                    .cast();
+            if !state.is_null() {
+                // SAFETY: non-null storage of this socket.
+                unsafe { (*state).share = 0 };
+            }
+            return;
+        }
+        // SAFETY: non-null storage of this socket.
+        let state = unsafe { &mut *self.state };
+        if state.registered == REGISTERING {
+            state.registered = REGISTERED;
+        }
+        state.share = state.pending_share;
+    }
+}
+
+/// Counts one more flow under `rule` in `epoch`; returns the flows active after it.
+#[inline(always)]
+fn register(rule: &mut Rule, epoch: u32) -> u32 {
+    let mut current = atomic::load(&rule.flows.0);
+    let mut attempt = 0;
+    while attempt < 8 {
+        let next = FlowCount(current).register(epoch);
+        match atomic::compare_exchange(&mut rule.flows.0, current, next.0) {
+            Ok(()) => return next.active(epoch),
+            Err(found) => current = found,
+        }
+        attempt += 1;
+    }
+    // Contended that hard, the flow registers with its next packet; count it in the share now.
+    FlowCount(current).register(epoch).active(epoch)
+}
+
+/// The sock_ops side: turn on RTT callbacks for every TCP connection, and on each callback apply
+/// the flow's share (if the egress program gave it one) as its pacing cap.
+#[inline(always)]
+pub fn on_sock_ops(ctx: &SockOpsContext) {
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            // Every connection, because a rule may come to cover it after it is established.
+            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
+            apply_pacing(ctx);
+        }
+        BPF_SOCK_OPS_RTT_CB => apply_pacing(ctx),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn apply_pacing(ctx: &SockOpsContext) {
+    // SAFETY: the context is valid for the program's run; the kernel checks the pointers.
+    unsafe {
+        let socket = (*ctx.ops).__bindgen_anon_2.sk;
+        if socket.is_null() {
+            return;
+        }
+        let state: *mut FlowState =
+            bpf_sk_storage_get(flows_map(), socket.cast(), ptr::null_mut(), 0).cast();
+        if state.is_null() {
+            return;
+        }
+        let mss = (*ctx.ops).mss_cache;
+        let mut pacing = pacing_rate((*state).share, mss, ctx.family() == AF_INET6);
+        let applied = (*state).applied;
+        if pacing == applied || (applied == 0 && (*state).share == 0) {
+            return;
+        }
+        let len = core::mem::size_of::<u32>() as i32;
+        let result = bpf_setsockopt(
+            ctx.ops.cast(),
+            SOL_SOCKET,
+            SO_MAX_PACING_RATE,
+            ptr::from_mut(&mut pacing).cast(),
+            len,
+        );
+        if result == 0 {
+            (*state).applied = pacing;
+        }
+    }
+}
