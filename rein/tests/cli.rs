@@ -640,8 +640,8 @@ fn assert_goodput_near_limit(result: &Iperf3Result, what: &str) {
     );
 }
 
-/// This version drops when the bucket is empty, which collapses TCP far below the limit: only
-/// check that traffic flows and never beats the limit.
+/// Ingress still polices (a receiver cannot pace its sender): check that traffic flows and
+/// never beats the limit.
 fn assert_tcp_flows_within_limit(result: &Iperf3Result, what: &str) {
     assert!(
         result.bits_per_second > 0.0,
@@ -672,13 +672,151 @@ fn udp_ingress_is_limited() {
     rein.assert_no_trace("`rein run` of iperf3 -R");
 }
 
+/// Paced TCP runs at the limit with no retransmissions: a dropping bucket gave 0.03 of the
+/// limit, tbf gives about 0.96 with over a thousand retransmissions.
+fn assert_tcp_paced(result: &Iperf3Result, what: &str) {
+    let ratio = result.bits_per_second / LIMIT_BITS;
+    assert!(
+        (0.90..=1.0).contains(&ratio),
+        "{what}: goodput {:.2} Mbit/s is {ratio:.3} of the 20 Mbit/s limit, expected 0.90-1.0 \
+         ({result:?})",
+        result.bits_per_second / 1e6
+    );
+    assert!(
+        result.retransmits <= 5,
+        "{what}: {} retransmissions, expected (nearly) none ({result:?})",
+        result.retransmits
+    );
+}
+
 #[test]
-fn tcp_egress_flows_within_the_limit() {
+fn tcp_egress_is_paced_to_the_limit_without_retransmissions() {
     let _traffic = traffic();
     let rein = instance();
     let result = limited_iperf3(&rein, "--egress", &tcp(false));
-    assert_tcp_flows_within_limit(&result, "TCP egress");
+    assert_tcp_paced(&result, "TCP egress");
     rein.assert_no_trace("`rein run` of iperf3");
+}
+
+#[test]
+fn four_tcp_flows_share_the_egress_limit_without_retransmissions() {
+    let _traffic = traffic();
+    let rein = instance();
+    let opts = ClientOptions {
+        streams: 4,
+        ..tcp(false)
+    };
+    let result = limited_iperf3(&rein, "--egress", &opts);
+    assert_tcp_paced(&result, "4 TCP flows, egress");
+    rein.assert_no_trace("`rein run` of iperf3 -P 4");
+}
+
+/// One flow runs for 6 s; a second one joins for 2 s in the middle. The first flow must give
+/// up half the limit while the second runs and take it back after, with the cgroup's total
+/// never above the limit.
+#[test]
+fn flows_that_start_and_stop_share_the_limit() {
+    let _traffic = traffic();
+    let rein = instance();
+    let cgroup = rein.cgroup("sharing");
+    rein.rein(&[
+        "set",
+        "--cgroup",
+        cgroup.to_str().unwrap(),
+        "--egress",
+        "20mbit",
+    ])
+    .ok();
+    let pair = HostPair::new();
+    let _first_server = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT);
+    let _second_server = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT + 1);
+    let client = |port: u16, seconds: u32| {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", r#"echo $$ > "$0" && exec "$@""#])
+            .arg(cgroup.join("cgroup.procs"))
+            .args(["ip", "netns", "exec", &pair.client_ns, "iperf3", "-c"])
+            .arg(&pair.server_addr)
+            .args(["-p", &port.to_string(), "-t", &seconds.to_string(), "-J"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        ChildGuard::spawn(&mut cmd)
+    };
+    let flows_now = || {
+        rein.rule(&rein.relative(&cgroup))
+            .and_then(|rule| rule["egress"]["tcp_flows"].as_u64())
+            .unwrap_or(u64::MAX)
+    };
+
+    let mut first = client(IPERF3_PORT, 6);
+    std::thread::sleep(Duration::from_millis(1500));
+    let alone = flows_now();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut second = client(IPERF3_PORT + 1, 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    let together = flows_now();
+    std::thread::sleep(Duration::from_millis(2000));
+    let alone_again = flows_now();
+
+    let intervals = |child: &mut ChildGuard| -> Vec<(f64, f64)> {
+        let status = wait_timeout(&mut child.0, Duration::from_secs(20)).expect("iperf3 ends");
+        assert!(status.success(), "iperf3 failed");
+        let mut out = String::new();
+        std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        json["intervals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let sum = &i["sum"];
+                (
+                    sum["start"].as_f64().unwrap(),
+                    sum["bits_per_second"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let second_rates = intervals(&mut second);
+    let first_rates = intervals(&mut first);
+    eprintln!("flows: {alone} alone, {together} together, {alone_again} after");
+    eprintln!("first flow: {first_rates:?}\nsecond flow: {second_rates:?}");
+
+    assert_eq!(
+        (alone, together, alone_again),
+        (1, 2, 1),
+        "flows counted under the rule"
+    );
+    let rate_at = |rates: &[(f64, f64)], start: f64| {
+        rates
+            .iter()
+            .find(|(s, _)| (*s - start).abs() < 0.01)
+            .map(|(_, r)| r / LIMIT_BITS)
+            .unwrap()
+    };
+    // The second flow joins about 2.1 s in (sender-side intervals of the first flow).
+    let before = rate_at(&first_rates, 1.0);
+    let during = rate_at(&first_rates, 3.0);
+    let after = rate_at(&first_rates, 5.0);
+    assert!(
+        before > 0.85,
+        "alone, the first flow ran at {before:.3} of the limit"
+    );
+    assert!(
+        (0.35..=0.65).contains(&during),
+        "sharing, the first flow ran at {during:.3} of the limit"
+    );
+    assert!(
+        after > 0.85,
+        "alone again, the first flow ran at {after:.3} of the limit"
+    );
+    let second_mid = rate_at(&second_rates, 1.0);
+    assert!(
+        during + second_mid <= 1.05,
+        "together the flows ran at {:.3} of the limit",
+        during + second_mid
+    );
+    rein.rein(&["unset", "--cgroup", cgroup.to_str().unwrap()])
+        .ok();
 }
 
 #[test]
