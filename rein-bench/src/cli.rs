@@ -1,0 +1,391 @@
+//! Command-line flags, resolved into the list of scenarios to run.
+
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+/// Runs iperf3 scenarios through rein, tc tbf and the reference CNI bandwidth plugin, each in
+/// throwaway network namespaces, and prints one table (plus JSON and a PNG plot). Needs root.
+#[derive(Debug, Parser)]
+#[command(name = "rein-bench", version)]
+pub struct Args {
+    /// Limits to test, in bit/s (k, M, G = powers of 1000) [default: 10M,100M,1G]
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Option<Vec<Rate>>,
+
+    /// Numbers of parallel TCP flows [default: 1,4,16]
+    #[arg(long, value_delimiter = ',')]
+    pub flows: Option<Vec<u32>>,
+
+    /// One UDP run per rate and direction, offered at twice the limit (the default)
+    #[arg(long, overrides_with = "no_udp")]
+    pub udp: bool,
+
+    /// No UDP runs
+    #[arg(long, overrides_with = "udp")]
+    pub no_udp: bool,
+
+    /// Directions: egress = the client uploads, ingress = the client downloads (iperf3 -R)
+    #[arg(long, value_delimiter = ',', default_value = "egress,ingress")]
+    pub directions: Vec<Direction>,
+
+    /// Limiters to compare
+    #[arg(long, value_delimiter = ',', default_value = "rein,tbf,cni")]
+    pub limiters: Vec<Limiter>,
+
+    /// Measured seconds per iperf3 run (-t) [default: 5]
+    #[arg(long)]
+    pub seconds: Option<u32>,
+
+    /// Seconds run first and left out of every result (iperf3 -O). 2, not 1: through tbf, slow
+    /// start loses over a thousand segments in the first second, their repair runs into the
+    /// second, and the data held back behind the holes reaches the receiver then: with -O 1 that
+    /// second showed 1.25x the limit and the goodput 1.03
+    #[arg(long, default_value_t = 2)]
+    pub omit: u32,
+
+    /// A short matrix: rates 10M,100M, flows 1,4, 4 seconds (flags given explicitly still win)
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Directory for latest.json and latest.png
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+
+    /// The rein binary [default: `rein` next to this executable]
+    #[arg(long)]
+    pub rein: Option<PathBuf>,
+
+    /// TrueType font for the plot's text
+    #[arg(
+        long,
+        default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+    )]
+    pub font: PathBuf,
+}
+
+/// A rate in bit/s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Rate(pub u64);
+
+impl Rate {
+    pub fn bits_per_second(self) -> u64 {
+        self.0
+    }
+
+    /// tc(8) syntax, as rein and tc take it: `10mbit`, `1gbit`.
+    pub fn tc(self) -> String {
+        match self.0 {
+            n if n % 1_000_000_000 == 0 => format!("{}gbit", n / 1_000_000_000),
+            n if n % 1_000_000 == 0 => format!("{}mbit", n / 1_000_000),
+            n if n % 1_000 == 0 => format!("{}kbit", n / 1_000),
+            n => format!("{n}bit"),
+        }
+    }
+
+    /// The iperf3 -b syntax for `factor` times this rate.
+    pub fn iperf(self, factor: u64) -> String {
+        self.0.saturating_mul(factor).to_string()
+    }
+
+    /// The burst every limiter gets: max(64 KiB, 10 ms at the rate), in bytes. That is rein's
+    /// default burst and tc-tbf's rule of thumb (burst >= rate / HZ), so all three limiters get
+    /// the same bucket.
+    pub fn burst_bytes(self) -> u64 {
+        (self.0 / 800).max(64 * 1024)
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            n if n % 1_000_000_000 == 0 => write!(f, "{}G", n / 1_000_000_000),
+            n if n % 1_000_000 == 0 => write!(f, "{}M", n / 1_000_000),
+            n if n % 1_000 == 0 => write!(f, "{}k", n / 1_000),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
+impl FromStr for Rate {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        let body = lower.strip_suffix("bit").unwrap_or(&lower);
+        let split = body
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(body.len());
+        let (number, unit) = body.split_at(split);
+        let number: f64 = number
+            .parse()
+            .with_context(|| format!("`{s}` is not a rate (examples: 10M, 100M, 1G)"))?;
+        let scale = match unit {
+            "" => 1.0,
+            "k" => 1e3,
+            "m" => 1e6,
+            "g" => 1e9,
+            _ => bail!("`{s}`: unknown unit `{unit}` (use k, M or G)"),
+        };
+        let bits = (number * scale).round();
+        if !(1e3..=1e11).contains(&bits) {
+            bail!("`{s}`: the rate must be between 1k and 100G");
+        }
+        Ok(Self(bits as u64))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// The client uploads.
+    Egress,
+    /// The client downloads (iperf3 -R).
+    Ingress,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Limiter {
+    Rein,
+    Tbf,
+    Cni,
+}
+
+impl fmt::Display for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Rein => "rein",
+            Self::Tbf => "tbf",
+            Self::Cni => "cni",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// One measurement, run once through each limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scenario {
+    pub direction: Direction,
+    pub proto: Proto,
+    pub rate: Rate,
+    /// Parallel streams (1 for UDP).
+    pub flows: u32,
+}
+
+impl Scenario {
+    /// A short label for the plot: `E 10M x4`, `I 1G udp`.
+    pub fn label(&self) -> String {
+        let dir = match self.direction {
+            Direction::Egress => "E",
+            Direction::Ingress => "I",
+        };
+        match self.proto {
+            Proto::Tcp => format!("{dir} {} x{}", self.rate, self.flows),
+            Proto::Udp => format!("{dir} {} udp", self.rate),
+        }
+    }
+}
+
+/// The flags, with defaults and `--quick` applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub scenarios: Vec<Scenario>,
+    pub limiters: Vec<Limiter>,
+    /// Measured seconds (iperf3 -t).
+    pub seconds: u32,
+    /// Seconds of slow start run first and left out of the results (iperf3 -O).
+    pub omit: u32,
+    pub out: PathBuf,
+    pub rein: PathBuf,
+    pub font: PathBuf,
+}
+
+impl Config {
+    pub fn from_args(args: Args) -> Result<Self> {
+        let quick = args.quick;
+        let rates = args.rates.unwrap_or_else(|| {
+            let defaults: &[u64] = if quick {
+                &[10_000_000, 100_000_000]
+            } else {
+                &[10_000_000, 100_000_000, 1_000_000_000]
+            };
+            defaults.iter().copied().map(Rate).collect()
+        });
+        let flows = args
+            .flows
+            .unwrap_or_else(|| if quick { vec![1, 4] } else { vec![1, 4, 16] });
+        let seconds = args.seconds.unwrap_or(if quick { 4 } else { 5 });
+        let udp = !args.no_udp;
+        if rates.is_empty() || args.directions.is_empty() || args.limiters.is_empty() {
+            bail!("--rates, --directions and --limiters each need at least one value");
+        }
+        if flows.iter().any(|&n| !(1..=128).contains(&n)) {
+            bail!("--flows: each number must be between 1 and 128");
+        }
+        if !(1..=120).contains(&seconds) {
+            bail!("--seconds must be between 1 and 120");
+        }
+        if args.omit > 10 {
+            bail!("--omit must be between 0 and 10");
+        }
+        if flows.is_empty() && !udp {
+            bail!("nothing to run: no TCP flows and --no-udp");
+        }
+        let rein = match args.rein {
+            Some(path) => path,
+            None => std::env::current_exe()
+                .context("finding this executable")?
+                .with_file_name("rein"),
+        };
+        let mut scenarios = Vec::new();
+        for &direction in &dedup(args.directions) {
+            for &rate in &dedup(rates.clone()) {
+                for &n in &dedup(flows.clone()) {
+                    scenarios.push(Scenario {
+                        direction,
+                        proto: Proto::Tcp,
+                        rate,
+                        flows: n,
+                    });
+                }
+                if udp {
+                    scenarios.push(Scenario {
+                        direction,
+                        proto: Proto::Udp,
+                        rate,
+                        flows: 1,
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            scenarios,
+            limiters: dedup(args.limiters),
+            seconds,
+            omit: args.omit,
+            out: args.out,
+            rein,
+            font: args.font,
+        })
+    }
+
+    /// Seconds one iperf3 run lasts, slow start included.
+    pub fn run_seconds(&self) -> u32 {
+        self.seconds + self.omit
+    }
+
+    /// A rough upper bound of the whole run, for the banner.
+    pub fn estimate(&self) -> Duration {
+        let runs = (self.scenarios.len() * self.limiters.len()) as u64;
+        Duration::from_secs(runs * (u64::from(self.run_seconds()) + 3))
+    }
+}
+
+/// Keeps the first of each value, in order.
+fn dedup<T: PartialEq>(values: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(values.len());
+    for v in values {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(argv: &[&str]) -> Config {
+        let mut full = vec!["rein-bench"];
+        full.extend_from_slice(argv);
+        Config::from_args(Args::try_parse_from(full).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn rates_parse_and_print() {
+        for (text, bits, shown, tc) in [
+            ("10M", 10_000_000, "10M", "10mbit"),
+            ("100m", 100_000_000, "100M", "100mbit"),
+            ("1G", 1_000_000_000, "1G", "1gbit"),
+            ("1.5G", 1_500_000_000, "1500M", "1500mbit"),
+            ("20mbit", 20_000_000, "20M", "20mbit"),
+            ("64k", 64_000, "64k", "64kbit"),
+        ] {
+            let rate: Rate = text.parse().unwrap();
+            assert_eq!(rate.0, bits, "{text}");
+            assert_eq!(rate.to_string(), shown, "{text}");
+            assert_eq!(rate.tc(), tc, "{text}");
+        }
+        for bad in ["", "M", "10X", "0", "1T", "-5M"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn burst_follows_the_rule_of_thumb() {
+        assert_eq!(Rate(10_000_000).burst_bytes(), 65_536);
+        assert_eq!(Rate(100_000_000).burst_bytes(), 125_000);
+        assert_eq!(Rate(1_000_000_000).burst_bytes(), 1_250_000);
+    }
+
+    #[test]
+    fn defaults_and_quick() {
+        let full = config(&[]);
+        assert_eq!(full.seconds, 5);
+        // 2 directions x 3 rates x (3 TCP + 1 UDP).
+        assert_eq!(full.scenarios.len(), 24);
+        assert_eq!(full.limiters, [Limiter::Rein, Limiter::Tbf, Limiter::Cni]);
+
+        let quick = config(&["--quick"]);
+        assert_eq!(quick.seconds, 4);
+        assert_eq!(quick.scenarios.len(), 2 * 2 * 3);
+
+        let mixed = config(&["--quick", "--seconds", "2", "--no-udp", "--rates", "1G"]);
+        assert_eq!(mixed.seconds, 2);
+        assert_eq!(mixed.scenarios.len(), 2 * 2);
+        assert!(mixed.scenarios.iter().all(|s| s.proto == Proto::Tcp));
+    }
+
+    #[test]
+    fn scenario_order_groups_by_direction_then_rate() {
+        let c = config(&[
+            "--rates",
+            "10M,1G",
+            "--flows",
+            "1",
+            "--directions",
+            "ingress",
+        ]);
+        let labels: Vec<String> = c.scenarios.iter().map(Scenario::label).collect();
+        assert_eq!(labels, ["I 10M x1", "I 10M udp", "I 1G x1", "I 1G udp"]);
+    }
+}

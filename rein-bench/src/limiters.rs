@@ -1,0 +1,329 @@
+//! The three limiters, each set up on a pair of hosts and removed by a guard's drop:
+//! - rein: `rein run --egress|--ingress RATE -- <client command>`, a private instance purged at
+//!   the end of the bench;
+//! - tc tbf: a tbf qdisc on the veth that carries the limited direction;
+//! - the reference CNI plugins (ptp + host-local, then bandwidth), driven by the CNI protocol with
+//!   SERVER as the "host" of a pod CLIENT.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::{
+    cli::{Direction, Limiter, Rate},
+    netns::{self, Hosts},
+    proc::Cmd,
+};
+
+/// The reference CNI plugins, from Debian's containernetworking-plugins.
+pub const CNI_PATH: &str = "/usr/lib/cni";
+
+/// The CNI spec version sent: the newest that ptp, host-local and bandwidth 1.1.1 accept
+/// (`CNI_COMMAND=VERSION` lists 0.3.0 to 1.0.0).
+const CNI_VERSION: &str = "1.0.0";
+
+const CNI_TIMEOUT: Duration = Duration::from_secs(20);
+const PURGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A private rein instance (`REIN_INSTANCE=rein-bench-<pid>`: its own pins, cgroups, state and
+/// lock), purged on drop.
+#[derive(Debug)]
+pub struct Rein {
+    binary: PathBuf,
+    instance: String,
+}
+
+impl Rein {
+    pub fn new(binary: &Path, pid: u32) -> Result<Self> {
+        if !binary.is_file() {
+            bail!(
+                "no rein binary at {} (build it with `cargo build --release -p rein`, or give --rein)",
+                binary.display()
+            );
+        }
+        Ok(Self {
+            binary: binary.to_owned(),
+            instance: format!("rein-bench-{pid}"),
+        })
+    }
+
+    fn env(&self) -> (&'static str, &str) {
+        ("REIN_INSTANCE", &self.instance)
+    }
+}
+
+impl Drop for Rein {
+    fn drop(&mut self) {
+        let (key, value) = self.env();
+        let purge = Cmd::new(
+            [self.binary.to_string_lossy().as_ref(), "purge"],
+            PURGE_TIMEOUT,
+        )
+        .env(key, value)
+        .cleanup();
+        if let Err(e) = purge.run() {
+            eprintln!("rein-bench: warning: {e:#}");
+        }
+    }
+}
+
+/// A limit in place for one run: how to start the client under it, and where the server is.
+#[derive(Debug)]
+pub struct Limited {
+    /// Prepended to the client's command line (`rein run ... --`); empty for the others.
+    wrapper: Vec<String>,
+    env: Vec<(String, String)>,
+    /// The address the iperf3 server binds to and the client reaches.
+    pub server_addr: String,
+    // Guards, removed on drop.
+    _qdisc: Option<Qdisc>,
+    _pod: Option<CniPod>,
+}
+
+impl Limited {
+    /// The client command, under the limit.
+    pub fn client(&self, argv: Vec<String>, timeout: Duration) -> Cmd {
+        let mut cmd = Cmd::new(self.wrapper.iter().cloned().chain(argv), timeout);
+        for (key, value) in &self.env {
+            cmd = cmd.env(key, value);
+        }
+        cmd
+    }
+}
+
+/// Sets `limiter` up between `hosts` for a run in `direction` at `rate`. `work` is a scratch
+/// directory for this run (CNI's IPAM data).
+pub fn apply(
+    limiter: Limiter,
+    rein: Option<&Rein>,
+    hosts: &Hosts,
+    direction: Direction,
+    rate: Rate,
+    work: &Path,
+    pid: u32,
+) -> Result<Limited> {
+    match limiter {
+        Limiter::Rein => {
+            let rein = rein.context("rein is not set up")?;
+            let link = netns::connect(hosts, pid)?;
+            let flag = match direction {
+                Direction::Egress => "--egress",
+                Direction::Ingress => "--ingress",
+            };
+            // rein's default burst is max(64 KiB, 10 ms at the rate), the same as the others get.
+            let wrapper = vec![
+                rein.binary.to_string_lossy().into_owned(),
+                "run".to_owned(),
+                flag.to_owned(),
+                rate.tc(),
+                "--".to_owned(),
+            ];
+            let (key, value) = rein.env();
+            Ok(Limited {
+                wrapper,
+                env: vec![(key.to_owned(), value.to_owned())],
+                server_addr: link.server_addr,
+                _qdisc: None,
+                _pod: None,
+            })
+        }
+        Limiter::Tbf => {
+            let link = netns::connect(hosts, pid)?;
+            // Egress (upload) leaves through the client's veth; ingress (download) reaches the
+            // client through the server's.
+            let (ns, dev) = match direction {
+                Direction::Egress => (hosts.client.name(), link.client_dev),
+                Direction::Ingress => (hosts.server.name(), link.server_dev),
+            };
+            let qdisc = Qdisc::tbf(ns, &dev, rate)?;
+            Ok(Limited {
+                wrapper: Vec::new(),
+                env: Vec::new(),
+                server_addr: link.server_addr,
+                _qdisc: Some(qdisc),
+                _pod: None,
+            })
+        }
+        Limiter::Cni => {
+            let pod = CniPod::add(hosts, direction, rate, work, pid)?;
+            Ok(Limited {
+                wrapper: Vec::new(),
+                env: Vec::new(),
+                server_addr: pod.server_addr.clone(),
+                _qdisc: None,
+                _pod: Some(pod),
+            })
+        }
+    }
+}
+
+/// A root tbf qdisc, deleted on drop (the namespace would take it anyway).
+#[derive(Debug)]
+struct Qdisc {
+    ns: String,
+    dev: String,
+}
+
+impl Qdisc {
+    fn tbf(ns: &str, dev: &str, rate: Rate) -> Result<Self> {
+        let burst = format!("{}b", rate.burst_bytes());
+        let argv = [
+            "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([rate.tc()])
+        .chain(
+            ["burst", &burst, "latency", "25ms"]
+                .into_iter()
+                .map(str::to_owned),
+        );
+        Cmd::new(argv, netns::QUICK)
+            .run()
+            .with_context(|| format!("adding tbf on {dev} in {ns}"))?;
+        Ok(Self {
+            ns: ns.to_owned(),
+            dev: dev.to_owned(),
+        })
+    }
+}
+
+impl Drop for Qdisc {
+    fn drop(&mut self) {
+        let argv = [
+            "ip", "netns", "exec", &self.ns, "tc", "qdisc", "del", "dev", &self.dev, "root",
+        ];
+        if let Err(e) = Cmd::new(argv, netns::QUICK).cleanup().run() {
+            eprintln!("rein-bench: warning: {e:#}");
+        }
+    }
+}
+
+/// One CNI plugin added to the pod; DEL on drop.
+#[derive(Debug)]
+struct CniPlugin {
+    plugin: String,
+    config: String,
+    server_ns: String,
+    env: Vec<(String, String)>,
+}
+
+impl CniPlugin {
+    /// `ip netns exec SERVER /usr/lib/cni/PLUGIN` with the CNI variables and `config` on stdin:
+    /// SERVER plays the host, so the plugin's host side (veth end, ifb, qdiscs) lands in SERVER.
+    fn call(&self, command: &str) -> Result<String> {
+        let binary = format!("{CNI_PATH}/{}", self.plugin);
+        let mut cmd = Cmd::new(
+            ["ip", "netns", "exec", &self.server_ns, &binary],
+            CNI_TIMEOUT,
+        )
+        .env("CNI_COMMAND", command)
+        .stdin(self.config.clone());
+        for (key, value) in &self.env {
+            cmd = cmd.env(key, value);
+        }
+        if command == "DEL" {
+            cmd = cmd.cleanup();
+        }
+        let out = cmd
+            .run()
+            .with_context(|| format!("CNI {command} of {}", self.plugin))?;
+        Ok(out.stdout)
+    }
+
+    fn add(
+        plugin: &str,
+        config: Value,
+        hosts: &Hosts,
+        env: &[(String, String)],
+    ) -> Result<(Self, Value)> {
+        let this = Self {
+            plugin: plugin.to_owned(),
+            config: config.to_string(),
+            server_ns: hosts.server.name().to_owned(),
+            env: env.to_vec(),
+        };
+        // On an error `this` is dropped, and so DELeted: a half-done ADD may have left something,
+        // and DEL is what the spec says to call then.
+        let out = this.call("ADD")?;
+        let result = serde_json::from_str::<Value>(&out)
+            .with_context(|| format!("the result of {plugin} is not JSON: {out}"))?;
+        Ok((this, result))
+    }
+}
+
+impl Drop for CniPlugin {
+    fn drop(&mut self) {
+        if let Err(e) = self.call("DEL") {
+            eprintln!("rein-bench: warning: {e:#}");
+        }
+    }
+}
+
+/// CLIENT as a pod: ptp (veth to SERVER, addresses from host-local), then bandwidth.
+#[derive(Debug)]
+struct CniPod {
+    // Fields drop in order: bandwidth's DEL runs before ptp's.
+    _bandwidth: CniPlugin,
+    _ptp: CniPlugin,
+    server_addr: String,
+}
+
+impl CniPod {
+    fn add(hosts: &Hosts, direction: Direction, rate: Rate, work: &Path, pid: u32) -> Result<Self> {
+        let name = format!("rein-bench-{pid}");
+        let env: Vec<(String, String)> = [
+            ("CNI_CONTAINERID", format!("rein-bench-{}", hosts.suffix)),
+            ("CNI_NETNS", hosts.client.path()),
+            ("CNI_IFNAME", "eth0".to_owned()),
+            ("CNI_PATH", CNI_PATH.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let data_dir = work.join("cni-ipam");
+        let ptp_config = json!({
+            "cniVersion": CNI_VERSION,
+            "name": name,
+            "type": "ptp",
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "subnet": format!("198.19.{}.0/24", pid % 256),
+                "dataDir": data_dir.to_string_lossy(),
+            },
+        });
+        let (ptp, result) = CniPlugin::add("ptp", ptp_config, hosts, &env)?;
+        let server_addr = result
+            .pointer("/ips/0/gateway")
+            .and_then(Value::as_str)
+            .with_context(|| format!("ptp's result has no gateway address: {result}"))?
+            .to_owned();
+
+        // Rates in bit/s, bursts in bits. The plugin's "ingress" is into the pod (a tbf on the
+        // host-side veth): the client's download. Its "egress" is out of the pod (the host-side
+        // veth's ingress redirected to an ifb with a tbf): the client's upload.
+        let (rate_key, burst_key) = match direction {
+            Direction::Egress => ("egressRate", "egressBurst"),
+            Direction::Ingress => ("ingressRate", "ingressBurst"),
+        };
+        let mut bandwidth_config = json!({
+            "cniVersion": CNI_VERSION,
+            "name": name,
+            "type": "bandwidth",
+            "prevResult": result,
+        });
+        bandwidth_config[rate_key] = json!(rate.bits_per_second());
+        bandwidth_config[burst_key] = json!(rate.burst_bytes() * 8);
+        let (bandwidth, _) = CniPlugin::add("bandwidth", bandwidth_config, hosts, &env)?;
+        Ok(Self {
+            _bandwidth: bandwidth,
+            _ptp: ptp,
+            server_addr,
+        })
+    }
+}

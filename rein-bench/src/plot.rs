@@ -1,0 +1,261 @@
+//! The PNG: one column per direction, one panel per metric (goodput / limit, TCP retransmits, ping
+//! under load), a group of bars per scenario with one colour per limiter.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use plotters::{
+    coord::Shift,
+    prelude::*,
+    style::{FontStyle, register_font},
+};
+
+use crate::{
+    cli::{Direction, Limiter, Proto, Scenario},
+    report::Row,
+};
+
+const SIZE: (u32, u32) = (1600, 1000);
+const FONT: &str = "sans-serif";
+
+/// Loads the TTF that every text of the plot is drawn with (plotters' `ab_glyph` backend: no
+/// fontconfig or FreeType needed). Done once, before the runs, so a missing font fails early.
+pub fn load_font(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "reading the plot font {} (Debian package fonts-dejavu-core, or give --font)",
+            path.display()
+        )
+    })?;
+    // plotters keeps fonts for the life of the program.
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    register_font(FONT, FontStyle::Normal, bytes)
+        .map_err(|_| anyhow!("{} is not a usable TrueType font", path.display()))
+}
+
+fn colour(limiter: Limiter) -> RGBColor {
+    match limiter {
+        Limiter::Rein => RGBColor(31, 119, 180),
+        Limiter::Tbf => RGBColor(255, 127, 14),
+        Limiter::Cni => RGBColor(44, 160, 44),
+    }
+}
+
+/// A metric drawn as one panel per direction.
+struct Metric {
+    title: &'static str,
+    axis: &'static str,
+    value: fn(&Row) -> Option<f64>,
+    log: bool,
+    /// Only TCP runs have it: UDP scenarios get no group in its panels.
+    tcp_only: bool,
+}
+
+const METRICS: [Metric; 3] = [
+    Metric {
+        title: "goodput / limit (higher is better, TCP payload at most 0.965)",
+        axis: "goodput / limit",
+        value: |r| r.goodput_ratio,
+        log: false,
+        tcp_only: false,
+    },
+    Metric {
+        title: "TCP retransmissions (log scale, +1)",
+        axis: "retransmits + 1",
+        value: |r| r.retransmits.map(|n| n as f64 + 1.0),
+        log: true,
+        tcp_only: true,
+    },
+    Metric {
+        title: "ping under TCP load, average (log scale)",
+        axis: "ms",
+        value: |r| r.ping_avg_ms,
+        log: true,
+        tcp_only: true,
+    },
+];
+
+/// Draws `rows` (for `scenarios` and `limiters`) to `path`.
+pub fn draw(
+    path: &Path,
+    title: &str,
+    rows: &[Row],
+    scenarios: &[Scenario],
+    limiters: &[Limiter],
+) -> Result<()> {
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    let (head, body) = root.split_vertically(44);
+    head.draw_text(
+        title,
+        &TextStyle::from((FONT, 20).into_font()).color(&BLACK),
+        (16, 12),
+    )
+    .map_err(plot_error)?;
+    legend(&head, limiters)?;
+
+    let mut directions: Vec<Direction> = Vec::new();
+    for s in scenarios {
+        if !directions.contains(&s.direction) {
+            directions.push(s.direction);
+        }
+    }
+    let panels = body.split_evenly((METRICS.len(), directions.len().max(1)));
+    for (m, metric) in METRICS.iter().enumerate() {
+        for (d, &direction) in directions.iter().enumerate() {
+            let groups: Vec<&Scenario> = scenarios
+                .iter()
+                .filter(|s| s.direction == direction)
+                .filter(|s| !metric.tcp_only || s.proto == Proto::Tcp)
+                .collect();
+            let area = &panels[m * directions.len() + d];
+            let title = format!("{direction}: {}", metric.title);
+            panel(area, &title, metric, rows, &groups, limiters)?;
+        }
+    }
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+/// One coloured square and name per limiter, at the right end of the title line.
+fn legend(area: &DrawingArea<BitMapBackend<'_>, Shift>, limiters: &[Limiter]) -> Result<()> {
+    let style = TextStyle::from((FONT, 18).into_font()).color(&BLACK);
+    let mut x = SIZE.0 as i32 - 90 * limiters.len() as i32 - 10;
+    for &limiter in limiters {
+        area.draw(&Rectangle::new(
+            [(x, 14), (x + 16, 30)],
+            colour(limiter).filled(),
+        ))
+        .map_err(plot_error)?;
+        area.draw_text(&limiter.to_string(), &style, (x + 22, 16))
+            .map_err(plot_error)?;
+        x += 90;
+    }
+    Ok(())
+}
+
+fn plot_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
+    anyhow!("drawing the plot: {e}")
+}
+
+/// The bars of one panel: for each scenario (a group centred on its index) and limiter, the
+/// metric's value if the row has one.
+fn bars(
+    metric: &Metric,
+    rows: &[Row],
+    groups: &[&Scenario],
+    limiters: &[Limiter],
+) -> Vec<(f64, f64, f64, Limiter)> {
+    let width = 0.8 / limiters.len() as f64;
+    let mut out = Vec::new();
+    for (i, scenario) in groups.iter().enumerate() {
+        for (j, &limiter) in limiters.iter().enumerate() {
+            let value = rows
+                .iter()
+                .find(|r| r.limiter == limiter && r.is(scenario))
+                .and_then(metric.value);
+            if let Some(v) = value {
+                let x0 = i as f64 - 0.4 + j as f64 * width;
+                out.push((x0, x0 + width, v, limiter));
+            }
+        }
+    }
+    out
+}
+
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    title: &str,
+    metric: &Metric,
+    rows: &[Row],
+    groups: &[&Scenario],
+    limiters: &[Limiter],
+) -> Result<()> {
+    let bars = bars(metric, rows, groups, limiters);
+    let top = bars.iter().map(|b| b.2).fold(0.0, f64::max);
+    let labels: Vec<String> = groups
+        .iter()
+        .map(|s| {
+            s.label()
+                .split_once(' ')
+                .map_or(s.label(), |(_, l)| l.to_owned())
+        })
+        .collect();
+    let x_range = -0.5..(groups.len() as f64 - 0.5);
+    let x_format = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 {
+            labels.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, (FONT, 15))
+        .margin(8)
+        .x_label_area_size(24)
+        .y_label_area_size(56);
+    if metric.log {
+        let bottom = if metric.axis == "ms" { 0.01 } else { 0.5 };
+        let y_range = (bottom..(top * 3.0).max(bottom * 100.0)).log_scale();
+        let mut chart = builder
+            .build_cartesian_2d(x_range, y_range)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(groups.len() + 1)
+            .x_label_formatter(&x_format)
+            .light_line_style(RGBColor(236, 236, 236))
+            .y_desc(metric.axis)
+            .y_label_formatter(&|y| short(*y))
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(plot_error)?;
+        chart
+            .draw_series(bars.iter().map(|&(x0, x1, v, limiter)| {
+                Rectangle::new([(x0, bottom), (x1, v)], colour(limiter).filled())
+            }))
+            .map_err(plot_error)?;
+    } else {
+        let y_range = 0.0..(top * 1.15).max(1.15);
+        let mut chart = builder
+            .build_cartesian_2d(x_range, y_range)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(groups.len() + 1)
+            .x_label_formatter(&x_format)
+            .light_line_style(RGBColor(236, 236, 236))
+            .y_desc(metric.axis)
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(plot_error)?;
+        // The limit itself.
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(-0.5, 1.0), (groups.len() as f64 - 0.5, 1.0)],
+                BLACK.stroke_width(1),
+            )))
+            .map_err(plot_error)?;
+        chart
+            .draw_series(bars.iter().map(|&(x0, x1, v, limiter)| {
+                Rectangle::new([(x0, 0.0), (x1, v)], colour(limiter).filled())
+            }))
+            .map_err(plot_error)?;
+    }
+    Ok(())
+}
+
+/// 0.01, 0.1, 1, 10, 100, 1k, 10k, ...
+fn short(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.0}k", v / 1000.0)
+    } else if v >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
