@@ -39,10 +39,10 @@ pub struct Args {
     #[arg(long)]
     pub seconds: Option<u32>,
 
-    /// Seconds run first and left out of every result (iperf3 -O). 2, not 1: through tbf, slow
-    /// start loses over a thousand segments in the first second, their repair runs into the
-    /// second, and the data held back behind the holes reaches the receiver then: with -O 1 that
-    /// second showed 1.25x the limit and the goodput 1.03
+    /// Seconds of slow start run first and left out of every result (iperf3 -O)
+    // 2, not 1: through tbf, slow start loses over a thousand segments in the first second, their
+    // repair runs into the second, and the data held back behind the holes reaches the receiver
+    // then: with -O 1 that second showed 1.25x the limit and the goodput 1.03.
     #[arg(long, default_value_t = 2)]
     pub omit: u32,
 

@@ -101,6 +101,16 @@ fn int<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
+const LEGEND: &str = "
+goodput   receiver's rate / limit (TCP payload is at most 1448/1500 = 0.965 of the IP bytes)
+retrans   TCP retransmissions of the sender; rtt_us: its mean smoothed RTT over the streams
+ping_*    ms, ping from the client to the server during TCP runs; pings: replies / requested
+jain      Jain's fairness over the streams' rates; max1s: the largest 1-s rate at the receiver / limit
+udp_lost% UDP offered at 2x the limit: datagrams iperf3 sent that did not arrive (0 when the limit
+          blocks the sender's socket instead of dropping)
+cpu_s/GB  busy CPU seconds of the whole machine (/proc/stat) per GB received
+";
+
 const HEADER: [&str; 15] = [
     "limiter",
     "dir",
@@ -190,6 +200,7 @@ pub fn table(rows: &[Row]) -> String {
             }
         }
     }
+    out.push_str(LEGEND);
     let failures: Vec<&Row> = rows.iter().filter(|r| r.error.is_some()).collect();
     if !failures.is_empty() {
         out.push_str("\nfailed runs:\n");
