@@ -18,6 +18,10 @@ pub const EPOCH_NS: u64 = 100_000_000;
 /// A flow's epoch before it has registered anywhere.
 pub const NO_EPOCH: u32 = u32::MAX;
 
+/// Epochs without a packet under a rule after which a flow's share no longer holds: the rule
+/// was removed, or no longer covers the socket. Its cap is then lifted.
+pub const STALE_EPOCHS: u32 = 10;
+
 /// Most flows one count holds; more are counted as this many.
 pub const MAX_COUNTED_FLOWS: u32 = 0xffff;
 
@@ -192,6 +196,18 @@ impl FlowState {
         sent: 0,
         registered: 0,
     };
+
+    /// The share that holds at epoch `now`: 0 (no cap) once no packet of the flow has been
+    /// charged to a rule for [`STALE_EPOCHS`]. Checked when the cap is applied, per ACK, so that
+    /// the per-packet path of flows under no rule never needs to look at their storage.
+    #[inline(always)]
+    pub const fn share_at(&self, now: u32) -> u64 {
+        if now.wrapping_sub(self.epoch) > STALE_EPOCHS {
+            0
+        } else {
+            self.share
+        }
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +261,19 @@ mod tests {
         assert_eq!(pacing_rate(0, 1448, false), UNCAPPED);
         assert_eq!(pacing_rate(125_000_000_000, 1448, false), UNCAPPED);
         assert!(pacing_rate(1_250_000, 0, true) > 0);
+    }
+
+    #[test]
+    fn a_share_lapses_when_no_rule_charged_the_flow_for_a_while() {
+        let state = FlowState {
+            share: 1000,
+            epoch: 20,
+            ..FlowState::NEW
+        };
+        assert_eq!(state.share_at(20), 1000);
+        assert_eq!(state.share_at(20 + STALE_EPOCHS), 1000);
+        assert_eq!(state.share_at(21 + STALE_EPOCHS), 0);
+        assert_eq!(FlowState::NEW.share_at(5), 0);
     }
 
     #[test]

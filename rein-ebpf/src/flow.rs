@@ -12,7 +12,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG,
         bpf_sock,
     },
-    helpers::generated::{bpf_setsockopt, bpf_sk_fullsock, bpf_sk_storage_get},
+    helpers::generated::{bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_fullsock, bpf_sk_storage_get},
     programs::{SkBuffContext, SockOpsContext},
 };
 use rein_common::{
@@ -136,22 +136,11 @@ impl Sharing {
         state
     }
 
-    /// The packet passed: record the flow's share, or lift the cap of a flow no rule covers.
+    /// The packet passed: record the flow's share. (A flow no rule covers any more is not
+    /// looked at here: its share lapses, see `FlowState::share_at`.)
     #[inline(always)]
     pub fn finish(self) {
-        if self.socket.is_null() {
-            return;
-        }
         if self.state.is_null() {
-            // No rule: only a socket that was capped before has anything to undo.
-            // SAFETY: a full socket; no value given, so nothing is created.
-            let state: *mut FlowState =
-                unsafe { bpf_sk_storage_get(flows_map(), self.socket.cast(), ptr::null_mut(), 0) }
-                    .cast();
-            if !state.is_null() {
-                // SAFETY: non-null storage of this socket.
-                unsafe { (*state).share = 0 };
-            }
             return;
         }
         // SAFETY: non-null storage of this socket.
@@ -176,7 +165,7 @@ fn register(rule: &mut Rule, epoch: u32) -> u32 {
         }
         attempt += 1;
     }
-    // Contended that hard, the flow registers with its next packet; count it in the share now.
+    // Contended that hard, the count misses the flow this epoch; count it in its own share.
     FlowCount(current).register(epoch).active(epoch)
 }
 
@@ -208,10 +197,11 @@ fn apply_pacing(ctx: &SockOpsContext) {
         if state.is_null() {
             return;
         }
+        let share = (*state).share_at(epoch_of(bpf_ktime_get_ns()));
         let mss = (*ctx.ops).mss_cache;
-        let mut pacing = pacing_rate((*state).share, mss, ctx.family() == AF_INET6);
+        let mut pacing = pacing_rate(share, mss, ctx.family() == AF_INET6);
         let applied = (*state).applied;
-        if pacing == applied || (applied == 0 && (*state).share == 0) {
+        if pacing == applied || (applied == 0 && share == 0) {
             return;
         }
         let len = core::mem::size_of::<u32>() as i32;
