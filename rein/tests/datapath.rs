@@ -135,10 +135,7 @@ impl Loaded {
         let mut ebpf = EbpfLoader::new()
             .load(datapath::object())
             .expect("load the object");
-        for name in [EGRESS_PROGRAM, INGRESS_PROGRAM] {
-            let program: &mut CgroupSkb = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            program.load().expect("verifier accepts the program");
-        }
+        datapath::load_programs(&mut ebpf).expect("verifier accepts the programs");
         Self { ebpf }
     }
 
