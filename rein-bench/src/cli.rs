@@ -76,14 +76,21 @@ impl Rate {
         self.0
     }
 
+    /// The rate in the largest of G, M, k and 1 that divides it exactly, with that unit's index
+    /// (0 for G ... 3 for 1).
+    fn scaled(self) -> (u64, usize) {
+        const UNITS: [u64; 4] = [1_000_000_000, 1_000_000, 1_000, 1];
+        let i = UNITS
+            .iter()
+            .position(|unit| self.0.is_multiple_of(*unit))
+            .unwrap_or(UNITS.len() - 1);
+        (self.0 / UNITS[i], i)
+    }
+
     /// tc(8) syntax, as rein and tc take it: `10mbit`, `1gbit`.
     pub fn tc(self) -> String {
-        match self.0 {
-            n if n % 1_000_000_000 == 0 => format!("{}gbit", n / 1_000_000_000),
-            n if n % 1_000_000 == 0 => format!("{}mbit", n / 1_000_000),
-            n if n % 1_000 == 0 => format!("{}kbit", n / 1_000),
-            n => format!("{n}bit"),
-        }
+        let (n, unit) = self.scaled();
+        format!("{n}{}", ["gbit", "mbit", "kbit", "bit"][unit])
     }
 
     /// The iperf3 -b syntax for `factor` times this rate.
@@ -101,12 +108,8 @@ impl Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            n if n % 1_000_000_000 == 0 => write!(f, "{}G", n / 1_000_000_000),
-            n if n % 1_000_000 == 0 => write!(f, "{}M", n / 1_000_000),
-            n if n % 1_000 == 0 => write!(f, "{}k", n / 1_000),
-            n => write!(f, "{n}"),
-        }
+        let (n, unit) = self.scaled();
+        write!(f, "{n}{}", ["G", "M", "k", ""][unit])
     }
 }
 
@@ -201,15 +204,21 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// A short label for the plot: `E 10M x4`, `I 1G udp`.
+    /// A short label for the progress lines: `E 10M x4`, `I 1G udp`.
     pub fn label(&self) -> String {
         let dir = match self.direction {
             Direction::Egress => "E",
             Direction::Ingress => "I",
         };
+        format!("{dir} {}", self.traffic_label())
+    }
+
+    /// The label without the direction, for the plot (one panel per direction): `10M x4`,
+    /// `1G udp`.
+    pub fn traffic_label(&self) -> String {
         match self.proto {
-            Proto::Tcp => format!("{dir} {} x{}", self.rate, self.flows),
-            Proto::Udp => format!("{dir} {} udp", self.rate),
+            Proto::Tcp => format!("{} x{}", self.rate, self.flows),
+            Proto::Udp => format!("{} udp", self.rate),
         }
     }
 }
@@ -265,10 +274,11 @@ impl Config {
                 .context("finding this executable")?
                 .with_file_name("rein"),
         };
+        let (rates, flows) = (dedup(rates), dedup(flows));
         let mut scenarios = Vec::new();
         for &direction in &dedup(args.directions) {
-            for &rate in &dedup(rates.clone()) {
-                for &n in &dedup(flows.clone()) {
+            for &rate in &rates {
+                for &n in &flows {
                     scenarios.push(Scenario {
                         direction,
                         proto: Proto::Tcp,
@@ -310,7 +320,7 @@ impl Config {
 }
 
 /// Keeps the first of each value, in order.
-fn dedup<T: PartialEq>(values: Vec<T>) -> Vec<T> {
+pub fn dedup<T: PartialEq>(values: Vec<T>) -> Vec<T> {
     let mut out: Vec<T> = Vec::with_capacity(values.len());
     for v in values {
         if !out.contains(&v) {
@@ -387,5 +397,19 @@ mod tests {
         ]);
         let labels: Vec<String> = c.scenarios.iter().map(Scenario::label).collect();
         assert_eq!(labels, ["I 10M x1", "I 10M udp", "I 1G x1", "I 1G udp"]);
+        assert_eq!(c.scenarios[1].traffic_label(), "10M udp");
+    }
+
+    #[test]
+    fn repeated_values_run_once() {
+        let c = config(&["--rates", "10M,10M,1G", "--flows", "4,1,4", "--no-udp"]);
+        let labels: Vec<String> = c.scenarios.iter().map(Scenario::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "E 10M x4", "E 10M x1", "E 1G x4", "E 1G x1", "I 10M x4", "I 10M x1", "I 1G x4",
+                "I 1G x1"
+            ]
+        );
     }
 }

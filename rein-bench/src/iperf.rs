@@ -20,6 +20,7 @@ use crate::{
     cli::{Direction, Proto, Scenario},
     netns::Netns,
     proc::{Cmd, Running},
+    stats,
 };
 
 pub const PORT: u16 = 5201;
@@ -94,6 +95,13 @@ fn f64_at(v: &Value, pointer: &str) -> Option<f64> {
     v.pointer(pointer).and_then(Value::as_f64)
 }
 
+/// `end.streams` of one end's document; empty when it has none.
+fn streams(doc: Option<&Value>) -> &[Value] {
+    doc.and_then(|d| d.pointer("/end/streams"))
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
 /// Reads the client's `--json --get-server-output` output.
 pub fn parse(json: &str, scenario: &Scenario) -> Result<Measured> {
     let root: Value = serde_json::from_str(json).with_context(|| {
@@ -117,13 +125,6 @@ pub fn parse(json: &str, scenario: &Scenario) -> Result<Measured> {
         .context("iperf3's JSON has no end.sum_received")?;
     let sent_bps = f64_at(&root, "/end/sum_sent/bits_per_second");
 
-    let streams = |doc: Option<&Value>| -> Vec<Value> {
-        doc.and_then(|d| d.pointer("/end/streams"))
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
-
     let (retransmits, rtt_us, stream_bps, udp_lost_percent) = match scenario.proto {
         Proto::Tcp => {
             let retransmits = root
@@ -134,7 +135,7 @@ pub fn parse(json: &str, scenario: &Scenario) -> Result<Measured> {
                 .filter_map(|s| f64_at(s, "/sender/mean_rtt"))
                 .filter(|&rtt| rtt > 0.0)
                 .collect();
-            let rtt_us = (!rtts.is_empty()).then(|| rtts.iter().sum::<f64>() / rtts.len() as f64);
+            let rtt_us = stats::mean(&rtts);
             let stream_bps = streams(Some(&root))
                 .iter()
                 .filter_map(|s| f64_at(s, "/receiver/bits_per_second"))

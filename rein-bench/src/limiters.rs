@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::{
@@ -38,17 +38,12 @@ pub struct Rein {
 }
 
 impl Rein {
-    pub fn new(binary: &Path, pid: u32) -> Result<Self> {
-        if !binary.is_file() {
-            bail!(
-                "no rein binary at {} (build it with `cargo build --release -p rein`, or give --rein)",
-                binary.display()
-            );
-        }
-        Ok(Self {
+    /// `binary` was checked to exist by the preflight.
+    pub fn new(binary: &Path, pid: u32) -> Self {
+        Self {
             binary: binary.to_owned(),
             instance: format!("rein-bench-{pid}"),
-        })
+        }
     }
 
     fn env(&self) -> (&'static str, &str) {
@@ -72,7 +67,7 @@ impl Drop for Rein {
 }
 
 /// A limit in place for one run: how to start the client under it, and where the server is.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Limited {
     /// Prepended to the client's command line (`rein run ... --`); empty for the others.
     wrapper: Vec<String>,
@@ -87,11 +82,7 @@ pub struct Limited {
 impl Limited {
     /// The client command, under the limit.
     pub fn client(&self, argv: Vec<String>, timeout: Duration) -> Cmd {
-        let mut cmd = Cmd::new(self.wrapper.iter().cloned().chain(argv), timeout);
-        for (key, value) in &self.env {
-            cmd = cmd.env(key, value);
-        }
-        cmd
+        Cmd::new(self.wrapper.iter().cloned().chain(argv), timeout).envs(&self.env)
     }
 }
 
@@ -127,8 +118,7 @@ pub fn apply(
                 wrapper,
                 env: vec![(key.to_owned(), value.to_owned())],
                 server_addr: link.server_addr,
-                _qdisc: None,
-                _pod: None,
+                ..Limited::default()
             })
         }
         Limiter::Tbf => {
@@ -141,21 +131,17 @@ pub fn apply(
             };
             let qdisc = Qdisc::tbf(ns, &dev, rate)?;
             Ok(Limited {
-                wrapper: Vec::new(),
-                env: Vec::new(),
                 server_addr: link.server_addr,
                 _qdisc: Some(qdisc),
-                _pod: None,
+                ..Limited::default()
             })
         }
         Limiter::Cni => {
-            let pod = CniPod::add(hosts, direction, rate, work, pid)?;
+            let (pod, server_addr) = CniPod::add(hosts, direction, rate, work, pid)?;
             Ok(Limited {
-                wrapper: Vec::new(),
-                env: Vec::new(),
-                server_addr: pod.server_addr.clone(),
-                _qdisc: None,
+                server_addr,
                 _pod: Some(pod),
+                ..Limited::default()
             })
         }
     }
@@ -170,18 +156,11 @@ struct Qdisc {
 
 impl Qdisc {
     fn tbf(ns: &str, dev: &str, rate: Rate) -> Result<Self> {
-        let burst = format!("{}b", rate.burst_bytes());
+        let (tc_rate, burst) = (rate.tc(), format!("{}b", rate.burst_bytes()));
         let argv = [
             "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .chain([rate.tc()])
-        .chain(
-            ["burst", &burst, "latency", "25ms"]
-                .into_iter()
-                .map(str::to_owned),
-        );
+            &tc_rate, "burst", &burst, "latency", "25ms",
+        ];
         Cmd::new(argv, netns::QUICK)
             .run()
             .with_context(|| format!("adding tbf on {dev} in {ns}"))?;
@@ -222,10 +201,8 @@ impl CniPlugin {
             CNI_TIMEOUT,
         )
         .env("CNI_COMMAND", command)
+        .envs(&self.env)
         .stdin(self.config.clone());
-        for (key, value) in &self.env {
-            cmd = cmd.env(key, value);
-        }
         if command == "DEL" {
             cmd = cmd.cleanup();
         }
@@ -270,11 +247,17 @@ struct CniPod {
     // Fields drop in order: bandwidth's DEL runs before ptp's.
     _bandwidth: CniPlugin,
     _ptp: CniPlugin,
-    server_addr: String,
 }
 
 impl CniPod {
-    fn add(hosts: &Hosts, direction: Direction, rate: Rate, work: &Path, pid: u32) -> Result<Self> {
+    /// Adds the pod; also returns the server's address (the pod's gateway).
+    fn add(
+        hosts: &Hosts,
+        direction: Direction,
+        rate: Rate,
+        work: &Path,
+        pid: u32,
+    ) -> Result<(Self, String)> {
         let name = format!("rein-bench-{pid}");
         let env: Vec<(String, String)> = [
             ("CNI_CONTAINERID", format!("rein-bench-{}", hosts.suffix)),
@@ -320,10 +303,10 @@ impl CniPod {
         bandwidth_config[rate_key] = json!(rate.bits_per_second());
         bandwidth_config[burst_key] = json!(rate.burst_bytes() * 8);
         let (bandwidth, _) = CniPlugin::add("bandwidth", bandwidth_config, hosts, &env)?;
-        Ok(Self {
+        let pod = Self {
             _bandwidth: bandwidth,
             _ptp: ptp,
-            server_addr,
-        })
+        };
+        Ok((pod, server_addr))
     }
 }

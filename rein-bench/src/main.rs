@@ -126,10 +126,15 @@ fn write_outputs(config: &Config, rows: &[Row]) -> Result<()> {
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
     let generated = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let title = format!(
+        "rein vs tc tbf vs CNI bandwidth plugin: iperf3 {} s per run between two namespaces, \
+         Linux {kernel}, {generated}",
+        config.seconds
+    );
     let document = Document {
-        generated: generated.clone(),
+        generated,
         command: std::env::args().collect(),
-        kernel: kernel.clone(),
+        kernel,
         seconds: config.seconds,
         omitted_seconds: config.omit,
         rows,
@@ -137,11 +142,6 @@ fn write_outputs(config: &Config, rows: &[Row]) -> Result<()> {
     let json = config.out.join("latest.json");
     report::write_json(&json, &document)?;
     let png = config.out.join("latest.png");
-    let title = format!(
-        "rein vs tc tbf vs CNI bandwidth plugin: iperf3 {} s per run between two namespaces, \
-         Linux {kernel}, {generated}",
-        config.seconds
-    );
     plot::draw(&png, &title, rows, &config.scenarios, &config.limiters)?;
     eprintln!("rein-bench: wrote {} and {}", json.display(), png.display());
     Ok(())

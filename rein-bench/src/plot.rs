@@ -5,13 +5,16 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use plotters::{
-    coord::Shift,
+    coord::{
+        Shift,
+        ranged1d::{AsRangedCoord, ValueFormatter},
+    },
     prelude::*,
     style::{FontStyle, register_font},
 };
 
 use crate::{
-    cli::{Direction, Limiter, Proto, Scenario},
+    cli::{Limiter, Proto, Scenario, dedup},
     report::Row,
 };
 
@@ -46,7 +49,8 @@ struct Metric {
     title: &'static str,
     axis: &'static str,
     value: fn(&Row) -> Option<f64>,
-    log: bool,
+    /// `Some(bottom)`: a log scale from `bottom`. `None`: linear from 0, with the limit (1) drawn.
+    log_bottom: Option<f64>,
     /// Only TCP runs have it: UDP scenarios get no group in its panels.
     tcp_only: bool,
 }
@@ -56,21 +60,21 @@ const METRICS: [Metric; 3] = [
         title: "goodput / limit (higher is better, TCP payload at most 0.965)",
         axis: "goodput / limit",
         value: |r| r.goodput_ratio,
-        log: false,
+        log_bottom: None,
         tcp_only: false,
     },
     Metric {
         title: "TCP retransmissions (log scale, +1)",
         axis: "retransmits + 1",
         value: |r| r.retransmits.map(|n| n as f64 + 1.0),
-        log: true,
+        log_bottom: Some(0.5),
         tcp_only: true,
     },
     Metric {
         title: "ping under TCP load, average (log scale)",
         axis: "ms",
         value: |r| r.ping_avg_ms,
-        log: true,
+        log_bottom: Some(0.01),
         tcp_only: true,
     },
 ];
@@ -94,12 +98,7 @@ pub fn draw(
     .map_err(plot_error)?;
     legend(&head, limiters)?;
 
-    let mut directions: Vec<Direction> = Vec::new();
-    for s in scenarios {
-        if !directions.contains(&s.direction) {
-            directions.push(s.direction);
-        }
-    }
+    let directions = dedup(scenarios.iter().map(|s| s.direction).collect());
     let panels = body.split_evenly((METRICS.len(), directions.len().max(1)));
     for (m, metric) in METRICS.iter().enumerate() {
         for (d, &direction) in directions.iter().enumerate() {
@@ -152,7 +151,7 @@ fn bars(
         for (j, &limiter) in limiters.iter().enumerate() {
             let value = rows
                 .iter()
-                .find(|r| r.limiter == limiter && r.is(scenario))
+                .find(|r| r.limiter == limiter && r.scenario() == **scenario)
                 .and_then(metric.value);
             if let Some(v) = value {
                 let x0 = i as f64 - 0.4 + j as f64 * width;
@@ -173,15 +172,38 @@ fn panel(
 ) -> Result<()> {
     let bars = bars(metric, rows, groups, limiters);
     let top = bars.iter().map(|b| b.2).fold(0.0, f64::max);
-    let labels: Vec<String> = groups
-        .iter()
-        .map(|s| {
-            s.label()
-                .split_once(' ')
-                .map_or(s.label(), |(_, l)| l.to_owned())
-        })
-        .collect();
-    let x_range = -0.5..(groups.len() as f64 - 0.5);
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, (FONT, 15))
+        .margin(8)
+        .x_label_area_size(24)
+        .y_label_area_size(56);
+    match metric.log_bottom {
+        Some(bottom) => {
+            let y_range = (bottom..(top * 3.0).max(bottom * 100.0)).log_scale();
+            chart(&mut builder, y_range, bottom, metric, groups, &bars)
+        }
+        None => {
+            let y_range = 0.0..(top * 1.15).max(1.15);
+            chart(&mut builder, y_range, 0.0, metric, groups, &bars)
+        }
+    }
+}
+
+/// The axes and bars (rising from `bottom`) of one panel on `y_range`, a linear or a log scale.
+fn chart<Y>(
+    builder: &mut ChartBuilder<'_, '_, BitMapBackend<'_>>,
+    y_range: Y,
+    bottom: f64,
+    metric: &Metric,
+    groups: &[&Scenario],
+    bars: &[(f64, f64, f64, Limiter)],
+) -> Result<()>
+where
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let labels: Vec<String> = groups.iter().map(|s| s.traffic_label()).collect();
     let x_format = |x: &f64| {
         let i = x.round();
         if (x - i).abs() < 1e-6 && i >= 0.0 {
@@ -190,62 +212,36 @@ fn panel(
             String::new()
         }
     };
-    let mut builder = ChartBuilder::on(area);
-    builder
-        .caption(title, (FONT, 15))
-        .margin(8)
-        .x_label_area_size(24)
-        .y_label_area_size(56);
-    if metric.log {
-        let bottom = if metric.axis == "ms" { 0.01 } else { 0.5 };
-        let y_range = (bottom..(top * 3.0).max(bottom * 100.0)).log_scale();
-        let mut chart = builder
-            .build_cartesian_2d(x_range, y_range)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(groups.len() + 1)
-            .x_label_formatter(&x_format)
-            .light_line_style(RGBColor(236, 236, 236))
-            .y_desc(metric.axis)
-            .y_label_formatter(&|y| short(*y))
-            .label_style((FONT, 12))
-            .draw()
-            .map_err(plot_error)?;
-        chart
-            .draw_series(bars.iter().map(|&(x0, x1, v, limiter)| {
-                Rectangle::new([(x0, bottom), (x1, v)], colour(limiter).filled())
-            }))
-            .map_err(plot_error)?;
-    } else {
-        let y_range = 0.0..(top * 1.15).max(1.15);
-        let mut chart = builder
-            .build_cartesian_2d(x_range, y_range)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(groups.len() + 1)
-            .x_label_formatter(&x_format)
-            .light_line_style(RGBColor(236, 236, 236))
-            .y_desc(metric.axis)
-            .label_style((FONT, 12))
-            .draw()
-            .map_err(plot_error)?;
+    let y_format = |y: &f64| short(*y);
+    let x_end = groups.len() as f64 - 0.5;
+    let mut chart = builder
+        .build_cartesian_2d(-0.5..x_end, y_range)
+        .map_err(plot_error)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_x_mesh()
+        .x_labels(groups.len() + 1)
+        .x_label_formatter(&x_format)
+        .light_line_style(RGBColor(236, 236, 236))
+        .y_desc(metric.axis)
+        .label_style((FONT, 12));
+    if metric.log_bottom.is_some() {
+        mesh.y_label_formatter(&y_format);
+    }
+    mesh.draw().map_err(plot_error)?;
+    if metric.log_bottom.is_none() {
         // The limit itself.
         chart
             .draw_series(std::iter::once(PathElement::new(
-                vec![(-0.5, 1.0), (groups.len() as f64 - 0.5, 1.0)],
+                vec![(-0.5, 1.0), (x_end, 1.0)],
                 BLACK.stroke_width(1),
             )))
             .map_err(plot_error)?;
-        chart
-            .draw_series(bars.iter().map(|&(x0, x1, v, limiter)| {
-                Rectangle::new([(x0, 0.0), (x1, v)], colour(limiter).filled())
-            }))
-            .map_err(plot_error)?;
     }
+    chart
+        .draw_series(bars.iter().map(|&(x0, x1, v, limiter)| {
+            Rectangle::new([(x0, bottom), (x1, v)], colour(limiter).filled())
+        }))
+        .map_err(plot_error)?;
     Ok(())
 }
 

@@ -142,6 +142,11 @@ impl Cmd {
         self
     }
 
+    pub fn envs(mut self, vars: &[(String, String)]) -> Self {
+        self.env.extend_from_slice(vars);
+        self
+    }
+
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(data.into());
         self

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::cli::{Direction, Limiter, Proto, Scenario};
+use crate::cli::{Direction, Limiter, Proto, Rate, Scenario};
 
 /// What one scenario measured through one limiter. Absent values are `null` in the JSON and `-`
 /// in the table.
@@ -84,12 +84,14 @@ impl Row {
         }
     }
 
-    /// Whether this row belongs to `scenario`.
-    pub fn is(&self, scenario: &Scenario) -> bool {
-        self.direction == scenario.direction
-            && self.proto == scenario.proto
-            && self.rate_bps == scenario.rate.bits_per_second()
-            && self.flows == scenario.flows
+    /// The scenario this row belongs to.
+    pub fn scenario(&self) -> Scenario {
+        Scenario {
+            direction: self.direction,
+            proto: self.proto,
+            rate: Rate(self.rate_bps),
+            flows: self.flows,
+        }
     }
 }
 
@@ -160,12 +162,7 @@ pub fn table(rows: &[Row]) -> String {
         vec![Some(HEADER.iter().map(|h| (*h).to_owned()).collect())];
     let mut previous: Option<&Row> = None;
     for row in rows {
-        if let Some(p) = previous
-            && !(p.direction == row.direction
-                && p.proto == row.proto
-                && p.rate_bps == row.rate_bps
-                && p.flows == row.flows)
-        {
+        if previous.is_some_and(|p| p.scenario() != row.scenario()) {
             lines.push(None);
         }
         let mut c = cells(row);
@@ -239,7 +236,6 @@ pub fn write_json(path: &Path, document: &Document<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Rate;
 
     fn scenario(flows: u32) -> Scenario {
         Scenario {

@@ -62,11 +62,10 @@ impl<'a> Bench<'a> {
     pub fn new(config: &'a Config) -> Result<Self> {
         let pid = std::process::id();
         let work = WorkDir::create(pid)?;
-        let rein = if config.limiters.contains(&Limiter::Rein) {
-            Some(Rein::new(&config.rein, pid)?)
-        } else {
-            None
-        };
+        let rein = config
+            .limiters
+            .contains(&Limiter::Rein)
+            .then(|| Rein::new(&config.rein, pid));
         Ok(Self {
             config,
             pid,
