@@ -32,7 +32,7 @@ pub const SOCK_OPS_PROGRAM: &str = "rein_sock_ops";
 
 /// Version of the map layout. Pins live in a directory named after it, so a build with another
 /// layout never reads maps it does not understand.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Which way a packet crosses the socket.
 #[repr(u32)]

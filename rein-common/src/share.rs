@@ -144,12 +144,7 @@ pub const fn pacing_rate(share: u64, mss: u32, ipv6: bool) -> u32 {
         return UNCAPPED;
     }
     let headers: u64 = if ipv6 { 40 + 32 } else { 20 + 32 };
-    // An unknown mss (0) or a silly one: assume a 1500-byte MTU.
-    let mss = if mss < 64 || mss > 65_535 {
-        1500 - headers
-    } else {
-        mss as u64
-    };
+    let mss = sane_mss(mss, headers);
     // share is at most 1.25e11 (1 tbit/s, < 2^37) and mss < 2^16: no product overflows.
     let share = if share > 1 << 40 { 1 << 40 } else { share };
     let payload = share * mss / (mss + headers);
@@ -162,6 +157,58 @@ pub const fn pacing_rate(share: u64, mss: u32, ipv6: bool) -> u32 {
         UNCAPPED
     } else {
         paced as u32
+    }
+}
+
+/// An unknown mss (0) or a silly one: assume a 1500-byte MTU.
+#[inline(always)]
+const fn sane_mss(mss: u32, headers: u64) -> u64 {
+    if mss < 64 || mss > 65_535 {
+        1500 - headers
+    } else {
+        mss as u64
+    }
+}
+
+/// `TCP_BPF_SNDCWND_CLAMP` value that lifts the clamp (the option takes a positive `int`).
+pub const UNCLAMPED: u32 = i32::MAX as u32;
+
+/// Longest a flow's segment train should last at its share.
+pub const TRAIN_NS: u64 = EPOCH_NS / 4;
+
+/// Segments in the largest train TCP sends at once: a 64 KiB GSO packet.
+const FULL_TRAIN_SEGMENTS: u64 = 45;
+
+/// The congestion window clamp (segments) that keeps a paced flow's segment trains short.
+///
+/// When its round trip is under 512 us, TCP's TSO autosizing adds a whole 64 KiB GSO packet to
+/// each train whatever the pacing rate, and then waits 64 KiB / share before the next. At a small
+/// share that wait spans whole epochs (0.84 s for 16 flows under 10 Mbit/s), so a flow goes
+/// uncounted in most epochs, the others are given its part, and the limit is overrun. A train
+/// holds at most a congestion window, so the window is clamped to what the share sends in
+/// [`TRAIN_NS`], but never below four times the flow's bandwidth-delay product at that share
+/// (`srtt_x8_us` is the kernel's smoothed RTT, in eighths of a microsecond), so the clamp never
+/// limits the rate, and never below two segments. A clamp that would not shorten a full train
+/// is not set.
+#[inline(always)]
+pub const fn cwnd_clamp(share: u64, srtt_x8_us: u32, mss: u32) -> u32 {
+    if share == 0 {
+        return UNCLAMPED;
+    }
+    let mss = sane_mss(mss, 0);
+    // share < 2^40 and srtt < 2^29 us: products stay under 2^64.
+    let share = if share > 1 << 40 { 1 << 40 } else { share };
+    let train = share / (1_000_000_000 / TRAIN_NS) / mss;
+    let srtt_us = (srtt_x8_us >> 3) as u64;
+    let bdp = share / 1000 * srtt_us / 1000 / mss;
+    let mut segments = if train > 2 { train } else { 2 };
+    if 4 * bdp + 1 > segments {
+        segments = 4 * bdp + 1;
+    }
+    if segments >= FULL_TRAIN_SEGMENTS {
+        UNCLAMPED
+    } else {
+        segments as u32
     }
 }
 
@@ -184,8 +231,12 @@ pub struct FlowState {
     /// 1 once the flow has registered (counted itself as active) in `epoch`; 2 while the packet
     /// in flight is registering it (under each of its rules).
     pub registered: u32,
+    /// The congestion window clamp last applied to the socket ([`cwnd_clamp`]); 0 before the
+    /// first.
+    pub clamp: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 40);
 
 impl FlowState {
     pub const NEW: Self = Self {
@@ -195,6 +246,8 @@ impl FlowState {
         applied: 0,
         sent: 0,
         registered: 0,
+        clamp: 0,
+        _pad: 0,
     };
 
     /// The share that holds at epoch `now`: 0 (no cap) once no packet of the flow has been
@@ -282,6 +335,22 @@ mod tests {
         assert_eq!(register_threshold(2_500_000, 1), 3000);
         // 1 Mbit/s shared by 16: a flow gets 735 B an epoch; a quarter of it registers.
         assert_eq!(register_threshold(125_000, 16), 183);
+    }
+
+    #[test]
+    fn the_window_clamp_shortens_trains_of_small_shares_only() {
+        // 16 flows under 10 Mbit/s at a veth round trip (50 us): 25 ms of the share is 1953 B.
+        assert_eq!(cwnd_clamp(78_125, 50 << 3, 1448), 2);
+        // 1 flow under 10 Mbit/s: 25 ms is 21 segments.
+        assert_eq!(cwnd_clamp(1_250_000, 50 << 3, 1448), 21);
+        // The same share across 200 ms needs 4 x 172 segments in flight: no clamp.
+        assert_eq!(cwnd_clamp(1_250_000, 200_000 << 3, 1448), UNCLAMPED);
+        // 16 flows under 10 Mbit/s across 20 ms: 4 x BDP (1.08 segments) + 1.
+        assert_eq!(cwnd_clamp(78_125, 20_000 << 3, 1448), 5);
+        // 1 Gbit/s: a full train lasts 0.5 ms; nothing to shorten.
+        assert_eq!(cwnd_clamp(125_000_000, 20 << 3, 1448), UNCLAMPED);
+        assert_eq!(cwnd_clamp(0, 50 << 3, 1448), UNCLAMPED);
+        assert_eq!(cwnd_clamp(u64::MAX, u32::MAX, 0), UNCLAMPED);
     }
 
     #[test]

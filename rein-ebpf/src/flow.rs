@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use rein_common::{
     FlowCount, FlowState, Rule,
-    share::{epoch_of, pacing_rate, register_threshold, share},
+    share::{UNCLAMPED, cwnd_clamp, epoch_of, pacing_rate, register_threshold, share},
 };
 
 use crate::{REIN_FLOWS, atomic};
@@ -26,6 +26,8 @@ const IPPROTO_TCP: u32 = 6;
 const AF_INET6: u32 = 10;
 const SOL_SOCKET: i32 = 1;
 const SO_MAX_PACING_RATE: i32 = 47;
+const SOL_TCP: i32 = 6;
+const TCP_BPF_SNDCWND_CLAMP: i32 = 1002;
 
 fn flows_map() -> *mut c_void {
     ptr::from_ref(&REIN_FLOWS).cast_mut().cast()
@@ -78,11 +80,14 @@ impl Sharing {
     }
 
     /// The packet is charged to `rule`: count the flow there and take its share. Returns the
-    /// flows sharing the rule, or 0 for a packet that is not a TCP flow's.
+    /// flows sharing the rule.
     #[inline(always)]
     pub fn count_under(&mut self, rule: &mut Rule) -> u32 {
         if self.socket.is_null() {
-            return 0;
+            // Not a TCP flow's packet: it does not count, but it may use the flows' leeway
+            // (see `charge`), or a ping sent while the flows' trains keep the bucket in debt
+            // would never pass.
+            return FlowCount(atomic::load(&rule.flows.0)).active(self.epoch);
         }
         if self.state.is_null() {
             self.state = self.open();
@@ -170,7 +175,8 @@ fn register(rule: &mut Rule, epoch: u32) -> u32 {
 }
 
 /// The sock_ops side: turn on RTT callbacks for every TCP connection, and on each callback apply
-/// the flow's share (if the egress program gave it one) as its pacing cap.
+/// the flow's share (if the egress program gave it one) as its pacing cap, with the window
+/// clamp that keeps its segment trains short (`rein_common::share::cwnd_clamp`).
 #[inline(always)]
 pub fn on_sock_ops(ctx: &SockOpsContext) {
     match ctx.op() {
@@ -197,23 +203,39 @@ fn apply_pacing(ctx: &SockOpsContext) {
         if state.is_null() {
             return;
         }
-        let share = (*state).share_at(epoch_of(bpf_ktime_get_ns()));
+        let state = &mut *state;
+        let share = state.share_at(epoch_of(bpf_ktime_get_ns()));
         let mss = (*ctx.ops).mss_cache;
-        let mut pacing = pacing_rate(share, mss, ctx.family() == AF_INET6);
-        let applied = (*state).applied;
-        if pacing == applied || (applied == 0 && share == 0) {
-            return;
+        // Nothing to lift on a socket that was never capped.
+        let pacing = pacing_rate(share, mss, ctx.family() == AF_INET6);
+        if pacing != state.applied && (state.applied != 0 || share != 0) {
+            let mut value = pacing;
+            if set_option(ctx, SOL_SOCKET, SO_MAX_PACING_RATE, &mut value) {
+                state.applied = pacing;
+            }
         }
-        let len = core::mem::size_of::<u32>() as i32;
-        let result = bpf_setsockopt(
+        let clamp = cwnd_clamp(share, (*ctx.ops).srtt_us, mss);
+        if clamp != state.clamp && (state.clamp != 0 || clamp != UNCLAMPED) {
+            let mut value = clamp;
+            if set_option(ctx, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &mut value) {
+                state.clamp = clamp;
+            }
+        }
+    }
+}
+
+/// `bpf_setsockopt` with a 4-byte value; true when the kernel took it.
+#[inline(always)]
+fn set_option(ctx: &SockOpsContext, level: i32, name: i32, value: &mut u32) -> bool {
+    let len = core::mem::size_of::<u32>() as i32;
+    // SAFETY: a sock_ops context and a 4-byte value, as both options take.
+    unsafe {
+        bpf_setsockopt(
             ctx.ops.cast(),
-            SOL_SOCKET,
-            SO_MAX_PACING_RATE,
-            ptr::from_mut(&mut pacing).cast(),
+            level,
+            name,
+            ptr::from_mut(value).cast(),
             len,
-        );
-        if result == 0 {
-            (*state).applied = pacing;
-        }
+        ) == 0
     }
 }

@@ -162,13 +162,16 @@ fn counters(cgroup_id: u64, direction: Direction) -> Option<&'static mut Counter
 
 /// Takes `bytes` from the rule's bucket; false when the bucket has no room.
 ///
-/// TCP flows (`tcp_flows` of them, 0 for other packets) may take the bucket further into debt:
-/// one 64 KiB segment train each. They pace themselves just under their share, so their long-run
+/// While `tcp_flows` TCP flows share the rule, the bucket may go further into debt: one 64 KiB
+/// segment train per flow. The flows pace themselves just under their share, so their long-run
 /// rate stays under the limit, but at a short round trip TCP sends up to 64 KiB at once and then
 /// waits (its TSO autosizing adds `gso_max_size >> (min_rtt_us >> tcp_tso_rtt_log)`), and the
 /// trains of several flows can line up. Refusing such a train would stall the flow until an ACK
 /// or a timer, because a refusal at cgroup egress is a local drop, not a loss. Past that leeway
 /// TCP is refused like anything else, which caps a flow that overrides its pacing.
+///
+/// Other packets get the same room: the trains keep the bucket in that debt much of the time,
+/// and a ping or a DNS query sent beside the flows must still pass.
 #[inline(always)]
 fn charge(rule: &mut Rule, now: u64, bytes: u64, tcp_flows: u32) -> bool {
     let bucket = rule.bucket;

@@ -607,10 +607,19 @@ fn tcp(reverse: bool) -> ClientOptions {
 /// `rein run <flag> 20mbit -- ip netns exec <client> iperf3 ...`; panics unless both iperf3
 /// and `rein run` exit 0.
 fn limited_iperf3(rein: &ReinInstance, flag: &str, opts: &ClientOptions) -> Iperf3Result {
+    limited_iperf3_at(rein, flag, "20mbit", opts)
+}
+
+fn limited_iperf3_at(
+    rein: &ReinInstance,
+    flag: &str,
+    limit: &str,
+    opts: &ClientOptions,
+) -> Iperf3Result {
     let pair = HostPair::new();
     let _server = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT);
     let mut cmd = rein.command();
-    cmd.args(["run", flag, "20mbit", "--", "ip", "netns", "exec"])
+    cmd.args(["run", flag, limit, "--", "ip", "netns", "exec"])
         .arg(&pair.client_ns)
         .arg("iperf3")
         .args(netns::iperf3_client_args(
@@ -620,11 +629,10 @@ fn limited_iperf3(rein: &ReinInstance, flag: &str, opts: &ClientOptions) -> Iper
         ));
     let result = netns::run_iperf3_client(cmd, opts.is_udp(), netns::iperf3_timeout(opts));
     eprintln!(
-        "{flag} {}{}: {:.2} Mbit/s received ({:.3} of the limit), {:.2} Mbit/s sent",
+        "{flag} {limit} {}{}: {:.2} Mbit/s received, {:.2} Mbit/s sent",
         if opts.is_udp() { "udp" } else { "tcp" },
         if opts.reverse { " -R" } else { "" },
         result.bits_per_second / 1e6,
-        result.bits_per_second / LIMIT_BITS,
         result.sent_bits_per_second / 1e6
     );
     result
@@ -709,6 +717,73 @@ fn four_tcp_flows_share_the_egress_limit_without_retransmissions() {
     let result = limited_iperf3(&rein, "--egress", &opts);
     assert_tcp_paced(&result, "4 TCP flows, egress");
     rein.assert_no_trace("`rein run` of iperf3 -P 4");
+}
+
+/// 16 flows under 10 Mbit/s get 78 kB/s each. At a veth round trip TCP sends a whole 64 KiB
+/// GSO train per pacing slot, 0.84 s apart at that share, unless rein clamps the window: the
+/// flows then went uncounted in most epochs and got 0.88 of the limit with Jain's index 0.82.
+#[test]
+fn sixteen_tcp_flows_share_a_small_limit_fairly() {
+    let _traffic = traffic();
+    let rein = instance();
+    let opts = ClientOptions {
+        streams: 16,
+        seconds: 4,
+        ..tcp(false)
+    };
+    let result = limited_iperf3_at(&rein, "--egress", "10mbit", &opts);
+    // The 4 s include 16 slow starts (iperf3 -O is not used here), which the flows' leeway
+    // lets through: hence up to 1.05.
+    let ratio = result.bits_per_second / 10e6;
+    assert!(
+        (0.92..=1.05).contains(&ratio),
+        "16 flows: goodput {ratio:.3} of the 10 Mbit/s limit, expected 0.92-1.05 ({result:?})"
+    );
+    assert!(
+        result.jain() >= 0.95,
+        "16 flows: Jain's index {:.3}, expected >= 0.95 ({result:?})",
+        result.jain()
+    );
+    assert!(
+        result.retransmits <= 5,
+        "16 flows: {} retransmissions ({result:?})",
+        result.retransmits
+    );
+    rein.assert_no_trace("`rein run` of iperf3 -P 16");
+}
+
+/// The paced flows keep the bucket in debt by up to a segment train each; a ping from the same
+/// cgroup must still pass (it used to be refused three times in four).
+#[test]
+fn a_ping_beside_paced_flows_is_answered() {
+    let _traffic = traffic();
+    let rein = instance();
+    let pair = HostPair::new();
+    let _server = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT);
+    let script = format!(
+        "iperf3 -c {addr} -p {IPERF3_PORT} -t 4 -P 4 >/dev/null & sleep 1.5; \
+         ping -n -q -c 20 -i 0.1 -W 1 {addr}; wait",
+        addr = pair.server_addr
+    );
+    let output = rein
+        .command()
+        .args(["run", "--egress", "10mbit", "--", "ip", "netns", "exec"])
+        .arg(&pair.client_ns)
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("rein run starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let received: u32 = stdout
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" received"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ping summary in: {stdout}"));
+    assert!(
+        received >= 19,
+        "{received} of 20 pings answered beside 4 paced flows: {stdout}"
+    );
+    rein.assert_no_trace("`rein run` of iperf3 and ping");
 }
 
 /// One flow runs for 6 s; a second one joins for 2 s in the middle. The first flow must give

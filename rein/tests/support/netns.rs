@@ -553,6 +553,22 @@ pub struct Iperf3Result {
     /// for `-R` (the sender is then the server, whose tcp_info the client
     /// does not get: iperf3 reports 0 there).
     pub mean_rtt_us: Option<f64>,
+    /// Each TCP stream's goodput at the receiving side (empty for UDP).
+    pub stream_bits_per_second: Vec<f64>,
+}
+
+impl Iperf3Result {
+    /// Jain's fairness index over the streams' goodputs: 1 when all are equal, 1/n when one
+    /// stream has it all.
+    pub fn jain(&self) -> f64 {
+        let rates = &self.stream_bits_per_second;
+        let sum: f64 = rates.iter().sum();
+        let squares: f64 = rates.iter().map(|r| r * r).sum();
+        if squares == 0.0 {
+            return 0.0;
+        }
+        sum * sum / (rates.len() as f64 * squares)
+    }
 }
 
 /// Parses iperf3 `--json` client output (checked against iperf3 3.12).
@@ -588,6 +604,7 @@ pub fn parse_iperf3_json(json: &str, udp: bool) -> Iperf3Result {
             bytes,
             lost_percent,
             mean_rtt_us: None,
+            stream_bits_per_second: Vec::new(),
         }
     } else {
         Iperf3Result {
@@ -597,6 +614,7 @@ pub fn parse_iperf3_json(json: &str, udp: bool) -> Iperf3Result {
             bytes: u64_or(received, "bytes").unwrap_or(0),
             lost_percent: 0.0,
             mean_rtt_us: mean_sender_rtt(end),
+            stream_bits_per_second: stream_goodputs(end),
         }
     }
 }
@@ -616,6 +634,19 @@ fn mean_sender_rtt(end: &Value) -> Option<f64> {
     } else {
         Some(rtts.iter().sum::<f64>() / rtts.len() as f64)
     }
+}
+
+/// `end.streams[*].receiver.bits_per_second`.
+fn stream_goodputs(end: &Value) -> Vec<f64> {
+    end["streams"]
+        .as_array()
+        .map(|streams| {
+            streams
+                .iter()
+                .filter_map(|stream| stream["receiver"]["bits_per_second"].as_f64())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn f64_or(v: &Value, key: &str) -> Option<f64> {
