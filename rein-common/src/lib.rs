@@ -23,6 +23,9 @@ pub const MAX_RULES: u32 = 16_384;
 pub const RULES_MAP: &str = "REIN_RULES";
 /// Name of the per-CPU map of counters.
 pub const COUNTERS_MAP: &str = "REIN_COUNTERS";
+/// Name of the array, indexed by `Direction`, of how many rules each direction has: a packet
+/// whose direction has none passes without a look at its cgroups.
+pub const RULE_COUNTS_MAP: &str = "REIN_RULE_COUNTS";
 /// Name of the socket-local storage of TCP flows under a limit.
 pub const FLOWS_MAP: &str = "REIN_FLOWS";
 /// Program names in the object file.

@@ -11,7 +11,7 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::{bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
     macros::{btf_map, cgroup_skb, map, sock_ops},
-    maps::{HashMap, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuHashMap},
     programs::{SkBuffContext, SockOpsContext},
 };
 use rein_common::{
@@ -29,6 +29,10 @@ static REIN_RULES: HashMap<RuleKey, Rule> = HashMap::with_max_entries(2 * MAX_RU
 static REIN_COUNTERS: PerCpuHashMap<RuleKey, Counters> =
     PerCpuHashMap::with_max_entries(2 * MAX_RULES, 0);
 
+/// How many rules each direction has (userspace keeps it in step with `REIN_RULES`).
+#[map(name = "REIN_RULE_COUNTS")]
+static REIN_RULE_COUNTS: Array<u32> = Array::with_max_entries(2, 0);
+
 /// Per-socket flow state: written by the egress program, applied by the sock_ops program.
 #[btf_map]
 static REIN_FLOWS: SkStorage<FlowState> = SkStorage::new();
@@ -45,6 +49,9 @@ const TCP_TRAIN_BYTES: u64 = 64 * 1024;
 
 #[cgroup_skb(egress)]
 pub fn rein_egress(ctx: SkBuffContext) -> i32 {
+    if !has_rules(Direction::Egress) {
+        return PASS;
+    }
     let tcp = flow::tcp_socket(&ctx);
     match limit(&ctx, Direction::Egress, tcp) {
         PASS => PASS,
@@ -54,6 +61,9 @@ pub fn rein_egress(ctx: SkBuffContext) -> i32 {
 
 #[cgroup_skb(ingress)]
 pub fn rein_ingress(ctx: SkBuffContext) -> i32 {
+    if !has_rules(Direction::Ingress) {
+        return PASS;
+    }
     limit(&ctx, Direction::Ingress, core::ptr::null_mut())
 }
 
@@ -61,6 +71,15 @@ pub fn rein_ingress(ctx: SkBuffContext) -> i32 {
 pub fn rein_sock_ops(ctx: SockOpsContext) -> u32 {
     flow::on_sock_ops(&ctx);
     1
+}
+
+/// Whether any cgroup has a rule in `direction`. The programs see every packet of the machine;
+/// with rules in one direction only (the usual case), the other costs one array lookup.
+#[inline(always)]
+fn has_rules(direction: Direction) -> bool {
+    REIN_RULE_COUNTS
+        .get(direction as u32)
+        .is_some_and(|count| *count > 0)
 }
 
 /// Charges the packet to the bucket of every rule on the socket's cgroup and its ancestors, and

@@ -3,18 +3,22 @@
 //!
 //! Pins (under the instance's bpffs directory) hold everything, so limits outlive the command
 //! that set them, and a reload swaps programs under the same links and maps without a gap.
-use std::{fs, io, path::Path};
+use std::{
+    borrow::{Borrow, BorrowMut},
+    fs, io,
+    path::Path,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps, links::FdLink,
     },
 };
 use rein_common::{
     COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, FLOWS_MAP, INGRESS_PROGRAM, MAX_RULES,
-    RULES_MAP, Rule, RuleKey, SOCK_OPS_PROGRAM,
+    RULE_COUNTS_MAP, RULES_MAP, Rule, RuleKey, SOCK_OPS_PROGRAM,
 };
 
 use crate::{
@@ -96,6 +100,29 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
 pub struct Datapath {
     rules: HashMap<MapData, RuleKey, Rule>,
     counters: PerCpuHashMap<MapData, RuleKey, Counters>,
+    rule_counts: Array<MapData, u32>,
+}
+
+/// Writes how many rules each direction has into the array the programs check before anything
+/// else. Counted from the rule map itself, so a count left wrong by a crash is put right by
+/// the next command that opens the datapath.
+pub fn sync_rule_counts<R: Borrow<MapData>, C: BorrowMut<MapData>>(
+    rules: &HashMap<R, RuleKey, Rule>,
+    rule_counts: &mut Array<C, u32>,
+) -> Result<()> {
+    let mut counts = [0u32; 2];
+    for key in rules.keys() {
+        let key = key.map_err(|e| bpf_error("cannot list the rules")(&e))?;
+        if let Some(count) = counts.get_mut(key.direction as usize) {
+            *count += 1;
+        }
+    }
+    for (direction, count) in DIRECTIONS.iter().zip(counts) {
+        rule_counts
+            .set(*direction as u32, count, 0)
+            .map_err(|e| bpf_error("cannot write the rule counts")(&e))?;
+    }
+    Ok(())
 }
 
 impl Datapath {
@@ -117,7 +144,15 @@ impl Datapath {
             .map_err(|e| bpf_error("rule map")(&e))?;
         let counters = PerCpuHashMap::try_from(Map::PerCpuHashMap(open(COUNTERS_MAP)?))
             .map_err(|e| bpf_error("counter map")(&e))?;
-        Ok(Self { rules, counters })
+        let rule_counts = Array::try_from(Map::Array(open(RULE_COUNTS_MAP)?))
+            .map_err(|e| bpf_error("rule count map")(&e))?;
+        let mut datapath = Self {
+            rules,
+            counters,
+            rule_counts,
+        };
+        datapath.sync_rule_counts()?;
+        Ok(datapath)
     }
 
     /// Loads the programs, attaches them at `root` and pins links and maps. On failure nothing
@@ -213,13 +248,20 @@ impl Datapath {
         }
         self.rules
             .insert(key, rule, 0)
-            .map_err(|e| map_full_or(e, "cannot write the rule"))
+            .map_err(|e| map_full_or(e, "cannot write the rule"))?;
+        self.sync_rule_counts()
     }
 
     /// Removes a rule and its counters; a rule that is not there is fine.
     pub fn remove_rule(&mut self, key: RuleKey) {
         let _ = self.rules.remove(&key);
         let _ = self.counters.remove(&key);
+        // A count left too high only costs the walk; the next command puts it right.
+        let _ = self.sync_rule_counts();
+    }
+
+    fn sync_rule_counts(&mut self) -> Result<()> {
+        sync_rule_counts(&self.rules, &mut self.rule_counts)
     }
 
     /// The rule's counters summed over all CPUs.
@@ -245,6 +287,7 @@ fn load_object(instance: &Instance) -> Result<Ebpf> {
         .map_pin_path(RULES_MAP, maps_dir.join(RULES_MAP))
         .map_pin_path(COUNTERS_MAP, maps_dir.join(COUNTERS_MAP))
         .map_pin_path(FLOWS_MAP, maps_dir.join(FLOWS_MAP))
+        .map_pin_path(RULE_COUNTS_MAP, maps_dir.join(RULE_COUNTS_MAP))
         .load(OBJECT)
         .map_err(|e| Error::Load(e.to_string()))
 }

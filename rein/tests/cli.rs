@@ -894,6 +894,68 @@ fn flows_that_start_and_stop_share_the_limit() {
         .ok();
 }
 
+/// Two cgroups side by side, 10 and 30 Mbit/s, each with two flows to the same server: each gets
+/// its own limit, undisturbed by the other's flows (each rule counts only its own).
+#[test]
+fn two_cgroups_side_by_side_each_get_their_own_limit() {
+    let _traffic = traffic();
+    let rein = instance();
+    let pair = HostPair::new();
+    let limits = [("slow", "10mbit", 10e6), ("fast", "30mbit", 30e6)];
+    let mut clients = Vec::new();
+    let mut servers = Vec::new();
+    for (i, (name, limit, _)) in limits.iter().enumerate() {
+        let cgroup = rein.cgroup(name);
+        rein.rein(&[
+            "set",
+            "--cgroup",
+            cgroup.to_str().unwrap(),
+            "--egress",
+            limit,
+        ])
+        .ok();
+        let port = IPERF3_PORT + i as u16;
+        servers.push(Iperf3Server::start(
+            &pair.server_ns,
+            &pair.server_addr,
+            port,
+        ));
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", r#"echo $$ > "$0" && exec "$@""#])
+            .arg(cgroup.join("cgroup.procs"))
+            .args(["ip", "netns", "exec", &pair.client_ns, "iperf3", "-c"])
+            .arg(&pair.server_addr)
+            .args(["-p", &port.to_string(), "-t", "4", "-P", "2", "-J"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        clients.push((cgroup, ChildGuard::spawn(&mut cmd)));
+    }
+    for ((cgroup, mut child), (name, _, bits)) in clients.into_iter().zip(limits) {
+        let status = wait_timeout(&mut child.0, Duration::from_secs(20)).expect("iperf3 ends");
+        assert!(status.success(), "iperf3 in {name} failed");
+        let mut out = String::new();
+        std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let result = netns::parse_iperf3_json(&out, false);
+        let ratio = result.bits_per_second / bits;
+        eprintln!(
+            "{name}: {ratio:.3} of its limit, {} retransmissions",
+            result.retransmits
+        );
+        assert!(
+            (0.90..=1.02).contains(&ratio),
+            "{name}: goodput {ratio:.3} of its own limit, expected 0.90-1.02 ({result:?})"
+        );
+        assert!(
+            result.retransmits <= 5,
+            "{name}: {} retransmissions ({result:?})",
+            result.retransmits
+        );
+        rein.rein(&["unset", "--cgroup", cgroup.to_str().unwrap()])
+            .ok();
+    }
+    drop(servers);
+}
+
 #[test]
 fn tcp_ingress_flows_within_the_limit() {
     let _traffic = traffic();

@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, PerCpuHashMap, PerCpuValues},
     programs::{CgroupSkb, TestRun, TestRunOptions},
 };
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -27,8 +27,8 @@ use rein::{
     model::TokenBucketModel,
 };
 use rein_common::{
-    Action, COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, INGRESS_PROGRAM, RULES_MAP, Rule,
-    RuleKey,
+    Action, COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, INGRESS_PROGRAM, RULE_COUNTS_MAP,
+    RULES_MAP, Rule, RuleKey,
 };
 
 /// The cgroups the test process runs in, and where it came from.
@@ -151,6 +151,13 @@ impl Loaded {
             PerCpuHashMap::try_from(self.ebpf.map_mut(COUNTERS_MAP).unwrap()).unwrap();
         let zero = PerCpuValues::try_from(vec![Counters::default(); cpus]).unwrap();
         counters.insert(key, zero, 0).unwrap();
+        let [rules, rule_counts] = self
+            .ebpf
+            .maps_disjoint_mut([RULES_MAP, RULE_COUNTS_MAP])
+            .map(Option::unwrap);
+        let rules: HashMap<_, RuleKey, Rule> = HashMap::try_from(rules).unwrap();
+        let mut rule_counts: Array<_, u32> = Array::try_from(rule_counts).unwrap();
+        datapath::sync_rule_counts(&rules, &mut rule_counts).unwrap();
     }
 
     fn rule(&self, cgroup_id: u64, direction: Direction) -> Rule {
