@@ -9,7 +9,7 @@ pub mod bucket;
 pub mod share;
 
 pub use bucket::{Bucket, Verdict};
-pub use share::{FlowCount, FlowState};
+pub use share::{EpochCount, FlowState};
 
 /// Depth of the cgroup tree that the datapath searches for rules, counted from the v2 root
 /// (level 0). A socket in a deeper cgroup is still covered by rules on its first
@@ -35,7 +35,7 @@ pub const SOCK_OPS_PROGRAM: &str = "rein_sock_ops";
 
 /// Version of the map layout. Pins live in a directory named after it, so a build with another
 /// layout never reads maps it does not understand.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Which way a packet crosses the socket.
 #[repr(u32)]
@@ -87,9 +87,12 @@ pub struct Rule {
     /// The limit in IP bytes per second, which TCP flows share by pacing.
     pub rate: u64,
     /// The TCP flows currently sharing the rate. Shared by all CPUs; compare-and-swap only.
-    pub flows: FlowCount,
+    pub flows: EpochCount,
+    /// Other traffic (not TCP) at egress, in units of `share::other_units`, which the flows'
+    /// shares leave room for. Shared by all CPUs; compare-and-swap only.
+    pub others: EpochCount,
 }
-const _: () = assert!(core::mem::size_of::<Rule>() == 48);
+const _: () = assert!(core::mem::size_of::<Rule>() == 56);
 
 impl Rule {
     pub const fn new(bucket: Bucket, rate: u64, action: Action) -> Self {
@@ -98,7 +101,8 @@ impl Rule {
             action: action as u32,
             flags: 0,
             rate,
-            flows: FlowCount(0),
+            flows: EpochCount(0),
+            others: EpochCount(0),
         }
     }
 }

@@ -11,6 +11,12 @@
 //! registrations. A flow that starts is counted at once; a flow that stops or closes stops
 //! counting within two epochs. The whole count lives in one `u64`, so CPUs update it with a
 //! single compare-and-swap.
+//!
+//! Other traffic of the cgroup (UDP, ICMP) draws from the same bucket but cannot be paced, so
+//! the flows share only what it leaves: its bytes are counted per epoch in the same way, in
+//! 1/1024ths of an epoch's budget ([`other_units`]), and [`tcp_rate`] takes them off the limit.
+
+use crate::bucket::MAX_CHARGED_BYTES;
 
 /// Length of a counting epoch: a flow that sends at least once per epoch stays counted.
 pub const EPOCH_NS: u64 = 100_000_000;
@@ -22,8 +28,8 @@ pub const NO_EPOCH: u32 = u32::MAX;
 /// was removed, or no longer covers the socket. Its cap is then lifted.
 pub const STALE_EPOCHS: u32 = 10;
 
-/// Most flows one count holds; more are counted as this many.
-pub const MAX_COUNTED_FLOWS: u32 = 0xffff;
+/// Most one epoch's count holds (flows, or units of other traffic); more count as this many.
+pub const MAX_EPOCH_COUNT: u32 = 0xffff;
 
 /// Fraction of its share, in parts per 1024, that a flow paces at. TCP's pacing is exact, so
 /// pacing a hair under the share keeps the cgroup's bucket (which still backs the limit) from
@@ -40,13 +46,14 @@ pub const fn epoch_of(now: u64) -> u32 {
     (now / EPOCH_NS) as u32
 }
 
-/// Registrations of flows in the current and the previous epoch: `epoch` in the low 32 bits,
-/// this epoch's count in the next 16, the previous epoch's in the top 16.
+/// A count per epoch (flows that registered, or units of other traffic) for the current and the
+/// previous epoch: `epoch` in the low 32 bits, this epoch's count in the next 16, the previous
+/// epoch's in the top 16. Counts saturate at [`MAX_EPOCH_COUNT`].
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowCount(pub u64);
+pub struct EpochCount(pub u64);
 
-impl FlowCount {
+impl EpochCount {
     #[inline(always)]
     const fn epoch(self) -> u32 {
         self.0 as u32
@@ -91,9 +98,10 @@ impl FlowCount {
         }
     }
 
-    /// Flows active at epoch `now`.
+    /// The larger of this epoch's and the previous one's count, as seen from epoch `now`: for
+    /// flows, how many are active.
     #[inline(always)]
-    pub const fn active(self, now: u32) -> u32 {
+    pub const fn peak(self, now: u32) -> u32 {
         let (current, previous) = self.view(now);
         if current > previous {
             current
@@ -102,15 +110,12 @@ impl FlowCount {
         }
     }
 
-    /// The count after one more flow registers in epoch `now`.
+    /// The count after `n` more are counted in epoch `now`.
     #[inline(always)]
-    pub const fn register(self, now: u32) -> Self {
+    pub const fn add(self, now: u32, n: u32) -> Self {
         let (current, previous) = self.view(now);
-        let current = if current < MAX_COUNTED_FLOWS {
-            current + 1
-        } else {
-            current
-        };
+        let room = MAX_EPOCH_COUNT - current;
+        let current = current + if n < room { n } else { room };
         Self::pack(self.latest(now), current, previous)
     }
 }
@@ -122,6 +127,51 @@ pub const fn register_threshold(rate: u64, active: u32) -> u64 {
     let per_epoch = rate / (1_000_000_000 / EPOCH_NS);
     let entitled = per_epoch / (active as u64 + 1) / 4;
     if entitled < 3000 { entitled } else { 3000 }
+}
+
+/// Units of other traffic in one epoch's budget: [`other_units`] counts in 1/1024ths of it.
+pub const UNITS_PER_EPOCH: u64 = 1024;
+
+/// The part of `rate` TCP flows are never denied, however much other traffic the cgroup offers:
+/// 1/16 (the bucket still holds the sum to the limit).
+pub const MIN_TCP_PART: u64 = 16;
+
+/// `bytes` of other traffic, in 1/1024ths of an epoch's budget at `rate` bytes/s, rounded up
+/// or down at random (`dither`, uniform over `u32`), so that small packets at a high rate are
+/// neither lost to rounding nor each counted as a whole unit: the expected count is exact.
+#[inline(always)]
+pub const fn other_units(rate: u64, bytes: u64, dither: u32) -> u32 {
+    let per_epoch = rate / (1_000_000_000 / EPOCH_NS);
+    let per_epoch = if per_epoch == 0 { 1 } else { per_epoch };
+    let bytes = if bytes > MAX_CHARGED_BYTES {
+        MAX_CHARGED_BYTES
+    } else {
+        bytes
+    };
+    // bytes < 2^21, so the scaled value stays under 2^47.
+    let scaled = bytes * UNITS_PER_EPOCH * 65_536 / per_epoch;
+    let units = (scaled + (dither & 0xffff) as u64) >> 16;
+    if units > MAX_EPOCH_COUNT as u64 {
+        MAX_EPOCH_COUNT
+    } else {
+        units as u32
+    }
+}
+
+/// What of `rate` the TCP flows share when other traffic takes `other` units per epoch.
+#[inline(always)]
+pub const fn tcp_rate(rate: u64, other: u32) -> u64 {
+    let floor = rate / MIN_TCP_PART;
+    let other = other as u64;
+    let taken = if other >= UNITS_PER_EPOCH {
+        rate
+    } else {
+        // rate < 2^40 in practice; a larger one is capped so the product fits.
+        let capped = if rate > 1 << 50 { 1 << 50 } else { rate };
+        capped / UNITS_PER_EPOCH * other
+    };
+    let left = rate.saturating_sub(taken);
+    if left > floor { left } else { floor }
 }
 
 /// Each active flow's share of `rate` bytes/s (IP bytes). A lone flow (or a count of zero, seen
@@ -269,37 +319,37 @@ mod tests {
 
     #[test]
     fn a_new_flow_counts_at_once_and_a_stopped_one_within_two_epochs() {
-        let count = FlowCount::default();
-        let count = count.register(10).register(10);
-        assert_eq!(count.active(10), 2);
+        let count = EpochCount::default();
+        let count = count.add(10, 1).add(10, 1);
+        assert_eq!(count.peak(10), 2);
         // Epoch 11: only one of the two sends; the previous epoch still vouches for both.
-        let count = count.register(11);
-        assert_eq!(count.active(11), 2);
+        let count = count.add(11, 1);
+        assert_eq!(count.peak(11), 2);
         // Epoch 12: the silent flow is gone.
-        let count = count.register(12);
-        assert_eq!(count.active(12), 1);
+        let count = count.add(12, 1);
+        assert_eq!(count.peak(12), 1);
         // Nobody registers for two epochs: nobody is active.
-        assert_eq!(count.active(14), 0);
-        assert_eq!(count.register(14).active(14), 1);
+        assert_eq!(count.peak(14), 0);
+        assert_eq!(count.add(14, 1).peak(14), 1);
     }
 
     #[test]
     fn a_packet_stamped_before_the_epoch_turned_counts_in_the_new_epoch() {
-        let count = FlowCount::default().register(4).register(5);
+        let count = EpochCount::default().add(4, 1).add(5, 1);
         // Epoch 5 was opened by another CPU; a packet stamped in epoch 4 sees epoch 5's count.
-        assert_eq!(count.active(4), 1);
-        let count = count.register(4);
-        assert_eq!(count.active(5), 2);
+        assert_eq!(count.peak(4), 1);
+        let count = count.add(4, 1);
+        assert_eq!(count.peak(5), 2);
         assert_eq!(count.epoch(), 5);
     }
 
     #[test]
     fn the_count_saturates() {
-        let mut count = FlowCount::default();
+        let mut count = EpochCount::default();
         for _ in 0..70_000 {
-            count = count.register(3);
+            count = count.add(3, 1);
         }
-        assert_eq!(count.active(3), MAX_COUNTED_FLOWS);
+        assert_eq!(count.peak(3), MAX_EPOCH_COUNT);
     }
 
     #[test]
@@ -351,6 +401,29 @@ mod tests {
         assert_eq!(cwnd_clamp(125_000_000, 20 << 3, 1448), UNCLAMPED);
         assert_eq!(cwnd_clamp(0, 50 << 3, 1448), UNCLAMPED);
         assert_eq!(cwnd_clamp(u64::MAX, u32::MAX, 0), UNCLAMPED);
+    }
+
+    #[test]
+    fn other_traffic_is_counted_in_parts_of_the_budget() {
+        // 20 Mbit/s: 250 kB an epoch, 244 B a unit.
+        assert_eq!(other_units(2_500_000, 250_000, 0), 1024);
+        assert_eq!(other_units(2_500_000, 1_000_000, u32::MAX), 4096);
+        // A ping at 1 Gbit/s is 1/145 of a unit: counted as 1 once in about 145 times.
+        let ping = (0..14_500u32)
+            .map(|i| other_units(125_000_000, 84, i.wrapping_mul(2_654_435_761)))
+            .sum::<u32>();
+        assert!((95..=195).contains(&ping), "{ping}");
+        assert_eq!(other_units(0, 1500, 0), MAX_EPOCH_COUNT);
+    }
+
+    #[test]
+    fn tcp_shares_what_other_traffic_leaves() {
+        assert_eq!(tcp_rate(1_024_000, 0), 1_024_000);
+        assert_eq!(tcp_rate(1_024_000, 256), 768_000);
+        // Other traffic at or over the limit: TCP keeps 1/16.
+        assert_eq!(tcp_rate(1_024_000, 1024), 64_000);
+        assert_eq!(tcp_rate(1_024_000, 5000), 64_000);
+        assert!(tcp_rate(u64::MAX, 512) > 0);
     }
 
     #[test]

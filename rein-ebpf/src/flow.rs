@@ -12,12 +12,17 @@ use aya_ebpf::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG,
         bpf_sock,
     },
-    helpers::generated::{bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_fullsock, bpf_sk_storage_get},
+    helpers::generated::{
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_fullsock, bpf_sk_storage_get,
+    },
     programs::{SkBuffContext, SockOpsContext},
 };
 use rein_common::{
-    FlowCount, FlowState, Rule,
-    share::{UNCLAMPED, cwnd_clamp, epoch_of, pacing_rate, register_threshold, share},
+    EpochCount, FlowState, Rule,
+    share::{
+        UNCLAMPED, cwnd_clamp, epoch_of, other_units, pacing_rate, register_threshold, share,
+        tcp_rate,
+    },
 };
 
 use crate::{REIN_FLOWS, atomic};
@@ -66,16 +71,20 @@ pub struct Sharing {
     state: *mut FlowState,
     epoch: u32,
     bytes: u64,
+    /// Count the packet as other traffic if it is not a TCP flow's (at egress, where flows are
+    /// paced and must leave it room).
+    counts_others: bool,
 }
 
 impl Sharing {
     #[inline(always)]
-    pub fn new(socket: *mut bpf_sock, now: u64, bytes: u64) -> Self {
+    pub fn new(socket: *mut bpf_sock, now: u64, bytes: u64, counts_others: bool) -> Self {
         Self {
             socket,
             state: ptr::null_mut(),
             epoch: epoch_of(now),
             bytes,
+            counts_others,
         }
     }
 
@@ -84,10 +93,19 @@ impl Sharing {
     #[inline(always)]
     pub fn count_under(&mut self, rule: &mut Rule) -> u32 {
         if self.socket.is_null() {
-            // Not a TCP flow's packet: it does not count, but it may use the flows' leeway
-            // (see `charge`), or a ping sent while the flows' trains keep the bucket in debt
-            // would never pass.
-            return FlowCount(atomic::load(&rule.flows.0)).active(self.epoch);
+            // Not a TCP flow's packet: the flows' shares leave room for it; and it may use the
+            // flows' leeway (see `charge`), or a ping sent while their trains keep the bucket in
+            // debt would never pass.
+            if self.counts_others {
+                // SAFETY: a helper without arguments.
+                let dither = unsafe { bpf_get_prandom_u32() };
+                add(
+                    &mut rule.others,
+                    self.epoch,
+                    other_units(rule.rate, self.bytes, dither),
+                );
+            }
+            return EpochCount(atomic::load(&rule.flows.0)).peak(self.epoch);
         }
         if self.state.is_null() {
             self.state = self.open();
@@ -97,14 +115,15 @@ impl Sharing {
         }
         // SAFETY: non-null storage of this socket, valid for the program's run.
         let state = unsafe { &mut *self.state };
-        let mut active = FlowCount(atomic::load(&rule.flows.0)).active(self.epoch);
+        let mut active = EpochCount(atomic::load(&rule.flows.0)).peak(self.epoch);
         if state.registered != REGISTERED
             && state.sent as u64 >= register_threshold(rule.rate, active)
         {
-            active = register(rule, self.epoch);
+            active = add(&mut rule.flows, self.epoch, 1);
             state.registered = REGISTERING;
         }
-        let own = share(rule.rate, active);
+        let others = EpochCount(atomic::load(&rule.others.0)).peak(self.epoch);
+        let own = share(tcp_rate(rule.rate, others), active);
         if own < state.pending_share {
             state.pending_share = own;
         }
@@ -157,21 +176,21 @@ impl Sharing {
     }
 }
 
-/// Counts one more flow under `rule` in `epoch`; returns the flows active after it.
+/// Adds `n` to `count` in `epoch`; returns the count's peak after it.
 #[inline(always)]
-fn register(rule: &mut Rule, epoch: u32) -> u32 {
-    let mut current = atomic::load(&rule.flows.0);
+fn add(count: &mut EpochCount, epoch: u32, n: u32) -> u32 {
+    let mut current = atomic::load(&count.0);
     let mut attempt = 0;
     while attempt < 8 {
-        let next = FlowCount(current).register(epoch);
-        match atomic::compare_exchange(&mut rule.flows.0, current, next.0) {
-            Ok(()) => return next.active(epoch),
+        let next = EpochCount(current).add(epoch, n);
+        match atomic::compare_exchange(&mut count.0, current, next.0) {
+            Ok(()) => return next.peak(epoch),
             Err(found) => current = found,
         }
         attempt += 1;
     }
-    // Contended that hard, the count misses the flow this epoch; count it in its own share.
-    FlowCount(current).register(epoch).active(epoch)
+    // Contended that hard, the count misses this addition; the caller sees it anyway.
+    EpochCount(current).add(epoch, n).peak(epoch)
 }
 
 /// The sock_ops side: turn on RTT callbacks for every TCP connection, and on each callback apply

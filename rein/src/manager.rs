@@ -444,7 +444,7 @@ impl Rein {
             let tcp_flows = datapath
                 .as_ref()
                 .and_then(|d| d.rule(key))
-                .map(|rule| rule.flows.active(epoch_of(now)))
+                .map(|rule| rule.flows.peak(epoch_of(now)))
                 .unwrap_or(0);
             Some(direction_view(
                 limit,

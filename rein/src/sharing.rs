@@ -2,8 +2,8 @@
 //! packet (rein-ebpf's `flow.rs`), on the same arithmetic (`rein_common::share`), driven by a
 //! [`Clock`] so tests can play flows starting and stopping in exact time.
 use rein_common::{
-    FlowCount,
-    share::{EPOCH_NS, epoch_of, register_threshold, share},
+    EpochCount,
+    share::{EPOCH_NS, epoch_of, other_units, register_threshold, share, tcp_rate},
 };
 
 use crate::clock::Clock;
@@ -12,7 +12,8 @@ use crate::clock::Clock;
 #[derive(Debug, Clone)]
 pub struct SharingModel {
     rate: u64,
-    count: FlowCount,
+    count: EpochCount,
+    others: EpochCount,
     flows: Vec<FlowModel>,
 }
 
@@ -29,7 +30,8 @@ impl SharingModel {
     pub fn new(rate: u64, flows: usize) -> Self {
         Self {
             rate,
-            count: FlowCount::default(),
+            count: EpochCount::default(),
+            others: EpochCount::default(),
             flows: vec![FlowModel::default(); flows],
         }
     }
@@ -45,14 +47,24 @@ impl SharingModel {
             };
         }
         state.sent += bytes;
-        let mut active = self.count.active(epoch);
+        let mut active = self.count.peak(epoch);
         if !state.registered && state.sent >= register_threshold(self.rate, active) {
-            self.count = self.count.register(epoch);
-            active = self.count.active(epoch);
+            self.count = self.count.add(epoch, 1);
+            active = self.count.peak(epoch);
             state.registered = true;
         }
-        state.share = share(self.rate, active);
+        let others = self.others.peak(epoch);
+        state.share = share(tcp_rate(self.rate, others), active);
         state.share
+    }
+
+    /// A packet of `bytes` that is not a TCP flow's (UDP, ICMP) passes now; `dither` stands in
+    /// for the kernel's random number.
+    pub fn send_other(&mut self, bytes: u64, dither: u32, clock: &dyn Clock) {
+        let epoch = epoch_of(clock.now_ns());
+        self.others = self
+            .others
+            .add(epoch, other_units(self.rate, bytes, dither));
     }
 
     /// The share flow `flow` was last given.
@@ -62,7 +74,7 @@ impl SharingModel {
 
     /// Flows the rule counts as active now.
     pub fn active(&self, clock: &dyn Clock) -> u32 {
-        self.count.active(epoch_of(clock.now_ns()))
+        self.count.peak(epoch_of(clock.now_ns()))
     }
 }
 
@@ -169,6 +181,40 @@ mod tests {
         }
         assert_eq!(model.active(&clock), 1);
         assert_eq!(model.share_of(0), RATE);
+    }
+
+    #[test]
+    fn flows_leave_room_for_other_traffic() {
+        let clock = FakeClock::new(90 * EPOCH_NS);
+        let mut model = SharingModel::new(RATE, 2);
+        let mut dither = 0x1234_5678u32;
+        let mut tcp = [0u64; 2];
+        let mut next_send = [0u64; 2];
+        // 3 s: other traffic at a quarter of the rate in 200-byte datagrams, two paced flows.
+        let datagram_every = 200 * 1_000_000_000 / (RATE / 4);
+        let mut next_datagram = 0;
+        for tick in 0..30_000u64 {
+            let now = tick * MS / 10;
+            while next_datagram <= now {
+                dither = dither.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                model.send_other(200, dither, &clock);
+                next_datagram += datagram_every;
+            }
+            for flow in 0..2 {
+                if next_send[flow] <= now {
+                    let share = model.send(flow, 3000, &clock);
+                    if now >= 500 * MS {
+                        tcp[flow] += 3000;
+                    }
+                    next_send[flow] = now.max(next_send[flow]) + 3000 * 1_000_000_000 / share;
+                }
+            }
+            clock.advance(MS / 10);
+        }
+        let rates: Vec<f64> = tcp.iter().map(|b| *b as f64 / 2.5 / RATE as f64).collect();
+        let total: f64 = rates.iter().sum();
+        assert!((0.72..=0.76).contains(&total), "{rates:?}");
+        assert!((rates[0] - rates[1]).abs() < 0.01, "{rates:?}");
     }
 
     #[test]

@@ -786,6 +786,61 @@ fn a_ping_beside_paced_flows_is_answered() {
     rein.assert_no_trace("`rein run` of iperf3 and ping");
 }
 
+/// TCP and UDP in one cgroup: UDP cannot be paced, so the TCP flow's share leaves it room. The
+/// flow used to be paced at the whole limit, ran the bucket dry beside the UDP and stalled on
+/// refusals: 0.52 of the limit where 0.75 was left for it.
+#[test]
+fn a_tcp_flow_leaves_room_for_udp_beside_it() {
+    let _traffic = traffic();
+    let rein = instance();
+    let pair = HostPair::new();
+    let _tcp_server = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT);
+    let _udp_server = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT + 1);
+    let dir = TempDir::new("mixed");
+    let (tcp_json, udp_json) = (dir.0.join("tcp.json"), dir.0.join("udp.json"));
+    let script = format!(
+        "iperf3 -c {addr} -p {udp_port} -u -b 5M -t 5 -J > {udp} & sleep 0.3; \
+         iperf3 -c {addr} -p {IPERF3_PORT} -t 4 -O 1 -J > {tcp}; wait",
+        addr = pair.server_addr,
+        udp_port = IPERF3_PORT + 1,
+        udp = udp_json.display(),
+        tcp = tcp_json.display(),
+    );
+    let status = rein
+        .command()
+        .args(["run", "--egress", "20mbit", "--", "ip", "netns", "exec"])
+        .arg(&pair.client_ns)
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .status()
+        .expect("rein run starts");
+    assert!(status.success(), "rein run of iperf3 TCP and UDP: {status}");
+    let read = |path: &std::path::Path, udp: bool| {
+        netns::parse_iperf3_json(&std::fs::read_to_string(path).unwrap(), udp)
+    };
+    let (tcp, udp) = (read(&tcp_json, false), read(&udp_json, true));
+    let (tcp_part, udp_part) = (tcp.bits_per_second / 20e6, udp.bits_per_second / 20e6);
+    eprintln!(
+        "TCP {tcp_part:.3} and UDP {udp_part:.3} of the limit, {} retransmissions",
+        tcp.retransmits
+    );
+    assert!(
+        tcp_part >= 0.68,
+        "TCP got {tcp_part:.3} of the limit beside UDP at 0.25, expected >= 0.68 ({tcp:?})"
+    );
+    assert!(
+        udp_part >= 0.24,
+        "UDP got {udp_part:.3} of the limit, offered 0.25 ({udp:?})"
+    );
+    assert!(
+        tcp_part + udp_part <= 1.0,
+        "TCP and UDP together got {:.3} of the limit",
+        tcp_part + udp_part
+    );
+    assert!(tcp.retransmits <= 5, "{} retransmissions", tcp.retransmits);
+    rein.assert_no_trace("`rein run` of iperf3 TCP and UDP");
+}
+
 /// One flow runs for 6 s; a second one joins for 2 s in the middle. The first flow must give
 /// up half the limit while the second runs and take it back after, with the cgroup's total
 /// never above the limit.
