@@ -7,6 +7,7 @@
 
 pub mod bucket;
 pub mod share;
+pub mod window;
 
 pub use bucket::{Bucket, Verdict};
 pub use share::{EpochCount, FlowState};

@@ -24,7 +24,7 @@ use rein::{
     clock::MonotonicClock,
     datapath,
     limit::Limit,
-    model::TokenBucketModel,
+    model::{TokenBucketModel, Xorshift},
 };
 use rein_common::{
     Action, COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, INGRESS_PROGRAM, RULE_COUNTS_MAP,
@@ -257,17 +257,6 @@ fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), Faile
     }
 }
 
-/// A small deterministic generator (xorshift), so failures reproduce.
-struct Xorshift(u64);
-impl Xorshift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// At 8 kbit/s the bucket refills one byte a millisecond: the few milliseconds a test takes
 /// cannot move a verdict whose margin is tens of bytes, so kernel and model must agree exactly.
 /// Sizes are multiples of 50 bytes to keep every margin that wide.
@@ -279,7 +268,7 @@ fn egress_matches_the_model_while_draining(ids: Ids) -> Result<(), Failed> {
     let mut random = Xorshift(0x2545_f491_4f6c_dd1d);
     let (mut passed, mut refused, mut passed_bytes) = (0u64, 0u64, 0u64);
     for i in 0..300 {
-        let bytes = 50 * (1 + random.next() % 30) as usize;
+        let bytes = 50 * (1 + random.next_u64() % 30) as usize;
         let expected = model.offer(bytes as u64, &MonotonicClock);
         let verdict = loaded.offer(Direction::Egress, &Packet::tcp(bytes));
         let expected_code = if expected { PASS } else { EGRESS_REFUSED };

@@ -57,7 +57,7 @@ mod tests {
     use rein_common::{Bucket, Verdict};
 
     use super::*;
-    use crate::clock::FakeClock;
+    use crate::{clock::FakeClock, model::Xorshift};
 
     /// The kernel's arithmetic, driven from userspace: what the eBPF program does to `tat`.
     struct KernelBucket(Bucket);
@@ -72,17 +72,6 @@ mod tests {
                 }
                 Verdict::Refuse => false,
             }
-        }
-    }
-
-    /// A small deterministic generator (xorshift), so failures reproduce.
-    struct Xorshift(u64);
-    impl Xorshift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
         }
     }
 
@@ -104,8 +93,8 @@ mod tests {
             let mut random = Xorshift(0x9e37_79b9_7f4a_7c15);
             let mut passed = 0;
             for i in 0..200_000 {
-                clock.advance(random.next() % 3_000_000);
-                let bytes = 40 + random.next() % 65_000;
+                clock.advance(random.next_u64() % 3_000_000);
+                let bytes = 40 + random.next_u64() % 65_000;
                 let expected = model.offer(bytes, &clock);
                 assert_eq!(
                     kernel.offer(bytes, clock.now_ns()),
@@ -137,7 +126,7 @@ mod tests {
             let bytes_per_s = limit.rate.bytes_per_second();
             for _ in 0..100_000 {
                 // Offer about twice the rate so the bucket is the bottleneck.
-                let bytes = 64 + random.next() % 3000;
+                let bytes = 64 + random.next_u64() % 3000;
                 clock.advance(bytes * 1_000_000_000 / (2 * bytes_per_s) + 1);
                 if model.offer(bytes, &clock) {
                     model_bytes += bytes;
