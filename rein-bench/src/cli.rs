@@ -35,6 +35,13 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "rein,tbf,cni")]
     pub limiters: Vec<Limiter>,
 
+    /// Kinds of scenario: single = one client (each --flows count, and UDP); side-by-side = two
+    /// clients at once, each under its own limit; start-stop = one client whose second flow joins
+    /// for the middle third of the run. The last two: TCP, 1 flow per client, every rate and
+    /// direction [default: all three; single with --quick]
+    #[arg(long, value_delimiter = ',')]
+    pub mixes: Option<Vec<Mix>>,
+
     /// Measured seconds per iperf3 run (-t) [default: 5]
     #[arg(long)]
     pub seconds: Option<u32>,
@@ -46,7 +53,8 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     pub omit: u32,
 
-    /// A short matrix: rates 10M,100M, flows 1,4, 4 seconds (flags given explicitly still win)
+    /// A short matrix: rates 10M,100M, flows 1,4, 4 seconds, single runs only (flags given
+    /// explicitly still win)
     #[arg(long)]
     pub quick: bool,
 
@@ -193,18 +201,44 @@ impl fmt::Display for Proto {
     }
 }
 
+/// What runs at once under the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mix {
+    /// One client: one iperf3 run of `flows` TCP streams, or of UDP.
+    Single,
+    /// Two clients at once, each a complete stack of its own (namespaces, limit at the same rate,
+    /// iperf3 server): does each get its own limit while the other runs?
+    SideBySide,
+    /// One client (one limited context) with flow A for the whole run and flow B joining for the
+    /// middle third: does the limit hold, and is it shared, as a flow comes and goes?
+    StartStop,
+}
+
+impl fmt::Display for Mix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Single => "single",
+            Self::SideBySide => "side-by-side",
+            Self::StartStop => "start-stop",
+        })
+    }
+}
+
 /// One measurement, run once through each limiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scenario {
+    pub mix: Mix,
     pub direction: Direction,
     pub proto: Proto,
     pub rate: Rate,
-    /// Parallel streams (1 for UDP).
+    /// Parallel streams per client (1 for UDP, side by side and start/stop: there, flow B is a
+    /// second iperf3 client).
     pub flows: u32,
 }
 
 impl Scenario {
-    /// A short label for the progress lines: `E 10M x4`, `I 1G udp`.
+    /// A short label for the progress lines: `E 10M x4`, `I 1G udp`, `E 10M pair`.
     pub fn label(&self) -> String {
         let dir = match self.direction {
             Direction::Egress => "E",
@@ -214,13 +248,42 @@ impl Scenario {
     }
 
     /// The label without the direction, for the plot (one panel per direction): `10M x4`,
-    /// `1G udp`.
+    /// `1G udp`, `10M pair` (side by side), `10M churn` (start/stop).
     pub fn traffic_label(&self) -> String {
-        match self.proto {
-            Proto::Tcp => format!("{} x{}", self.rate, self.flows),
-            Proto::Udp => format!("{} udp", self.rate),
+        match (self.mix, self.proto) {
+            (Mix::Single, Proto::Tcp) => format!("{} x{}", self.rate, self.flows),
+            (Mix::Single, Proto::Udp) => format!("{} udp", self.rate),
+            (Mix::SideBySide, _) => format!("{} {}", self.rate, PAIR),
+            (Mix::StartStop, _) => format!("{} {}", self.rate, CHURN),
         }
     }
+
+    /// What the table's flows column shows: the number of flows, or the kind of a two-client or
+    /// two-flow scenario.
+    pub fn flows_label(&self) -> String {
+        match self.mix {
+            Mix::Single => self.flows.to_string(),
+            Mix::SideBySide => PAIR.to_owned(),
+            Mix::StartStop => CHURN.to_owned(),
+        }
+    }
+}
+
+/// The short names of the side-by-side and start/stop scenarios in the table and the plot.
+pub const PAIR: &str = "pair";
+pub const CHURN: &str = "churn";
+
+/// The smallest --seconds a start/stop run takes: B must have a second of A's measured time
+/// before and after it.
+pub const START_STOP_MIN_SECONDS: u32 = 3;
+
+/// When flow B of a start/stop run starts, in whole seconds after A's measured (not omitted)
+/// seconds begin, and how many seconds it runs: the middle third of `seconds`, in whole seconds
+/// (iperf3 -t takes whole seconds; at least 1) and centred, rounding down. From
+/// [`START_STOP_MIN_SECONDS`] on, at least one second of A alone is measured on each side.
+pub fn start_stop_window(seconds: u32) -> (u32, u32) {
+    let length = (seconds / 3).max(1);
+    (seconds.saturating_sub(length) / 2, length)
 }
 
 /// The flags, with defaults and `--quick` applied.
@@ -253,8 +316,19 @@ impl Config {
             .unwrap_or_else(|| if quick { vec![1, 4] } else { vec![1, 4, 16] });
         let seconds = args.seconds.unwrap_or(if quick { 4 } else { 5 });
         let udp = !args.no_udp;
-        if rates.is_empty() || args.directions.is_empty() || args.limiters.is_empty() {
-            bail!("--rates, --directions and --limiters each need at least one value");
+        let mixes = args.mixes.unwrap_or_else(|| {
+            if quick {
+                vec![Mix::Single]
+            } else {
+                vec![Mix::Single, Mix::SideBySide, Mix::StartStop]
+            }
+        });
+        if rates.is_empty()
+            || args.directions.is_empty()
+            || args.limiters.is_empty()
+            || mixes.is_empty()
+        {
+            bail!("--rates, --directions, --limiters and --mixes each need at least one value");
         }
         if flows.iter().any(|&n| !(1..=128).contains(&n)) {
             bail!("--flows: each number must be between 1 and 128");
@@ -265,8 +339,11 @@ impl Config {
         if args.omit > 10 {
             bail!("--omit must be between 0 and 10");
         }
-        if flows.is_empty() && !udp {
-            bail!("nothing to run: no TCP flows and --no-udp");
+        if mixes.contains(&Mix::StartStop) && seconds < START_STOP_MIN_SECONDS {
+            bail!(
+                "--mixes start-stop needs --seconds {START_STOP_MIN_SECONDS} or more (flow B joins \
+                 for the middle third)"
+            );
         }
         let rein = match args.rein {
             Some(path) => path,
@@ -274,27 +351,36 @@ impl Config {
                 .context("finding this executable")?
                 .with_file_name("rein"),
         };
-        let (rates, flows) = (dedup(rates), dedup(flows));
+        let (rates, flows, mixes) = (dedup(rates), dedup(flows), dedup(mixes));
         let mut scenarios = Vec::new();
         for &direction in &dedup(args.directions) {
             for &rate in &rates {
-                for &n in &flows {
-                    scenarios.push(Scenario {
+                // The kinds in the order given, so that the rows of one rate stay together.
+                for &mix in &mixes {
+                    let tcp = |flows| Scenario {
+                        mix,
                         direction,
                         proto: Proto::Tcp,
                         rate,
-                        flows: n,
-                    });
-                }
-                if udp {
-                    scenarios.push(Scenario {
-                        direction,
-                        proto: Proto::Udp,
-                        rate,
-                        flows: 1,
-                    });
+                        flows,
+                    };
+                    match mix {
+                        Mix::Single => {
+                            scenarios.extend(flows.iter().map(|&n| tcp(n)));
+                            if udp {
+                                scenarios.push(Scenario {
+                                    proto: Proto::Udp,
+                                    ..tcp(1)
+                                });
+                            }
+                        }
+                        Mix::SideBySide | Mix::StartStop => scenarios.push(tcp(1)),
+                    }
                 }
             }
+        }
+        if scenarios.is_empty() {
+            bail!("nothing to run: no TCP flows and --no-udp");
         }
         Ok(Self {
             scenarios,
@@ -371,13 +457,18 @@ mod tests {
     fn defaults_and_quick() {
         let full = config(&[]);
         assert_eq!(full.seconds, 5);
-        // 2 directions x 3 rates x (3 TCP + 1 UDP).
-        assert_eq!(full.scenarios.len(), 24);
+        // 2 directions x 3 rates x (3 TCP + 1 UDP + a pair + a churn).
+        assert_eq!(full.scenarios.len(), 36);
+        let count = |c: &Config, mix| c.scenarios.iter().filter(|s| s.mix == mix).count();
+        assert_eq!(count(&full, Mix::Single), 24);
+        assert_eq!(count(&full, Mix::SideBySide), 6);
+        assert_eq!(count(&full, Mix::StartStop), 6);
         assert_eq!(full.limiters, [Limiter::Rein, Limiter::Tbf, Limiter::Cni]);
 
         let quick = config(&["--quick"]);
         assert_eq!(quick.seconds, 4);
         assert_eq!(quick.scenarios.len(), 2 * 2 * 3);
+        assert!(quick.scenarios.iter().all(|s| s.mix == Mix::Single));
 
         let mixed = config(&["--quick", "--seconds", "2", "--no-udp", "--rates", "1G"]);
         assert_eq!(mixed.seconds, 2);
@@ -396,8 +487,121 @@ mod tests {
             "ingress",
         ]);
         let labels: Vec<String> = c.scenarios.iter().map(Scenario::label).collect();
-        assert_eq!(labels, ["I 10M x1", "I 10M udp", "I 1G x1", "I 1G udp"]);
+        assert_eq!(
+            labels,
+            [
+                "I 10M x1",
+                "I 10M udp",
+                "I 10M pair",
+                "I 10M churn",
+                "I 1G x1",
+                "I 1G udp",
+                "I 1G pair",
+                "I 1G churn"
+            ]
+        );
         assert_eq!(c.scenarios[1].traffic_label(), "10M udp");
+    }
+
+    #[test]
+    fn mixes_flag() {
+        // Only the new kinds: TCP, 1 flow per client, every rate and direction; --flows and
+        // --no-udp do not matter to them.
+        let c = config(&["--rates", "10M,1G", "--mixes", "side-by-side,start-stop"]);
+        let labels: Vec<String> = c.scenarios.iter().map(Scenario::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "E 10M pair",
+                "E 10M churn",
+                "E 1G pair",
+                "E 1G churn",
+                "I 10M pair",
+                "I 10M churn",
+                "I 1G pair",
+                "I 1G churn"
+            ]
+        );
+        assert!(
+            c.scenarios
+                .iter()
+                .all(|s| s.proto == Proto::Tcp && s.flows == 1)
+        );
+
+        // The explicit flag wins over --quick, in the order given, each kind once.
+        let c = config(&["--quick", "--mixes", "start-stop,single,start-stop"]);
+        // 2 directions x 2 rates x (a churn + 2 TCP + 1 UDP).
+        assert_eq!(c.scenarios.len(), 2 * 2 * 4);
+        assert_eq!(c.scenarios[0].label(), "E 10M churn");
+        assert_eq!(c.scenarios[1].label(), "E 10M x1");
+
+        let c = config(&["--mixes", "side-by-side", "--rates", "100M", "--no-udp"]);
+        assert_eq!(c.scenarios.len(), 2);
+    }
+
+    #[test]
+    fn mixes_refused() {
+        let parse = |argv: &[&str]| {
+            let mut full = vec!["rein-bench"];
+            full.extend_from_slice(argv);
+            Args::try_parse_from(full)
+                .map_err(anyhow::Error::from)
+                .and_then(Config::from_args)
+        };
+        assert!(parse(&["--mixes", "pair"]).is_err());
+        // B needs a measured second before and after it.
+        let err = parse(&["--mixes", "start-stop", "--seconds", "2"]).unwrap_err();
+        assert!(err.to_string().contains("--seconds 3"), "{err}");
+        assert!(parse(&["--mixes", "side-by-side", "--seconds", "1"]).is_ok());
+        assert!(parse(&["--mixes", "start-stop", "--seconds", "3"]).is_ok());
+        // --quick's default has no start/stop run, so its seconds may be short.
+        assert!(parse(&["--quick", "--seconds", "1"]).is_ok());
+        assert!(parse(&["--seconds", "2"]).is_err());
+    }
+
+    #[test]
+    fn labels() {
+        let s = Scenario {
+            mix: Mix::SideBySide,
+            direction: Direction::Ingress,
+            proto: Proto::Tcp,
+            rate: Rate(100_000_000),
+            flows: 1,
+        };
+        assert_eq!(s.label(), "I 100M pair");
+        assert_eq!(s.traffic_label(), "100M pair");
+        assert_eq!(s.flows_label(), "pair");
+        let churn = Scenario {
+            mix: Mix::StartStop,
+            ..s
+        };
+        assert_eq!(churn.label(), "I 100M churn");
+        assert_eq!(churn.flows_label(), "churn");
+        let single = Scenario {
+            mix: Mix::Single,
+            flows: 4,
+            ..s
+        };
+        assert_eq!(single.traffic_label(), "100M x4");
+        assert_eq!(single.flows_label(), "4");
+        assert_eq!(Mix::SideBySide.to_string(), "side-by-side");
+    }
+
+    #[test]
+    fn flow_b_takes_the_middle_third() {
+        // (start after A's measured seconds begin, length)
+        assert_eq!(start_stop_window(3), (1, 1));
+        assert_eq!(start_stop_window(4), (1, 1));
+        assert_eq!(start_stop_window(5), (2, 1));
+        assert_eq!(start_stop_window(6), (2, 2));
+        assert_eq!(start_stop_window(10), (3, 3));
+        assert_eq!(start_stop_window(120), (40, 40));
+        // At least a second of A alone on each side.
+        for seconds in START_STOP_MIN_SECONDS..=120 {
+            let (start, length) = start_stop_window(seconds);
+            assert!(start >= 1 && length >= 1, "{seconds}");
+            assert!(start + length < seconds, "{seconds}");
+        }
     }
 
     #[test]
@@ -407,8 +611,22 @@ mod tests {
         assert_eq!(
             labels,
             [
-                "E 10M x4", "E 10M x1", "E 1G x4", "E 1G x1", "I 10M x4", "I 10M x1", "I 1G x4",
-                "I 1G x1"
+                "E 10M x4",
+                "E 10M x1",
+                "E 10M pair",
+                "E 10M churn",
+                "E 1G x4",
+                "E 1G x1",
+                "E 1G pair",
+                "E 1G churn",
+                "I 10M x4",
+                "I 10M x1",
+                "I 10M pair",
+                "I 10M churn",
+                "I 1G x4",
+                "I 1G x1",
+                "I 1G pair",
+                "I 1G churn"
             ]
         );
     }

@@ -17,6 +17,7 @@ mod proc;
 mod report;
 mod run;
 mod stats;
+mod traffic;
 
 use std::{
     path::Path,
@@ -80,8 +81,13 @@ fn bench() -> Result<ExitCode> {
                 let t = Instant::now();
                 match bench.measure(scenario, limiter) {
                     Ok(row) => {
+                        // A pair's mean can hide one client short of its limit.
+                        let worst = row
+                            .worst_goodput
+                            .map(|w| format!(", worst {w:.3}"))
+                            .unwrap_or_default();
                         eprintln!(
-                            "goodput/limit {:.3}  ({:.1} s)",
+                            "goodput/limit {:.3}{worst}  ({:.1} s)",
                             row.goodput_ratio.unwrap_or(0.0),
                             t.elapsed().as_secs_f64()
                         );

@@ -135,13 +135,15 @@ impl Drop for Netns {
 pub struct Hosts {
     pub client: Netns,
     pub server: Netns,
-    /// Unique per run: `<pid>-<run number>`.
+    /// Unique per run and stack: `<pid>-<id>`.
     pub suffix: String,
 }
 
 impl Hosts {
-    pub fn create(pid: u32, run: u32) -> Result<Self> {
-        let suffix = format!("{pid}-{run}");
+    /// `id` tells apart the runs of the bench and the stacks of one run: the run number, or for
+    /// a side-by-side run `<run>-1` and `<run>-2`.
+    pub fn create(pid: u32, id: &str) -> Result<Self> {
+        let suffix = format!("{pid}-{id}");
         let client = Netns::create(format!("rein-bench-c-{suffix}"))?;
         let server = Netns::create(format!("rein-bench-s-{suffix}"))?;
         Ok(Self {

@@ -1,5 +1,6 @@
 //! The PNG: one column per direction, one panel per metric (goodput / limit, TCP retransmits, ping
-//! under load), a group of bars per scenario with one colour per limiter.
+//! under load), a group of bars per scenario with one colour per limiter. The picture widens with
+//! the number of groups so that their labels (`100M churn`) do not run into each other.
 
 use std::path::Path;
 
@@ -18,7 +19,13 @@ use crate::{
     report::Row,
 };
 
+/// The smallest picture; wider when a panel has more groups than fit.
 const SIZE: (u32, u32) = (1600, 1000);
+
+/// Pixels a group of bars needs for its label at the axis font, and a panel for its y axis and
+/// margins.
+const GROUP_WIDTH: u32 = 66;
+const PANEL_MARGIN: u32 = 80;
 const FONT: &str = "sans-serif";
 
 /// Loads the TTF that every text of the plot is drawn with (plotters' `ab_glyph` backend: no
@@ -87,7 +94,9 @@ pub fn draw(
     scenarios: &[Scenario],
     limiters: &[Limiter],
 ) -> Result<()> {
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    let directions = dedup(scenarios.iter().map(|s| s.direction).collect());
+    let width = width(scenarios, directions.len());
+    let root = BitMapBackend::new(path, (width, SIZE.1)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let (head, body) = root.split_vertically(44);
     head.draw_text(
@@ -96,9 +105,8 @@ pub fn draw(
         (16, 12),
     )
     .map_err(plot_error)?;
-    legend(&head, limiters)?;
+    legend(&head, width, limiters)?;
 
-    let directions = dedup(scenarios.iter().map(|s| s.direction).collect());
     let panels = body.split_evenly((METRICS.len(), directions.len().max(1)));
     for (m, metric) in METRICS.iter().enumerate() {
         for (d, &direction) in directions.iter().enumerate() {
@@ -116,10 +124,30 @@ pub fn draw(
     Ok(())
 }
 
+/// The picture's width: [`SIZE`], or wider for the panels with the most groups.
+fn width(scenarios: &[Scenario], directions: usize) -> u32 {
+    let groups = scenarios
+        .iter()
+        .map(|s| {
+            scenarios
+                .iter()
+                .filter(|t| t.direction == s.direction)
+                .count()
+        })
+        .max()
+        .unwrap_or(0) as u32;
+    let needed = directions.max(1) as u32 * (PANEL_MARGIN + groups * GROUP_WIDTH);
+    needed.max(SIZE.0)
+}
+
 /// One coloured square and name per limiter, at the right end of the title line.
-fn legend(area: &DrawingArea<BitMapBackend<'_>, Shift>, limiters: &[Limiter]) -> Result<()> {
+fn legend(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    width: u32,
+    limiters: &[Limiter],
+) -> Result<()> {
     let style = TextStyle::from((FONT, 18).into_font()).color(&BLACK);
-    let mut x = SIZE.0 as i32 - 90 * limiters.len() as i32 - 10;
+    let mut x = width as i32 - 90 * limiters.len() as i32 - 10;
     for &limiter in limiters {
         area.draw(&Rectangle::new(
             [(x, 14), (x + 16, 30)],
@@ -253,5 +281,29 @@ fn short(v: f64) -> String {
         format!("{v:.0}")
     } else {
         format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Args, Config};
+
+    fn scenarios(argv: &[&str]) -> Vec<Scenario> {
+        let mut full = vec!["rein-bench"];
+        full.extend_from_slice(argv);
+        Config::from_args(Args::try_parse_from(full).unwrap())
+            .unwrap()
+            .scenarios
+    }
+
+    #[test]
+    fn wide_enough_for_every_group() {
+        // 18 groups per direction: 3 rates x (3 TCP + UDP + pair + churn).
+        assert_eq!(width(&scenarios(&[]), 2), 2 * (80 + 18 * 66));
+        assert_eq!(width(&scenarios(&["--quick"]), 2), SIZE.0);
+        assert_eq!(width(&[], 0), SIZE.0);
     }
 }

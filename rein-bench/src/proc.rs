@@ -277,6 +277,12 @@ impl Running {
         })
     }
 
+    /// Whether the child has exited (it is reaped then; [`Running::wait`] still gives its
+    /// output).
+    pub fn finished(&mut self) -> Result<bool> {
+        Ok(self.try_reap()?.is_some())
+    }
+
     fn try_reap(&mut self) -> Result<Option<ExitStatus>> {
         if self.reaped.is_none() {
             self.reaped = self

@@ -5,28 +5,49 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::cli::{Direction, Limiter, Proto, Rate, Scenario};
+use crate::{
+    cli::{Direction, Limiter, Mix, Proto, Rate, Scenario},
+    traffic::Traffic,
+};
 
 /// What one scenario measured through one limiter. Absent values are `null` in the JSON and `-`
 /// in the table.
+///
+/// A side-by-side row is two clients, each under its own limit of `rate`; a start/stop row is one
+/// limited client with flow A for the whole run and flow B for `b_seconds` of it (see
+/// [`Traffic`] for how their numbers are combined).
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub limiter: Limiter,
+    /// `single`, `side-by-side` or `start-stop` (rows of older documents have none: single).
+    pub mix: Mix,
     pub direction: Direction,
     pub proto: Proto,
     /// The limit, in bit/s.
     pub rate_bps: u64,
     pub rate: String,
+    /// Per client; flow A's for start/stop.
     pub flows: u32,
-    /// The receiver's rate over the measured seconds / the limit.
+    /// The receiver's rate over the measured seconds / the limit. Side by side: the mean of the
+    /// two clients' ratios. Start/stop: (A's bytes + B's bytes) / (limit x A's seconds).
     pub goodput_ratio: Option<f64>,
+    /// Side by side: the lower of the two clients' goodput ratios.
+    pub worst_goodput: Option<f64>,
+    /// Start/stop: when flow B started, in whole seconds after A's measured seconds began, and
+    /// how many seconds it ran.
+    pub b_start_s: Option<u32>,
+    pub b_seconds: Option<u32>,
+    /// The receivers' rate (side by side: both clients' summed).
     pub received_bps: Option<f64>,
     pub sent_bps: Option<f64>,
-    /// TCP: the sender's retransmissions over the measured seconds.
+    /// TCP: the sender's retransmissions over the measured seconds (summed over both clients or
+    /// flows).
     pub retransmits: Option<u64>,
-    /// TCP: mean over the streams of the sender's smoothed RTT, in µs.
+    /// TCP: mean over the streams of the sender's smoothed RTT, in µs (side by side: the mean of
+    /// the two clients'; start/stop: flow A's).
     pub tcp_rtt_us: Option<f64>,
-    /// TCP: ping from the limited side to the server during the run.
+    /// TCP: ping from the limited side to the server during the run (side by side: from client 1
+    /// only, under its limit, while both clients run).
     pub ping_avg_ms: Option<f64>,
     pub ping_p99_ms: Option<f64>,
     /// Echo requests asked for (`ping -c`), sent (ping's own count: it sends fewer when the
@@ -34,9 +55,12 @@ pub struct Row {
     pub ping_requested: Option<u32>,
     pub ping_sent: Option<u32>,
     pub ping_replies: Option<u32>,
-    /// TCP with more than one flow: Jain's index over the streams' receiver rates.
+    /// TCP with more than one flow: Jain's index over the streams' receiver rates. Side by side:
+    /// over the two clients' goodput ratios.
     pub jain: Option<f64>,
-    /// The receiver's largest full 1-s interval rate / the limit.
+    /// The receiver's largest full 1-s interval rate / the limit. Side by side: the higher of the
+    /// two clients'. Start/stop: of A's and B's intervals summed, B's shifted by its start
+    /// (approximate: whole seconds).
     pub max_1s_ratio: Option<f64>,
     pub udp_lost_percent: Option<f64>,
     /// Busy CPU seconds of the whole machine during the run, per GB (1e9 bytes) received.
@@ -52,12 +76,16 @@ impl Row {
     pub fn new(scenario: &Scenario, limiter: Limiter) -> Self {
         Self {
             limiter,
+            mix: scenario.mix,
             direction: scenario.direction,
             proto: scenario.proto,
             rate_bps: scenario.rate.bits_per_second(),
             rate: scenario.rate.to_string(),
             flows: scenario.flows,
             goodput_ratio: None,
+            worst_goodput: None,
+            b_start_s: None,
+            b_seconds: None,
             received_bps: None,
             sent_bps: None,
             retransmits: None,
@@ -84,9 +112,23 @@ impl Row {
         }
     }
 
+    /// Fills in what the traffic measured.
+    pub fn set_traffic(&mut self, t: Traffic) {
+        self.goodput_ratio = Some(t.goodput_ratio);
+        self.worst_goodput = t.worst_goodput;
+        self.received_bps = Some(t.received_bps);
+        self.sent_bps = t.sent_bps;
+        self.retransmits = t.retransmits;
+        self.tcp_rtt_us = t.rtt_us;
+        self.jain = t.jain;
+        self.max_1s_ratio = t.max_1s_ratio;
+        self.udp_lost_percent = t.udp_lost_percent;
+    }
+
     /// The scenario this row belongs to.
     pub fn scenario(&self) -> Scenario {
         Scenario {
+            mix: self.mix,
             direction: self.direction,
             proto: self.proto,
             rate: Rate(self.rate_bps),
@@ -105,6 +147,14 @@ fn int<T: ToString>(value: Option<T>) -> String {
 
 const LEGEND: &str = "
 goodput   receiver's rate / limit (TCP payload is at most 1448/1500 = 0.965 of the IP bytes)
+pair      (flows column) two clients at once, each its own namespaces, limit at the rate and server,
+          1 TCP flow each: goodput = mean of the two clients' goodput, worst = the lower one,
+          jain = over the two, max1s = the higher client's; retrans summed, rtt_us the mean; ping
+          from client 1 only
+churn     (flows column) one limited client: TCP flow A for the whole run, flow B (to a second
+          server port) for the middle third: goodput = (A's + B's bytes) / (limit x A's seconds),
+          max1s = of A's and B's 1-s intervals summed (aligned to whole seconds, approximate);
+          retrans summed, rtt_us A's
 retrans   TCP retransmissions of the sender; rtt_us: its mean smoothed RTT over the streams
 ping_*    ms, ping from the client to the server during TCP runs; pings: replies / requested
 jain      Jain's fairness over the streams' rates; max1s: the largest 1-s rate at the receiver / limit
@@ -113,13 +163,14 @@ udp_lost% UDP offered at 2x the limit: datagrams iperf3 sent that did not arrive
 cpu_s/GB  busy CPU seconds of the whole machine (/proc/stat) per GB received
 ";
 
-const HEADER: [&str; 15] = [
+const HEADER: [&str; 16] = [
     "limiter",
     "dir",
     "proto",
     "rate",
     "flows",
     "goodput",
+    "worst",
     "retrans",
     "rtt_us",
     "ping_avg",
@@ -141,8 +192,9 @@ fn cells(row: &Row) -> Vec<String> {
         row.direction.to_string(),
         row.proto.to_string(),
         row.rate.clone(),
-        row.flows.to_string(),
+        row.scenario().flows_label(),
         num(row.goodput_ratio, 3),
+        num(row.worst_goodput, 3),
         int(row.retransmits),
         num(row.tcp_rtt_us, 0),
         num(row.ping_avg_ms, 2),
@@ -202,14 +254,16 @@ pub fn table(rows: &[Row]) -> String {
     if !failures.is_empty() {
         out.push_str("\nfailed runs:\n");
         for r in failures {
+            let what = match r.mix {
+                Mix::Single => format!("{} x{}", r.rate, r.flows),
+                Mix::SideBySide | Mix::StartStop => r.scenario().traffic_label(),
+            };
             let _ = writeln!(
                 out,
-                "  {} {} {} {} x{}: {}",
+                "  {} {} {} {what}: {}",
                 r.limiter,
                 r.direction,
                 r.proto,
-                r.rate,
-                r.flows,
                 r.error.as_deref().unwrap_or_default()
             );
         }
@@ -239,6 +293,7 @@ mod tests {
 
     fn scenario(flows: u32) -> Scenario {
         Scenario {
+            mix: Mix::Single,
             direction: Direction::Egress,
             proto: Proto::Tcp,
             rate: Rate(10_000_000),
@@ -269,6 +324,57 @@ mod tests {
     }
 
     #[test]
+    fn pair_and_churn_rows() {
+        let pair = Scenario {
+            mix: Mix::SideBySide,
+            ..scenario(1)
+        };
+        let churn = Scenario {
+            mix: Mix::StartStop,
+            ..scenario(1)
+        };
+        let mut a = Row::new(&pair, Limiter::Rein);
+        a.goodput_ratio = Some(0.72);
+        a.worst_goodput = Some(0.48);
+        a.jain = Some(0.9);
+        let b = Row::new(&pair, Limiter::Tbf);
+        let c = Row::failed(&churn, Limiter::Cni, &anyhow::anyhow!("no gateway"));
+        let text = table(&[a, b, c]);
+        let lines: Vec<&str> = text.lines().collect();
+        let words =
+            |line: &str| -> Vec<String> { line.split_whitespace().map(str::to_owned).collect() };
+        assert_eq!(
+            words(lines[0])[4..8],
+            ["flows", "goodput", "worst", "retrans"]
+        );
+        let first = words(lines[1]);
+        assert_eq!(first[3..7], ["10M", "pair", "0.720", "0.480"], "{text}");
+        assert_eq!(first[12], "0.900", "{text}");
+        // A scenario of its own: a blank line before it.
+        assert_eq!(lines[3], "", "{text}");
+        assert!(
+            lines[4].contains("churn") && lines[4].contains("FAILED"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cni egress tcp 10M churn: no gateway"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\npair ") && text.contains("\nchurn "),
+            "{text}"
+        );
+
+        let mut row = Row::new(&churn, Limiter::Rein);
+        row.b_start_s = Some(1);
+        let v = serde_json::to_value(&row).unwrap();
+        assert_eq!(v["mix"], "start-stop");
+        assert_eq!(v["b_start_s"], 1);
+        assert!(v["worst_goodput"].is_null());
+        assert_eq!(row.scenario(), churn);
+    }
+
+    #[test]
     fn rows_serialise_with_nulls() {
         let row = Row::new(&scenario(4), Limiter::Cni);
         let v = serde_json::to_value(&row).unwrap();
@@ -276,5 +382,6 @@ mod tests {
         assert_eq!(v["direction"], "egress");
         assert_eq!(v["rate_bps"], 10_000_000);
         assert!(v["jain"].is_null());
+        assert_eq!(v["mix"], "single");
     }
 }
