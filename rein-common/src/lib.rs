@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod bucket;
+pub mod net;
 pub mod share;
 pub mod window;
 
@@ -141,4 +142,12 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowState {}
+    // SAFETY: plain #[repr(C)] data, every bit pattern valid, no implicit padding.
+    unsafe impl aya::Pod for super::net::PrefixKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::net::PairKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::net::RuleMatch {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::net::NetRule {}
 }

@@ -38,6 +38,13 @@ pub fn object() -> &'static [u8] {
     OBJECT
 }
 
+/// The object of the interface programs (`rein net`), built from rein-ebpf's `rein-net` binary.
+static NET_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rein-net"));
+
+pub fn net_object() -> &'static [u8] {
+    NET_OBJECT
+}
+
 /// The kernel hooks rein attaches to, each with its own program and pinned link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {

@@ -11,6 +11,7 @@ pub mod limit;
 pub mod lock;
 pub mod manager;
 pub mod model;
+pub mod net;
 pub mod run;
 pub mod sharing;
 pub mod state;

@@ -1,0 +1,532 @@
+//! Address-aware limits on interfaces (`rein net`): what a rule matches and how it limits, and
+//! where the kernel finds it (`rein_common::net`).
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr},
+    str::FromStr,
+};
+
+use rein_common::{
+    Bucket, Direction,
+    net::{
+        ADDR_BYTES, ALGORITHM_FIXED_WINDOW, ALGORITHM_SLIDING_WINDOW, ALGORITHM_TOKEN_BUCKET,
+        FAMILY_IPV4, FAMILY_IPV6, FLAG_PACKETS, NetRule, PORT_ANY, PROTOCOL_ANY, PairKey,
+        PrefixKey, SCOPE_BITS, Scope, specificity,
+    },
+    window::{MAX_WINDOW_UNITS, WindowState, unit_for},
+};
+
+/// Why a match or a limit of a net rule was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    #[error("{0:?} is not an address or a prefix (ADDRESS or ADDRESS/LENGTH)")]
+    NotACidr(String),
+    #[error("{input:?}: a prefix length of {length} is longer than the address ({max} bits)")]
+    PrefixTooLong {
+        input: String,
+        length: u32,
+        max: u32,
+    },
+    #[error("{0:?} has host bits set after its prefix; write the network address")]
+    HostBitsSet(String),
+    #[error("the source and the destination are not of the same address family")]
+    MixedFamilies,
+    #[error(
+        "a rule with both a source and a destination matches an address pair: both must be single \
+         addresses (/32 or /128)"
+    )]
+    PairOfPrefixes,
+    #[error("a window of 0 holds nothing")]
+    EmptyWindow,
+    #[error("a window may last at most {max_seconds} s")]
+    WindowTooLong { max_seconds: u64 },
+    #[error("a capacity of 0 passes nothing")]
+    NoCapacity,
+    #[error("a capacity of {capacity} packets per window is more than {max}")]
+    TooManyPackets { capacity: u64, max: u32 },
+}
+
+/// An address prefix whose host bits are zero: `10.0.0.0/8`, `2001:db8::/32`, or a single
+/// address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    length: u32,
+}
+
+impl Cidr {
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn length(&self) -> u32 {
+        self.length
+    }
+
+    /// The address's bit count: 32 or 128.
+    pub fn max_length(&self) -> u32 {
+        family_bits(self.addr)
+    }
+
+    /// A single address rather than a prefix.
+    pub fn is_address(&self) -> bool {
+        self.length == self.max_length()
+    }
+
+    fn family(&self) -> u8 {
+        match self.addr {
+            IpAddr::V4(_) => FAMILY_IPV4,
+            IpAddr::V6(_) => FAMILY_IPV6,
+        }
+    }
+
+    fn bytes(&self) -> [u8; ADDR_BYTES] {
+        address_bytes(self.addr)
+    }
+}
+
+fn family_bits(addr: IpAddr) -> u32 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+/// The address as the kernel keys hold it: IPv4 in the first four bytes.
+fn address_bytes(addr: IpAddr) -> [u8; ADDR_BYTES] {
+    let mut bytes = [0u8; ADDR_BYTES];
+    match addr {
+        IpAddr::V4(v4) => bytes[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => bytes = v6.octets(),
+    }
+    bytes
+}
+
+impl FromStr for Cidr {
+    type Err = NetError;
+
+    fn from_str(input: &str) -> Result<Self, NetError> {
+        let (addr, length) = match input.split_once('/') {
+            Some((addr, length)) => (addr, Some(length)),
+            None => (input, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| NetError::NotACidr(input.to_owned()))?;
+        let max = family_bits(addr);
+        let length = match length {
+            None => max,
+            Some(length) => length
+                .parse::<u32>()
+                .map_err(|_| NetError::NotACidr(input.to_owned()))?,
+        };
+        if length > max {
+            return Err(NetError::PrefixTooLong {
+                input: input.to_owned(),
+                length,
+                max,
+            });
+        }
+        let bits = u128::from_be_bytes(match addr {
+            IpAddr::V4(v4) => Ipv6Addr::from(u128::from(u32::from(v4)) << 96).octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        });
+        // The bits after the prefix (none for a whole IPv6 address: a shift by 128 is none).
+        let host_bits = bits & u128::MAX.checked_shr(length).unwrap_or(0);
+        if host_bits != 0 {
+            return Err(NetError::HostBitsSet(input.to_owned()));
+        }
+        Ok(Self { addr, length })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_address() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.length)
+        }
+    }
+}
+
+/// IP protocols a rule may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn number(self) -> u8 {
+        match self {
+            Self::Tcp => rein_common::net::PROTOCOL_TCP,
+            Self::Udp => rein_common::net::PROTOCOL_UDP,
+        }
+    }
+}
+
+/// The packets a rule covers, on an interface and in a direction. Parsed, so it cannot hold a
+/// combination the kernel cannot look up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NetMatch {
+    ifindex: u32,
+    direction: Direction,
+    addresses: Addresses,
+    protocol: Option<Protocol>,
+    port: Option<u16>,
+}
+
+/// Which addresses a rule names: at most one prefix, or an exact pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Addresses {
+    Any,
+    Source(Cidr),
+    Destination(Cidr),
+    Pair { source: Cidr, destination: Cidr },
+}
+
+/// Where a rule sits in the kernel's maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// The source prefix trie: the key and its prefix length (scope bits included).
+    Source(PrefixKey, u32),
+    /// The destination prefix trie.
+    Destination(PrefixKey, u32),
+    /// The exact pair map.
+    Pair(PairKey),
+}
+
+impl NetMatch {
+    /// A rule without addresses matches both families: pass each family's match separately
+    /// (see [`NetMatch::families`]).
+    pub fn new(
+        ifindex: u32,
+        direction: Direction,
+        source: Option<Cidr>,
+        destination: Option<Cidr>,
+        protocol: Option<Protocol>,
+        port: Option<u16>,
+    ) -> Result<Self, NetError> {
+        let addresses = match (source, destination) {
+            (None, None) => Addresses::Any,
+            (Some(source), None) => Addresses::Source(source),
+            (None, Some(destination)) => Addresses::Destination(destination),
+            (Some(source), Some(destination)) => {
+                if source.family() != destination.family() {
+                    return Err(NetError::MixedFamilies);
+                }
+                if !source.is_address() || !destination.is_address() {
+                    return Err(NetError::PairOfPrefixes);
+                }
+                Addresses::Pair {
+                    source,
+                    destination,
+                }
+            }
+        };
+        Ok(Self {
+            ifindex,
+            direction,
+            addresses,
+            protocol,
+            // Port 0 is "any" to the kernel.
+            port: port.filter(|&p| p != PORT_ANY),
+        })
+    }
+
+    /// The address families the rule covers: its addresses', or both.
+    pub fn families(&self) -> &'static [u8] {
+        match self.addresses {
+            Addresses::Any => &[FAMILY_IPV4, FAMILY_IPV6],
+            Addresses::Source(c)
+            | Addresses::Destination(c)
+            | Addresses::Pair { source: c, .. } => {
+                if c.family() == FAMILY_IPV4 {
+                    &[FAMILY_IPV4]
+                } else {
+                    &[FAMILY_IPV6]
+                }
+            }
+        }
+    }
+
+    /// The rule's entry for `family` (one of [`NetMatch::families`]) and its specificity.
+    pub fn placement(&self, family: u8) -> (Placement, u32) {
+        let scope = Scope::new(
+            self.ifindex,
+            self.direction as u8,
+            family,
+            self.protocol.map_or(PROTOCOL_ANY, Protocol::number),
+            self.port.unwrap_or(PORT_ANY),
+        );
+        let (names_port, names_protocol) = (self.port.is_some(), self.protocol.is_some());
+        match self.addresses {
+            Addresses::Any => (
+                Placement::Destination(
+                    PrefixKey {
+                        scope,
+                        addr: [0; ADDR_BYTES],
+                    },
+                    SCOPE_BITS,
+                ),
+                specificity(0, names_port, names_protocol, false),
+            ),
+            Addresses::Source(cidr) => (
+                Placement::Source(
+                    PrefixKey {
+                        scope,
+                        addr: cidr.bytes(),
+                    },
+                    SCOPE_BITS + cidr.length,
+                ),
+                specificity(cidr.length, names_port, names_protocol, false),
+            ),
+            Addresses::Destination(cidr) => (
+                Placement::Destination(
+                    PrefixKey {
+                        scope,
+                        addr: cidr.bytes(),
+                    },
+                    SCOPE_BITS + cidr.length,
+                ),
+                specificity(cidr.length, names_port, names_protocol, true),
+            ),
+            Addresses::Pair {
+                source,
+                destination,
+            } => (
+                Placement::Pair(PairKey {
+                    scope,
+                    source: source.bytes(),
+                    destination: destination.bytes(),
+                }),
+                specificity(2 * source.length, names_port, names_protocol, true),
+            ),
+        }
+    }
+}
+
+/// What a rule counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Per {
+    Bytes,
+    Packets,
+}
+
+/// How a rule limits what it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetLimit {
+    /// `rate` bytes (or packets) per second with a burst of `burst`.
+    TokenBucket { per: Per, rate: u64, burst: u64 },
+    /// At most `capacity` bytes (or packets) in each window of `window_ns`.
+    FixedWindow {
+        per: Per,
+        capacity: u64,
+        window_ns: u64,
+    },
+    /// At most `capacity` over any sliding window of `window_ns` (previous window weighted).
+    SlidingWindow {
+        per: Per,
+        capacity: u64,
+        window_ns: u64,
+    },
+}
+
+/// Longest window: the kernel's weight arithmetic needs it under 2^47 ns; an hour is plenty.
+pub const MAX_WINDOW_SECONDS: u64 = 3600;
+
+impl NetLimit {
+    /// A window limit, checked.
+    pub fn window(
+        sliding: bool,
+        per: Per,
+        capacity: u64,
+        window_ns: u64,
+    ) -> Result<Self, NetError> {
+        if window_ns == 0 {
+            return Err(NetError::EmptyWindow);
+        }
+        if window_ns > MAX_WINDOW_SECONDS * 1_000_000_000 {
+            return Err(NetError::WindowTooLong {
+                max_seconds: MAX_WINDOW_SECONDS,
+            });
+        }
+        if capacity == 0 {
+            return Err(NetError::NoCapacity);
+        }
+        if per == Per::Packets && capacity > u64::from(MAX_WINDOW_UNITS) {
+            return Err(NetError::TooManyPackets {
+                capacity,
+                max: MAX_WINDOW_UNITS,
+            });
+        }
+        Ok(if sliding {
+            Self::SlidingWindow {
+                per,
+                capacity,
+                window_ns,
+            }
+        } else {
+            Self::FixedWindow {
+                per,
+                capacity,
+                window_ns,
+            }
+        })
+    }
+
+    /// The kernel's rule, with a full bucket or empty windows at `now_ns`.
+    pub fn rule(&self, now_ns: u64) -> NetRule {
+        let flags = |per: Per| if per == Per::Packets { FLAG_PACKETS } else { 0 };
+        let empty = NetRule {
+            algorithm: ALGORITHM_TOKEN_BUCKET,
+            flags: 0,
+            bucket: Bucket {
+                ns_per_byte: 0,
+                burst_ns: 0,
+                tat: now_ns,
+            },
+            window_ns: 0,
+            capacity: 0,
+            unit: 1,
+            window: WindowState::default(),
+            last_pass_ns: 0,
+        };
+        match *self {
+            Self::TokenBucket { per, rate, burst } => {
+                let ns_per_unit = ns_per_unit(rate);
+                let burst_ns = (u128::from(burst) * u128::from(ns_per_unit))
+                    >> rein_common::bucket::COST_SHIFT;
+                NetRule {
+                    flags: flags(per),
+                    bucket: Bucket {
+                        ns_per_byte: ns_per_unit,
+                        burst_ns: u64::try_from(burst_ns).unwrap_or(u64::MAX),
+                        tat: now_ns,
+                    },
+                    ..empty
+                }
+            }
+            Self::FixedWindow {
+                per,
+                capacity,
+                window_ns,
+            }
+            | Self::SlidingWindow {
+                per,
+                capacity,
+                window_ns,
+            } => {
+                let unit = match per {
+                    Per::Bytes => unit_for(capacity),
+                    Per::Packets => 1,
+                };
+                NetRule {
+                    algorithm: if matches!(self, Self::FixedWindow { .. }) {
+                        ALGORITHM_FIXED_WINDOW
+                    } else {
+                        ALGORITHM_SLIDING_WINDOW
+                    },
+                    flags: flags(per),
+                    window_ns,
+                    // At most MAX_WINDOW_UNITS by construction of the unit.
+                    capacity: u32::try_from(capacity / u64::from(unit)).unwrap_or(MAX_WINDOW_UNITS),
+                    unit,
+                    ..empty
+                }
+            }
+        }
+    }
+}
+
+/// Cost of one byte (or packet) in ns, shifted by COST_SHIFT, rounded up.
+fn ns_per_unit(per_second: u64) -> u64 {
+    let numerator = 1_000_000_000u128 << rein_common::bucket::COST_SHIFT;
+    let per_second = u128::from(per_second.max(1));
+    u64::try_from(numerator.div_ceil(per_second))
+        .unwrap_or(u64::MAX)
+        .min(rein_common::bucket::MAX_NS_PER_BYTE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_parse_and_refuse_clearly() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert_eq!((c.length(), c.to_string()), (8, "10.0.0.0/8".to_owned()));
+        assert!("2001:db8::/32".parse::<Cidr>().is_ok());
+        assert!("198.18.0.1".parse::<Cidr>().unwrap().is_address());
+        assert_eq!(
+            "10.0.0.1/8".parse::<Cidr>(),
+            Err(NetError::HostBitsSet("10.0.0.1/8".into()))
+        );
+        assert!(matches!(
+            "10.0.0.0/33".parse::<Cidr>(),
+            Err(NetError::PrefixTooLong { .. })
+        ));
+        assert!(matches!("ten".parse::<Cidr>(), Err(NetError::NotACidr(_))));
+        assert!("0.0.0.0/0".parse::<Cidr>().is_ok());
+        assert!("::1".parse::<Cidr>().unwrap().is_address());
+        assert!("::/0".parse::<Cidr>().is_ok());
+        assert!("2001:db8::1/64".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn a_pair_needs_two_addresses_of_one_family() {
+        let net = |s: &str| Some(s.parse::<Cidr>().unwrap());
+        let new = |src, dst| NetMatch::new(1, Direction::Ingress, src, dst, None, None);
+        assert_eq!(
+            new(net("10.0.0.0/8"), net("10.0.0.1")),
+            Err(NetError::PairOfPrefixes)
+        );
+        assert_eq!(
+            new(net("10.0.0.1"), net("::1")),
+            Err(NetError::MixedFamilies)
+        );
+        assert!(new(net("10.0.0.1"), net("10.0.0.2")).is_ok());
+    }
+
+    #[test]
+    fn more_specific_rules_rank_higher() {
+        let rank = |src: Option<&str>, dst: Option<&str>, proto, port| {
+            let m = NetMatch::new(
+                1,
+                Direction::Ingress,
+                src.map(|s| s.parse().unwrap()),
+                dst.map(|s| s.parse().unwrap()),
+                proto,
+                port,
+            )
+            .unwrap();
+            m.placement(m.families()[0]).1
+        };
+        let pair = rank(Some("10.0.0.1"), Some("10.0.0.2"), None, None);
+        let host = rank(None, Some("10.0.0.2"), None, None);
+        let service = rank(None, Some("10.0.0.2"), Some(Protocol::Tcp), Some(80));
+        let net_dst = rank(None, Some("10.0.0.0/24"), None, None);
+        let net_src = rank(Some("10.0.0.0/24"), None, None, None);
+        let port_only = rank(None, None, None, Some(53));
+        let any = rank(None, None, None, None);
+        assert!(pair > service && service > host && host > net_dst);
+        assert!(net_dst > net_src && net_src > port_only && port_only > any);
+    }
+
+    #[test]
+    fn windows_are_checked_and_count_in_units() {
+        assert_eq!(
+            NetLimit::window(false, Per::Bytes, 100, 0),
+            Err(NetError::EmptyWindow)
+        );
+        assert_eq!(
+            NetLimit::window(true, Per::Bytes, 0, 1),
+            Err(NetError::NoCapacity)
+        );
+        let big = NetLimit::window(true, Per::Bytes, 1 << 30, 1_000_000_000).unwrap();
+        let rule = big.rule(0);
+        assert_eq!((rule.unit, rule.capacity), (256, 1 << 22));
+        assert_eq!(rule.algorithm, ALGORITHM_SLIDING_WINDOW);
+    }
+}

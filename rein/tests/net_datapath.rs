@@ -1,0 +1,436 @@
+//! The interface programs (`rein net`) through `BPF_PROG_TEST_RUN` on built frames: rule
+//! lookup (most specific wins), the three algorithms against their models, IPv4 and IPv6,
+//! fragments, and frames that must pass untouched. Each test loads its own copy of the object,
+//! so tests share no maps. Needs root.
+
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::net::IpAddr;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, LpmTrie, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use rein::{
+    datapath,
+    model::{FixedWindowModel, Xorshift},
+    net::{Cidr, NetLimit, NetMatch, Per, Placement, Protocol},
+};
+use rein_common::{
+    Counters, Direction,
+    net::{
+        NET_COUNTERS_MAP, NET_DESTINATIONS_MAP, NET_PAIRS_MAP, NET_RULES_MAP, NET_SOURCES_MAP,
+        NET_TC_EGRESS_PROGRAM, NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM, NetRule, PairKey,
+        PrefixKey, RuleMatch,
+    },
+};
+
+/// BPF_PROG_TEST_RUN runs tc programs on the loopback device.
+const LOOPBACK: u32 = 1;
+const TC_OK: u32 = 0;
+const TC_SHOT: u32 = 2;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// A window so long that a test never sees it turn (it would have to run at the edge of an
+/// hour of CLOCK_MONOTONIC).
+const HOUR_NS: u64 = 3_600_000_000_000;
+
+struct Loaded {
+    ebpf: Ebpf,
+}
+
+impl Loaded {
+    fn new() -> Self {
+        let mut ebpf = EbpfLoader::new()
+            .load(datapath::net_object())
+            .expect("load the net object");
+        for name in [NET_TC_INGRESS_PROGRAM, NET_TC_EGRESS_PROGRAM] {
+            let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            program.load().expect("the verifier accepts the tc program");
+        }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(NET_XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        xdp.load().expect("the verifier accepts the XDP program");
+        Self { ebpf }
+    }
+
+    /// Installs rule `id`: its entries in the lookup maps, the rule, zero counters.
+    fn add(&mut self, id: u32, matching: NetMatch, limit: NetLimit) {
+        for &family in matching.families() {
+            let (placement, specificity) = matching.placement(family);
+            let found = RuleMatch {
+                rule: id,
+                specificity,
+            };
+            match placement {
+                Placement::Source(key, bits) => {
+                    let mut trie: LpmTrie<_, PrefixKey, RuleMatch> =
+                        LpmTrie::try_from(self.ebpf.map_mut(NET_SOURCES_MAP).unwrap()).unwrap();
+                    trie.insert(&Key::new(bits, key), found, 0).unwrap();
+                }
+                Placement::Destination(key, bits) => {
+                    let mut trie: LpmTrie<_, PrefixKey, RuleMatch> =
+                        LpmTrie::try_from(self.ebpf.map_mut(NET_DESTINATIONS_MAP).unwrap())
+                            .unwrap();
+                    trie.insert(&Key::new(bits, key), found, 0).unwrap();
+                }
+                Placement::Pair(key) => {
+                    let mut pairs: HashMap<_, PairKey, RuleMatch> =
+                        HashMap::try_from(self.ebpf.map_mut(NET_PAIRS_MAP).unwrap()).unwrap();
+                    pairs.insert(key, found, 0).unwrap();
+                }
+            }
+        }
+        let now = rein::clock::Clock::now_ns(&rein::clock::MonotonicClock);
+        let mut rules: HashMap<_, u32, NetRule> =
+            HashMap::try_from(self.ebpf.map_mut(NET_RULES_MAP).unwrap()).unwrap();
+        rules.insert(id, limit.rule(now), 0).unwrap();
+        let cpus = aya::util::nr_cpus().unwrap();
+        let mut counters: PerCpuHashMap<_, u32, Counters> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut(NET_COUNTERS_MAP).unwrap()).unwrap();
+        let zero = PerCpuValues::try_from(vec![Counters::default(); cpus]).unwrap();
+        counters.insert(id, zero, 0).unwrap();
+    }
+
+    fn counters(&self, id: u32) -> Counters {
+        let counters: PerCpuHashMap<_, u32, Counters> =
+            PerCpuHashMap::try_from(self.ebpf.map(NET_COUNTERS_MAP).unwrap()).unwrap();
+        counters
+            .get(&id, 0)
+            .unwrap()
+            .iter()
+            .fold(Counters::default(), |a, c| a.plus(*c))
+    }
+
+    fn tc(&self, direction: Direction, frame: &Frame) -> u32 {
+        let name = match direction {
+            Direction::Ingress => NET_TC_INGRESS_PROGRAM,
+            Direction::Egress => NET_TC_EGRESS_PROGRAM,
+        };
+        let program: &SchedClassifier = self.ebpf.program(name).unwrap().try_into().unwrap();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame.bytes);
+        opts.ctx_in = frame.context.as_ref().map(|c| c.as_slice());
+        program
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+
+    fn xdp(&self, frame: &Frame) -> u32 {
+        let program: &Xdp = self
+            .ebpf
+            .program(NET_XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame.bytes);
+        program
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+
+    /// Offers `frame` at tc ingress: true when it passes.
+    fn passes(&self, frame: &Frame) -> bool {
+        match self.tc(Direction::Ingress, frame) {
+            TC_OK => true,
+            TC_SHOT => false,
+            other => panic!("unexpected tc verdict {other}"),
+        }
+    }
+}
+
+/// An Ethernet frame, and an optional __sk_buff context for GSO.
+struct Frame {
+    bytes: Vec<u8>,
+    context: Option<[u8; 192]>,
+}
+
+#[derive(Clone, Copy)]
+struct Packet {
+    source: IpAddr,
+    destination: IpAddr,
+    protocol: u8,
+    port: u16,
+    /// IP bytes in all.
+    ip_bytes: usize,
+    /// IPv4 fragment offset in 8-byte units (non-zero: no transport header).
+    fragment_offset: u16,
+}
+
+fn packet(source: &str, destination: &str, protocol: u8, port: u16, ip_bytes: usize) -> Packet {
+    Packet {
+        source: source.parse().unwrap(),
+        destination: destination.parse().unwrap(),
+        protocol,
+        port,
+        ip_bytes,
+        fragment_offset: 0,
+    }
+}
+
+impl Packet {
+    fn frame(&self) -> Frame {
+        let mut bytes = vec![0u8; 14];
+        match (self.source, self.destination) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                bytes[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+                let mut ip = vec![0u8; self.ip_bytes];
+                ip[0] = 0x45;
+                ip[2..4].copy_from_slice(&(self.ip_bytes as u16).to_be_bytes());
+                ip[6..8].copy_from_slice(&self.fragment_offset.to_be_bytes());
+                ip[8] = 64;
+                ip[9] = self.protocol;
+                ip[12..16].copy_from_slice(&s.octets());
+                ip[16..20].copy_from_slice(&d.octets());
+                if self.fragment_offset == 0 {
+                    transport(&mut ip[20..], self.protocol, self.port);
+                }
+                bytes.extend(ip);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                bytes[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+                let mut ip = vec![0u8; self.ip_bytes];
+                ip[0] = 0x60;
+                ip[4..6].copy_from_slice(&((self.ip_bytes - 40) as u16).to_be_bytes());
+                ip[6] = self.protocol;
+                ip[7] = 64;
+                ip[8..24].copy_from_slice(&s.octets());
+                ip[24..40].copy_from_slice(&d.octets());
+                transport(&mut ip[40..], self.protocol, self.port);
+                bytes.extend(ip);
+            }
+            _ => panic!("mixed families"),
+        }
+        Frame {
+            bytes,
+            context: None,
+        }
+    }
+}
+
+fn transport(l4: &mut [u8], protocol: u8, port: u16) {
+    l4[0..2].copy_from_slice(&40_000u16.to_be_bytes());
+    l4[2..4].copy_from_slice(&port.to_be_bytes());
+    if protocol == 6 {
+        l4[12] = 5 << 4;
+    }
+}
+
+fn matching(
+    src: Option<&str>,
+    dst: Option<&str>,
+    proto: Option<Protocol>,
+    port: Option<u16>,
+) -> NetMatch {
+    let cidr = |s: &str| s.parse::<Cidr>().unwrap();
+    NetMatch::new(
+        LOOPBACK,
+        Direction::Ingress,
+        src.map(cidr),
+        dst.map(cidr),
+        proto,
+        port,
+    )
+    .unwrap()
+}
+
+fn window(sliding: bool, per: Per, capacity: u64) -> NetLimit {
+    NetLimit::window(sliding, per, capacity, HOUR_NS).unwrap()
+}
+
+#[test]
+fn a_fixed_window_passes_exactly_what_the_model_passes() {
+    let mut loaded = Loaded::new();
+    loaded.add(
+        7,
+        matching(None, Some("198.18.0.0/24"), None, None),
+        window(false, Per::Bytes, 20_000),
+    );
+    let mut model = FixedWindowModel::new(HOUR_NS, 20_000);
+    let mut random = Xorshift(0xabcd_ef01);
+    let (mut passed, mut refused) = (0u64, 0u64);
+    for _ in 0..200 {
+        let bytes = 60 + (random.next_u64() % 1400) as usize;
+        let frame = packet("198.19.0.9", "198.18.0.7", 17, 53, bytes).frame();
+        // The model's clock: any instant inside the one window the test runs in.
+        let expected = model.offer(bytes as u64, 1);
+        assert_eq!(loaded.passes(&frame), expected, "{bytes} bytes");
+        if expected {
+            passed += bytes as u64;
+        } else {
+            refused += bytes as u64;
+        }
+    }
+    let counters = loaded.counters(7);
+    assert_eq!(
+        (counters.passed_bytes, counters.dropped_bytes),
+        (passed, refused)
+    );
+    assert!(passed > 19_000 && refused > 0, "{passed} passed");
+}
+
+#[test]
+fn a_sliding_window_holds_its_capacity_and_counts_packets() {
+    let mut loaded = Loaded::new();
+    loaded.add(
+        1,
+        matching(Some("2001:db8::/32"), None, None, None),
+        window(true, Per::Packets, 5),
+    );
+    let frame = packet("2001:db8::1", "2001:db8:1::2", 6, 443, 1500).frame();
+    let verdicts: Vec<bool> = (0..8).map(|_| loaded.passes(&frame)).collect();
+    assert_eq!(
+        verdicts,
+        [true, true, true, true, true, false, false, false]
+    );
+    // Another source prefix: no rule, passes.
+    assert!(loaded.passes(&packet("2001:db9::1", "2001:db8:1::2", 6, 443, 1500).frame()));
+    let counters = loaded.counters(1);
+    assert_eq!((counters.passed_packets, counters.dropped_packets), (5, 3));
+}
+
+#[test]
+fn a_token_bucket_passes_its_burst_then_refuses() {
+    let mut loaded = Loaded::new();
+    // 1000 bytes/s: the bucket refills a byte a millisecond, slower than the test moves.
+    let limit = NetLimit::TokenBucket {
+        per: Per::Bytes,
+        rate: 1000,
+        burst: 3000,
+    };
+    loaded.add(3, matching(None, Some("198.18.0.2"), None, None), limit);
+    let frame = packet("198.18.0.1", "198.18.0.2", 17, 9, 1000).frame();
+    let verdicts: Vec<bool> = (0..5).map(|_| loaded.passes(&frame)).collect();
+    assert_eq!(verdicts, [true, true, true, false, false]);
+}
+
+#[test]
+fn the_most_specific_rule_wins() {
+    let mut loaded = Loaded::new();
+    // A /16 that passes one packet an hour, and inside it a TCP service with room.
+    loaded.add(
+        1,
+        matching(None, Some("198.18.0.0/16"), None, None),
+        window(false, Per::Packets, 1),
+    );
+    loaded.add(
+        2,
+        matching(None, Some("198.18.0.2"), Some(Protocol::Tcp), Some(80)),
+        window(false, Per::Packets, 1000),
+    );
+    // An exact pair beats both.
+    loaded.add(
+        3,
+        matching(Some("198.19.0.1"), Some("198.18.0.2"), None, None),
+        window(false, Per::Packets, 1000),
+    );
+    let service = packet("198.19.0.9", "198.18.0.2", 6, 80, 100).frame();
+    let other_port = packet("198.19.0.9", "198.18.0.2", 6, 81, 100).frame();
+    let udp_same_port = packet("198.19.0.9", "198.18.0.2", 17, 80, 100).frame();
+    let pair = packet("198.19.0.1", "198.18.0.2", 6, 81, 100).frame();
+    for _ in 0..10 {
+        assert!(loaded.passes(&service));
+        assert!(loaded.passes(&pair));
+    }
+    assert!(loaded.passes(&other_port), "the /16's one packet");
+    assert!(!loaded.passes(&other_port));
+    assert!(!loaded.passes(&udp_same_port), "UDP is not the TCP service");
+    assert_eq!(loaded.counters(2).passed_packets, 10);
+    assert_eq!(loaded.counters(3).passed_packets, 10);
+    assert_eq!(loaded.counters(1).dropped_packets, 2);
+}
+
+#[test]
+fn fragments_and_broken_frames_are_handled() {
+    let mut loaded = Loaded::new();
+    // A port rule with no room; an address rule for everything else with room.
+    loaded.add(
+        1,
+        matching(None, Some("198.18.0.2"), Some(Protocol::Udp), Some(53)),
+        window(false, Per::Packets, 1),
+    );
+    let dns = packet("198.19.0.9", "198.18.0.2", 17, 53, 300);
+    assert!(loaded.passes(&dns.frame()));
+    assert!(!loaded.passes(&dns.frame()));
+    // A later fragment carries no port: the port rule cannot see it, and no other rule matches.
+    let fragment = Packet {
+        fragment_offset: 185,
+        ..dns
+    };
+    assert!(loaded.passes(&fragment.frame()));
+    // Frames that end inside the transport header have no port: the port rule cannot see them.
+    // (BPF_PROG_TEST_RUN refuses frames that end inside the IP header.)
+    let full = dns.frame().bytes;
+    for cut in [34, 36, 37] {
+        let frame = Frame {
+            bytes: full[..cut].to_vec(),
+            context: None,
+        };
+        assert!(loaded.passes(&frame), "cut at {cut}");
+    }
+    // Malformed IP headers pass untouched, although their addresses and port match the rule
+    // that has no room left: a wrong version, a header length under 20 bytes.
+    for (byte, value) in [(14, 0x35u8), (14, 0x44)] {
+        let mut bytes = full.clone();
+        bytes[byte] = value;
+        assert!(loaded.passes(&Frame {
+            bytes,
+            context: None
+        }));
+    }
+    // Not IP at all (ARP).
+    let mut arp = vec![0u8; 42];
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert!(loaded.passes(&Frame {
+        bytes: arp,
+        context: None
+    }));
+    let counters = loaded.counters(1);
+    assert_eq!((counters.passed_packets, counters.dropped_packets), (1, 1));
+}
+
+#[test]
+fn a_gso_packet_counts_as_all_its_segments() {
+    let mut loaded = Loaded::new();
+    loaded.add(
+        1,
+        matching(None, Some("198.18.0.2"), None, None),
+        window(false, Per::Packets, 25),
+    );
+    let mut frame = packet("198.19.0.9", "198.18.0.2", 6, 80, 1500).frame();
+    let mut context = [0u8; 192];
+    // struct __sk_buff: gso_segs at 164, gso_size at 176.
+    context[164..168].copy_from_slice(&10u32.to_ne_bytes());
+    context[176..180].copy_from_slice(&1448u32.to_ne_bytes());
+    frame.context = Some(context);
+    assert!(loaded.passes(&frame));
+    assert!(loaded.passes(&frame));
+    assert!(!loaded.passes(&frame), "30 segments do not fit in 25");
+    assert_eq!(loaded.counters(1).passed_packets, 20);
+}
+
+#[test]
+fn xdp_limits_like_tc_ingress() {
+    let mut loaded = Loaded::new();
+    loaded.add(
+        1,
+        matching(None, None, Some(Protocol::Udp), None),
+        window(false, Per::Packets, 3),
+    );
+    let frame = packet("198.19.0.9", "198.18.0.2", 17, 5000, 200).frame();
+    let verdicts: Vec<u32> = (0..5).map(|_| loaded.xdp(&frame)).collect();
+    assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]);
+    // TCP is not UDP: no rule.
+    assert_eq!(
+        loaded.xdp(&packet("198.19.0.9", "198.18.0.2", 6, 5000, 200).frame()),
+        XDP_PASS
+    );
+}
