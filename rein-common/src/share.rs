@@ -110,6 +110,20 @@ impl EpochCount {
         }
     }
 
+    /// The count after one registration is taken back, as seen from epoch `now`: from this
+    /// epoch's count if `current`, from the previous one's if `previous`.
+    #[inline(always)]
+    pub const fn remove(self, now: u32, current: bool, previous: bool) -> Self {
+        let (mut cur, mut prev) = self.view(now);
+        if current && cur > 0 {
+            cur -= 1;
+        }
+        if previous && prev > 0 {
+            prev -= 1;
+        }
+        Self::pack(self.latest(now), cur, prev)
+    }
+
     /// The count after `n` more are counted in epoch `now`.
     #[inline(always)]
     pub const fn add(self, now: u32, n: u32) -> Self {
@@ -284,8 +298,15 @@ pub struct FlowState {
     /// The congestion window clamp last applied to the socket ([`cwnd_clamp`]); 0 before the
     /// first.
     pub clamp: u32,
-    pub _pad: u32,
+    /// `FLOW_*` bits.
+    pub flags: u32,
 }
+
+/// `FlowState::flags`: the flow was registered in the epoch before `epoch`.
+pub const FLOW_REGISTERED_BEFORE: u32 = 1;
+/// `FlowState::flags`: the flow has sent its FIN and been taken out of the counts; it never
+/// registers again.
+pub const FLOW_FINISHED: u32 = 2;
 const _: () = assert!(core::mem::size_of::<FlowState>() == 40);
 
 impl FlowState {
@@ -297,7 +318,7 @@ impl FlowState {
         sent: 0,
         registered: 0,
         clamp: 0,
-        _pad: 0,
+        flags: 0,
     };
 
     /// The share that holds at epoch `now`: 0 (no cap) once no packet of the flow has been
@@ -341,6 +362,22 @@ mod tests {
         let count = count.add(4, 1);
         assert_eq!(count.peak(5), 2);
         assert_eq!(count.epoch(), 5);
+    }
+
+    #[test]
+    fn a_finished_flow_is_taken_back_at_once() {
+        let count = EpochCount::default()
+            .add(10, 1)
+            .add(10, 1)
+            .add(11, 1)
+            .add(11, 1);
+        assert_eq!(count.peak(11), 2);
+        // One of the two, registered in both epochs, sends its FIN.
+        let count = count.remove(11, true, true);
+        assert_eq!(count.peak(11), 1);
+        // Seen from the next epoch, its registration in 11 is the previous one's.
+        assert_eq!(count.remove(12, false, true).peak(12), 0);
+        assert_eq!(EpochCount::default().remove(3, true, true).peak(3), 0);
     }
 
     #[test]

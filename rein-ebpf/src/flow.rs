@@ -20,8 +20,8 @@ use aya_ebpf::{
 use rein_common::{
     EpochCount, FlowState, Rule,
     share::{
-        UNCLAMPED, cwnd_clamp, epoch_of, other_units, pacing_rate, register_threshold, share,
-        tcp_rate,
+        FLOW_FINISHED, FLOW_REGISTERED_BEFORE, UNCLAMPED, cwnd_clamp, epoch_of, other_units,
+        pacing_rate, register_threshold, share, tcp_rate,
     },
 };
 
@@ -74,17 +74,27 @@ pub struct Sharing {
     /// Count the packet as other traffic if it is not a TCP flow's (at egress, where flows are
     /// paced and must leave it room).
     counts_others: bool,
+    /// The packet carries the flow's FIN: take the flow out of the counts now rather than two
+    /// epochs after its last packet, so the others get its share back at once.
+    fin: bool,
 }
 
 impl Sharing {
     #[inline(always)]
-    pub fn new(socket: *mut bpf_sock, now: u64, bytes: u64, counts_others: bool) -> Self {
+    pub fn new(
+        socket: *mut bpf_sock,
+        now: u64,
+        bytes: u64,
+        counts_others: bool,
+        fin: bool,
+    ) -> Self {
         Self {
             socket,
             state: ptr::null_mut(),
             epoch: epoch_of(now),
             bytes,
             counts_others,
+            fin,
         }
     }
 
@@ -115,6 +125,14 @@ impl Sharing {
         }
         // SAFETY: non-null storage of this socket, valid for the program's run.
         let state = unsafe { &mut *self.state };
+        if state.flags & FLOW_FINISHED != 0 {
+            return EpochCount(atomic::load(&rule.flows.0)).peak(self.epoch);
+        }
+        if self.fin {
+            let now = state.registered == REGISTERED;
+            let before = state.flags & FLOW_REGISTERED_BEFORE != 0;
+            return remove(&mut rule.flows, self.epoch, now, before);
+        }
         let mut active = EpochCount(atomic::load(&rule.flows.0)).peak(self.epoch);
         if state.registered != REGISTERED
             && state.sent as u64 >= register_threshold(rule.rate, active)
@@ -151,6 +169,12 @@ impl Sharing {
         // SAFETY: non-null storage of this socket, valid for the program's run.
         let flow = unsafe { &mut *state };
         if flow.epoch != self.epoch {
+            // Whether it counted in the epoch that is now the previous one.
+            if flow.registered == REGISTERED && flow.epoch.wrapping_add(1) == self.epoch {
+                flow.flags |= FLOW_REGISTERED_BEFORE;
+            } else {
+                flow.flags &= !FLOW_REGISTERED_BEFORE;
+            }
             flow.epoch = self.epoch;
             flow.sent = 0;
             flow.registered = UNREGISTERED;
@@ -160,19 +184,30 @@ impl Sharing {
         state
     }
 
-    /// The packet passed: record the flow's share. (A flow no rule covers any more is not
-    /// looked at here: its share lapses, see `FlowState::share_at`.)
+    /// The walk is over: if the packet `passed`, record the flow's share. (A flow no rule
+    /// covers any more is not looked at here: its share lapses, see `FlowState::share_at`.) A
+    /// FIN's walk took the flow out of the counts, passed or not: it must not happen twice.
     #[inline(always)]
-    pub fn finish(self) {
+    pub fn finish(self, passed: bool) {
         if self.state.is_null() {
             return;
         }
         // SAFETY: non-null storage of this socket.
         let state = unsafe { &mut *self.state };
+        if self.fin {
+            state.flags |= FLOW_FINISHED;
+            state.registered = UNREGISTERED;
+        }
+        if !passed {
+            return;
+        }
         if state.registered == REGISTERING {
             state.registered = REGISTERED;
         }
-        state.share = state.pending_share;
+        // A finished flow's walk sets no share: it keeps the one it had.
+        if state.pending_share != u64::MAX {
+            state.share = state.pending_share;
+        }
     }
 }
 
@@ -191,6 +226,20 @@ fn add(count: &mut EpochCount, epoch: u32, n: u32) -> u32 {
     }
     // Contended that hard, the count misses this addition; the caller sees it anyway.
     EpochCount(current).add(epoch, n).peak(epoch)
+}
+
+/// Takes one registration back from `count` (this epoch's if `now`, the previous one's if
+/// `before`); returns the count's peak after it. One attempt only: a loop here multiplies the
+/// verifier's states over the cgroup levels past its limit, and if another CPU wins the race
+/// the flow still leaves the count two epochs after its last packet.
+#[inline(always)]
+fn remove(count: &mut EpochCount, epoch: u32, now: bool, before: bool) -> u32 {
+    let current = atomic::load(&count.0);
+    let next = EpochCount(current).remove(epoch, now, before);
+    match atomic::compare_exchange(&mut count.0, current, next.0) {
+        Ok(()) => next.peak(epoch),
+        Err(found) => EpochCount(found).peak(epoch),
+    }
 }
 
 /// The sock_ops side: turn on RTT callbacks for every TCP connection, and on each callback apply

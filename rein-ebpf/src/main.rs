@@ -93,7 +93,8 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
     let skb = ctx.skb.skb;
     let bytes = packet::ip_bytes(ctx);
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut flow = flow::Sharing::new(tcp, now, bytes, direction == Direction::Egress);
+    let fin = !tcp.is_null() && packet::tcp_fin(ctx);
+    let mut flow = flow::Sharing::new(tcp, now, bytes, direction == Direction::Egress, fin);
 
     // One walk from the root down: charge each rule's bucket and count the pass as we go, so
     // a packet that passes (nearly all do) costs a single walk.
@@ -115,9 +116,10 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
         level += 1;
     }
     if refused_at == 0 {
-        flow.finish();
+        flow.finish(true);
         return PASS;
     }
+    flow.finish(false);
 
     // A deeper rule refused: give back what the shallower rules were charged and counted, and
     // count the drop against the rule that refused.

@@ -43,3 +43,20 @@ fn header_bytes(ctx: &SkBuffContext) -> Option<u64> {
     };
     Some(ip_len + l4_len)
 }
+
+/// Whether a TCP packet (cgroup_skb sees it from its IP header on) carries a FIN: its sender
+/// is done sending.
+#[inline(always)]
+pub fn tcp_fin(ctx: &SkBuffContext) -> bool {
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return false;
+    };
+    let ip_len = match first >> 4 {
+        4 => (first & 0x0f) as usize * 4,
+        6 => 40,
+        _ => return false,
+    };
+    const FIN: u8 = 1;
+    ctx.load::<u8>(ip_len + 13)
+        .is_ok_and(|flags| flags & FIN != 0)
+}

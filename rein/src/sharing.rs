@@ -22,6 +22,8 @@ struct FlowModel {
     epoch: Option<u32>,
     sent: u64,
     registered: bool,
+    registered_before: bool,
+    finished: bool,
     share: u64,
 }
 
@@ -41,12 +43,19 @@ impl SharingModel {
         let epoch = epoch_of(clock.now_ns());
         let state = &mut self.flows[flow];
         if state.epoch != Some(epoch) {
+            let before = state.registered && state.epoch.map(|e| e + 1) == Some(epoch);
             *state = FlowModel {
                 epoch: Some(epoch),
+                registered_before: before,
+                finished: state.finished,
+                share: state.share,
                 ..FlowModel::default()
             };
         }
         state.sent += bytes;
+        if state.finished {
+            return state.share;
+        }
         let mut active = self.count.peak(epoch);
         if !state.registered && state.sent >= register_threshold(self.rate, active) {
             self.count = self.count.add(epoch, 1);
@@ -56,6 +65,18 @@ impl SharingModel {
         let others = self.others.peak(epoch);
         state.share = share(tcp_rate(self.rate, others), active);
         state.share
+    }
+
+    /// Flow `flow` sends its FIN now: it leaves the count at once and never registers again.
+    pub fn close(&mut self, flow: usize, clock: &dyn Clock) {
+        let epoch = epoch_of(clock.now_ns());
+        self.send(flow, 0, clock);
+        let state = &mut self.flows[flow];
+        self.count = self
+            .count
+            .remove(epoch, state.registered, state.registered_before);
+        state.registered = false;
+        state.finished = true;
     }
 
     /// A packet of `bytes` that is not a TCP flow's (UDP, ICMP) passes now; `dither` stands in
@@ -215,6 +236,25 @@ mod tests {
         let total: f64 = rates.iter().sum();
         assert!((0.72..=0.76).contains(&total), "{rates:?}");
         assert!((rates[0] - rates[1]).abs() < 0.01, "{rates:?}");
+    }
+
+    #[test]
+    fn a_flow_that_closes_gives_its_share_back_at_once() {
+        let clock = FakeClock::new(30 * EPOCH_NS + 50 * MS);
+        let mut model = SharingModel::new(RATE, 2);
+        for _ in 0..25 {
+            model.send(0, 5000, &clock);
+            model.send(1, 5000, &clock);
+            clock.advance(10 * MS);
+        }
+        assert_eq!(model.active(&clock), 2);
+        model.close(1, &clock);
+        assert_eq!(model.active(&clock), 1);
+        assert_eq!(model.send(0, 5000, &clock), RATE);
+        // Its last packets (the FIN's ACK) do not count it again.
+        clock.advance(EPOCH_NS);
+        model.send(1, 5000, &clock);
+        assert_eq!(model.active(&clock), 1);
     }
 
     #[test]
