@@ -234,22 +234,19 @@ impl<'a> Bench<'a> {
         for dir in &dirs {
             create_dir(dir)?;
         }
-        let one = self.stack(
-            scenario,
-            limiter,
-            &format!("{}-1", self.runs),
-            &dirs[0],
-            &[iperf::PORT],
-            timeout,
-        )?;
-        let two = self.stack(
-            scenario,
-            limiter,
-            &format!("{}-2", self.runs),
-            &dirs[1],
-            &[iperf::PORT],
-            timeout,
-        )?;
+        let stack = |client: usize| {
+            let id = format!("{}-{}", self.runs, client + 1);
+            self.stack(
+                scenario,
+                limiter,
+                &id,
+                &dirs[client],
+                &[iperf::PORT],
+                timeout,
+            )
+        };
+        let one = stack(0)?;
+        let two = stack(1)?;
 
         let files = [RunFiles::new(&dirs[0]), RunFiles::new(&dirs[1])];
         let go = run_dir.join("go");
