@@ -14,13 +14,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuHashMap},
     programs::{SkBuffContext, SockOpsContext},
 };
-use rein_common::{
-    Bucket, Counters, Direction, FlowState, MAX_CGROUP_DEPTH, MAX_RULES, Rule, RuleKey, Verdict,
-};
+use rein_common::{Counters, Direction, FlowState, MAX_CGROUP_DEPTH, MAX_RULES, Rule, RuleKey};
 
 mod atomic;
 mod flow;
 mod packet;
+mod take;
 
 #[map(name = "REIN_RULES")]
 static REIN_RULES: HashMap<RuleKey, Rule> = HashMap::with_max_entries(2 * MAX_RULES, 0);
@@ -199,23 +198,7 @@ fn charge(rule: &mut Rule, now: u64, bytes: u64, tcp_flows: u32) -> bool {
     let cost = bucket.cost_ns(bytes);
     // tcp_flows <= 2^16 and the cost of 64 KiB < 2^43 (at 1 kbit/s): no overflow.
     let room = bucket.burst_ns + tcp_flows as u64 * bucket.cost_ns(TCP_TRAIN_BYTES);
-    // Another CPU may move tat between the load and the swap; try again a few times, and then
-    // refuse: a bucket contended that hard is full of traffic anyway.
-    let mut attempt = 0;
-    let mut tat = atomic::load(&rule.bucket.tat);
-    while attempt < 8 {
-        match Bucket::decide(tat, now, cost, room) {
-            Verdict::Refuse => return false,
-            Verdict::Pass { tat: next } => {
-                match atomic::compare_exchange(&mut rule.bucket.tat, tat, next) {
-                    Ok(()) => return true,
-                    Err(current) => tat = current,
-                }
-            }
-        }
-        attempt += 1;
-    }
-    false
+    take::take(&mut rule.bucket, now, cost, room)
 }
 
 /// Gives back the cost of `bytes` charged by `charge`.

@@ -22,7 +22,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use rein_common::{
-    Bucket, Counters, Direction, Verdict,
+    Counters, Direction,
     net::{
         ADDR_BYTES, ALGORITHM_FIXED_WINDOW, ALGORITHM_TOKEN_BUCKET, FLAG_PACKETS, NetRule,
         PORT_ANY, PROTOCOL_ANY, PairKey, PrefixKey, RuleMatch, SCOPE_BITS, Scope,
@@ -36,6 +36,8 @@ use rein_common::{
 mod atomic;
 #[path = "net_packet.rs"]
 mod net_packet;
+#[path = "take.rs"]
+mod take;
 
 use net_packet::Packet;
 
@@ -241,23 +243,8 @@ fn charge(rule: &mut NetRule, now: u64, amount: Amount) -> bool {
 
 #[inline(always)]
 fn charge_bucket(rule: &mut NetRule, now: u64, quantity: u64) -> bool {
-    let bucket = rule.bucket;
-    let cost = bucket.cost_ns(quantity);
-    let mut tat = atomic::load(&rule.bucket.tat);
-    let mut attempt = 0;
-    while attempt < 8 {
-        match Bucket::decide(tat, now, cost, bucket.burst_ns) {
-            Verdict::Refuse => return false,
-            Verdict::Pass { tat: next } => {
-                match atomic::compare_exchange(&mut rule.bucket.tat, tat, next) {
-                    Ok(()) => return true,
-                    Err(found) => tat = found,
-                }
-            }
-        }
-        attempt += 1;
-    }
-    false
+    let (cost, burst_ns) = (rule.bucket.cost_ns(quantity), rule.bucket.burst_ns);
+    take::take(&mut rule.bucket, now, cost, burst_ns)
 }
 
 #[inline(always)]

@@ -1,0 +1,27 @@
+//! Taking from a token bucket that every CPU shares: the bucket's decision (GCRA, see
+//! `rein_common::bucket`), then a compare-and-swap of its one-word state.
+use rein_common::{Bucket, Verdict};
+
+use crate::atomic;
+
+/// Takes `cost_ns` from `bucket` at `now`, allowing it `room_ns` of debt; false when it has no
+/// room. Another CPU may move the bucket between the load and the swap: try again a few times,
+/// then refuse, since a bucket contended that hard is full of traffic anyway.
+#[inline(always)]
+pub fn take(bucket: &mut Bucket, now: u64, cost_ns: u64, room_ns: u64) -> bool {
+    let mut tat = atomic::load(&bucket.tat);
+    let mut attempt = 0;
+    while attempt < 8 {
+        match Bucket::decide(tat, now, cost_ns, room_ns) {
+            Verdict::Refuse => return false,
+            Verdict::Pass { tat: next } => {
+                match atomic::compare_exchange(&mut bucket.tat, tat, next) {
+                    Ok(()) => return true,
+                    Err(found) => tat = found,
+                }
+            }
+        }
+        attempt += 1;
+    }
+    false
+}
