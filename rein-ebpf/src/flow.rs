@@ -66,7 +66,8 @@ const REGISTERING: u32 = 2;
 /// What the walk learns is kept in the socket's storage, not in locals: the verifier walks
 /// every cgroup level, and locals holding different known values at each level would multiply
 /// the states it must explore.
-pub struct Sharing {
+pub struct Sharing<'a> {
+    ctx: &'a SkBuffContext,
     socket: *mut bpf_sock,
     state: *mut FlowState,
     epoch: u32,
@@ -75,26 +76,28 @@ pub struct Sharing {
     /// paced and must leave it room).
     counts_others: bool,
     /// The packet carries the flow's FIN: take the flow out of the counts now rather than two
-    /// epochs after its last packet, so the others get its share back at once.
+    /// epochs after its last packet, so the others get its share back at once. Read when the
+    /// first rule is met, so packets under no rule never parse their TCP header.
     fin: bool,
 }
 
-impl Sharing {
+impl<'a> Sharing<'a> {
     #[inline(always)]
     pub fn new(
+        ctx: &'a SkBuffContext,
         socket: *mut bpf_sock,
         now: u64,
         bytes: u64,
         counts_others: bool,
-        fin: bool,
     ) -> Self {
         Self {
+            ctx,
             socket,
             state: ptr::null_mut(),
             epoch: epoch_of(now),
             bytes,
             counts_others,
-            fin,
+            fin: false,
         }
     }
 
@@ -122,6 +125,7 @@ impl Sharing {
             if self.state.is_null() {
                 return 0;
             }
+            self.fin = crate::packet::tcp_fin(self.ctx);
         }
         // SAFETY: non-null storage of this socket, valid for the program's run.
         let state = unsafe { &mut *self.state };

@@ -92,8 +92,7 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
     let skb = ctx.skb.skb;
     let bytes = packet::ip_bytes(ctx);
     let now = unsafe { bpf_ktime_get_ns() };
-    let fin = !tcp.is_null() && packet::tcp_fin(ctx);
-    let mut flow = flow::Sharing::new(tcp, now, bytes, direction == Direction::Egress, fin);
+    let mut flow = flow::Sharing::new(ctx, tcp, now, bytes, direction == Direction::Egress);
 
     // One walk from the root down: charge each rule's bucket and count the pass as we go, so
     // a packet that passes (nearly all do) costs a single walk.
