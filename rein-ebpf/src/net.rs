@@ -24,8 +24,8 @@ use aya_ebpf::{
 use rein_common::{
     Counters, Direction,
     net::{
-        ADDR_BYTES, ALGORITHM_FIXED_WINDOW, ALGORITHM_TOKEN_BUCKET, FLAG_PACKETS, NetRule,
-        PORT_ANY, PROTOCOL_ANY, PairKey, PrefixKey, RuleMatch, SCOPE_BITS, Scope,
+        ALGORITHM_FIXED_WINDOW, ALGORITHM_TOKEN_BUCKET, FLAG_PACKETS, NetRule, PORT_ANY,
+        PROTOCOL_ANY, PairKey, PrefixKey, RuleMatch, SCOPE_BITS, Scope,
     },
     window::{WindowKind, WindowState, WindowVerdict, cost_units},
 };
@@ -272,8 +272,6 @@ fn charge_window(rule: &mut NetRule, kind: WindowKind, now: u64, quantity: u64) 
     }
     false
 }
-
-const _: () = assert!(ADDR_BYTES == 16);
 
 #[cfg(not(test))]
 #[panic_handler]

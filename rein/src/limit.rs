@@ -1,5 +1,8 @@
 //! A rate limit as the operator states it, and its translation into the kernel's bucket.
-use rein_common::{Action, Bucket, Rule, bucket::COST_SHIFT};
+use rein_common::{
+    Action, Bucket, Rule,
+    bucket::{COST_SHIFT, MAX_NS_PER_BYTE},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::units::{Rate, Size};
@@ -30,14 +33,7 @@ impl Limit {
 
     /// The kernel's bucket for this limit, full at time `now_ns`.
     pub fn bucket(&self, now_ns: u64) -> Bucket {
-        let ns_per_byte = ns_per_byte(self.rate);
-        let burst_ns = (u128::from(self.burst.bytes()) * u128::from(ns_per_byte)) >> COST_SHIFT;
-        Bucket {
-            ns_per_byte,
-            // Cannot exceed u64: at most 2^30 bytes at 8e6 ns a byte.
-            burst_ns: u64::try_from(burst_ns).unwrap_or(u64::MAX),
-            tat: now_ns,
-        }
+        full_bucket(ns_per_byte(self.rate), self.burst.bytes(), now_ns)
     }
 }
 
@@ -57,12 +53,33 @@ pub fn default_burst(rate: Rate) -> Size {
     Size::saturating(window.max(MIN_DEFAULT_BURST_BYTES))
 }
 
-/// Cost of one byte in ns, shifted by COST_SHIFT, rounded up so the bucket never exceeds the rate.
+/// A full bucket whose unit (a byte, or a packet) costs `ns_per_unit` (shifted by COST_SHIFT),
+/// with room for `burst_units`, at time `now_ns`.
+pub(crate) fn full_bucket(ns_per_unit: u64, burst_units: u64, now_ns: u64) -> Bucket {
+    let burst_ns = (u128::from(burst_units) * u128::from(ns_per_unit)) >> COST_SHIFT;
+    Bucket {
+        ns_per_byte: ns_per_unit,
+        // Cannot exceed u64: at most 2^30 bytes at 8e6 ns a byte.
+        burst_ns: u64::try_from(burst_ns).unwrap_or(u64::MAX),
+        tat: now_ns,
+    }
+}
+
+/// Cost of one unit in ns, shifted by COST_SHIFT, at `per_second` units of `ns_per_second`
+/// ns each (8e9 for bit rates charged per byte), rounded up so the bucket never exceeds the
+/// rate; clamped to what the kernel's arithmetic takes.
+pub(crate) fn ns_per_unit(ns_per_second: u64, per_second: u64) -> u64 {
+    let numerator = u128::from(ns_per_second) << COST_SHIFT;
+    let per_second = u128::from(per_second.max(1));
+    u64::try_from(numerator.div_ceil(per_second))
+        .unwrap_or(u64::MAX)
+        .min(MAX_NS_PER_BYTE)
+}
+
+/// Cost of one byte at `rate` (Rate::MIN_BITS keeps it within MAX_NS_PER_BYTE; checked by a
+/// test).
 fn ns_per_byte(rate: Rate) -> u64 {
-    let numerator = (8u128 * 1_000_000_000u128) << COST_SHIFT;
-    let bits = u128::from(rate.bits_per_second());
-    // Rate::MIN_BITS keeps this within MAX_NS_PER_BYTE (checked by a test).
-    u64::try_from(numerator.div_ceil(bits)).unwrap_or(u64::MAX)
+    ns_per_unit(8_000_000_000, rate.bits_per_second())
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ use rein_common::{
     window::{MAX_WINDOW_UNITS, WindowState, unit_for},
 };
 
+use crate::limit::{full_bucket, ns_per_unit};
+
 /// Why a match or a limit of a net rule was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetError {
@@ -394,20 +396,11 @@ impl NetLimit {
             last_pass_ns: 0,
         };
         match *self {
-            Self::TokenBucket { per, rate, burst } => {
-                let ns_per_unit = ns_per_unit(rate);
-                let burst_ns = (u128::from(burst) * u128::from(ns_per_unit))
-                    >> rein_common::bucket::COST_SHIFT;
-                NetRule {
-                    flags: flags(per),
-                    bucket: Bucket {
-                        ns_per_byte: ns_per_unit,
-                        burst_ns: u64::try_from(burst_ns).unwrap_or(u64::MAX),
-                        tat: now_ns,
-                    },
-                    ..empty
-                }
-            }
+            Self::TokenBucket { per, rate, burst } => NetRule {
+                flags: flags(per),
+                bucket: full_bucket(ns_per_unit(1_000_000_000, rate), burst, now_ns),
+                ..empty
+            },
             Self::FixedWindow {
                 per,
                 capacity,
@@ -438,15 +431,6 @@ impl NetLimit {
             }
         }
     }
-}
-
-/// Cost of one byte (or packet) in ns, shifted by COST_SHIFT, rounded up.
-fn ns_per_unit(per_second: u64) -> u64 {
-    let numerator = 1_000_000_000u128 << rein_common::bucket::COST_SHIFT;
-    let per_second = u128::from(per_second.max(1));
-    u64::try_from(numerator.div_ceil(per_second))
-        .unwrap_or(u64::MAX)
-        .min(rein_common::bucket::MAX_NS_PER_BYTE)
 }
 
 #[cfg(test)]
