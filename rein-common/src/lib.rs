@@ -150,4 +150,8 @@ mod pod {
     unsafe impl aya::Pod for super::net::RuleMatch {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::net::NetRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::net::SourceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::net::SourceState {}
 }

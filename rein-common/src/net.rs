@@ -11,7 +11,7 @@
 //! The interface, direction, family, protocol and port make up a [`Scope`], the leading bits of
 //! every key: in the prefix tries they are matched in full before the address's prefix is.
 
-use crate::{Bucket, window::WindowState};
+use crate::{Bucket, Counters, window::WindowState};
 
 /// Bytes of the longest address (IPv6); an IPv4 address fills the first four.
 pub const ADDR_BYTES: usize = 16;
@@ -37,6 +37,23 @@ pub const NET_PAIRS_MAP: &str = "REIN_NET_PAIRS";
 pub const NET_TC_INGRESS_PROGRAM: &str = "rein_net_tc_ingress";
 pub const NET_TC_EGRESS_PROGRAM: &str = "rein_net_tc_egress";
 pub const NET_XDP_PROGRAM: &str = "rein_net_xdp";
+pub const NET_PER_SOURCE_MAP: &str = "REIN_NET_PER_SOURCE";
+pub const NET_SKETCH_MAP: &str = "REIN_NET_SKETCH";
+pub const NET_HEAVY_MAP: &str = "REIN_NET_HEAVY";
+
+/// `Scope::direction` of rules the XDP program applies: apart from tc ingress rules on the same
+/// interface, so that a packet both hooks see is charged once, by the hook its rule names.
+pub const HOOK_XDP: u8 = 2;
+
+/// Sources the exact per-source mode tracks at once, over all rules (least recently seen go
+/// first).
+pub const MAX_TRACKED_SOURCES: u32 = 1 << 16;
+/// Cells of all count-min sketches together (8 bytes each).
+pub const MAX_SKETCH_CELLS: u32 = 1 << 20;
+/// Rows a sketch may have.
+pub const MAX_SKETCH_DEPTH: u32 = 8;
+/// Heavy sources the sketch mode remembers, over all rules, for `list`.
+pub const MAX_HEAVY_SOURCES: u32 = 4096;
 
 /// Where and for what a rule holds, as the first 12 bytes of every key.
 #[repr(C)]
@@ -122,6 +139,12 @@ pub const ALGORITHM_SLIDING_WINDOW: u32 = 2;
 
 /// `NetRule::flags`: the limit counts packets, not bytes.
 pub const FLAG_PACKETS: u32 = 1;
+/// `NetRule::flags`: each source address has its own bucket or windows (exact, least recently
+/// seen evicted first).
+pub const FLAG_PER_SOURCE: u32 = 2;
+/// `NetRule::flags` with [`FLAG_PER_SOURCE`]: sources are counted in the rule's count-min
+/// sketch instead of exactly.
+pub const FLAG_SKETCH: u32 = 4;
 
 /// Value of the rule map: the limit and its live state.
 #[repr(C)]
@@ -140,5 +163,73 @@ pub struct NetRule {
     /// Windows: the counts (compare-and-swap only) and when a packet last passed.
     pub window: WindowState,
     pub last_pass_ns: u64,
+    /// Sketch mode: the rule's cells are `sketch_offset..+width*depth` of the sketch map.
+    pub sketch_offset: u32,
+    pub sketch_width: u32,
+    pub sketch_depth: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<NetRule>() == 64);
+const _: () = assert!(core::mem::size_of::<NetRule>() == 80);
+
+/// Key of the per-source state (exact mode) and of the heavy sources (sketch mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub rule: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; ADDR_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 24);
+
+impl SourceKey {
+    pub const fn new(rule: u32, family: u8, addr: [u8; ADDR_BYTES]) -> Self {
+        Self {
+            rule,
+            family,
+            _pad: [0; 3],
+            addr,
+        }
+    }
+}
+
+/// One source's limit state and counters. In exact mode `state` is the source's bucket `tat`
+/// or [`WindowState`]; for a heavy source of a sketch it is the last estimate (units of the
+/// window, or ns of debt for a bucket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceState {
+    pub state: u64,
+    pub last_pass_ns: u64,
+    pub counters: Counters,
+}
+const _: () = assert!(core::mem::size_of::<SourceState>() == 48);
+
+/// The column of `addr` in row `row` of a sketch `width` wide. Rows hash independently (the
+/// row and the rule seed the hash); the same function places sources in userspace's model.
+#[inline(always)]
+pub const fn sketch_column(rule: u32, row: u32, addr: &[u8; ADDR_BYTES], width: u32) -> u32 {
+    let mut low = 0u64;
+    let mut high = 0u64;
+    let mut i = 0;
+    while i < 8 {
+        low |= (addr[i] as u64) << (8 * i);
+        high |= (addr[i + 8] as u64) << (8 * i);
+        i += 1;
+    }
+    let mut h = (((rule as u64) << 32) | row as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h = mix64(h ^ low);
+    h = mix64(h ^ high);
+    // Multiply-shift maps the top 32 bits onto 0..width without a division.
+    (((h >> 32) * width as u64) >> 32) as u32
+}
+
+/// MurmurHash3's 64-bit finaliser: every input bit affects every output bit.
+#[inline(always)]
+const fn mix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}

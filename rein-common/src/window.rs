@@ -158,6 +158,30 @@ impl WindowState {
     }
 }
 
+impl WindowState {
+    /// A count-min sketch cell raised so that it counts at least `target` at `now` (conservative
+    /// update: a cell above the estimate already over-counts and is left alone). Cells never go
+    /// stale by time: the index tells windows apart.
+    #[inline(always)]
+    pub const fn raise_to(self, kind: WindowKind, now: u64, window_ns: u64, target: u32) -> Self {
+        let window_ns = if window_ns == 0 { 1 } else { window_ns };
+        let index = (now / window_ns) as u16;
+        let (previous, current) = self.view(index, false);
+        let count = self.count(kind, now, now, window_ns);
+        let current = if count < target {
+            current + (target - count)
+        } else {
+            current
+        };
+        let current = if current as u64 > COUNT_MASK {
+            COUNT_MASK as u32
+        } else {
+            current
+        };
+        Self::pack(index, previous, current)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +231,17 @@ mod tests {
         let later = 5 * W + 65_536 * W;
         assert_eq!(s.count(kind, later, 5 * W, W), 0);
         assert_eq!(s.count(kind, 5 * W + 2, 5 * W, W), 100);
+    }
+
+    #[test]
+    fn raising_a_cell_lifts_its_count_to_the_target_only() {
+        let kind = WindowKind::Sliding;
+        let s = pass(WindowState::default(), kind, 5 * W, 0, 80);
+        let now = 6 * W + W / 4;
+        // 60 of the previous window still count; raising to 70 adds 10 to the current one.
+        let raised = s.raise_to(kind, now, W, 70);
+        assert_eq!(raised.count(kind, now, now, W), 70);
+        assert_eq!(raised.raise_to(kind, now, W, 50), raised);
     }
 
     #[test]

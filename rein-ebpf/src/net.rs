@@ -11,12 +11,14 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_loop},
     macros::{classifier, map, xdp},
     maps::{
-        HashMap, PerCpuHashMap,
+        Array, HashMap, LruHashMap, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{TcContext, XdpContext},
@@ -24,8 +26,10 @@ use aya_ebpf::{
 use rein_common::{
     Counters, Direction,
     net::{
-        ALGORITHM_FIXED_WINDOW, ALGORITHM_TOKEN_BUCKET, FLAG_PACKETS, NetRule, PORT_ANY,
-        PROTOCOL_ANY, PairKey, PrefixKey, RuleMatch, SCOPE_BITS, Scope,
+        ALGORITHM_FIXED_WINDOW, ALGORITHM_TOKEN_BUCKET, FLAG_PACKETS, FLAG_PER_SOURCE, FLAG_SKETCH,
+        HOOK_XDP, MAX_HEAVY_SOURCES, MAX_SKETCH_CELLS, MAX_SKETCH_DEPTH, MAX_TRACKED_SOURCES,
+        NetRule, PORT_ANY, PROTOCOL_ANY, PairKey, PrefixKey, RuleMatch, SCOPE_BITS, Scope,
+        SourceKey, SourceState, sketch_column,
     },
     window::{WindowKind, WindowState, WindowVerdict, cost_units},
 };
@@ -64,6 +68,17 @@ static REIN_NET_DESTINATIONS: LpmTrie<PrefixKey, RuleMatch> =
 static REIN_NET_PAIRS: HashMap<PairKey, RuleMatch> =
     HashMap::with_max_entries(MAX_NET_RULES, BPF_F_NO_PREALLOC);
 
+#[map(name = "REIN_NET_PER_SOURCE")]
+static REIN_NET_PER_SOURCE: LruHashMap<SourceKey, SourceState> =
+    LruHashMap::with_max_entries(MAX_TRACKED_SOURCES, 0);
+
+#[map(name = "REIN_NET_SKETCH")]
+static REIN_NET_SKETCH: Array<u64> = Array::with_max_entries(MAX_SKETCH_CELLS, 0);
+
+#[map(name = "REIN_NET_HEAVY")]
+static REIN_NET_HEAVY: LruHashMap<SourceKey, SourceState> =
+    LruHashMap::with_max_entries(MAX_HEAVY_SOURCES, 0);
+
 #[classifier]
 pub fn rein_net_tc_ingress(ctx: TcContext) -> i32 {
     tc_verdict(&ctx, Direction::Ingress)
@@ -86,7 +101,7 @@ pub fn rein_net_xdp(ctx: XdpContext) -> u32 {
         bytes: packet.ip_bytes,
         packets: 1,
     };
-    if admit(&packet, ifindex, Direction::Ingress, amount) {
+    if admit(&packet, ifindex, HOOK_XDP, amount) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -111,7 +126,7 @@ fn tc_verdict(ctx: &TcContext, direction: Direction) -> i32 {
         bytes: ip_len + (segs - 1) * packet.header_bytes,
         packets: segs,
     };
-    if admit(&packet, ifindex, direction, amount) {
+    if admit(&packet, ifindex, direction as u8, amount) {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT
@@ -125,10 +140,11 @@ struct Amount {
     packets: u64,
 }
 
-/// Finds the packet's rule and charges it; true when the packet may pass.
+/// Finds the packet's rule and charges it; true when the packet may pass. `hook` is a
+/// `Direction`, or `HOOK_XDP`.
 #[inline(always)]
-fn admit(packet: &Packet, ifindex: u32, direction: Direction, amount: Amount) -> bool {
-    let Some(found) = best_match(packet, ifindex, direction as u8) else {
+fn admit(packet: &Packet, ifindex: u32, hook: u8, amount: Amount) -> bool {
+    let Some(found) = best_match(packet, ifindex, hook) else {
         return true;
     };
     let Some(rule) = rule(found.rule) else {
@@ -136,7 +152,16 @@ fn admit(packet: &Packet, ifindex: u32, direction: Direction, amount: Amount) ->
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let passed = charge(rule, now, amount);
+    let passed = if rule.flags & FLAG_PER_SOURCE == 0 {
+        charge(rule, now, amount)
+    } else {
+        let key = SourceKey::new(found.rule, packet.family, packet.source);
+        if rule.flags & FLAG_SKETCH == 0 {
+            charge_source(rule, &key, now, amount)
+        } else {
+            charge_sketch(rule, &key, now, amount)
+        }
+    };
     if let Some(counters) = counters(found.rule) {
         if passed {
             atomic::add(&mut counters.passed_packets, amount.packets);
@@ -222,46 +247,69 @@ fn counters(id: u32) -> Option<&'static mut Counters> {
     Some(unsafe { &mut *ptr })
 }
 
-/// Takes the packet from the rule's bucket or window; false when it has no room.
+/// What a packet costs a rule: bytes, or packets with `FLAG_PACKETS`.
 #[inline(always)]
-fn charge(rule: &mut NetRule, now: u64, amount: Amount) -> bool {
-    let quantity = if rule.flags & FLAG_PACKETS != 0 {
+fn quantity(rule: &NetRule, amount: Amount) -> u64 {
+    if rule.flags & FLAG_PACKETS != 0 {
         amount.packets
     } else {
         amount.bytes
-    };
-    if rule.algorithm == ALGORITHM_TOKEN_BUCKET {
-        return charge_bucket(rule, now, quantity);
     }
-    let kind = if rule.algorithm == ALGORITHM_FIXED_WINDOW {
+}
+
+#[inline(always)]
+fn window_kind(rule: &NetRule) -> WindowKind {
+    if rule.algorithm == ALGORITHM_FIXED_WINDOW {
         WindowKind::Fixed
     } else {
         WindowKind::Sliding
-    };
-    charge_window(rule, kind, now, quantity)
+    }
 }
 
+/// Takes the packet from the rule's bucket or window; false when it has no room.
 #[inline(always)]
-fn charge_bucket(rule: &mut NetRule, now: u64, quantity: u64) -> bool {
-    let (cost, burst_ns) = (rule.bucket.cost_ns(quantity), rule.bucket.burst_ns);
-    take::take(&mut rule.bucket, now, cost, burst_ns)
-}
-
-#[inline(always)]
-fn charge_window(rule: &mut NetRule, kind: WindowKind, now: u64, quantity: u64) -> bool {
+fn charge(rule: &mut NetRule, now: u64, amount: Amount) -> bool {
+    let quantity = quantity(rule, amount);
+    if rule.algorithm == ALGORITHM_TOKEN_BUCKET {
+        let (cost, burst_ns) = (rule.bucket.cost_ns(quantity), rule.bucket.burst_ns);
+        return take::take(&mut rule.bucket, now, cost, burst_ns);
+    }
+    let kind = window_kind(rule);
     let cost = cost_units(quantity, rule.unit);
     let (window_ns, capacity) = (rule.window_ns, rule.capacity);
-    let last_pass_ns = atomic::load(&rule.last_pass_ns);
-    let mut state = atomic::load(&rule.window.0);
+    take_window(
+        &mut rule.window.0,
+        &mut rule.last_pass_ns,
+        kind,
+        now,
+        window_ns,
+        capacity,
+        cost,
+    )
+}
+
+/// Takes `cost` units from a window state shared by all CPUs; false when it has no room.
+#[inline(always)]
+fn take_window(
+    field: &mut u64,
+    last_pass: &mut u64,
+    kind: WindowKind,
+    now: u64,
+    window_ns: u64,
+    capacity: u32,
+    cost: u32,
+) -> bool {
+    let last_pass_ns = atomic::load(last_pass);
+    let mut state = atomic::load(field);
     let mut attempt = 0;
     while attempt < 8 {
         match WindowState(state).decide(kind, now, last_pass_ns, window_ns, capacity, cost) {
             WindowVerdict::Refuse => return false,
             WindowVerdict::Pass { state: next } => {
-                match atomic::compare_exchange(&mut rule.window.0, state, next.0) {
+                match atomic::compare_exchange(field, state, next.0) {
                     Ok(()) => {
                         // Only tells a long idle period apart: a racy store is enough.
-                        rule.last_pass_ns = now;
+                        *last_pass = now;
                         return true;
                     }
                     Err(found) => state = found,
@@ -271,6 +319,218 @@ fn charge_window(rule: &mut NetRule, kind: WindowKind, now: u64, quantity: u64) 
         attempt += 1;
     }
     false
+}
+
+/// Exact per-source mode: the source's own bucket or windows, with the rule's parameters.
+#[inline(always)]
+fn charge_source(rule: &NetRule, key: &SourceKey, now: u64, amount: Amount) -> bool {
+    let Some(source) = source_state(&REIN_NET_PER_SOURCE, key) else {
+        // The table refused a new entry: count the packet against nothing rather than drop it.
+        return true;
+    };
+    let quantity = quantity(rule, amount);
+    let passed = if rule.algorithm == ALGORITHM_TOKEN_BUCKET {
+        take::take_tat(
+            &mut source.state,
+            now,
+            rule.bucket.cost_ns(quantity),
+            rule.bucket.burst_ns,
+        )
+    } else {
+        take_window(
+            &mut source.state,
+            &mut source.last_pass_ns,
+            window_kind(rule),
+            now,
+            rule.window_ns,
+            rule.capacity,
+            cost_units(quantity, rule.unit),
+        )
+    };
+    count(source, passed, amount);
+    passed
+}
+
+/// A source's entry in `map`, made (empty: a full bucket, empty windows) if it has none.
+#[inline(always)]
+fn source_state(
+    map: &'static LruHashMap<SourceKey, SourceState>,
+    key: &SourceKey,
+) -> Option<&'static mut SourceState> {
+    if let Some(ptr) = map.get_ptr_mut(key) {
+        // SAFETY: valid for the program's run (RCU); shared fields change through atomics.
+        return Some(unsafe { &mut *ptr });
+    }
+    // BPF_NOEXIST: two CPUs meeting a new source at once keep the first entry.
+    let _ = map.insert(key, &SourceState::default(), 1);
+    let ptr = map.get_ptr_mut(key)?;
+    // SAFETY: as above.
+    Some(unsafe { &mut *ptr })
+}
+
+#[inline(always)]
+fn count(source: &mut SourceState, passed: bool, amount: Amount) {
+    let counters = &mut source.counters;
+    if passed {
+        atomic::add(&mut counters.passed_packets, amount.packets);
+        atomic::add(&mut counters.passed_bytes, amount.bytes);
+    } else {
+        atomic::add(&mut counters.dropped_packets, amount.packets);
+        atomic::add(&mut counters.dropped_bytes, amount.bytes);
+    }
+}
+
+/// Sketch mode: the source's use is estimated as the least of its cells, one per row (a cell
+/// counts every source hashed to it, so each over-counts and the least over-counts least).
+/// A passing packet raises each cell to the new estimate, no further (conservative update).
+/// The rows are walked with `bpf_loop`, whose callback the verifier checks once rather than
+/// once per row and path.
+#[inline(always)]
+fn charge_sketch(rule: &NetRule, key: &SourceKey, now: u64, amount: Amount) -> bool {
+    let quantity = quantity(rule, amount);
+    let bucket = rule.algorithm == ALGORITHM_TOKEN_BUCKET;
+    let depth = if rule.sketch_depth < MAX_SKETCH_DEPTH {
+        rule.sketch_depth
+    } else {
+        MAX_SKETCH_DEPTH
+    };
+    let mut walk = SketchWalk {
+        offset: rule.sketch_offset,
+        width: rule.sketch_width,
+        rule: key.rule,
+        fixed: (rule.algorithm == ALGORITHM_FIXED_WINDOW) as u32,
+        bucket: bucket as u64,
+        now,
+        window_ns: rule.window_ns,
+        addr: key.addr,
+        least: u64::MAX,
+        raised: 0,
+    };
+    // SAFETY: the callbacks read and write only the walk, which outlives the loop.
+    unsafe { bpf_loop(depth, sketch_least as *mut c_void, walk.as_context(), 0) };
+    let least = walk.least;
+    if least == u64::MAX {
+        return true;
+    }
+    // The estimate every cell is raised to, and how heavy the source is: over half its burst
+    // or capacity in use marks it for `list`.
+    let (passed, raised, heavy) = if bucket {
+        let burst_ns = rule.bucket.burst_ns;
+        match rein_common::Bucket::decide(least, now, rule.bucket.cost_ns(quantity), burst_ns) {
+            rein_common::Verdict::Pass { tat } => {
+                (true, tat, tat.saturating_sub(now) > burst_ns / 2)
+            }
+            rein_common::Verdict::Refuse => (false, 0, true),
+        }
+    } else {
+        let target = least + cost_units(quantity, rule.unit) as u64;
+        if target > rule.capacity as u64 {
+            (false, 0, true)
+        } else {
+            (true, target, target > rule.capacity as u64 / 2)
+        }
+    };
+    if passed {
+        walk.raised = raised;
+        // SAFETY: as above.
+        unsafe { bpf_loop(depth, sketch_raise as *mut c_void, walk.as_context(), 0) };
+    }
+    if heavy && let Some(source) = source_state(&REIN_NET_HEAVY, key) {
+        source.state = if bucket {
+            least.saturating_sub(now)
+        } else {
+            least
+        };
+        count(source, passed, amount);
+    }
+    passed
+}
+
+/// What the sketch callbacks need, by value (a callback sees only this).
+#[repr(C)]
+struct SketchWalk {
+    offset: u32,
+    width: u32,
+    rule: u32,
+    fixed: u32,
+    bucket: u64,
+    now: u64,
+    window_ns: u64,
+    addr: [u8; 16],
+    /// Out of `sketch_least`: the least cell (a `tat`, or a window count).
+    least: u64,
+    /// Into `sketch_raise`: what each cell is raised to.
+    raised: u64,
+}
+
+impl SketchWalk {
+    /// The walk as bpf_loop's context, derived afresh for each loop so that the compiler sees
+    /// the loop read what was written before it.
+    #[inline(always)]
+    fn as_context(&mut self) -> *mut c_void {
+        self as *mut SketchWalk as *mut c_void
+    }
+
+    #[inline(always)]
+    fn cell(&self, row: u32) -> Option<*mut u64> {
+        let column = sketch_column(self.rule, row, &self.addr, self.width);
+        REIN_NET_SKETCH.get_ptr_mut(self.offset + row * self.width + column)
+    }
+
+    #[inline(always)]
+    fn kind(&self) -> WindowKind {
+        if self.fixed != 0 {
+            WindowKind::Fixed
+        } else {
+            WindowKind::Sliding
+        }
+    }
+}
+
+extern "C" fn sketch_least(row: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes the walk given to it.
+    let walk = unsafe { &mut *(ctx as *mut SketchWalk) };
+    let Some(cell) = walk.cell(row) else {
+        return 1;
+    };
+    // SAFETY: an array element, valid for the program's run.
+    let cell = atomic::load(unsafe { &*cell });
+    let value = if walk.bucket != 0 {
+        cell
+    } else {
+        WindowState(cell).count(walk.kind(), walk.now, walk.now, walk.window_ns) as u64
+    };
+    if value < walk.least {
+        walk.least = value;
+    }
+    0
+}
+
+/// Raises one cell to the walk's `raised`; one compare-and-swap: a cell another CPU moves
+/// meanwhile under-counts this one packet, which only errs towards passing.
+extern "C" fn sketch_raise(row: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes the walk given to it.
+    let walk = unsafe { &mut *(ctx as *mut SketchWalk) };
+    let Some(cell) = walk.cell(row) else {
+        return 1;
+    };
+    // SAFETY: an array element, valid for the program's run; changed by CAS only.
+    let cell = unsafe { &mut *cell };
+    let value = atomic::load(cell);
+    let next = if walk.bucket != 0 {
+        if value >= walk.raised {
+            return 0;
+        }
+        walk.raised
+    } else {
+        WindowState(value)
+            .raise_to(walk.kind(), walk.now, walk.window_ns, walk.raised as u32)
+            .0
+    };
+    if next != value {
+        let _ = atomic::compare_exchange(cell, value, next);
+    }
+    0
 }
 
 #[cfg(not(test))]

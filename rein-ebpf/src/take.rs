@@ -9,17 +9,21 @@ use crate::atomic;
 /// then refuse, since a bucket contended that hard is full of traffic anyway.
 #[inline(always)]
 pub fn take(bucket: &mut Bucket, now: u64, cost_ns: u64, room_ns: u64) -> bool {
-    let mut tat = atomic::load(&bucket.tat);
+    take_tat(&mut bucket.tat, now, cost_ns, room_ns)
+}
+
+/// [`take`] on a bare `tat`: a bucket whose rate lives elsewhere (one per source).
+#[inline(always)]
+pub fn take_tat(field: &mut u64, now: u64, cost_ns: u64, room_ns: u64) -> bool {
+    let mut tat = atomic::load(field);
     let mut attempt = 0;
     while attempt < 8 {
         match Bucket::decide(tat, now, cost_ns, room_ns) {
             Verdict::Refuse => return false,
-            Verdict::Pass { tat: next } => {
-                match atomic::compare_exchange(&mut bucket.tat, tat, next) {
-                    Ok(()) => return true,
-                    Err(found) => tat = found,
-                }
-            }
+            Verdict::Pass { tat: next } => match atomic::compare_exchange(field, tat, next) {
+                Ok(()) => return true,
+                Err(found) => tat = found,
+            },
         }
         attempt += 1;
     }

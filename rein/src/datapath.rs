@@ -215,29 +215,35 @@ impl Datapath {
         Self::open(instance)
     }
 
-    /// Detaches the programs and removes every pin; missing pieces are fine.
+    /// Detaches the cgroup programs and removes their pins; the interface programs' pins stay.
+    /// Missing pieces are fine.
     pub fn uninstall(instance: &Instance) {
         for hook in Hook::ALL {
             // Removing the last reference to a pinned link detaches its program.
             remove_if_exists(&instance.link_pin(hook.link_name()));
         }
-        let pin_dir = instance.pin_dir();
-        if let Ok(entries) = fs::read_dir(&pin_dir) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    if let Ok(maps) = fs::read_dir(&path) {
-                        for map in maps.flatten() {
-                            remove_if_exists(&map.path());
-                        }
+        for name in [RULES_MAP, COUNTERS_MAP, FLOWS_MAP, RULE_COUNTS_MAP] {
+            remove_if_exists(&instance.maps_dir().join(name));
+        }
+        tidy_pin_dirs(instance);
+    }
+
+    /// Removes every pin of the instance, of every layout and of both datapaths.
+    pub fn remove_all_pins(instance: &Instance) {
+        fn remove_tree(dir: &Path) {
+            if let Ok(entries) = fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        remove_tree(&path);
+                    } else {
+                        remove_if_exists(&path);
                     }
-                    let _ = fs::remove_dir(&path);
-                } else {
-                    remove_if_exists(&path);
                 }
             }
+            let _ = fs::remove_dir(dir);
         }
-        let _ = fs::remove_dir(&pin_dir);
+        remove_tree(&instance.pin_dir());
     }
 
     pub fn rule(&self, key: RuleKey) -> Option<Rule> {
@@ -282,6 +288,31 @@ impl Datapath {
             })
             .unwrap_or_default()
     }
+}
+
+/// Removes the instance's pin directories that nothing is pinned in any more: the maps
+/// directory of this layout, leftovers of older layouts that hold nothing, and the instance's.
+pub(crate) fn tidy_pin_dirs(instance: &Instance) {
+    let current = instance.maps_dir();
+    if let Ok(entries) = fs::read_dir(instance.pin_dir()) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let old_layout = path != current
+                && entry.file_name().to_string_lossy().starts_with("maps-v")
+                && path.is_dir();
+            if old_layout {
+                // Programs of this build never use another layout's maps.
+                if let Ok(maps) = fs::read_dir(&path) {
+                    for map in maps.flatten() {
+                        remove_if_exists(&map.path());
+                    }
+                }
+                let _ = fs::remove_dir(&path);
+            }
+        }
+    }
+    let _ = fs::remove_dir(current);
+    let _ = fs::remove_dir(instance.pin_dir());
 }
 
 /// Loads the embedded object with its maps bound to the instance's pins: existing pins are
@@ -336,7 +367,7 @@ fn attach(ebpf: &mut Ebpf, hook: Hook, root: &fs::File) -> Result<FdLink> {
     link.map_err(|e| bpf_error("cannot pin the link")(&e))
 }
 
-fn verifier_message(error: &ProgramError) -> String {
+pub(crate) fn verifier_message(error: &ProgramError) -> String {
     match error {
         ProgramError::LoadError {
             io_error,
@@ -357,13 +388,13 @@ fn map_full_or(error: MapError, context: &str) -> Error {
     }
 }
 
-fn possible_cpus() -> Result<usize> {
+pub(crate) fn possible_cpus() -> Result<usize> {
     aya::util::nr_cpus()
         .map_err(|(_, e)| e)
         .context(|| "cannot count the CPUs".into())
 }
 
-fn remove_if_exists(path: &Path) {
+pub(crate) fn remove_if_exists(path: &Path) {
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}

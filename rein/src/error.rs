@@ -83,6 +83,39 @@ pub enum Error {
     #[error("failed to load rein's kernel programs: {0}")]
     Load(String),
 
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+
+    #[error("no network device {0:?} in this network namespace")]
+    NoSuchDevice(String),
+
+    #[error(
+        "{device} is not an Ethernet device (link type {link_type}); rein net reads Ethernet \
+         frames"
+    )]
+    NotEthernet { device: String, link_type: u16 },
+
+    #[error("XDP cannot attach to {device}: {reason}")]
+    XdpUnsupported { device: String, reason: String },
+
+    #[error("no rein net rule {0}")]
+    NoSuchNetRule(u32),
+
+    #[error("rule {0} already matches exactly these packets; delete it or change it first")]
+    DuplicateNetRule(u32),
+
+    #[error(
+        "interface index {ifindex} already has rules for a device of another network namespace \
+         (rule {rule}); rein net tells interfaces apart by index"
+    )]
+    IfindexInOtherNetns { ifindex: u32, rule: u32 },
+
+    #[error(
+        "no room for a sketch of {needed} cells: {free} of {total} free in one piece; delete a \
+         sketch rule or choose a smaller sketch"
+    )]
+    SketchFull { needed: u32, free: u32, total: u32 },
+
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -12,6 +12,7 @@ pub mod lock;
 pub mod manager;
 pub mod model;
 pub mod net;
+pub mod net_datapath;
 pub mod run;
 pub mod sharing;
 pub mod state;

@@ -15,6 +15,10 @@ use cli::{
 };
 
 fn main() -> ExitCode {
+    // Printing into a closed pipe (`rein list | head`) ends rein quietly, as it does any
+    // command-line tool, instead of panicking.
+    // SAFETY: setting a signal's disposition to the default before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let low = LowArgs::parse();
     init_logging(low.verbose);
     match execute(low) {
@@ -45,11 +49,32 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
             println!("removed the limit of {}", record.cgroup);
         }
         HiCommand::List { json } => {
-            let views = Rein::open(instance)?.list()?;
+            let rein = Rein::open(instance)?;
+            let (cgroups, net) = (rein.list()?, rein.net_list()?);
+            if json {
+                let both = serde_json::json!({ "cgroups": cgroups, "net": net });
+                println!("{}", serde_json::to_string_pretty(&both).context("json")?);
+            } else {
+                print!("{}", output::list(&cgroups));
+                if !net.is_empty() {
+                    print!("\n{}", output::net_list(&net));
+                }
+            }
+        }
+        HiCommand::NetAdd(spec) => {
+            let record = Rein::open(instance)?.net_add(spec)?;
+            println!("added {}", output::net_rule(&record));
+        }
+        HiCommand::NetDel(id) => {
+            let record = Rein::open(instance)?.net_del(id)?;
+            println!("deleted {}", output::net_rule(&record));
+        }
+        HiCommand::NetList { json } => {
+            let views = Rein::open(instance)?.net_list()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&views).context("json")?);
             } else {
-                print!("{}", output::list(&views));
+                print!("{}", output::net_list(&views));
             }
         }
         HiCommand::Reload => {

@@ -10,6 +10,10 @@ use std::{
 use rein_common::{Counters, Direction, RuleKey, share::epoch_of};
 use serde::Serialize;
 
+mod net_rules;
+
+pub use net_rules::{NetRuleView, SourceView};
+
 use crate::{
     cgroup::{Cgroup, CgroupFs},
     clock::{Clock, MonotonicClock},
@@ -18,6 +22,7 @@ use crate::{
     instance::Instance,
     limit::{Limit, default_burst},
     lock::InstanceLock,
+    net_datapath::NetDatapath,
     state::{LimitSpec, Origin, RuleRecord, State},
     sys,
     undo::Undo,
@@ -359,18 +364,25 @@ impl Rein {
         Ok(())
     }
 
-    /// Saves the state, or, when no rule is left, removes every trace of the instance.
+    /// Saves the state; what no rule needs any more goes: the cgroup programs after the last
+    /// cgroup limit, the interface programs' maps after the last `rein net` rule, and every
+    /// trace of the instance after both.
     fn save_or_tidy(&self, state: &State) -> Result<()> {
-        if !state.rules.is_empty() {
-            return state.save(&self.state_path());
+        if state.rules.is_empty() {
+            Datapath::uninstall(&self.instance);
+            let subtree = self.cgroups.root().child(self.instance.cgroup_subtree());
+            if subtree.exists() && subtree.processes_recursive().is_empty() {
+                let _ = remove_tree(&subtree);
+            }
         }
-        Datapath::uninstall(&self.instance);
-        let subtree = self.cgroups.root().child(self.instance.cgroup_subtree());
-        if subtree.exists() && subtree.processes_recursive().is_empty() {
-            let _ = remove_tree(&subtree);
+        if state.net.is_empty() {
+            NetDatapath::uninstall(&self.instance);
         }
-        remove_state_dir(&self.instance.state_dir());
-        Ok(())
+        if state.is_empty() {
+            remove_state_dir(&self.instance.state_dir());
+            return Ok(());
+        }
+        state.save(&self.state_path())
     }
 
     /// Creates the cgroup of a `rein run` and its rule.
@@ -478,10 +490,17 @@ impl Rein {
     /// lack (a build with a new map layout starts with empty maps) are written again from the
     /// state file.
     pub fn reload(&mut self) -> Result<usize> {
-        let mut datapath = Datapath::reload(&self.instance)?;
         let state = self.load_state()?;
+        let net_links = NetDatapath::reload(&self.instance)?;
+        let mut restored = self.restore_net_rules(&state)?;
+        if !Datapath::is_installed(&self.instance) {
+            if net_links == 0 {
+                return Err(Error::NotInstalled);
+            }
+            return Ok(restored);
+        }
+        let mut datapath = Datapath::reload(&self.instance)?;
         let now = self.clock.now_ns();
-        let mut restored = 0;
         for record in &state.rules {
             for direction in DIRECTIONS {
                 let key = RuleKey::new(record.cgroup_id, direction);
@@ -502,7 +521,7 @@ impl Rein {
         let mut report = PurgeReport::default();
         // A corrupt state file must not stop a purge.
         let state = self.load_state().unwrap_or_default();
-        report.rules = state.rules.len();
+        report.rules = state.rules.len() + state.net.len();
         for record in &state.rules {
             if let Origin::Pid { home, .. } = &record.origin
                 && let (Ok(cgroup), Ok(home)) =
@@ -515,7 +534,7 @@ impl Rein {
             }
         }
         report.datapath = self.instance.pin_dir().exists();
-        Datapath::uninstall(&self.instance);
+        Datapath::remove_all_pins(&self.instance);
         let subtree = self.cgroups.root().child(self.instance.cgroup_subtree());
         if subtree.exists() {
             let root = self.cgroups.root();
@@ -570,7 +589,10 @@ impl Drop for Rein {
     /// A command on an instance that holds nothing (`list` on a clean machine) leaves no state
     /// directory behind: the lock file it made goes with it.
     fn drop(&mut self) {
-        if !self.state_path().exists() && !Datapath::is_installed(&self.instance) {
+        if !self.state_path().exists()
+            && !Datapath::is_installed(&self.instance)
+            && !NetDatapath::is_installed(&self.instance)
+        {
             remove_state_dir(&self.instance.state_dir());
         }
     }

@@ -10,11 +10,13 @@ use rein_common::{
     Bucket, Direction,
     net::{
         ADDR_BYTES, ALGORITHM_FIXED_WINDOW, ALGORITHM_SLIDING_WINDOW, ALGORITHM_TOKEN_BUCKET,
-        FAMILY_IPV4, FAMILY_IPV6, FLAG_PACKETS, NetRule, PORT_ANY, PROTOCOL_ANY, PairKey,
-        PrefixKey, SCOPE_BITS, Scope, specificity,
+        FAMILY_IPV4, FAMILY_IPV6, FLAG_PACKETS, FLAG_PER_SOURCE, FLAG_SKETCH, HOOK_XDP,
+        MAX_SKETCH_CELLS, MAX_SKETCH_DEPTH, NetRule, PORT_ANY, PROTOCOL_ANY, PairKey, PrefixKey,
+        SCOPE_BITS, Scope, specificity,
     },
     window::{MAX_WINDOW_UNITS, WindowState, unit_for},
 };
+use serde::{Deserialize, Serialize};
 
 use crate::limit::{full_bucket, ns_per_unit};
 
@@ -46,6 +48,18 @@ pub enum NetError {
     NoCapacity,
     #[error("a capacity of {capacity} packets per window is more than {max}")]
     TooManyPackets { capacity: u64, max: u32 },
+    #[error("{0:?} is not a sketch size: write WIDTHxDEPTH, e.g. 4096x4")]
+    NotASketchSize(String),
+    #[error(
+        "a sketch of {width}x{depth} is out of range: width 64 to {max_cells}, depth 1 to \
+         {max_depth}, at most {max_cells} cells"
+    )]
+    SketchOutOfRange {
+        width: u64,
+        depth: u64,
+        max_depth: u32,
+        max_cells: u32,
+    },
 }
 
 /// An address prefix whose host bits are zero: `10.0.0.0/8`, `2001:db8::/32`, or a single
@@ -152,14 +166,164 @@ impl fmt::Display for Cidr {
     }
 }
 
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where on an interface a rule applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetHook {
+    /// tc clsact ingress (tcx).
+    TcIngress,
+    /// tc clsact egress (tcx).
+    TcEgress,
+    /// XDP, for ingress: before the kernel allocates anything for the packet.
+    Xdp,
+}
+
+impl NetHook {
+    pub const ALL: [NetHook; 3] = [NetHook::TcIngress, NetHook::TcEgress, NetHook::Xdp];
+
+    /// `Scope::direction` of the hook's rules.
+    pub fn scope_code(self) -> u8 {
+        match self {
+            Self::TcIngress => Direction::Ingress as u8,
+            Self::TcEgress => Direction::Egress as u8,
+            Self::Xdp => HOOK_XDP,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TcIngress => "tc-ingress",
+            Self::TcEgress => "tc-egress",
+            Self::Xdp => "xdp",
+        }
+    }
+
+    /// The direction of the traffic the hook sees.
+    pub fn direction(self) -> Direction {
+        match self {
+            Self::TcEgress => Direction::Egress,
+            Self::TcIngress | Self::Xdp => Direction::Ingress,
+        }
+    }
+}
+
+/// Whose traffic a rule's bucket (or window) counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Sources {
+    /// All matching traffic together.
+    Shared,
+    /// Each source address on its own, exactly (a table of the most recent sources).
+    Exact,
+    /// Each source address, estimated in a count-min sketch of bounded size.
+    Sketch { size: SketchSize },
+}
+
+/// A count-min sketch's width (cells per row) and depth (rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SketchSize {
+    width: u32,
+    depth: u32,
+}
+
+impl SketchSize {
+    pub const MIN_WIDTH: u32 = 64;
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    pub fn cells(&self) -> u32 {
+        self.width * self.depth
+    }
+
+    /// Kernel memory of the sketch's cells: 8 bytes each.
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.cells()) * 8
+    }
+}
+
+impl FromStr for SketchSize {
+    type Err = NetError;
+
+    fn from_str(input: &str) -> Result<Self, NetError> {
+        let bad = || NetError::NotASketchSize(input.to_owned());
+        let (width, depth) = input.split_once(['x', 'X']).ok_or_else(bad)?;
+        let width: u64 = width.trim().parse().map_err(|_| bad())?;
+        let depth: u64 = depth.trim().parse().map_err(|_| bad())?;
+        let fits = (u64::from(Self::MIN_WIDTH)..=u64::from(MAX_SKETCH_CELLS)).contains(&width)
+            && (1..=u64::from(MAX_SKETCH_DEPTH)).contains(&depth)
+            && width * depth <= u64::from(MAX_SKETCH_CELLS);
+        if !fits {
+            return Err(NetError::SketchOutOfRange {
+                width,
+                depth,
+                max_depth: MAX_SKETCH_DEPTH,
+                max_cells: MAX_SKETCH_CELLS,
+            });
+        }
+        // In range by the check above.
+        Ok(Self {
+            width: width as u32,
+            depth: depth as u32,
+        })
+    }
+}
+
+impl fmt::Display for SketchSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.width, self.depth)
+    }
+}
+
+impl Serialize for SketchSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SketchSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// IP protocols a rule may name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
 }
 
 impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+
     fn number(self) -> u8 {
         match self {
             Self::Tcp => rein_common::net::PROTOCOL_TCP,
@@ -173,7 +337,7 @@ impl Protocol {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NetMatch {
     ifindex: u32,
-    direction: Direction,
+    hook: NetHook,
     addresses: Addresses,
     protocol: Option<Protocol>,
     port: Option<u16>,
@@ -204,7 +368,7 @@ impl NetMatch {
     /// (see [`NetMatch::families`]).
     pub fn new(
         ifindex: u32,
-        direction: Direction,
+        hook: NetHook,
         source: Option<Cidr>,
         destination: Option<Cidr>,
         protocol: Option<Protocol>,
@@ -229,7 +393,7 @@ impl NetMatch {
         };
         Ok(Self {
             ifindex,
-            direction,
+            hook,
             addresses,
             protocol,
             // Port 0 is "any" to the kernel.
@@ -257,7 +421,7 @@ impl NetMatch {
     pub fn placement(&self, family: u8) -> (Placement, u32) {
         let scope = Scope::new(
             self.ifindex,
-            self.direction as u8,
+            self.hook.scope_code(),
             family,
             self.protocol.map_or(PROTOCOL_ANY, Protocol::number),
             self.port.unwrap_or(PORT_ANY),
@@ -310,14 +474,16 @@ impl NetMatch {
 }
 
 /// What a rule counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Per {
     Bytes,
     Packets,
 }
 
 /// How a rule limits what it matches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "algorithm", rename_all = "kebab-case")]
 pub enum NetLimit {
     /// `rate` bytes (or packets) per second with a burst of `burst`.
     TokenBucket { per: Per, rate: u64, burst: u64 },
@@ -394,6 +560,10 @@ impl NetLimit {
             unit: 1,
             window: WindowState::default(),
             last_pass_ns: 0,
+            sketch_offset: 0,
+            sketch_width: 0,
+            sketch_depth: 0,
+            _pad: 0,
         };
         match *self {
             Self::TokenBucket { per, rate, burst } => NetRule {
@@ -433,6 +603,61 @@ impl NetLimit {
     }
 }
 
+/// A `rein net` rule as the operator gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRuleSpec {
+    pub device: String,
+    pub hook: NetHook,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Cidr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Cidr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub limit: NetLimit,
+    pub sources: Sources,
+}
+
+impl NetRuleSpec {
+    /// The rule's match on interface `ifindex`, checked.
+    pub fn matching(&self, ifindex: u32) -> Result<NetMatch, NetError> {
+        NetMatch::new(
+            ifindex,
+            self.hook,
+            self.source,
+            self.destination,
+            self.protocol,
+            self.port,
+        )
+    }
+
+    /// The kernel's rule, fresh at `now_ns`.
+    pub fn rule(&self, now_ns: u64, sketch_offset: u32) -> NetRule {
+        let mut rule = self.limit.rule(now_ns);
+        self.sources.apply(&mut rule, sketch_offset);
+        rule
+    }
+}
+
+impl Sources {
+    /// Sets the rule's per-source mode; a sketch's cells start at `sketch_offset` of the
+    /// sketch map.
+    pub fn apply(&self, rule: &mut NetRule, sketch_offset: u32) {
+        match *self {
+            Self::Shared => {}
+            Self::Exact => rule.flags |= FLAG_PER_SOURCE,
+            Self::Sketch { size } => {
+                rule.flags |= FLAG_PER_SOURCE | FLAG_SKETCH;
+                rule.sketch_offset = sketch_offset;
+                rule.sketch_width = size.width;
+                rule.sketch_depth = size.depth;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,7 +686,7 @@ mod tests {
     #[test]
     fn a_pair_needs_two_addresses_of_one_family() {
         let net = |s: &str| Some(s.parse::<Cidr>().unwrap());
-        let new = |src, dst| NetMatch::new(1, Direction::Ingress, src, dst, None, None);
+        let new = |src, dst| NetMatch::new(1, NetHook::TcIngress, src, dst, None, None);
         assert_eq!(
             new(net("10.0.0.0/8"), net("10.0.0.1")),
             Err(NetError::PairOfPrefixes)
@@ -478,7 +703,7 @@ mod tests {
         let rank = |src: Option<&str>, dst: Option<&str>, proto, port| {
             let m = NetMatch::new(
                 1,
-                Direction::Ingress,
+                NetHook::TcIngress,
                 src.map(|s| s.parse().unwrap()),
                 dst.map(|s| s.parse().unwrap()),
                 proto,
@@ -512,5 +737,21 @@ mod tests {
         let rule = big.rule(0);
         assert_eq!((rule.unit, rule.capacity), (256, 1 << 22));
         assert_eq!(rule.algorithm, ALGORITHM_SLIDING_WINDOW);
+    }
+
+    #[test]
+    fn sketch_sizes_parse_within_bounds() {
+        let size: SketchSize = "4096x4".parse().unwrap();
+        assert_eq!((size.cells(), size.memory_bytes()), (16_384, 131_072));
+        assert!(matches!(
+            "4096".parse::<SketchSize>(),
+            Err(NetError::NotASketchSize(_))
+        ));
+        assert!(matches!(
+            "4096x9".parse::<SketchSize>(),
+            Err(NetError::SketchOutOfRange { .. })
+        ));
+        assert!("32x2".parse::<SketchSize>().is_err());
+        assert!("1048576x2".parse::<SketchSize>().is_err());
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, IoContext, Result},
+    net::NetRuleSpec,
     units::{Rate, Size},
 };
 
@@ -20,6 +21,23 @@ const STATE_VERSION: u32 = 1;
 pub struct State {
     pub version: u32,
     pub rules: Vec<RuleRecord>,
+    /// `rein net` rules (absent from files written before they existed).
+    #[serde(default)]
+    pub net: Vec<NetRuleRecord>,
+}
+
+/// One `rein net` rule: what the operator asked, and where it went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRuleRecord {
+    pub id: u32,
+    #[serde(flatten)]
+    pub spec: NetRuleSpec,
+    pub ifindex: u32,
+    /// The network namespace of the device (inode of its nsfs file).
+    pub netns: u64,
+    /// Sketch rules: the first of their cells in the sketch map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sketch_offset: Option<u32>,
 }
 
 /// One limited cgroup.
@@ -60,7 +78,7 @@ impl State {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 return Ok(Self {
                     version: STATE_VERSION,
-                    rules: Vec::new(),
+                    ..Self::default()
                 });
             }
             Err(error) => {
@@ -113,6 +131,20 @@ impl State {
     pub fn remove(&mut self, cgroup_id: u64) -> Option<RuleRecord> {
         let index = self.rules.iter().position(|r| r.cgroup_id == cgroup_id)?;
         Some(self.rules.remove(index))
+    }
+
+    /// Whether the instance holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.net.is_empty()
+    }
+
+    pub fn net_rule(&self, id: u32) -> Option<&NetRuleRecord> {
+        self.net.iter().find(|r| r.id == id)
+    }
+
+    /// An id no rule has: one more than the largest.
+    pub fn next_net_id(&self) -> u32 {
+        self.net.iter().map(|r| r.id).max().unwrap_or(0) + 1
     }
 
     /// Inserts or replaces the record of `record.cgroup_id`.

@@ -74,3 +74,53 @@ fn bpf(command: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i32> {
 pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// A network device of the calling thread's network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub ifindex: u32,
+    /// ARPHRD_* link type: 1 for Ethernet, 772 for loopback.
+    pub link_type: u16,
+}
+
+pub const ARPHRD_ETHER: u16 = 1;
+pub const ARPHRD_LOOPBACK: u16 = 772;
+
+/// Looks a device up by name in the current network namespace (not through /sys, which shows
+/// the namespace it was mounted in).
+pub fn device(name: &str) -> io::Result<Option<Device>> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Ok(None);
+    }
+    let c_name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if ifindex == 0 {
+        return Ok(None);
+    }
+    // SAFETY: a plain socket, closed by OwnedFd.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    // SAFETY: ifreq is plain data; the name fits (checked above) and stays NUL-terminated.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills the ifreq we own.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut request) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFHWADDR wrote the hardware address member of the union.
+    let link_type = unsafe { request.ifr_ifru.ifru_hwaddr.sa_family };
+    Ok(Some(Device { ifindex, link_type }))
+}
+
+/// The inode of the calling thread's network namespace: tells namespaces apart.
+pub fn netns_id() -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
+}

@@ -219,6 +219,86 @@ impl fmt::Display for Size {
     }
 }
 
+/// A length of time, from 1 ms to 1 hour: `100ms`, `1s`, `2.5s`, `1m`, `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct Period(u64);
+
+impl Period {
+    pub const MIN_NS: u64 = 1_000_000;
+    pub const MAX_NS: u64 = 3_600_000_000_000;
+    pub const SECOND: Period = Period(1_000_000_000);
+
+    pub const fn nanos(self) -> u64 {
+        self.0
+    }
+}
+
+impl TryFrom<u64> for Period {
+    type Error = UnitError;
+    fn try_from(ns: u64) -> Result<Self, UnitError> {
+        bounded(ns, Self::MIN_NS, Self::MAX_NS, &ns.to_string(), |v| {
+            Period(v).to_string()
+        })
+        .map(Period)
+    }
+}
+
+impl From<Period> for u64 {
+    fn from(period: Period) -> u64 {
+        period.0
+    }
+}
+
+const PERIOD_UNITS: &str = "us, ms, s, m, h (a bare number is not accepted: give a unit)";
+
+impl FromStr for Period {
+    type Err = UnitError;
+    fn from_str(input: &str) -> Result<Self, UnitError> {
+        let (value, unit) = split_number(input)?;
+        let ns_per_unit = match unit.to_ascii_lowercase().as_str() {
+            "us" | "usec" => 1e3,
+            "ms" | "msec" => 1e6,
+            "s" | "sec" => 1e9,
+            "m" | "min" => 60e9,
+            "h" | "hour" => 3600e9,
+            _ => {
+                return Err(UnitError::UnknownUnit {
+                    input: input.to_owned(),
+                    unit: unit.to_owned(),
+                    expected: PERIOD_UNITS,
+                });
+            }
+        };
+        to_bounded_integer(
+            value * ns_per_unit,
+            input,
+            Self::MIN_NS,
+            Self::MAX_NS,
+            |v| Period(v).to_string(),
+        )
+        .map(Period)
+    }
+}
+
+impl fmt::Display for Period {
+    /// `100ms`, `1s`, `90s`: the shortest exact spelling.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, scale) in [
+            ("h", 3_600_000_000_000u64),
+            ("m", 60_000_000_000),
+            ("s", 1_000_000_000),
+            ("ms", 1_000_000),
+            ("us", 1_000),
+        ] {
+            if self.0 >= scale && self.0.is_multiple_of(scale) {
+                return write!(f, "{}{unit}", self.0 / scale);
+            }
+        }
+        write!(f, "{}ns", self.0)
+    }
+}
+
 /// Splits `12.5mbit` into `(12.5, "mbit")`.
 fn split_number(input: &str) -> Result<(f64, &str), UnitError> {
     let trimmed = input.trim();
@@ -282,6 +362,25 @@ fn bounded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periods_need_a_unit_and_stay_in_bounds() {
+        assert_eq!("100ms".parse::<Period>().unwrap().nanos(), 100_000_000);
+        assert_eq!("1.5s".parse::<Period>().unwrap().to_string(), "1500ms");
+        assert_eq!("1m".parse::<Period>().unwrap().to_string(), "1m");
+        assert!(matches!(
+            "5".parse::<Period>(),
+            Err(UnitError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            "0s".parse::<Period>(),
+            Err(UnitError::NotPositive(_))
+        ));
+        assert!(matches!(
+            "2h".parse::<Period>(),
+            Err(UnitError::OutOfRange { .. })
+        ));
+    }
 
     fn rate(s: &str) -> u64 {
         s.parse::<Rate>().unwrap().bits_per_second()

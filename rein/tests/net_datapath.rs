@@ -9,21 +9,17 @@ use std::net::IpAddr;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use rein::{
     datapath,
-    model::{FixedWindowModel, Xorshift},
-    net::{Cidr, NetLimit, NetMatch, Per, Placement, Protocol},
+    model::{CountMinModel, FixedWindowModel, Xorshift},
+    net::{Cidr, NetHook, NetLimit, NetMatch, Per, Protocol, SketchSize, Sources},
+    net_datapath::NetDatapath,
 };
 use rein_common::{
     Counters, Direction,
-    net::{
-        NET_COUNTERS_MAP, NET_DESTINATIONS_MAP, NET_PAIRS_MAP, NET_RULES_MAP, NET_SOURCES_MAP,
-        NET_TC_EGRESS_PROGRAM, NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM, NetRule, PairKey,
-        PrefixKey, RuleMatch,
-    },
+    net::{NET_TC_EGRESS_PROGRAM, NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM},
 };
 
 /// BPF_PROG_TEST_RUN runs tc programs on the loopback device.
@@ -39,6 +35,7 @@ const HOUR_NS: u64 = 3_600_000_000_000;
 
 struct Loaded {
     ebpf: Ebpf,
+    maps: NetDatapath,
 }
 
 impl Loaded {
@@ -56,55 +53,31 @@ impl Loaded {
             .try_into()
             .unwrap();
         xdp.load().expect("the verifier accepts the XDP program");
-        Self { ebpf }
+        let maps = NetDatapath::from_ebpf(&mut ebpf).unwrap();
+        Self { ebpf, maps }
     }
 
-    /// Installs rule `id`: its entries in the lookup maps, the rule, zero counters.
+    /// Installs rule `id` as `rein net add` does.
     fn add(&mut self, id: u32, matching: NetMatch, limit: NetLimit) {
-        for &family in matching.families() {
-            let (placement, specificity) = matching.placement(family);
-            let found = RuleMatch {
-                rule: id,
-                specificity,
-            };
-            match placement {
-                Placement::Source(key, bits) => {
-                    let mut trie: LpmTrie<_, PrefixKey, RuleMatch> =
-                        LpmTrie::try_from(self.ebpf.map_mut(NET_SOURCES_MAP).unwrap()).unwrap();
-                    trie.insert(&Key::new(bits, key), found, 0).unwrap();
-                }
-                Placement::Destination(key, bits) => {
-                    let mut trie: LpmTrie<_, PrefixKey, RuleMatch> =
-                        LpmTrie::try_from(self.ebpf.map_mut(NET_DESTINATIONS_MAP).unwrap())
-                            .unwrap();
-                    trie.insert(&Key::new(bits, key), found, 0).unwrap();
-                }
-                Placement::Pair(key) => {
-                    let mut pairs: HashMap<_, PairKey, RuleMatch> =
-                        HashMap::try_from(self.ebpf.map_mut(NET_PAIRS_MAP).unwrap()).unwrap();
-                    pairs.insert(key, found, 0).unwrap();
-                }
-            }
-        }
+        self.add_sourced(id, matching, limit, Sources::Shared, 0);
+    }
+
+    fn add_sourced(
+        &mut self,
+        id: u32,
+        matching: NetMatch,
+        limit: NetLimit,
+        sources: Sources,
+        sketch_offset: u32,
+    ) {
         let now = rein::clock::Clock::now_ns(&rein::clock::MonotonicClock);
-        let mut rules: HashMap<_, u32, NetRule> =
-            HashMap::try_from(self.ebpf.map_mut(NET_RULES_MAP).unwrap()).unwrap();
-        rules.insert(id, limit.rule(now), 0).unwrap();
-        let cpus = aya::util::nr_cpus().unwrap();
-        let mut counters: PerCpuHashMap<_, u32, Counters> =
-            PerCpuHashMap::try_from(self.ebpf.map_mut(NET_COUNTERS_MAP).unwrap()).unwrap();
-        let zero = PerCpuValues::try_from(vec![Counters::default(); cpus]).unwrap();
-        counters.insert(id, zero, 0).unwrap();
+        let mut rule = limit.rule(now);
+        sources.apply(&mut rule, sketch_offset);
+        self.maps.put(id, &matching, rule).unwrap();
     }
 
     fn counters(&self, id: u32) -> Counters {
-        let counters: PerCpuHashMap<_, u32, Counters> =
-            PerCpuHashMap::try_from(self.ebpf.map(NET_COUNTERS_MAP).unwrap()).unwrap();
-        counters
-            .get(&id, 0)
-            .unwrap()
-            .iter()
-            .fold(Counters::default(), |a, c| a.plus(*c))
+        self.maps.counters(id)
     }
 
     fn tc(&self, direction: Direction, frame: &Frame) -> u32 {
@@ -230,16 +203,18 @@ fn matching(
     proto: Option<Protocol>,
     port: Option<u16>,
 ) -> NetMatch {
+    matching_at(NetHook::TcIngress, src, dst, proto, port)
+}
+
+fn matching_at(
+    hook: NetHook,
+    src: Option<&str>,
+    dst: Option<&str>,
+    proto: Option<Protocol>,
+    port: Option<u16>,
+) -> NetMatch {
     let cidr = |s: &str| s.parse::<Cidr>().unwrap();
-    NetMatch::new(
-        LOOPBACK,
-        Direction::Ingress,
-        src.map(cidr),
-        dst.map(cidr),
-        proto,
-        port,
-    )
-    .unwrap()
+    NetMatch::new(LOOPBACK, hook, src.map(cidr), dst.map(cidr), proto, port).unwrap()
 }
 
 fn window(sliding: bool, per: Per, capacity: u64) -> NetLimit {
@@ -422,7 +397,7 @@ fn xdp_limits_like_tc_ingress() {
     let mut loaded = Loaded::new();
     loaded.add(
         1,
-        matching(None, None, Some(Protocol::Udp), None),
+        matching_at(NetHook::Xdp, None, None, Some(Protocol::Udp), None),
         window(false, Per::Packets, 3),
     );
     let frame = packet("198.19.0.9", "198.18.0.2", 17, 5000, 200).frame();
@@ -433,4 +408,139 @@ fn xdp_limits_like_tc_ingress() {
         loaded.xdp(&packet("198.19.0.9", "198.18.0.2", 6, 5000, 200).frame()),
         XDP_PASS
     );
+}
+
+#[test]
+fn xdp_rules_and_tc_ingress_rules_are_apart() {
+    let mut loaded = Loaded::new();
+    // The same match at both hooks, one packet each: a packet is charged by its hook's rule.
+    for (id, hook) in [(1, NetHook::Xdp), (2, NetHook::TcIngress)] {
+        loaded.add(
+            id,
+            matching_at(hook, None, Some("198.18.0.2"), None, None),
+            window(false, Per::Packets, 1),
+        );
+    }
+    let frame = packet("198.19.0.9", "198.18.0.2", 17, 53, 100).frame();
+    assert_eq!(loaded.xdp(&frame), XDP_PASS);
+    assert!(loaded.passes(&frame));
+    assert_eq!(loaded.xdp(&frame), XDP_DROP);
+    assert!(!loaded.passes(&frame));
+    assert_eq!(loaded.counters(1).passed_packets, 1);
+    assert_eq!(loaded.counters(2).passed_packets, 1);
+}
+
+#[test]
+fn each_source_gets_its_own_window() {
+    let mut loaded = Loaded::new();
+    loaded.add_sourced(
+        4,
+        matching(None, Some("2001:db8::/64"), None, None),
+        window(false, Per::Packets, 3),
+        Sources::Exact,
+        0,
+    );
+    let sources = ["2001:db8:1::1", "2001:db8:1::2", "2001:db8:2::7"];
+    for (n, source) in sources.iter().enumerate() {
+        let frame = packet(source, "2001:db8::80", 6, 443, 120).frame();
+        // Source n sends 3 + n packets: 3 pass, n are dropped.
+        let verdicts: Vec<bool> = (0..3 + n).map(|_| loaded.passes(&frame)).collect();
+        assert_eq!(verdicts.iter().filter(|&&v| v).count(), 3, "{source}");
+        assert!(verdicts[..3].iter().all(|&v| v), "{source}: {verdicts:?}");
+    }
+    let counters = loaded.counters(4);
+    assert_eq!((counters.passed_packets, counters.dropped_packets), (9, 3));
+    let top = loaded.maps.top_sources(4, false, 5);
+    assert_eq!(top.len(), 3);
+    // The source that sent most (dropped included) comes first.
+    assert_eq!(
+        std::net::Ipv6Addr::from(top[0].key.addr),
+        "2001:db8:2::7".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+    assert_eq!(top[0].state.counters.dropped_packets, 2);
+}
+
+/// The source address of client `n` in 2001:db8:100::/48.
+fn client(n: u64) -> String {
+    format!("2001:db8:100::{:x}:{:x}", n >> 16, n & 0xffff)
+}
+
+fn address_bytes(text: &str) -> [u8; 16] {
+    text.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+#[test]
+fn a_sketch_passes_exactly_what_the_count_min_model_passes() {
+    let mut loaded = Loaded::new();
+    // Deliberately small (64 x 2), so that sources collide and the sketch over-counts; the
+    // kernel must over-count exactly as the model does.
+    let size: SketchSize = "64x2".parse().unwrap();
+    let capacity = 40;
+    loaded.add_sourced(
+        9,
+        matching(None, Some("2001:db8::/32"), None, None),
+        window(false, Per::Packets, capacity),
+        Sources::Sketch { size },
+        128,
+    );
+    let mut model = CountMinModel::new(9, size.width(), size.depth());
+    let mut exact = std::collections::HashMap::<u64, u64>::new();
+    let mut random = Xorshift(0x0dd_ba11);
+    let (mut refused, mut refused_below_capacity) = (0, 0);
+    for _ in 0..3000 {
+        // 150 sources; source n is n+1 times as likely as source 0 to send.
+        let n = (random.next_u64() % 11_325) as f64;
+        let source = ((((8.0 * n + 1.0).sqrt() - 1.0) / 2.0) as u64).min(149);
+        let address = client(source);
+        let frame = packet(&address, "2001:db8::80", 17, 53, 100).frame();
+        let expected = model.offer(&address_bytes(&address), 1, capacity);
+        assert_eq!(loaded.passes(&frame), expected, "source {source}");
+        let sent = exact.entry(source).or_default();
+        if expected {
+            *sent += 1;
+        } else {
+            refused += 1;
+            refused_below_capacity += u32::from(*sent < capacity);
+        }
+    }
+    // The test means something: sources were limited, and collisions limited some early.
+    assert!(refused > 100, "{refused} refused");
+    assert!(refused_below_capacity > 0);
+    // Heavy sources are remembered for `list`.
+    assert!(!loaded.maps.top_sources(9, true, 5).is_empty());
+}
+
+#[test]
+fn a_sketch_bucket_stops_a_heavy_source_and_leaves_light_ones_alone() {
+    let mut loaded = Loaded::new();
+    let limit = NetLimit::TokenBucket {
+        per: Per::Packets,
+        rate: 1,
+        burst: 20,
+    };
+    loaded.add_sourced(
+        2,
+        matching(None, None, Some(Protocol::Udp), None),
+        limit,
+        Sources::Sketch {
+            size: "4096x4".parse().unwrap(),
+        },
+        0,
+    );
+    let heavy = packet("198.18.7.7", "198.18.0.2", 17, 53, 100).frame();
+    let passed = (0..100).filter(|_| loaded.passes(&heavy)).count();
+    assert_eq!(passed, 20, "the burst, then nothing at 1 packet/s");
+    for n in 0..200 {
+        let light = packet(
+            &format!("198.19.{}.{}", n / 250, n % 250 + 1),
+            "198.18.0.2",
+            17,
+            53,
+            100,
+        );
+        assert!(loaded.passes(&light.frame()), "light source {n}");
+    }
+    let top = loaded.maps.top_sources(2, true, 5);
+    assert_eq!(&top[0].key.addr[..4], &[198, 18, 7, 7]);
+    assert_eq!(top[0].state.counters.dropped_packets, 80);
 }

@@ -1,9 +1,19 @@
 //! The command line resolved into typed requests: every value parsed, every combination checked.
 use std::ffi::OsString;
 
-use rein::{LimitChange, Target, units::UnitError};
+use rein::{
+    LimitChange, Target,
+    limit::default_burst,
+    net::{Cidr, NetError, NetHook, NetLimit, NetRuleSpec, Per, Protocol, SketchSize, Sources},
+    units::{Period, Rate, Size, UnitError},
+};
 
-use super::lowargs::{LowArgs, LowCommand, LowLimits, LowTarget};
+use super::lowargs::{LowArgs, LowCommand, LowLimits, LowNetAdd, LowNetCommand, LowTarget};
+
+/// Default burst of a packet-rate bucket: 10 ms at the rate, at least 16 packets.
+const MIN_DEFAULT_BURST_PACKETS: u64 = 16;
+/// Largest packet rate: far beyond what one host's XDP path drops.
+const MAX_PPS: u64 = 1_000_000_000;
 
 #[derive(Debug)]
 pub enum HiCommand {
@@ -26,10 +36,31 @@ pub enum HiCommand {
     Doctor {
         json: bool,
     },
+    NetAdd(NetRuleSpec),
+    NetDel(u32),
+    NetList {
+        json: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArgError {
+    #[error("--{flag}: {source}")]
+    Net {
+        flag: &'static str,
+        #[source]
+        source: NetError,
+    },
+    #[error("--{flag}: {value:?} is not {expected}")]
+    Bad {
+        flag: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("{0}")]
+    Rule(NetError),
     #[error("--{flag}: {source}")]
     Unit {
         flag: &'static str,
@@ -55,7 +86,183 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
         LowCommand::Reload => HiCommand::Reload,
         LowCommand::Purge => HiCommand::Purge,
         LowCommand::Doctor { json } => HiCommand::Doctor { json },
+        LowCommand::Net { command } => match command {
+            LowNetCommand::Add(add) => HiCommand::NetAdd(net_rule(&add)?),
+            LowNetCommand::Del { id } => {
+                HiCommand::NetDel(id.trim().parse::<u32>().ok().filter(|&id| id > 0).ok_or(
+                    ArgError::Bad {
+                        flag: "id",
+                        value: id,
+                        expected: "a rule id (see rein net list)",
+                    },
+                )?)
+            }
+            LowNetCommand::List { json } => HiCommand::NetList { json },
+        },
     })
+}
+
+fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
+    let unit = |flag: &'static str| move |source: UnitError| ArgError::Unit { flag, source };
+    let net = |flag: &'static str| move |source: NetError| ArgError::Net { flag, source };
+    let hook = match (add.dir.trim().to_ascii_lowercase().as_str(), add.xdp) {
+        ("ingress", false) => NetHook::TcIngress,
+        ("ingress", true) => NetHook::Xdp,
+        ("egress", false) => NetHook::TcEgress,
+        ("egress", true) => {
+            return Err(ArgError::Conflict(
+                "--xdp applies to ingress only: XDP sees the packets a device receives",
+            ));
+        }
+        _ => {
+            return Err(ArgError::Bad {
+                flag: "dir",
+                value: add.dir.clone(),
+                expected: "ingress or egress",
+            });
+        }
+    };
+    let source = add.src.as_deref().map(str::parse::<Cidr>).transpose();
+    let destination = add.dst.as_deref().map(str::parse::<Cidr>).transpose();
+    let protocol = match add.proto.as_deref().map(|p| p.trim().to_ascii_lowercase()) {
+        None => None,
+        Some(p) if p == "tcp" => Some(Protocol::Tcp),
+        Some(p) if p == "udp" => Some(Protocol::Udp),
+        Some(p) => {
+            return Err(ArgError::Bad {
+                flag: "proto",
+                value: p,
+                expected: "tcp or udp",
+            });
+        }
+    };
+    let port = add
+        .dport
+        .as_deref()
+        .map(|p| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or(ArgError::Bad {
+                    flag: "dport",
+                    value: p.to_owned(),
+                    expected: "a port from 1 to 65535",
+                })
+        })
+        .transpose()?;
+    let algorithm = add
+        .algo
+        .as_deref()
+        .map(|a| a.trim().to_ascii_lowercase())
+        .unwrap_or_else(|| "token-bucket".into());
+    let window = add
+        .window
+        .as_deref()
+        .map(str::parse::<Period>)
+        .transpose()
+        .map_err(unit("window"))?;
+    let (per, amount) = match (&add.rate, &add.pps) {
+        (Some(_), Some(_)) => {
+            return Err(ArgError::Conflict(
+                "give --rate (bytes) or --pps (packets), not both",
+            ));
+        }
+        (None, None) => return Err(ArgError::Conflict("give --rate or --pps")),
+        (Some(rate), None) => (
+            Per::Bytes,
+            rate.parse::<Rate>()
+                .map_err(unit("rate"))?
+                .bytes_per_second(),
+        ),
+        (None, Some(pps)) => (
+            Per::Packets,
+            pps.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| (1..=MAX_PPS).contains(&n))
+                .ok_or(ArgError::Bad {
+                    flag: "pps",
+                    value: pps.clone(),
+                    expected: "a packet rate from 1 to 1000000000",
+                })?,
+        ),
+    };
+    let limit = match algorithm.as_str() {
+        "token-bucket" => {
+            if window.is_some() {
+                return Err(ArgError::Conflict(
+                    "--window belongs to --algo fixed-window or sliding-window",
+                ));
+            }
+            let burst = match (per, add.burst.as_deref()) {
+                (Per::Bytes, Some(burst)) => burst.parse::<Size>().map_err(unit("burst"))?.bytes(),
+                (Per::Bytes, None) => {
+                    // The rate came from a `Rate`, so it converts back.
+                    Rate::from_bits(amount * 8)
+                        .map(default_burst)
+                        .map_err(unit("rate"))?
+                        .bytes()
+                }
+                (Per::Packets, Some(burst)) => burst
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| (1..=MAX_PPS).contains(&n))
+                    .ok_or(ArgError::Bad {
+                        flag: "burst",
+                        value: burst.to_owned(),
+                        expected: "a number of packets (with --pps)",
+                    })?,
+                (Per::Packets, None) => (amount / 100).max(MIN_DEFAULT_BURST_PACKETS),
+            };
+            NetLimit::TokenBucket {
+                per,
+                rate: amount,
+                burst,
+            }
+        }
+        "fixed-window" | "sliding-window" => {
+            if add.burst.is_some() {
+                return Err(ArgError::Conflict(
+                    "--burst belongs to the token bucket; a window holds the rate times --window",
+                ));
+            }
+            let window = window.unwrap_or(Period::SECOND).nanos();
+            let capacity = (u128::from(amount) * u128::from(window) / 1_000_000_000) as u64;
+            NetLimit::window(algorithm == "sliding-window", per, capacity, window)
+                .map_err(ArgError::Rule)?
+        }
+        _ => {
+            return Err(ArgError::Bad {
+                flag: "algo",
+                value: algorithm,
+                expected: "token-bucket, fixed-window or sliding-window",
+            });
+        }
+    };
+    let sources = match (add.per_source, add.sketch.as_deref()) {
+        (false, None) => Sources::Shared,
+        (false, Some(_)) => return Err(ArgError::Conflict("--sketch needs --per-source")),
+        (true, None) => Sources::Exact,
+        (true, Some(size)) => Sources::Sketch {
+            size: size.parse::<SketchSize>().map_err(net("sketch"))?,
+        },
+    };
+    let spec = NetRuleSpec {
+        device: add.dev.clone(),
+        hook,
+        source: source.map_err(net("src"))?,
+        destination: destination.map_err(net("dst"))?,
+        protocol,
+        port,
+        limit,
+        sources,
+    };
+    // The combination (a pair of prefixes, mixed families) is checked here too, before any
+    // device is looked at.
+    spec.matching(0).map_err(ArgError::Rule)?;
+    Ok(spec)
 }
 
 fn change(limits: &LowLimits) -> Result<LimitChange, ArgError> {

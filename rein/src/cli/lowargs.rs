@@ -54,6 +54,11 @@ pub enum LowCommand {
     Reload,
     /// Remove everything rein created: limits, programs, pins, cgroups and state.
     Purge,
+    /// Limits on interfaces by address, service and source (tc and XDP).
+    Net {
+        #[command(subcommand)]
+        command: LowNetCommand,
+    },
     /// Check the kernel features rein needs and say how to fix what is missing.
     Doctor {
         /// Print JSON instead of text.
@@ -85,4 +90,69 @@ pub struct LowTarget {
     /// An existing cgroup v2, as a directory or a path from the v2 root (/system.slice/x).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LowNetCommand {
+    /// Add a rule; prints its id. The most specific rule matching a packet applies.
+    Add(Box<LowNetAdd>),
+    /// Delete a rule by id.
+    Del {
+        #[arg(value_name = "ID", allow_hyphen_values = true)]
+        id: String,
+    },
+    /// Show every rule with its counters (and the top sources of per-source rules).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LowNetAdd {
+    /// The network device (of the current network namespace).
+    #[arg(long, value_name = "DEV")]
+    pub dev: String,
+    /// ingress or egress.
+    #[arg(long, value_name = "DIR")]
+    pub dir: String,
+    /// Source address or prefix (e.g. 10.0.0.0/8, 2001:db8::/32).
+    #[arg(long, value_name = "CIDR")]
+    pub src: Option<String>,
+    /// Destination address or prefix; with --src, both must be single addresses (a pair).
+    #[arg(long, value_name = "CIDR")]
+    pub dst: Option<String>,
+    /// Destination port (a service: with --dst, ip:port).
+    #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
+    pub dport: Option<String>,
+    /// tcp or udp.
+    #[arg(long, value_name = "PROTO")]
+    pub proto: Option<String>,
+    /// Bytes per second, in tc(8) units (e.g. 10mbit).
+    #[arg(long, value_name = "RATE", allow_hyphen_values = true)]
+    pub rate: Option<String>,
+    /// Packets per second.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub pps: Option<String>,
+    /// Token bucket burst: a size with --rate (default max(64k, 10 ms)), packets with --pps
+    /// (default max(16, 10 ms)).
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub burst: Option<String>,
+    /// token-bucket (default), fixed-window or sliding-window.
+    #[arg(long, value_name = "ALGO")]
+    pub algo: Option<String>,
+    /// Window length for the window algorithms (default 1s): e.g. 100ms, 1s, 1m.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub window: Option<String>,
+    /// One bucket (or window) per source address: "each client gets RATE".
+    #[arg(long)]
+    pub per_source: bool,
+    /// With --per-source: estimate sources in a count-min sketch of WIDTHxDEPTH cells (8 bytes
+    /// each) instead of tracking each exactly.
+    #[arg(long, value_name = "WxD")]
+    pub sketch: Option<String>,
+    /// Run on XDP instead of tc (ingress only).
+    #[arg(long)]
+    pub xdp: bool,
 }

@@ -3,9 +3,10 @@ use std::fmt::Write as _;
 
 use rein::{
     doctor::Check,
-    manager::{DirectionView, RuleView, SetOutcome},
-    state::{LimitSpec, Origin},
-    units::{Rate, Size},
+    manager::{DirectionView, NetRuleView, RuleView, SetOutcome},
+    net::{NetLimit, NetRuleSpec, Per, Sources},
+    state::{LimitSpec, NetRuleRecord, Origin},
+    units::{Period, Rate, Size},
 };
 
 pub fn set_outcome(outcome: &SetOutcome) -> String {
@@ -156,6 +157,137 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     out
+}
+
+/// One line about a rule: where, what it matches, how it limits.
+pub fn net_rule(record: &NetRuleRecord) -> String {
+    let spec = &record.spec;
+    format!(
+        "rule {}: {} on {}, {}: {}{}",
+        record.id,
+        spec.hook.name(),
+        spec.device,
+        net_match(spec),
+        net_limit(&spec.limit),
+        net_sources(spec.sources)
+    )
+}
+
+fn net_match(spec: &NetRuleSpec) -> String {
+    let mut parts = Vec::new();
+    if let Some(source) = spec.source {
+        parts.push(format!("from {source}"));
+    }
+    if let Some(destination) = spec.destination {
+        parts.push(format!("to {destination}"));
+    }
+    if let Some(protocol) = spec.protocol {
+        parts.push(protocol.name().to_owned());
+    }
+    if let Some(port) = spec.port {
+        parts.push(format!("port {port}"));
+    }
+    if parts.is_empty() {
+        "all IP traffic".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn net_amount(per: Per, amount: u64) -> String {
+    match per {
+        Per::Bytes => {
+            Size::from_bytes(amount).map_or_else(|_| format!("{amount}b"), |s| s.to_string())
+        }
+        Per::Packets => format!("{amount} packets"),
+    }
+}
+
+fn net_limit(limit: &NetLimit) -> String {
+    match *limit {
+        NetLimit::TokenBucket { per, rate, burst } => {
+            let rate = match per {
+                Per::Bytes => Rate::from_bits(rate * 8)
+                    .map_or_else(|_| format!("{rate} bytes/s"), |r| r.to_string()),
+                Per::Packets => format!("{rate} pps"),
+            };
+            format!("{rate} (token bucket, burst {})", net_amount(per, burst))
+        }
+        NetLimit::FixedWindow {
+            per,
+            capacity,
+            window_ns,
+        }
+        | NetLimit::SlidingWindow {
+            per,
+            capacity,
+            window_ns,
+        } => {
+            let kind = if matches!(limit, NetLimit::FixedWindow { .. }) {
+                "fixed"
+            } else {
+                "sliding"
+            };
+            let window = Period::try_from(window_ns)
+                .map_or_else(|_| format!("{window_ns}ns"), |p| p.to_string());
+            format!("{} per {window} ({kind} window)", net_amount(per, capacity))
+        }
+    }
+}
+
+fn net_sources(sources: Sources) -> String {
+    match sources {
+        Sources::Shared => String::new(),
+        Sources::Exact => ", per source".into(),
+        Sources::Sketch { size } => format!(
+            ", per source in a {size} sketch ({})",
+            bytes(size.memory_bytes())
+        ),
+    }
+}
+
+pub fn net_list(views: &[NetRuleView]) -> String {
+    if views.is_empty() {
+        return "no rein net rules\n".into();
+    }
+    let mut rows =
+        vec![["ID", "DEV", "HOOK", "MATCH", "LIMIT", "PASSED", "DROPPED"].map(String::from)];
+    for view in views {
+        let spec = &view.record.spec;
+        rows.push([
+            view.record.id.to_string(),
+            spec.device.clone(),
+            spec.hook.name().into(),
+            net_match(spec),
+            format!("{}{}", net_limit(&spec.limit), net_sources(spec.sources)),
+            format!("{} pkt / {}", view.passed_packets, bytes(view.passed_bytes)),
+            format!(
+                "{} pkt / {}",
+                view.dropped_packets,
+                bytes(view.dropped_bytes)
+            ),
+        ]);
+        for source in &view.top_sources {
+            rows.push([
+                String::new(),
+                String::new(),
+                String::new(),
+                format!("  source {}", source.address),
+                String::new(),
+                format!(
+                    "{} pkt / {}",
+                    source.passed_packets,
+                    bytes(source.passed_bytes)
+                ),
+                format!(
+                    "{} pkt / {}",
+                    source.dropped_packets,
+                    bytes(source.dropped_bytes)
+                ),
+            ]);
+        }
+    }
+    table(&rows)
 }
 
 pub fn doctor(checks: &[Check]) -> String {

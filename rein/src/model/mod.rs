@@ -3,9 +3,11 @@
 //! unit tests hold the shared arithmetic to these models, and the datapath tests hold the
 //! kernel programs to them through `BPF_PROG_TEST_RUN`.
 mod bucket;
+mod sketch;
 mod window;
 
 pub use bucket::TokenBucketModel;
+pub use sketch::CountMinModel;
 pub use window::{FixedWindowModel, SlidingWindowModel};
 
 /// A small deterministic generator (xorshift64), so that randomised tests reproduce.

@@ -360,13 +360,25 @@ impl ReinInstance {
         format!("/{}", relative.display())
     }
 
-    /// `rein list --json`.
+    /// The cgroup limits of `rein list --json`.
     pub fn list(&self) -> Vec<Value> {
+        self.list_part("cgroups")
+    }
+
+    /// The `rein net` rules of `rein list --json`.
+    pub fn net_rules(&self) -> Vec<Value> {
+        self.list_part("net")
+    }
+
+    fn list_part(&self, part: &str) -> Vec<Value> {
         let out = self.rein(&["list", "--json"]);
         let stdout = out.ok();
-        match serde_json::from_str(stdout) {
-            Ok(Value::Array(rules)) => rules,
-            _ => panic!("`rein list --json` did not print a JSON array:\n{out}"),
+        match serde_json::from_str::<Value>(stdout) {
+            Ok(Value::Object(mut parts)) => match parts.remove(part) {
+                Some(Value::Array(rules)) => rules,
+                _ => panic!("`rein list --json` has no {part} array:\n{out}"),
+            },
+            _ => panic!("`rein list --json` did not print a JSON object:\n{out}"),
         }
     }
 

@@ -1,0 +1,279 @@
+//! `rein net`: rules on interfaces, each all-or-nothing like the cgroup limits.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rein_common::{
+    Counters,
+    net::{FAMILY_IPV4, MAX_SKETCH_CELLS},
+};
+use serde::Serialize;
+
+use super::Rein;
+use crate::{
+    clock::Clock,
+    error::{Error, IoContext, Result},
+    net::{NetRuleSpec, Sources},
+    net_datapath::{Attachment, NetDatapath, SourceEntry},
+    state::{NetRuleRecord, State},
+    sys,
+    undo::Undo,
+};
+
+/// How many sources `list` shows for a per-source rule.
+const TOP_SOURCES: usize = 5;
+
+/// One `rein net` rule as `list` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct NetRuleView {
+    #[serde(flatten)]
+    pub record: NetRuleRecord,
+    pub passed_packets: u64,
+    pub passed_bytes: u64,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+    /// Kernel memory of the rule's sketch, for sketch rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sketch_bytes: Option<u64>,
+    /// Per-source rules: the sources that sent the most (a sketch rule knows the heavy ones).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_sources: Vec<SourceView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceView {
+    pub address: IpAddr,
+    pub passed_packets: u64,
+    pub passed_bytes: u64,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+}
+
+impl Rein {
+    /// Adds a rule on an interface of the calling thread's network namespace.
+    pub fn net_add(&mut self, spec: NetRuleSpec) -> Result<NetRuleRecord> {
+        let mut state = self.load_state()?;
+        let device = sys::device(&spec.device)
+            .context(|| format!("cannot look up device {}", spec.device))?
+            .ok_or_else(|| Error::NoSuchDevice(spec.device.clone()))?;
+        if ![sys::ARPHRD_ETHER, sys::ARPHRD_LOOPBACK].contains(&device.link_type) {
+            return Err(Error::NotEthernet {
+                device: spec.device.clone(),
+                link_type: device.link_type,
+            });
+        }
+        let netns = sys::netns_id().context(|| "cannot read the network namespace".into())?;
+        let matching = spec.matching(device.ifindex)?;
+        for other in &state.net {
+            if other.ifindex != device.ifindex {
+                continue;
+            }
+            if other.netns != netns {
+                return Err(Error::IfindexInOtherNetns {
+                    ifindex: device.ifindex,
+                    rule: other.id,
+                });
+            }
+            if other.spec.matching(other.ifindex).ok() == Some(matching) {
+                return Err(Error::DuplicateNetRule(other.id));
+            }
+        }
+        let sketch_offset = match spec.sources {
+            Sources::Sketch { size } => Some(free_sketch_cells(&state, size.cells())?),
+            Sources::Shared | Sources::Exact => None,
+        };
+        let record = NetRuleRecord {
+            id: state.next_net_id(),
+            spec,
+            ifindex: device.ifindex,
+            netns,
+            sketch_offset,
+        };
+
+        let mut undo = Undo::new();
+        if !NetDatapath::is_installed(&self.instance) {
+            let instance = self.instance.clone();
+            undo.push(move || NetDatapath::uninstall(&instance));
+        }
+        let mut datapath = NetDatapath::open_or_create(&self.instance)?;
+        let at = attachment(&record);
+        if !at.is_attached(&self.instance) {
+            NetDatapath::attach(&self.instance, &record.spec.device, at)?;
+            let instance = self.instance.clone();
+            undo.push(move || NetDatapath::detach(&instance, at));
+        }
+        if let (Some(offset), Sources::Sketch { size }) = (sketch_offset, record.spec.sources) {
+            datapath.clear_sketch(offset, size.cells())?;
+        }
+        let now = self.clock.now_ns();
+        datapath.put(
+            record.id,
+            &matching,
+            record.spec.rule(now, sketch_offset.unwrap_or(0)),
+        )?;
+        {
+            let (instance, id) = (self.instance.clone(), record.id);
+            undo.push(move || {
+                if let Ok(mut datapath) = NetDatapath::open(&instance) {
+                    datapath.remove(id, &matching);
+                }
+            });
+        }
+        state.net.push(record.clone());
+        state.save(&self.state_path())?;
+        undo.commit();
+        Ok(record)
+    }
+
+    /// Deletes rule `id`; the interface's program goes with its last rule.
+    pub fn net_del(&mut self, id: u32) -> Result<NetRuleRecord> {
+        let mut state = self.load_state()?;
+        let index = state
+            .net
+            .iter()
+            .position(|r| r.id == id)
+            .ok_or(Error::NoSuchNetRule(id))?;
+        let record = state.net.remove(index);
+        if NetDatapath::is_installed(&self.instance) {
+            let mut datapath = NetDatapath::open(&self.instance)?;
+            if let Ok(matching) = record.spec.matching(record.ifindex) {
+                datapath.remove(record.id, &matching);
+            }
+        }
+        let at = attachment(&record);
+        if !state.net.iter().any(|r| attachment(r) == at) {
+            NetDatapath::detach(&self.instance, at);
+        }
+        self.save_or_tidy(&state)?;
+        Ok(record)
+    }
+
+    /// Every `rein net` rule with its counters and, for per-source rules, its top sources.
+    pub fn net_list(&self) -> Result<Vec<NetRuleView>> {
+        let state = self.load_state()?;
+        let datapath = if NetDatapath::is_installed(&self.instance) {
+            Some(NetDatapath::open(&self.instance)?)
+        } else {
+            None
+        };
+        Ok(state
+            .net
+            .iter()
+            .map(|record| {
+                let counters = datapath
+                    .as_ref()
+                    .map(|d| d.counters(record.id))
+                    .unwrap_or_default();
+                let (sketch, sketch_bytes) = match record.spec.sources {
+                    Sources::Sketch { size } => (true, Some(size.memory_bytes())),
+                    _ => (false, None),
+                };
+                let top_sources = match (&datapath, record.spec.sources) {
+                    (Some(d), Sources::Exact | Sources::Sketch { .. }) => d
+                        .top_sources(record.id, sketch, TOP_SOURCES)
+                        .iter()
+                        .map(source_view)
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                view(record.clone(), counters, sketch_bytes, top_sources)
+            })
+            .collect())
+    }
+
+    /// Writes again the rules the maps lack (after a reload into a new map layout).
+    pub(super) fn restore_net_rules(&self, state: &State) -> Result<usize> {
+        if state.net.is_empty() || !NetDatapath::is_installed(&self.instance) {
+            return Ok(0);
+        }
+        let mut datapath = NetDatapath::open(&self.instance)?;
+        let now = self.clock.now_ns();
+        let mut restored = 0;
+        for record in &state.net {
+            if datapath.rule(record.id).is_some() {
+                continue;
+            }
+            let matching = record.spec.matching(record.ifindex)?;
+            if let (Some(offset), Sources::Sketch { size }) =
+                (record.sketch_offset, record.spec.sources)
+            {
+                datapath.clear_sketch(offset, size.cells())?;
+            }
+            let rule = record.spec.rule(now, record.sketch_offset.unwrap_or(0));
+            datapath.put(record.id, &matching, rule)?;
+            restored += 1;
+        }
+        Ok(restored)
+    }
+}
+
+fn attachment(record: &NetRuleRecord) -> Attachment {
+    Attachment {
+        netns: record.netns,
+        ifindex: record.ifindex,
+        hook: record.spec.hook,
+    }
+}
+
+/// The first run of `needed` sketch cells no sketch rule uses.
+fn free_sketch_cells(state: &State, needed: u32) -> Result<u32> {
+    let mut used: Vec<(u32, u32)> = state
+        .net
+        .iter()
+        .filter_map(|r| match (r.sketch_offset, r.spec.sources) {
+            (Some(offset), Sources::Sketch { size }) => Some((offset, offset + size.cells())),
+            _ => None,
+        })
+        .collect();
+    used.sort_unstable();
+    let mut start = 0u32;
+    let mut largest = 0u32;
+    for (offset, end) in used
+        .into_iter()
+        .chain([(MAX_SKETCH_CELLS, MAX_SKETCH_CELLS)])
+    {
+        let gap = offset.saturating_sub(start);
+        if gap >= needed {
+            return Ok(start);
+        }
+        largest = largest.max(gap);
+        start = start.max(end);
+    }
+    Err(Error::SketchFull {
+        needed,
+        free: largest,
+        total: MAX_SKETCH_CELLS,
+    })
+}
+
+fn view(
+    record: NetRuleRecord,
+    counters: Counters,
+    sketch_bytes: Option<u64>,
+    top_sources: Vec<SourceView>,
+) -> NetRuleView {
+    NetRuleView {
+        record,
+        passed_packets: counters.passed_packets,
+        passed_bytes: counters.passed_bytes,
+        dropped_packets: counters.dropped_packets,
+        dropped_bytes: counters.dropped_bytes,
+        sketch_bytes,
+        top_sources,
+    }
+}
+
+fn source_view(entry: &SourceEntry) -> SourceView {
+    let address = if entry.key.family == FAMILY_IPV4 {
+        let [a, b, c, d, ..] = entry.key.addr;
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(entry.key.addr))
+    };
+    let counters = entry.state.counters;
+    SourceView {
+        address,
+        passed_packets: counters.passed_packets,
+        passed_bytes: counters.passed_bytes,
+        dropped_packets: counters.dropped_packets,
+        dropped_bytes: counters.dropped_bytes,
+    }
+}

@@ -1,0 +1,449 @@
+//! The interface programs (`rein net`) as userspace sees them: their pinned maps, one pinned
+//! link per (network namespace, interface, hook), and the entries one rule owns in the maps.
+//!
+//! Pins live beside the cgroup datapath's, under the instance's bpffs directory: maps in the
+//! layout-versioned maps directory, links in `net/`. The cgroup programs and the interface
+//! programs are installed and removed independently.
+use std::{fs, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink,
+        tc::TcAttachOptions,
+    },
+};
+use rein_common::{
+    Counters,
+    net::{
+        MAX_SKETCH_CELLS, NET_COUNTERS_MAP, NET_DESTINATIONS_MAP, NET_HEAVY_MAP, NET_PAIRS_MAP,
+        NET_PER_SOURCE_MAP, NET_RULES_MAP, NET_SKETCH_MAP, NET_SOURCES_MAP, NET_TC_EGRESS_PROGRAM,
+        NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM, NetRule, PairKey, PrefixKey, RuleMatch, SourceKey,
+        SourceState,
+    },
+};
+
+use crate::{
+    datapath::{self, remove_if_exists},
+    error::{Error, IoContext, Result, bpf_error},
+    instance::Instance,
+    net::{NetHook, NetMatch, Placement},
+    sys,
+};
+
+/// Every map of the object, pinned by these names.
+const MAPS: [&str; 8] = [
+    NET_RULES_MAP,
+    NET_COUNTERS_MAP,
+    NET_SOURCES_MAP,
+    NET_DESTINATIONS_MAP,
+    NET_PAIRS_MAP,
+    NET_PER_SOURCE_MAP,
+    NET_SKETCH_MAP,
+    NET_HEAVY_MAP,
+];
+
+/// Where one program runs: an interface of a network namespace, and a hook on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Attachment {
+    pub netns: u64,
+    pub ifindex: u32,
+    pub hook: NetHook,
+}
+
+impl Attachment {
+    fn pin(&self, instance: &Instance) -> PathBuf {
+        links_dir(instance).join(format!(
+            "link-{}-{}-{}",
+            self.netns,
+            self.ifindex,
+            self.hook.name()
+        ))
+    }
+
+    /// Whether the program is attached (its link pinned).
+    pub fn is_attached(&self, instance: &Instance) -> bool {
+        self.pin(instance).exists()
+    }
+}
+
+fn links_dir(instance: &Instance) -> PathBuf {
+    instance.pin_dir().join("net")
+}
+
+fn program_name(hook: NetHook) -> &'static str {
+    match hook {
+        NetHook::TcIngress => NET_TC_INGRESS_PROGRAM,
+        NetHook::TcEgress => NET_TC_EGRESS_PROGRAM,
+        NetHook::Xdp => NET_XDP_PROGRAM,
+    }
+}
+
+/// One source as `list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceEntry {
+    pub key: SourceKey,
+    pub state: SourceState,
+}
+
+/// Handles on the pinned maps of the interface programs.
+pub struct NetDatapath {
+    rules: HashMap<MapData, u32, NetRule>,
+    counters: PerCpuHashMap<MapData, u32, Counters>,
+    sources: LpmTrie<MapData, PrefixKey, RuleMatch>,
+    destinations: LpmTrie<MapData, PrefixKey, RuleMatch>,
+    pairs: HashMap<MapData, PairKey, RuleMatch>,
+    per_source: HashMap<MapData, SourceKey, SourceState>,
+    sketch: Array<MapData, u64>,
+    heavy: HashMap<MapData, SourceKey, SourceState>,
+}
+
+impl NetDatapath {
+    /// Whether the maps exist.
+    pub fn is_installed(instance: &Instance) -> bool {
+        instance.maps_dir().join(NET_RULES_MAP).exists()
+    }
+
+    /// Opens the maps, creating (and pinning) them first if they do not exist.
+    pub fn open_or_create(instance: &Instance) -> Result<Self> {
+        if !Self::is_installed(instance) {
+            drop(load_object(instance)?);
+        }
+        Self::open(instance)
+    }
+
+    /// Takes the maps out of a loaded (unpinned) object: for tests and benchmarks that run the
+    /// programs with `BPF_PROG_TEST_RUN`.
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| Error::Load(format!("map {name} is missing from the object")))
+        };
+        Self::from_maps(|name| take(name))
+    }
+
+    pub fn open(instance: &Instance) -> Result<Self> {
+        let maps = instance.maps_dir();
+        Self::from_maps(|name| {
+            let data = MapData::from_pin(maps.join(name))
+                .map_err(|e| bpf_error(format!("cannot open map {name}"))(&e))?;
+            Map::from_map_data(data).map_err(|e| bpf_error(format!("map {name}"))(&e))
+        })
+    }
+
+    fn from_maps(mut open: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        let typed = |name: &'static str| move |e: MapError| bpf_error(name)(&e);
+        Ok(Self {
+            rules: HashMap::try_from(open(NET_RULES_MAP)?).map_err(typed(NET_RULES_MAP))?,
+            counters: PerCpuHashMap::try_from(open(NET_COUNTERS_MAP)?)
+                .map_err(typed(NET_COUNTERS_MAP))?,
+            sources: LpmTrie::try_from(open(NET_SOURCES_MAP)?).map_err(typed(NET_SOURCES_MAP))?,
+            destinations: LpmTrie::try_from(open(NET_DESTINATIONS_MAP)?)
+                .map_err(typed(NET_DESTINATIONS_MAP))?,
+            pairs: HashMap::try_from(open(NET_PAIRS_MAP)?).map_err(typed(NET_PAIRS_MAP))?,
+            per_source: HashMap::try_from(open(NET_PER_SOURCE_MAP)?)
+                .map_err(typed(NET_PER_SOURCE_MAP))?,
+            sketch: Array::try_from(open(NET_SKETCH_MAP)?).map_err(typed(NET_SKETCH_MAP))?,
+            heavy: HashMap::try_from(open(NET_HEAVY_MAP)?).map_err(typed(NET_HEAVY_MAP))?,
+        })
+    }
+
+    /// Removes every link and map pin of the interface programs; missing pieces are fine.
+    pub fn uninstall(instance: &Instance) {
+        let links = links_dir(instance);
+        if let Ok(entries) = fs::read_dir(&links) {
+            for entry in entries.flatten() {
+                // Removing the last reference to a link detaches its program.
+                remove_if_exists(&entry.path());
+            }
+        }
+        let _ = fs::remove_dir(&links);
+        for name in MAPS {
+            remove_if_exists(&instance.maps_dir().join(name));
+        }
+        datapath::tidy_pin_dirs(instance);
+    }
+
+    /// Attaches the program of `at.hook` to the interface `device` (of the calling thread's
+    /// network namespace) and pins its link. An attachment that exists is left as it is.
+    pub fn attach(instance: &Instance, device: &str, at: Attachment) -> Result<()> {
+        let pin = at.pin(instance);
+        if pin.exists() {
+            return Ok(());
+        }
+        let mut ebpf = load_object(instance)?;
+        let name = program_name(at.hook);
+        let program = ebpf
+            .program_mut(name)
+            .ok_or_else(|| Error::Load(format!("program {name} is missing from the object")))?;
+        let link = match at.hook {
+            NetHook::TcIngress | NetHook::TcEgress => {
+                let program: &mut SchedClassifier = program
+                    .try_into()
+                    .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
+                program.load().map_err(|e| {
+                    Error::Load(format!("{name}: {}", datapath::verifier_message(&e)))
+                })?;
+                let attach_type = if at.hook == NetHook::TcIngress {
+                    TcAttachType::Ingress
+                } else {
+                    TcAttachType::Egress
+                };
+                let id = program
+                    .attach_with_options(
+                        device,
+                        attach_type,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|e| bpf_error(format!("cannot attach to {device}"))(&e))?;
+                let link = program
+                    .take_link(id)
+                    .map_err(|e| bpf_error("cannot take the link")(&e))?;
+                FdLink::try_from(link).map_err(|e| bpf_error("tcx link")(&e))?
+            }
+            NetHook::Xdp => {
+                let program: &mut Xdp = program
+                    .try_into()
+                    .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
+                program.load().map_err(|e| {
+                    Error::Load(format!("{name}: {}", datapath::verifier_message(&e)))
+                })?;
+                let id = program
+                    .attach_to_if_index(at.ifindex, XdpMode::Default)
+                    .map_err(|e| xdp_error(device, &e))?;
+                let link = program
+                    .take_link(id)
+                    .map_err(|e| bpf_error("cannot take the link")(&e))?;
+                // A netlink attachment (no bpf link) cannot be pinned: detach it and refuse.
+                FdLink::try_from(link).map_err(|_| Error::XdpUnsupported {
+                    device: device.to_owned(),
+                    reason: "the kernel offers no XDP link for it".into(),
+                })?
+            }
+        };
+        let links = links_dir(instance);
+        fs::create_dir_all(&links)
+            .context(|| format!("cannot create {} on bpffs", links.display()))?;
+        link.pin(&pin)
+            .map_err(|e| bpf_error("cannot pin the link")(&e))?;
+        Ok(())
+    }
+
+    /// Detaches a program (removes its link's pin); one that is not attached is fine.
+    pub fn detach(instance: &Instance, at: Attachment) {
+        remove_if_exists(&at.pin(instance));
+    }
+
+    /// The pins of every attachment, for reload.
+    fn link_pins(instance: &Instance) -> Vec<(PathBuf, NetHook)> {
+        let Ok(entries) = fs::read_dir(links_dir(instance)) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let hook = NetHook::ALL
+                    .into_iter()
+                    .find(|hook| name.ends_with(&format!("-{}", hook.name())))?;
+                Some((entry.path(), hook))
+            })
+            .collect()
+    }
+
+    /// Swaps this build's programs into every attached link, keeping maps and state.
+    pub fn reload(instance: &Instance) -> Result<usize> {
+        let pins = Self::link_pins(instance);
+        if pins.is_empty() {
+            return Ok(0);
+        }
+        let mut ebpf = load_object(instance)?;
+        for hook in NetHook::ALL {
+            load_program(&mut ebpf, hook)?;
+        }
+        for (pin, hook) in &pins {
+            let name = program_name(*hook);
+            let fd = ebpf
+                .program(name)
+                .ok_or_else(|| Error::Load(format!("program {name} is missing from the object")))?
+                .fd()
+                .map_err(|e| bpf_error("loaded program has no fd")(&e))?;
+            let link = sys::bpf_obj_get(pin)
+                .context(|| format!("cannot open the pinned link {}", pin.display()))?;
+            sys::bpf_link_update(link, fd)
+                .context(|| format!("cannot swap the program of {}", pin.display()))?;
+        }
+        Ok(pins.len())
+    }
+
+    pub fn rule(&self, id: u32) -> Option<NetRule> {
+        self.rules.get(&id, 0).ok()
+    }
+
+    /// Writes rule `id`: its limit, zero counters, and its lookup entries. On failure the
+    /// entries written so far are removed again.
+    pub fn put(&mut self, id: u32, matching: &NetMatch, rule: NetRule) -> Result<()> {
+        let result = self.try_put(id, matching, rule);
+        if result.is_err() {
+            self.remove(id, matching);
+        }
+        result
+    }
+
+    fn try_put(&mut self, id: u32, matching: &NetMatch, rule: NetRule) -> Result<()> {
+        let zero = PerCpuValues::try_from(vec![Counters::default(); datapath::possible_cpus()?])
+            .map_err(|e| bpf_error("counters")(&e))?;
+        self.counters
+            .insert(id, zero, 0)
+            .map_err(|e| bpf_error("cannot create the rule's counters")(&e))?;
+        // The rule before its entries: a packet that finds an entry finds its rule.
+        self.rules
+            .insert(id, rule, 0)
+            .map_err(|e| bpf_error("cannot write the rule")(&e))?;
+        for &family in matching.families() {
+            let (placement, specificity) = matching.placement(family);
+            let found = RuleMatch {
+                rule: id,
+                specificity,
+            };
+            let written = match placement {
+                Placement::Source(key, bits) => {
+                    self.sources
+                        .insert(&aya::maps::lpm_trie::Key::new(bits, key), found, 0)
+                }
+                Placement::Destination(key, bits) => {
+                    self.destinations
+                        .insert(&aya::maps::lpm_trie::Key::new(bits, key), found, 0)
+                }
+                Placement::Pair(key) => self.pairs.insert(key, found, 0),
+            };
+            written.map_err(|e| bpf_error("cannot write the rule's match")(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes rule `id`'s entries, limit, counters and per-source state; missing pieces are
+    /// fine.
+    pub fn remove(&mut self, id: u32, matching: &NetMatch) {
+        for &family in matching.families() {
+            let (placement, _) = matching.placement(family);
+            // Only the rule's own entry: another rule cannot hold the same key (refused on add).
+            let _ = match placement {
+                Placement::Source(key, bits) => self
+                    .sources
+                    .remove(&aya::maps::lpm_trie::Key::new(bits, key)),
+                Placement::Destination(key, bits) => self
+                    .destinations
+                    .remove(&aya::maps::lpm_trie::Key::new(bits, key)),
+                Placement::Pair(key) => self.pairs.remove(&key),
+            };
+        }
+        let _ = self.rules.remove(&id);
+        let _ = self.counters.remove(&id);
+        for map in [&mut self.per_source, &mut self.heavy] {
+            let keys: Vec<SourceKey> = map.keys().flatten().filter(|k| k.rule == id).collect();
+            for key in keys {
+                let _ = map.remove(&key);
+            }
+        }
+    }
+
+    /// Zeroes `count` sketch cells from `offset`, for a new sketch rule.
+    pub fn clear_sketch(&mut self, offset: u32, count: u32) -> Result<()> {
+        let end = offset.saturating_add(count).min(MAX_SKETCH_CELLS);
+        for index in offset..end {
+            self.sketch
+                .set(index, 0, 0)
+                .map_err(|e| bpf_error("cannot clear the sketch")(&e))?;
+        }
+        Ok(())
+    }
+
+    /// The rule's counters summed over all CPUs.
+    pub fn counters(&self, id: u32) -> Counters {
+        self.counters
+            .get(&id, 0)
+            .map(|values| {
+                values
+                    .iter()
+                    .fold(Counters::default(), |sum, c| sum.plus(*c))
+            })
+            .unwrap_or_default()
+    }
+
+    /// The `limit` sources of rule `id` that sent the most bytes (passed and dropped): from the
+    /// exact table, or for a sketch rule from the heavy sources it noted.
+    pub fn top_sources(&self, id: u32, sketch: bool, limit: usize) -> Vec<SourceEntry> {
+        let map = if sketch {
+            &self.heavy
+        } else {
+            &self.per_source
+        };
+        let mut entries: Vec<SourceEntry> = map
+            .iter()
+            .flatten()
+            .filter(|(key, _)| key.rule == id)
+            .map(|(key, state)| SourceEntry { key, state })
+            .collect();
+        let weight = |e: &SourceEntry| {
+            e.state
+                .counters
+                .passed_bytes
+                .saturating_add(e.state.counters.dropped_bytes)
+        };
+        entries.sort_by_key(|e| std::cmp::Reverse(weight(e)));
+        entries.truncate(limit);
+        entries
+    }
+}
+
+/// Loads the object with its maps bound to the instance's pins (created if missing).
+fn load_object(instance: &Instance) -> Result<Ebpf> {
+    let maps_dir = instance.maps_dir();
+    fs::create_dir_all(&maps_dir)
+        .context(|| format!("cannot create {} on bpffs", maps_dir.display()))?;
+    let mut loader = EbpfLoader::new();
+    for name in MAPS {
+        loader.map_pin_path(name, maps_dir.join(name));
+    }
+    loader
+        .load(datapath::net_object())
+        .map_err(|e| Error::Load(e.to_string()))
+}
+
+fn load_program(ebpf: &mut Ebpf, hook: NetHook) -> Result<()> {
+    let name = program_name(hook);
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::Load(format!("program {name} is missing from the object")))?;
+    let loaded = match hook {
+        NetHook::TcIngress | NetHook::TcEgress => {
+            let program: &mut SchedClassifier = program
+                .try_into()
+                .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
+            program.load()
+        }
+        NetHook::Xdp => {
+            let program: &mut Xdp = program
+                .try_into()
+                .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
+            program.load()
+        }
+    };
+    loaded.map_err(|e| Error::Load(format!("{name}: {}", datapath::verifier_message(&e))))
+}
+
+fn xdp_error(device: &str, error: &ProgramError) -> Error {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    Error::XdpUnsupported {
+        device: device.to_owned(),
+        reason: message,
+    }
+}
