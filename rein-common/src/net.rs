@@ -37,6 +37,9 @@ pub const NET_PAIRS_MAP: &str = "REIN_NET_PAIRS";
 pub const NET_TC_INGRESS_PROGRAM: &str = "rein_net_tc_ingress";
 pub const NET_TC_EGRESS_PROGRAM: &str = "rein_net_tc_egress";
 pub const NET_XDP_PROGRAM: &str = "rein_net_xdp";
+/// Pass-everything programs: the benchmark's baseline.
+pub const NET_PASS_TC_PROGRAM: &str = "rein_net_pass_tc";
+pub const NET_PASS_XDP_PROGRAM: &str = "rein_net_pass_xdp";
 pub const NET_PER_SOURCE_MAP: &str = "REIN_NET_PER_SOURCE";
 pub const NET_SKETCH_MAP: &str = "REIN_NET_SKETCH";
 pub const NET_HEAVY_MAP: &str = "REIN_NET_HEAVY";

@@ -108,6 +108,18 @@ pub fn rein_net_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Baselines for the benchmark: programs that pass everything, so that the cost of running a
+/// program at all can be told from the cost of rein's lookups. Never attached by rein.
+#[classifier]
+pub fn rein_net_pass_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
+#[xdp]
+pub fn rein_net_pass_xdp(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn tc_verdict(ctx: &TcContext, direction: Direction) -> i32 {
     // SAFETY: the context is valid for the program's run.
