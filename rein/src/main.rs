@@ -55,9 +55,12 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
                 let both = serde_json::json!({ "cgroups": cgroups, "net": net });
                 println!("{}", serde_json::to_string_pretty(&both).context("json")?);
             } else {
-                print!("{}", output::list(&cgroups));
-                if !net.is_empty() {
-                    print!("\n{}", output::net_list(&net));
+                match (cgroups.is_empty(), net.is_empty()) {
+                    (false, false) => {
+                        print!("{}\n{}", output::list(&cgroups), output::net_list(&net));
+                    }
+                    (true, false) => print!("{}", output::net_list(&net)),
+                    _ => print!("{}", output::list(&cgroups)),
                 }
             }
         }
