@@ -114,7 +114,7 @@ pub fn diagnose(instance: &Instance) -> Vec<Check> {
         "programs",
         programs.is_ok(),
         match &programs {
-            Ok(()) => "the programs load and pass the verifier".into(),
+            Ok(()) => "the cgroup, tc and XDP programs load and pass the verifier".into(),
             Err(error) => error.clone(),
         },
         Some(
@@ -144,5 +144,9 @@ pub fn diagnose(instance: &Instance) -> Vec<Check> {
 fn load_programs() -> Result<(), String> {
     let object = crate::datapath::object();
     let mut ebpf = EbpfLoader::new().load(object).map_err(|e| e.to_string())?;
-    crate::datapath::load_programs(&mut ebpf).map_err(|e| e.to_string())
+    crate::datapath::load_programs(&mut ebpf).map_err(|e| e.to_string())?;
+    let mut net = EbpfLoader::new()
+        .load(crate::datapath::net_object())
+        .map_err(|e| e.to_string())?;
+    crate::net_datapath::load_programs(&mut net).map_err(|e| e.to_string())
 }

@@ -259,9 +259,7 @@ impl NetDatapath {
             return Ok(0);
         }
         let mut ebpf = load_object(instance)?;
-        for hook in NetHook::ALL {
-            load_program(&mut ebpf, hook)?;
-        }
+        load_programs(&mut ebpf)?;
         for (pin, hook) in &pins {
             let name = program_name(*hook);
             let fd = ebpf
@@ -410,6 +408,14 @@ fn load_object(instance: &Instance) -> Result<Ebpf> {
     loader
         .load(datapath::net_object())
         .map_err(|e| Error::Load(e.to_string()))
+}
+
+/// Loads (verifies) the tc and XDP programs of `ebpf` into the kernel.
+pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
+    for hook in NetHook::ALL {
+        load_program(ebpf, hook)?;
+    }
+    Ok(())
 }
 
 fn load_program(ebpf: &mut Ebpf, hook: NetHook) -> Result<()> {
