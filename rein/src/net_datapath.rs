@@ -62,9 +62,12 @@ impl Attachment {
         ))
     }
 
-    /// Whether the program is attached (its link pinned).
+    /// Whether the program is attached: its link pinned, and still on a device (a link
+    /// whose device was deleted stays pinned but is attached to nothing).
     pub fn is_attached(&self, instance: &Instance) -> bool {
-        self.pin(instance).exists()
+        sys::bpf_obj_get(&self.pin(instance))
+            .and_then(sys::link_ifindex)
+            .is_ok_and(|ifindex| ifindex != 0)
     }
 }
 
@@ -168,10 +171,12 @@ impl NetDatapath {
     /// Attaches the program of `at.hook` to the interface `device` (of the calling thread's
     /// network namespace) and pins its link. An attachment that exists is left as it is.
     pub fn attach(instance: &Instance, device: &str, at: Attachment) -> Result<()> {
-        let pin = at.pin(instance);
-        if pin.exists() {
+        if at.is_attached(instance) {
             return Ok(());
         }
+        // A pin left by a link whose device went away holds nothing: replace it.
+        let pin = at.pin(instance);
+        remove_if_exists(&pin);
         let mut ebpf = load_object(instance)?;
         let name = program_name(at.hook);
         let program = ebpf

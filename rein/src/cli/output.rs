@@ -256,7 +256,11 @@ pub fn net_list(views: &[NetRuleView]) -> String {
         let spec = &view.record.spec;
         rows.push([
             view.record.id.to_string(),
-            spec.device.clone(),
+            if view.attached {
+                spec.device.clone()
+            } else {
+                format!("{} (gone)", spec.device)
+            },
             spec.hook.name().into(),
             net_match(spec),
             format!("{}{}", net_limit(&spec.limit), net_sources(spec.sources)),

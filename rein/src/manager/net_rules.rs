@@ -26,6 +26,9 @@ const TOP_SOURCES: usize = 5;
 pub struct NetRuleView {
     #[serde(flatten)]
     pub record: NetRuleRecord,
+    /// Whether the rule's program is on its device (false once the device was deleted; adding a
+    /// rule on the device again reattaches it).
+    pub attached: bool,
     pub passed_packets: u64,
     pub passed_bytes: u64,
     pub dropped_packets: u64,
@@ -96,6 +99,8 @@ impl Rein {
         let mut datapath = NetDatapath::open_or_create(&self.instance)?;
         let at = attachment(&record);
         if !at.is_attached(&self.instance) {
+            // Also when a pin is left by a link whose device went away: the new device with
+            // the name gets the program, and the undo removes it again.
             NetDatapath::attach(&self.instance, &record.spec.device, at)?;
             let instance = self.instance.clone();
             undo.push(move || NetDatapath::detach(&instance, at));
@@ -174,7 +179,14 @@ impl Rein {
                         .collect(),
                     _ => Vec::new(),
                 };
-                view(record.clone(), counters, sketch_bytes, top_sources)
+                let attached = attachment(record).is_attached(&self.instance);
+                view(
+                    record.clone(),
+                    attached,
+                    counters,
+                    sketch_bytes,
+                    top_sources,
+                )
             })
             .collect())
     }
@@ -246,12 +258,14 @@ fn free_sketch_cells(state: &State, needed: u32) -> Result<u32> {
 
 fn view(
     record: NetRuleRecord,
+    attached: bool,
     counters: Counters,
     sketch_bytes: Option<u64>,
     top_sources: Vec<SourceView>,
 ) -> NetRuleView {
     NetRuleView {
         record,
+        attached,
         passed_packets: counters.passed_packets,
         passed_bytes: counters.passed_bytes,
         dropped_packets: counters.dropped_packets,
