@@ -10,13 +10,10 @@ mod cli;
 mod cpu;
 mod iperf;
 mod limiters;
-mod netns;
 mod ping;
 mod plot;
-mod proc;
 mod report;
 mod run;
-mod stats;
 mod traffic;
 
 use std::{
@@ -27,6 +24,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use rein_bench::{netns, proc, stats};
 
 use crate::{
     cli::{Args, Config, Limiter},

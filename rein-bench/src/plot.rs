@@ -4,15 +4,16 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use plotters::{
     coord::{
         Shift,
         ranged1d::{AsRangedCoord, ValueFormatter},
     },
     prelude::*,
-    style::{FontStyle, register_font},
 };
+use rein_bench::font::FONT;
+pub use rein_bench::font::load_font;
 
 use crate::{
     cli::{Limiter, Proto, Scenario, dedup},
@@ -26,22 +27,6 @@ const SIZE: (u32, u32) = (1600, 1000);
 /// margins.
 const GROUP_WIDTH: u32 = 66;
 const PANEL_MARGIN: u32 = 80;
-const FONT: &str = "sans-serif";
-
-/// Loads the TTF that every text of the plot is drawn with (plotters' `ab_glyph` backend: no
-/// fontconfig or FreeType needed). Done once, before the runs, so a missing font fails early.
-pub fn load_font(path: &Path) -> Result<()> {
-    let bytes = std::fs::read(path).with_context(|| {
-        format!(
-            "reading the plot font {} (Debian package fonts-dejavu-core, or give --font)",
-            path.display()
-        )
-    })?;
-    // plotters keeps fonts for the life of the program.
-    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    register_font(FONT, FontStyle::Normal, bytes)
-        .map_err(|_| anyhow!("{} is not a usable TrueType font", path.display()))
-}
 
 fn colour(limiter: Limiter) -> RGBColor {
     match limiter {
