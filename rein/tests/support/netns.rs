@@ -330,6 +330,48 @@ impl HostPair {
         }
     }
 
+    /// Gives the client `count` more IPv4 addresses (/32s from the pair's /24, outside its
+    /// /30, still in 198.18.0.0/15), with routes to them in the server, so that clients can
+    /// bind (`-B`) to several sources. They go with the namespaces.
+    pub fn add_client_addresses(&self, count: u8) -> Vec<String> {
+        assert!(count <= 200, "at most 200 extra client addresses");
+        let (network, _) = self
+            .client_addr
+            .rsplit_once('.')
+            .expect("an IPv4 client address");
+        (0..count)
+            .map(|i| {
+                let addr = format!("{network}.{}", 10 + u32::from(i));
+                let host = format!("{addr}/32");
+                ip_or_panic(
+                    "add a client address",
+                    &[
+                        "-n",
+                        &self.client_ns,
+                        "addr",
+                        "add",
+                        &host,
+                        "dev",
+                        &self.client_if,
+                    ],
+                );
+                ip_or_panic(
+                    "route to a client address",
+                    &[
+                        "-n",
+                        &self.server_ns,
+                        "route",
+                        "add",
+                        &host,
+                        "dev",
+                        &self.server_if,
+                    ],
+                );
+                addr
+            })
+            .collect()
+    }
+
     /// Command running `program` inside the client namespace.
     pub fn client_exec(&self, program: &str, args: &[&str]) -> Command {
         ns_exec(&self.client_ns, program, args)
@@ -345,6 +387,12 @@ impl Default for HostPair {
     fn default() -> Self {
         HostPair::new()
     }
+}
+
+/// `ip -d link show dev <dev>` inside `ns` (attached XDP programs show as `prog/xdp ...`);
+/// the error message if it fails.
+pub fn link_details(ns: &str, dev: &str) -> String {
+    ip(&["-n", ns, "-d", "link", "show", "dev", dev]).unwrap_or_else(|e| e)
 }
 
 /// Waits until `dev` in `ns` is operationally up (both veth ends up) and has

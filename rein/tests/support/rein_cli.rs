@@ -303,6 +303,26 @@ impl ReinInstance {
         cmd
     }
 
+    /// `rein` for this instance inside the network namespace `/run/netns/<netns>`, through
+    /// `nsenter --net`: only the network namespace changes, so bpffs and cgroup v2 stay visible
+    /// (`ip netns exec` remounts /sys, which hides them).
+    pub fn command_in(&self, netns: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{netns}")).arg(REIN);
+        for var in REIN_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.env("REIN_INSTANCE", &self.name);
+        cmd
+    }
+
+    /// Runs `rein <args>` inside the network namespace `netns` to completion.
+    pub fn rein_in(&self, netns: &str, args: &[&str]) -> Outcome {
+        let mut cmd = self.command_in(netns);
+        cmd.args(args);
+        run_bounded(cmd, COMMAND_TIMEOUT)
+    }
+
     /// Runs `rein <args>` to completion.
     pub fn rein(&self, args: &[&str]) -> Outcome {
         self.rein_env(&[], args)
