@@ -1,0 +1,906 @@
+//! End-to-end tests of `rein net` (issue 4): rules on the veth of a throwaway namespace, real
+//! iperf3 traffic through them, what the rules' counters show, and what bad input and removal
+//! leave behind.
+//!
+//! Every test has its own `HostPair` and its own instance (`REIN_INSTANCE=rein-t-<suffix>`);
+//! rein runs inside a namespace through `nsenter --net` (`ReinInstance::rein_in`), never
+//! `ip netns exec`, which remounts /sys and hides bpffs. Tests that send traffic take `TRAFFIC`
+//! so that they measure rein rather than two cores shared between tests. Needs root, a bpffs at
+//! /sys/fs/bpf and iperf3.
+// clippy.toml allows unwrap/expect in #[test] functions only; the helpers here panic on purpose
+// too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/netns.rs"]
+mod netns;
+#[path = "support/rein_cli.rs"]
+mod rein_cli;
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::Path,
+    sync::{Mutex, MutexGuard},
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    loaded_links,
+};
+use netns::{ClientOptions, HostPair, IPERF3_PORT, Iperf3Result, Iperf3Server};
+use rein_cli::{ReinInstance, wait_until};
+use serde_json::Value;
+
+/// Traffic tests share two cores: one at a time.
+static TRAFFIC: Mutex<()> = Mutex::new(());
+
+fn traffic() -> MutexGuard<'static, ()> {
+    TRAFFIC.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn instance() -> ReinInstance {
+    ReinInstance::new(&netns::unique_suffix())
+}
+
+/// How long each iperf3 run lasts.
+const SECONDS: u32 = 3;
+
+/// The default burst of a `--rate` rule at these rates: max(64k, 10 ms).
+const BURST_BYTES: u64 = 64 * 1024;
+
+// ---------------------------------------------------------------------------
+// Rules
+// ---------------------------------------------------------------------------
+
+/// `rein net add <args>` inside `netns`; returns the new rule's id.
+fn add(rein: &ReinInstance, netns: &str, args: &[&str]) -> u32 {
+    let mut full = vec!["net", "add"];
+    full.extend_from_slice(args);
+    let out = rein.rein_in(netns, &full);
+    let stdout = out.ok();
+    stdout
+        .trim()
+        .strip_prefix("added rule ")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no `added rule ID:` in the output:\n{out}"))
+}
+
+/// `rein net del <id>` (from the host's namespace: rein finds the rule in its state).
+fn del(rein: &ReinInstance, id: u32) {
+    rein.rein(&["net", "del", &id.to_string()]).ok();
+}
+
+/// Rule `id` as `rein net list --json` shows it.
+fn rule(rein: &ReinInstance, id: u32) -> Value {
+    let out = rein.rein(&["net", "list", "--json"]);
+    let rules: Vec<Value> = serde_json::from_str(out.ok())
+        .unwrap_or_else(|e| panic!("`rein net list --json` is not a JSON array ({e}):\n{out}"));
+    rules
+        .into_iter()
+        .find(|r| r["id"].as_u64() == Some(u64::from(id)))
+        .unwrap_or_else(|| panic!("rule {id} is not listed:\n{out}"))
+}
+
+fn counter(value: &Value, name: &str) -> u64 {
+    value[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {value}"))
+}
+
+/// The rule's counters as a line for the log.
+fn counters_line(value: &Value) -> String {
+    format!(
+        "passed {} pkt / {} B, dropped {} pkt / {} B",
+        counter(value, "passed_packets"),
+        counter(value, "passed_bytes"),
+        counter(value, "dropped_packets"),
+        counter(value, "dropped_bytes"),
+    )
+}
+
+/// A token bucket of `bits_per_second` that started full `elapsed` ago can have passed at
+/// most its burst plus the rate times `elapsed` (counted in IP bytes). One packet and 1% of
+/// slack for the clocks.
+fn assert_within_bucket(what: &str, value: &Value, bits_per_second: f64, elapsed: Duration) {
+    let passed = counter(value, "passed_bytes") as f64;
+    let bound = BURST_BYTES as f64 + bits_per_second / 8.0 * elapsed.as_secs_f64() * 1.01 + 1500.0;
+    eprintln!(
+        "{what}: {} ({:.3} of what the bucket allows in {:.1} s)",
+        counters_line(value),
+        passed / bound,
+        elapsed.as_secs_f64()
+    );
+    assert!(
+        passed <= bound,
+        "{what}: passed {passed} bytes in {elapsed:?}, more than the bucket allows ({bound}): \
+         {value}"
+    );
+    assert!(
+        counter(value, "passed_packets") > 0 && counter(value, "dropped_packets") > 0,
+        "{what}: the rule should have passed and dropped packets: {value}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Traffic
+// ---------------------------------------------------------------------------
+
+/// One UDP iperf3 client run: to `server:port` at `rate` (iperf3 syntax), from `bind` if given.
+struct Flow<'a> {
+    server: &'a str,
+    port: u16,
+    rate: &'a str,
+    bind: Option<&'a str>,
+    ipv6: bool,
+    reverse: bool,
+}
+
+impl<'a> Flow<'a> {
+    fn udp(server: &'a str, port: u16, rate: &'a str) -> Self {
+        Self {
+            server,
+            port,
+            rate,
+            bind: None,
+            ipv6: false,
+            reverse: false,
+        }
+    }
+}
+
+/// Runs the flows from the client namespace at the same time, for `SECONDS` each.
+fn run_udp(pair: &HostPair, flows: &[Flow<'_>]) -> Vec<Iperf3Result> {
+    thread::scope(|scope| {
+        let handles: Vec<_> = flows
+            .iter()
+            .map(|flow| {
+                let opts = ClientOptions {
+                    seconds: SECONDS,
+                    udp_bitrate: Some(flow.rate.to_owned()),
+                    reverse: flow.reverse,
+                    ipv6: flow.ipv6,
+                    ..ClientOptions::default()
+                };
+                let mut args = netns::iperf3_client_args(flow.server, flow.port, &opts);
+                if let Some(bind) = flow.bind {
+                    args.extend(["-B".to_owned(), bind.to_owned()]);
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let cmd = pair.client_exec("iperf3", &args);
+                scope.spawn(move || {
+                    netns::run_iperf3_client(cmd, true, netns::iperf3_timeout(&opts))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("an iperf3 client thread"))
+            .collect()
+    })
+}
+
+/// A UDP goodput within 0.85-1.05 of `limit` (bits/s): a sender at twice the limit must get the
+/// limit (less the UDP/IP headers: 1448 of 1476 bytes), plus no more than the burst.
+fn assert_udp_at_limit(what: &str, result: &Iperf3Result, limit: f64) {
+    let ratio = result.bits_per_second / limit;
+    eprintln!(
+        "{what}: {:.2} Mbit/s received of {:.2} sent, {ratio:.3} of the {:.0} Mbit/s limit",
+        result.bits_per_second / 1e6,
+        result.sent_bits_per_second / 1e6,
+        limit / 1e6
+    );
+    assert!(
+        (0.85..=1.05).contains(&ratio),
+        "{what}: goodput {:.2} Mbit/s is {ratio:.3} of the {:.0} Mbit/s limit, expected \
+         0.85-1.05 ({result:?})",
+        result.bits_per_second / 1e6,
+        limit / 1e6
+    );
+}
+
+/// A UDP flow no rule limits gets (nearly) what it offers: at least `floor` bits/s.
+fn assert_udp_unlimited(what: &str, result: &Iperf3Result, floor: f64) {
+    eprintln!(
+        "{what}: {:.2} Mbit/s received of {:.2} sent",
+        result.bits_per_second / 1e6,
+        result.sent_bits_per_second / 1e6
+    );
+    assert!(
+        result.bits_per_second >= floor,
+        "{what}: goodput {:.2} Mbit/s, expected at least {:.1} ({result:?})",
+        result.bits_per_second / 1e6,
+        floor / 1e6
+    );
+}
+
+/// `a.b.c.d/len` of an IPv4 address's network.
+fn ipv4_network(addr: &str, length: u32) -> String {
+    let addr: std::net::Ipv4Addr = addr.parse().unwrap();
+    let mask = u32::MAX.checked_shl(32 - length).unwrap_or(0);
+    format!(
+        "{}/{length}",
+        std::net::Ipv4Addr::from(u32::from(addr) & mask)
+    )
+}
+
+/// `x::/64` of an IPv6 address.
+fn ipv6_network64(addr: &str) -> String {
+    let addr: std::net::Ipv6Addr = addr.parse().unwrap();
+    let mask = u128::MAX << 64;
+    format!("{}/64", std::net::Ipv6Addr::from(u128::from(addr) & mask))
+}
+
+// ---------------------------------------------------------------------------
+// Attachments
+// ---------------------------------------------------------------------------
+
+/// The pinned links of the instance's interface programs: (pin name, link id).
+fn pinned_links(rein: &ReinInstance) -> Vec<(String, u32)> {
+    let dir = rein.pin_dir().join("net");
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut links: Vec<(String, u32)> = entries
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                link_id(&path),
+            )
+        })
+        .collect();
+    links.sort();
+    links
+}
+
+/// The kernel's id of the link pinned at `pin` (the pin stays).
+fn link_id(pin: &Path) -> u32 {
+    let pinned = PinnedLink::from_pin(pin)
+        .unwrap_or_else(|e| panic!("cannot open the pinned link {}: {e}", pin.display()));
+    FdLink::from(pinned)
+        .info()
+        .unwrap_or_else(|e| panic!("no info on the link {}: {e}", pin.display()))
+        .id()
+}
+
+/// Ids of every bpf link in the kernel.
+fn live_link_ids() -> BTreeSet<u32> {
+    loaded_links()
+        .filter_map(Result::ok)
+        .map(|l| l.id())
+        .collect()
+}
+
+/// Waits (a released link goes after an RCU grace period) until none of `ids` exists.
+fn assert_links_gone(what: &str, ids: &[u32]) {
+    let gone = wait_until(Duration::from_secs(3), || {
+        let live = live_link_ids();
+        ids.iter().all(|id| !live.contains(id))
+    });
+    let live = live_link_ids();
+    let left: Vec<&u32> = ids.iter().filter(|id| live.contains(id)).collect();
+    assert!(gone, "after {what}, bpf links {left:?} are still alive");
+}
+
+fn assert_no_xdp(what: &str, ns: &str, dev: &str) {
+    let details = netns::link_details(ns, dev);
+    assert!(
+        !details.contains("prog/xdp") && !details.contains(" xdp"),
+        "after {what}, {dev} still has an XDP program:\n{details}"
+    );
+}
+
+/// The interface index of `dev` in `ns` (`N: dev@...` of `ip link`).
+fn ifindex(ns: &str, dev: &str) -> u32 {
+    let details = netns::link_details(ns, dev);
+    details
+        .split(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ifindex for {dev} in {ns}:\n{details}"))
+}
+
+// ---------------------------------------------------------------------------
+// Limits on real traffic
+// ---------------------------------------------------------------------------
+
+/// A rule for the server's /30 on its veth's ingress at 20mbit: UDP at twice the limit gets the
+/// limit; TCP through this dropping policer backs off below it but keeps going; the counters
+/// never show more than the bucket allows. Then the same on the egress side (server to client,
+/// iperf3 -R).
+#[test]
+fn a_destination_prefix_limits_udp_and_tcp() {
+    let _traffic = traffic();
+    let pair = HostPair::new();
+    let rein = instance();
+    let _server = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT);
+    let limit = 20e6;
+    let prefix = ipv4_network(&pair.server_addr, 30);
+
+    let added = Instant::now();
+    let id = add(
+        &rein,
+        &pair.server_ns,
+        &[
+            "--dev",
+            &pair.server_if,
+            "--dir",
+            "ingress",
+            "--dst",
+            &prefix,
+            "--rate",
+            "20mbit",
+        ],
+    );
+    let udp = run_udp(&pair, &[Flow::udp(&pair.server_addr, IPERF3_PORT, "40M")]);
+    assert_udp_at_limit("UDP to the /30, tc ingress", &udp[0], limit);
+
+    let tcp_opts = ClientOptions {
+        seconds: SECONDS,
+        ..ClientOptions::default()
+    };
+    let args = netns::iperf3_client_args(&pair.server_addr, IPERF3_PORT, &tcp_opts);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tcp = netns::run_iperf3_client(
+        pair.client_exec("iperf3", &args),
+        false,
+        netns::iperf3_timeout(&tcp_opts),
+    );
+    let ratio = tcp.bits_per_second / limit;
+    eprintln!(
+        "TCP to the /30, tc ingress: {:.2} Mbit/s, {ratio:.3} of the limit, {} retransmissions",
+        tcp.bits_per_second / 1e6,
+        tcp.retransmits
+    );
+    // The most the bucket lets through in the run: the rate plus its burst.
+    let most = limit + BURST_BYTES as f64 * 8.0 / f64::from(SECONDS);
+    assert!(
+        tcp.bits_per_second <= most * 1.02,
+        "TCP through a 20mbit rule got {:.2} Mbit/s ({tcp:?})",
+        tcp.bits_per_second / 1e6
+    );
+    assert!(
+        tcp.bits_per_second >= 0.02 * limit && tcp.bytes > 0,
+        "TCP through a 20mbit rule made (almost) no progress: {:.3} Mbit/s ({tcp:?})",
+        tcp.bits_per_second / 1e6
+    );
+    assert!(
+        tcp.retransmits > 0,
+        "a dropping policer should have cost TCP retransmissions ({tcp:?})"
+    );
+    assert_within_bucket(
+        "the /30 rule after UDP and TCP",
+        &rule(&rein, id),
+        limit,
+        added.elapsed(),
+    );
+    del(&rein, id);
+
+    // Egress: what the server sends to the client.
+    let added = Instant::now();
+    let id = add(
+        &rein,
+        &pair.server_ns,
+        &[
+            "--dev",
+            &pair.server_if,
+            "--dir",
+            "egress",
+            "--dst",
+            &pair.client_addr,
+            "--rate",
+            "20mbit",
+        ],
+    );
+    let reverse = Flow {
+        reverse: true,
+        ..Flow::udp(&pair.server_addr, IPERF3_PORT, "40M")
+    };
+    let udp = run_udp(&pair, &[reverse]);
+    assert_udp_at_limit("UDP to the client, tc egress (-R)", &udp[0], limit);
+    assert_within_bucket("the egress rule", &rule(&rein, id), limit, added.elapsed());
+    del(&rein, id);
+    rein.assert_no_trace("`rein net del` of the last rule");
+}
+
+/// Three clients of their own address each send UDP at twice a per-source limit of 10mbit, all
+/// at once: each gets its own 10 Mbit/s (a shared bucket would give each a third), in the exact
+/// mode and in a count-min sketch, and `rein net list` names the three as its top sources.
+#[test]
+fn per_source_rules_give_each_source_its_own_limit() {
+    let _traffic = traffic();
+    let pair = HostPair::new();
+    let rein = instance();
+    let sources = pair.add_client_addresses(3);
+    let ports: Vec<u16> = (0..3).map(|i| IPERF3_PORT + i).collect();
+    let _servers: Vec<Iperf3Server> = ports
+        .iter()
+        .map(|&port| Iperf3Server::start(&pair.server_ns, &pair.server_addr, port))
+        .collect();
+    let limit = 10e6;
+
+    for mode in [
+        &["--per-source"][..],
+        &["--per-source", "--sketch", "4096x4"],
+    ] {
+        let name = mode.join(" ");
+        let mut args = vec![
+            "--dev",
+            &pair.server_if,
+            "--dir",
+            "ingress",
+            "--dst",
+            &pair.server_addr,
+            "--rate",
+            "10mbit",
+        ];
+        args.extend_from_slice(mode);
+        let added = Instant::now();
+        let id = add(&rein, &pair.server_ns, &args);
+        let flows: Vec<Flow<'_>> = sources
+            .iter()
+            .zip(&ports)
+            .map(|(source, &port)| Flow {
+                bind: Some(source),
+                ..Flow::udp(&pair.server_addr, port, "20M")
+            })
+            .collect();
+        let results = run_udp(&pair, &flows);
+        let total: f64 = results.iter().map(|r| r.bits_per_second).sum();
+        eprintln!(
+            "{name}: {:.2} Mbit/s for the three sources together",
+            total / 1e6
+        );
+        for (source, result) in sources.iter().zip(&results) {
+            assert_udp_at_limit(&format!("{name}, source {source}"), result, limit);
+        }
+
+        let listed = rule(&rein, id);
+        eprintln!("{name}: rule {}", counters_line(&listed));
+        // Together they passed three buckets' worth.
+        let passed = counter(&listed, "passed_bytes") as f64;
+        let bound = 3.0
+            * (BURST_BYTES as f64 + limit / 8.0 * added.elapsed().as_secs_f64() * 1.01 + 1500.0);
+        assert!(
+            passed <= bound,
+            "{name}: passed {passed} bytes, more than three buckets allow ({bound})"
+        );
+        let top = listed["top_sources"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: no top_sources in {listed}"));
+        for source in &sources {
+            let entry = top
+                .iter()
+                .find(|s| s["address"].as_str() == Some(source))
+                .unwrap_or_else(|| panic!("{name}: {source} is not in the top sources: {listed}"));
+            eprintln!("{name}: top source {source}: {}", counters_line(entry));
+            assert!(
+                counter(entry, "passed_packets") > 0 && counter(entry, "dropped_packets") > 0,
+                "{name}: source {source} should have passed and dropped packets: {entry}"
+            );
+            // Each source's counts are its own: about a third of the rule's.
+            let share = counter(entry, "passed_bytes") as f64 / passed;
+            assert!(
+                (0.25..=0.42).contains(&share),
+                "{name}: source {source} has {share:.3} of the rule's passed bytes: {listed}"
+            );
+        }
+        del(&rein, id);
+    }
+    rein.assert_no_trace("`rein net del` of the last rule");
+}
+
+/// An IPv6 prefix rule limits UDP over IPv6 and leaves IPv4 to the same server alone.
+#[test]
+fn an_ipv6_prefix_limits_udp_over_ipv6() {
+    let _traffic = traffic();
+    let pair = HostPair::new();
+    let rein = instance();
+    let _server6 = Iperf3Server::start(&pair.server_ns, &pair.server_addr6, IPERF3_PORT);
+    let _server4 = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT + 1);
+    let limit = 20e6;
+    let prefix = ipv6_network64(&pair.server_addr6);
+    let added = Instant::now();
+    let id = add(
+        &rein,
+        &pair.server_ns,
+        &[
+            "--dev",
+            &pair.server_if,
+            "--dir",
+            "ingress",
+            "--dst",
+            &prefix,
+            "--rate",
+            "20mbit",
+        ],
+    );
+    let v6 = Flow {
+        ipv6: true,
+        ..Flow::udp(&pair.server_addr6, IPERF3_PORT, "40M")
+    };
+    let v4 = Flow::udp(&pair.server_addr, IPERF3_PORT + 1, "40M");
+    let results = run_udp(&pair, &[v6, v4]);
+    assert_udp_at_limit(&format!("UDP over IPv6 to {prefix}"), &results[0], limit);
+    assert_udp_unlimited("UDP over IPv4 beside it", &results[1], 32e6);
+    let listed = rule(&rein, id);
+    assert_eq!(listed["destination"].as_str(), Some(prefix.as_str()));
+    assert_within_bucket("the IPv6 rule", &listed, limit, added.elapsed());
+    del(&rein, id);
+    rein.assert_no_trace("`rein net del` of the last rule");
+}
+
+/// A service rule (address, UDP, port A) at 10mbit limits port A and leaves port B alone; with a
+/// host rule at 30mbit beside it, port A keeps the service rule (the most specific one) and
+/// port B gets the host rule.
+#[test]
+fn a_service_port_rule_leaves_other_ports_alone() {
+    let _traffic = traffic();
+    let pair = HostPair::new();
+    let rein = instance();
+    let (port_a, port_b) = (IPERF3_PORT, IPERF3_PORT + 1);
+    let _server_a = Iperf3Server::start(&pair.server_ns, &pair.server_addr, port_a);
+    let _server_b = Iperf3Server::start(&pair.server_ns, &pair.server_addr, port_b);
+    let port_a_arg = port_a.to_string();
+    let service = add(
+        &rein,
+        &pair.server_ns,
+        &[
+            "--dev",
+            &pair.server_if,
+            "--dir",
+            "ingress",
+            "--dst",
+            &pair.server_addr,
+            "--proto",
+            "udp",
+            "--dport",
+            &port_a_arg,
+            "--rate",
+            "10mbit",
+        ],
+    );
+    let results = run_udp(
+        &pair,
+        &[
+            Flow::udp(&pair.server_addr, port_a, "20M"),
+            Flow::udp(&pair.server_addr, port_b, "40M"),
+        ],
+    );
+    assert_udp_at_limit("UDP to the service port", &results[0], 10e6);
+    assert_udp_unlimited("UDP to another port", &results[1], 32e6);
+
+    let host = add(
+        &rein,
+        &pair.server_ns,
+        &[
+            "--dev",
+            &pair.server_if,
+            "--dir",
+            "ingress",
+            "--dst",
+            &pair.server_addr,
+            "--rate",
+            "30mbit",
+        ],
+    );
+    let results = run_udp(
+        &pair,
+        &[
+            Flow::udp(&pair.server_addr, port_a, "20M"),
+            Flow::udp(&pair.server_addr, port_b, "60M"),
+        ],
+    );
+    assert_udp_at_limit(
+        "UDP to the service port, beside a host rule",
+        &results[0],
+        10e6,
+    );
+    assert_udp_at_limit(
+        "UDP to another port, under the host rule",
+        &results[1],
+        30e6,
+    );
+    eprintln!(
+        "service rule: {}\nhost rule: {}",
+        counters_line(&rule(&rein, service)),
+        counters_line(&rule(&rein, host))
+    );
+    del(&rein, service);
+    del(&rein, host);
+    rein.assert_no_trace("`rein net del` of the last rule");
+}
+
+/// The same UDP limit on XDP: veth runs the program natively (`prog/xdp` in `ip link`), drops
+/// what the bucket refuses, and loses it again with the rule.
+#[test]
+fn an_xdp_rule_limits_udp() {
+    let _traffic = traffic();
+    let pair = HostPair::new();
+    let rein = instance();
+    let _server = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT);
+    let limit = 20e6;
+    let added = Instant::now();
+    let id = add(
+        &rein,
+        &pair.server_ns,
+        &[
+            "--dev",
+            &pair.server_if,
+            "--dir",
+            "ingress",
+            "--dst",
+            &pair.server_addr,
+            "--rate",
+            "20mbit",
+            "--xdp",
+        ],
+    );
+    let details = netns::link_details(&pair.server_ns, &pair.server_if);
+    let mode = details
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("prog/"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no XDP program on {}:\n{details}", pair.server_if))
+        .to_owned();
+    eprintln!("XDP attached as {mode}");
+    let results = run_udp(&pair, &[Flow::udp(&pair.server_addr, IPERF3_PORT, "40M")]);
+    assert_udp_at_limit(&format!("UDP through {mode}"), &results[0], limit);
+    let listed = rule(&rein, id);
+    assert_eq!(listed["hook"].as_str(), Some("xdp"));
+    assert_within_bucket("the XDP rule", &listed, limit, added.elapsed());
+    let links = pinned_links(&rein);
+    assert_eq!(links.len(), 1, "one link for one rule: {links:?}");
+    del(&rein, id);
+    assert_no_xdp(
+        "`rein net del` of the XDP rule",
+        &pair.server_ns,
+        &pair.server_if,
+    );
+    assert_links_gone("`rein net del` of the XDP rule", &[links[0].1]);
+    rein.assert_no_trace("`rein net del` of the XDP rule");
+}
+
+// ---------------------------------------------------------------------------
+// Bad input and removal
+// ---------------------------------------------------------------------------
+
+/// A rule as `list` shows it, without its counters (which may move).
+fn without_counters(mut rule: Value) -> Value {
+    if let Value::Object(fields) = &mut rule {
+        fields.retain(|k, _| !k.ends_with("_packets") && !k.ends_with("_bytes"));
+        fields.remove("top_sources");
+    }
+    rule
+}
+
+/// Every refusal exits non-zero with one line naming the problem; with no rules it leaves no
+/// trace, with rules it leaves them, their pins and their programs as they were. Deleting the
+/// rules one by one detaches each program with its last rule and leaves nothing at the end.
+#[test]
+fn bad_net_rules_are_refused_and_change_nothing() {
+    let pair = HostPair::new();
+    let rein = instance();
+    let dev = pair.server_if.as_str();
+    let missing = format!("nosuch-{}", pair.suffix);
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (vec!["--dev", &missing], vec!["no network device", &missing]),
+        (
+            vec!["--dst", "bogus"],
+            vec!["--dst", "bogus", "not an address"],
+        ),
+        (
+            vec!["--dst", "198.18.0.1/33"],
+            vec!["--dst", "198.18.0.1/33", "longer than the address"],
+        ),
+        (
+            vec!["--src", "198.18.0.1/24"],
+            vec!["--src", "198.18.0.1/24", "host bits"],
+        ),
+        (
+            vec!["--src", "198.18.0.0/24", "--dst", "2001:2::1"],
+            vec!["same address family"],
+        ),
+        (
+            vec!["--algo", "fixed-window", "--window", "0s"],
+            vec!["--window", "0s", "greater than zero"],
+        ),
+        (
+            vec!["--algo", "sliding-window", "--window", "0ms"],
+            vec!["--window", "greater than zero"],
+        ),
+        (
+            vec!["--xdp", "--dir", "egress"],
+            vec!["--xdp", "ingress only"],
+        ),
+        (
+            vec!["--sketch", "4096x4"],
+            vec!["--sketch needs --per-source"],
+        ),
+        (
+            vec!["--per-source", "--sketch", "10x1"],
+            vec!["10x1", "out of range"],
+        ),
+        (
+            vec!["--dir", "sideways"],
+            vec!["--dir", "sideways", "ingress or egress"],
+        ),
+        (
+            vec!["--proto", "icmp"],
+            vec!["--proto", "icmp", "tcp or udp"],
+        ),
+        (vec!["--dport", "0"], vec!["--dport", "1 to 65535"]),
+    ];
+    let run_case = |extra: &[&str]| {
+        let mut args = vec!["net", "add", "--rate", "1mbit"];
+        if !extra.contains(&"--dev") {
+            args.extend(["--dev", dev]);
+        }
+        if !extra.contains(&"--dir") {
+            args.extend(["--dir", "ingress"]);
+        }
+        args.extend_from_slice(extra);
+        rein.rein_in(&pair.server_ns, &args)
+    };
+    for (extra, needles) in &cases {
+        let line = run_case(extra).refused(needles).to_owned();
+        eprintln!("{}: {line}", extra.join(" "));
+        rein.assert_no_trace(&format!("`rein net add {}`", extra.join(" ")));
+    }
+    rein.rein(&["net", "del", "1"])
+        .refused(&["no rein net rule 1"]);
+    rein.assert_no_trace("`rein net del 1` of nothing");
+
+    // With rules in place.
+    let tc_rule = [
+        "--dev",
+        dev,
+        "--dir",
+        "ingress",
+        "--dst",
+        &pair.server_addr,
+        "--rate",
+        "5mbit",
+    ];
+    let tc = add(&rein, &pair.server_ns, &tc_rule);
+    let mut xdp_rule = tc_rule.to_vec();
+    xdp_rule.push("--xdp");
+    let xdp = add(&rein, &pair.server_ns, &xdp_rule);
+    let rules_before: Vec<Value> = rein.net_rules().into_iter().map(without_counters).collect();
+    let links_before = pinned_links(&rein);
+    assert_eq!(
+        links_before.len(),
+        2,
+        "a tc and an XDP link: {links_before:?}"
+    );
+    let xdp_before = netns::link_details(&pair.server_ns, dev);
+    assert!(
+        xdp_before.contains("prog/xdp"),
+        "no XDP program:\n{xdp_before}"
+    );
+    let unchanged = |after: &str| {
+        let rules: Vec<Value> = rein.net_rules().into_iter().map(without_counters).collect();
+        assert_eq!(rules, rules_before, "after {after}, the rules changed");
+        assert_eq!(
+            pinned_links(&rein),
+            links_before,
+            "after {after}, the links changed"
+        );
+    };
+
+    let tc_id = tc.to_string();
+    let xdp_id = xdp.to_string();
+    let mut duplicate = tc_rule.to_vec();
+    duplicate.extend(["--burst", "128k"]);
+    let mut net_add = vec!["net", "add"];
+    net_add.extend_from_slice(&duplicate);
+    rein.rein_in(&pair.server_ns, &net_add)
+        .refused(&[&format!("rule {tc_id}"), "already matches"]);
+    unchanged("a duplicate tc rule");
+    let mut net_add = vec!["net", "add"];
+    net_add.extend_from_slice(&xdp_rule);
+    rein.rein_in(&pair.server_ns, &net_add)
+        .refused(&[&format!("rule {xdp_id}"), "already matches"]);
+    unchanged("a duplicate XDP rule");
+    for (extra, needles) in &cases {
+        run_case(extra).refused(needles);
+        unchanged(&format!("`rein net add {}`", extra.join(" ")));
+    }
+    // Both veths are interface 2 of their namespaces: rein cannot tell them apart.
+    if ifindex(&pair.client_ns, &pair.client_if) == ifindex(&pair.server_ns, dev) {
+        rein.rein_in(
+            &pair.client_ns,
+            &[
+                "net",
+                "add",
+                "--dev",
+                &pair.client_if,
+                "--dir",
+                "egress",
+                "--rate",
+                "5mbit",
+            ],
+        )
+        .refused(&["another network namespace"]);
+        unchanged("a rule on the same ifindex in another namespace");
+    }
+    rein.rein(&["net", "del", "0"]).refused(&["rule id"]);
+    rein.rein(&["net", "del", "77"])
+        .refused(&["no rein net rule 77"]);
+    unchanged("`rein net del` of rules that do not exist");
+
+    // The tc rule goes with its link; the XDP one stays.
+    del(&rein, tc);
+    let tc_link: Vec<u32> = links_before
+        .iter()
+        .filter(|(name, _)| name.ends_with("-tc-ingress"))
+        .map(|(_, id)| *id)
+        .collect();
+    assert_eq!(tc_link.len(), 1, "{links_before:?}");
+    assert_links_gone("`rein net del` of the tc rule", &tc_link);
+    let links = pinned_links(&rein);
+    assert!(
+        links.len() == 1 && links[0].0.ends_with("-xdp"),
+        "after deleting the tc rule: {links:?}"
+    );
+    assert!(netns::link_details(&pair.server_ns, dev).contains("prog/xdp"));
+    del(&rein, xdp);
+    assert_no_xdp("`rein net del` of the last rule", &pair.server_ns, dev);
+    assert_links_gone(
+        "`rein net del` of the last rule",
+        &links_before.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+    );
+    rein.assert_no_trace("`rein net del` of the last rule");
+}
+
+/// `rein purge` removes every kind of rule: tc on both sides, XDP, per-source exact and sketch
+/// rules, and their programs.
+#[test]
+fn purge_removes_every_net_rule_and_program() {
+    let pair = HostPair::new();
+    let rein = instance();
+    let dev = pair.server_if.as_str();
+    let server = pair.server_addr.as_str();
+    let base = ["--dev", dev, "--rate", "5mbit"];
+    let rules: [&[&str]; 5] = [
+        &["--dir", "ingress", "--dst", server],
+        &["--dir", "egress", "--dst", &pair.client_addr],
+        &["--dir", "ingress", "--dst", server, "--xdp"],
+        &["--dir", "ingress", "--proto", "udp", "--per-source"],
+        &[
+            "--dir",
+            "ingress",
+            "--proto",
+            "tcp",
+            "--per-source",
+            "--sketch",
+            "1024x2",
+        ],
+    ];
+    for extra in rules {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        add(&rein, &pair.server_ns, &args);
+    }
+    let listed = rein.net_rules();
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    let links = pinned_links(&rein);
+    eprintln!("links: {links:?}");
+    assert_eq!(links.len(), 3, "tc ingress, tc egress and XDP: {links:?}");
+    assert!(netns::link_details(&pair.server_ns, dev).contains("prog/xdp"));
+
+    let out = rein.rein(&["purge"]);
+    eprintln!("{}", out.ok().trim());
+    rein.assert_no_trace("`rein purge`");
+    assert_no_xdp("`rein purge`", &pair.server_ns, dev);
+    assert_links_gone(
+        "`rein purge`",
+        &links.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+    );
+    assert!(rein.net_rules().is_empty());
+    rein.assert_no_trace("`rein list` after `rein purge`");
+}
