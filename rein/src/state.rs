@@ -33,7 +33,7 @@ pub struct NetRuleRecord {
     #[serde(flatten)]
     pub spec: NetRuleSpec,
     pub ifindex: u32,
-    /// The network namespace of the device (inode of its nsfs file).
+    /// The network namespace of the device (its cookie, never reused while the machine runs).
     pub netns: u64,
     /// Sketch rules: the first of their cells in the sketch map.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -136,8 +136,32 @@ pub fn device(name: &str) -> io::Result<Option<Device>> {
     Ok(Some(Device { ifindex, link_type }))
 }
 
-/// The inode of the calling thread's network namespace: tells namespaces apart.
-pub fn netns_id() -> io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
+/// The calling thread's network namespace's cookie: unique while the machine runs (an nsfs
+/// inode number is reused once its namespace is gone).
+pub fn netns_cookie() -> io::Result<u64> {
+    // Linux's SO_NETNS_COOKIE (5.14), which the libc crate does not name.
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a plain socket, closed by OwnedFd.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    let mut cookie = 0u64;
+    let mut length = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `length` bytes into the u64 we own.
+    let ret = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut length,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }

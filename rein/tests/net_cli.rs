@@ -665,6 +665,62 @@ fn an_xdp_rule_limits_udp() {
     rein.assert_no_trace("`rein net del` of the XDP rule");
 }
 
+/// A rule whose namespace was deleted limits nothing in the next namespace, even when its device
+/// gets the same interface index (and the namespace the same inode), and does not block rules
+/// there: `list` shows it as gone.
+#[test]
+fn a_rule_of_a_deleted_namespace_limits_nothing_after_it() {
+    let _traffic = traffic();
+    let rein = instance();
+    let (old, old_ifindex) = {
+        let pair = HostPair::new();
+        let id = add(
+            &rein,
+            &pair.server_ns,
+            &[
+                "--dev",
+                &pair.server_if,
+                "--dir",
+                "ingress",
+                "--proto",
+                "udp",
+                "--rate",
+                "5mbit",
+            ],
+        );
+        (id, ifindex(&pair.server_ns, &pair.server_if))
+    };
+    let pair = HostPair::new();
+    assert_eq!(
+        ifindex(&pair.server_ns, &pair.server_if),
+        old_ifindex,
+        "the test needs the new device to take the old one's index"
+    );
+    let _server = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT);
+    // Another rule on the new device attaches the program there.
+    let new = add(
+        &rein,
+        &pair.server_ns,
+        &[
+            "--dev",
+            &pair.server_if,
+            "--dir",
+            "ingress",
+            "--proto",
+            "tcp",
+            "--rate",
+            "5mbit",
+        ],
+    );
+    assert_eq!(rule(&rein, old)["attached"].as_bool(), Some(false));
+    assert_eq!(rule(&rein, new)["attached"].as_bool(), Some(true));
+    let results = run_udp(&pair, &[Flow::udp(&pair.server_addr, IPERF3_PORT, "20M")]);
+    // The gone rule would hold it to 5 Mbit/s.
+    assert_udp_unlimited("UDP beside a gone 5mbit UDP rule", &results[0], 12e6);
+    rein.rein(&["purge"]).ok();
+    rein.assert_no_trace("purge");
+}
+
 // ---------------------------------------------------------------------------
 // Bad input and removal
 // ---------------------------------------------------------------------------

@@ -57,6 +57,8 @@ pub enum ArgError {
         value: String,
         expected: &'static str,
     },
+    #[error("{0:?} is not a rule id (see rein net list)")]
+    BadRuleId(String),
     #[error("{0}")]
     Conflict(&'static str),
     #[error("{0}")]
@@ -88,15 +90,13 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
         LowCommand::Doctor { json } => HiCommand::Doctor { json },
         LowCommand::Net { command } => match command {
             LowNetCommand::Add(add) => HiCommand::NetAdd(net_rule(&add)?),
-            LowNetCommand::Del { id } => {
-                HiCommand::NetDel(id.trim().parse::<u32>().ok().filter(|&id| id > 0).ok_or(
-                    ArgError::Bad {
-                        flag: "id",
-                        value: id,
-                        expected: "a rule id (see rein net list)",
-                    },
-                )?)
-            }
+            LowNetCommand::Del { id } => HiCommand::NetDel(
+                id.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&id| id > 0)
+                    .ok_or(ArgError::BadRuleId(id))?,
+            ),
             LowNetCommand::List { json } => HiCommand::NetList { json },
         },
     })

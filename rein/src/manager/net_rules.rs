@@ -63,10 +63,25 @@ impl Rein {
                 link_type: device.link_type,
             });
         }
-        let netns = sys::netns_id().context(|| "cannot read the network namespace".into())?;
+        let netns = sys::netns_cookie().context(|| "cannot read the network namespace".into())?;
         let matching = spec.matching(device.ifindex)?;
+        // Rules whose device is gone (deleted, or its namespace with it) stay listed, but their
+        // entries must not match traffic of a new device that got the same index.
+        let gone: Vec<&NetRuleRecord> = state
+            .net
+            .iter()
+            .filter(|r| r.ifindex == device.ifindex && !attachment(r).is_attached(&self.instance))
+            .collect();
+        if !gone.is_empty() && NetDatapath::is_installed(&self.instance) {
+            let mut datapath = NetDatapath::open(&self.instance)?;
+            for record in gone {
+                if let Ok(matching) = record.spec.matching(record.ifindex) {
+                    datapath.remove(record.id, &matching);
+                }
+            }
+        }
         for other in &state.net {
-            if other.ifindex != device.ifindex {
+            if other.ifindex != device.ifindex || !attachment(other).is_attached(&self.instance) {
                 continue;
             }
             if other.netns != netns {
@@ -200,7 +215,9 @@ impl Rein {
         let now = self.clock.now_ns();
         let mut restored = 0;
         for record in &state.net {
-            if datapath.rule(record.id).is_some() {
+            // A rule whose device is gone stays out of the maps (see net_add).
+            if datapath.rule(record.id).is_some() || !attachment(record).is_attached(&self.instance)
+            {
                 continue;
             }
             let matching = record.spec.matching(record.ifindex)?;
