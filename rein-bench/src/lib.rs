@@ -2,6 +2,7 @@
 //! namespaces ([`netns`]), small statistics ([`stats`]) and the plot font ([`font`]).
 
 pub mod font;
+pub mod net;
 pub mod netns;
 pub mod proc;
 pub mod stats;
