@@ -5,12 +5,20 @@
 //!   a remove;
 //! - [`sketch`]: the count-min sketch's overestimation on a heavy-tailed trace (the reference
 //!   model), and the kernel's sketch against its exact per-source table on the same kind of
-//!   trace.
+//!   trace;
+//! - [`cli`]: the latency of `rein net add` and `rein net del` on a veth in a namespace;
+//! - [`flood`]: a UDP flood of small packets between two namespaces against rein at XDP and at
+//!   tc ingress, and against the classic tools (tc police, ifb + tbf, tbf on egress).
 //!
-//! The eBPF objects it loads itself are never pinned and go with the process.
+//! Everything it makes is removed by guards, also on errors and Ctrl-C: the namespaces (with
+//! their links and qdiscs), the private rein instance (`rein purge`), and the eBPF objects it
+//! loads itself, which are never pinned and go with the process.
 
+pub mod cli;
+pub mod flood;
 pub mod frame;
 pub mod memory;
 pub mod object;
+pub mod rein;
 pub mod sketch;
 pub mod testrun;
