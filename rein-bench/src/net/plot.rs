@@ -68,8 +68,20 @@ pub fn draw(path: &Path, title: &str, doc: &Document) -> Result<()> {
     Ok(())
 }
 
+/// A panel whose section did not run (or measured nothing).
+fn empty_panel(area: &Area<'_>, title: &str) -> Result<()> {
+    let style = TextStyle::from((FONT, 16).into_font()).color(&BLACK);
+    area.draw_text(title, &style, (20, 10))
+        .map_err(plot_error)?;
+    area.draw_text("not measured in this run", &style, (20, 40))
+        .map_err(plot_error)
+}
+
 fn ns_panel(area: &Area<'_>, doc: &Document, hook: Hook) -> Result<()> {
     let results = &doc.testrun;
+    if results.timings.iter().all(|t| t.hook != hook) {
+        return empty_panel(area, &format!("{}: ns per packet", hook.label()));
+    }
     let levels = results.levels();
     let top = results
         .timings
@@ -136,6 +148,9 @@ fn ns_panel(area: &Area<'_>, doc: &Document, hook: Hook) -> Result<()> {
 }
 
 fn flood_panel(area: &Area<'_>, rows: &[FloodRow]) -> Result<()> {
+    if rows.iter().all(|r| r.delivered_ratio.is_none()) {
+        return empty_panel(area, "UDP flood: delivered / limit");
+    }
     let mut limits: Vec<u64> = rows.iter().map(|r| r.limit_pps).collect();
     limits.dedup();
     let top = rows
@@ -143,6 +158,8 @@ fn flood_panel(area: &Area<'_>, rows: &[FloodRow]) -> Result<()> {
         .filter_map(|r| r.delivered_ratio)
         .fold(1.0, f64::max);
     let x_end = limits.len().max(1) as f64 - 0.5;
+    // Room on the right for the legend, clear of the bars.
+    let x_legend = x_end + 0.9;
     let labels: Vec<String> = limits.iter().map(|l| format!("limit {l} pps")).collect();
     let x_format = |x: &f64| {
         let i = x.round();
@@ -160,7 +177,7 @@ fn flood_panel(area: &Area<'_>, rows: &[FloodRow]) -> Result<()> {
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(50)
-        .build_cartesian_2d(-0.5..x_end, 0.0..top * 1.2)
+        .build_cartesian_2d(-0.5..x_legend, 0.0..top * 1.2)
         .map_err(plot_error)?;
     chart
         .configure_mesh()
@@ -174,7 +191,7 @@ fn flood_panel(area: &Area<'_>, rows: &[FloodRow]) -> Result<()> {
         .map_err(plot_error)?;
     chart
         .draw_series(std::iter::once(PathElement::new(
-            vec![(-0.5, 1.0), (x_end, 1.0)],
+            vec![(-0.5, 1.0), (x_legend, 1.0)],
             BLACK.stroke_width(1),
         )))
         .map_err(plot_error)?;
@@ -231,6 +248,9 @@ type Measure = fn(&ModelRow) -> f64;
 
 fn sketch_panel(area: &Area<'_>, doc: &Document) -> Result<()> {
     let model = &doc.sketch.model;
+    if model.is_empty() {
+        return empty_panel(area, "count-min sketch overestimate per source");
+    }
     let top = model
         .iter()
         .map(|m| m.max_over.max(m.bound))
