@@ -43,10 +43,33 @@ pub const NET_PASS_XDP_PROGRAM: &str = "rein_net_pass_xdp";
 pub const NET_PER_SOURCE_MAP: &str = "REIN_NET_PER_SOURCE";
 pub const NET_SKETCH_MAP: &str = "REIN_NET_SKETCH";
 pub const NET_HEAVY_MAP: &str = "REIN_NET_HEAVY";
+pub const NET_SHAPES_MAP: &str = "REIN_NET_SHAPES";
+
+/// The lookup maps, as [`shape_bit`] numbers them.
+pub const SHAPE_DESTINATION: u32 = 0;
+pub const SHAPE_SOURCE: u32 = 1;
+pub const SHAPE_PAIR: u32 = 2;
+
+/// The bit of one lookup the programs may make: one of the three maps for one way of naming
+/// protocol and port. The shapes map holds the union of the bits of every rule, and the programs
+/// skip the lookups whose bit is clear: a host with only destination-prefix rules makes one
+/// lookup per packet, not twelve.
+pub const fn shape_bit(names_port: bool, names_protocol: bool, map: u32) -> u32 {
+    let variant = match (names_port, names_protocol) {
+        (true, true) => 0,
+        (true, false) => 1,
+        (false, true) => 2,
+        (false, false) => 3,
+    };
+    1 << (variant * 3 + map)
+}
 
 /// `Scope::direction` of rules the XDP program applies: apart from tc ingress rules on the same
 /// interface, so that a packet both hooks see is charged once, by the hook its rule names.
 pub const HOOK_XDP: u8 = 2;
+
+/// The most rules the programs' tables can be made for (userspace sizes them, up to this).
+pub const MAX_NET_RULES: u32 = 1 << 20;
 
 /// Sources the exact per-source mode tracks at once, over all rules (least recently seen go
 /// first).

@@ -27,9 +27,10 @@ use rein_common::{
     Counters, Direction,
     net::{
         ALGORITHM_FIXED_WINDOW, ALGORITHM_TOKEN_BUCKET, FLAG_PACKETS, FLAG_PER_SOURCE, FLAG_SKETCH,
-        HOOK_XDP, MAX_HEAVY_SOURCES, MAX_SKETCH_CELLS, MAX_SKETCH_DEPTH, MAX_TRACKED_SOURCES,
-        NetRule, PORT_ANY, PROTOCOL_ANY, PairKey, PrefixKey, RuleMatch, SCOPE_BITS, Scope,
-        SourceKey, SourceState, sketch_column,
+        HOOK_XDP, MAX_HEAVY_SOURCES, MAX_NET_RULES, MAX_SKETCH_CELLS, MAX_SKETCH_DEPTH,
+        MAX_TRACKED_SOURCES, NetRule, PORT_ANY, PROTOCOL_ANY, PairKey, PrefixKey, RuleMatch,
+        SCOPE_BITS, SHAPE_DESTINATION, SHAPE_PAIR, SHAPE_SOURCE, Scope, SourceKey, SourceState,
+        shape_bit, sketch_column,
     },
     window::{WindowKind, WindowState, WindowVerdict, cost_units},
 };
@@ -45,9 +46,8 @@ mod take;
 
 use net_packet::Packet;
 
-/// Rules and prefixes a host may hold: flat lookups keep the cost independent of the count.
-const MAX_NET_RULES: u32 = 1 << 20;
-
+// Rules and prefixes a host may hold (userspace sizes the tables at most this large): flat
+// lookups keep the cost independent of the count.
 #[map(name = "REIN_NET_RULES")]
 static REIN_NET_RULES: HashMap<u32, NetRule> =
     HashMap::with_max_entries(MAX_NET_RULES, BPF_F_NO_PREALLOC);
@@ -67,6 +67,10 @@ static REIN_NET_DESTINATIONS: LpmTrie<PrefixKey, RuleMatch> =
 #[map(name = "REIN_NET_PAIRS")]
 static REIN_NET_PAIRS: HashMap<PairKey, RuleMatch> =
     HashMap::with_max_entries(MAX_NET_RULES, BPF_F_NO_PREALLOC);
+
+/// One entry: the union of every rule's `shape_bit`s.
+#[map(name = "REIN_NET_SHAPES")]
+static REIN_NET_SHAPES: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "REIN_NET_PER_SOURCE")]
 static REIN_NET_PER_SOURCE: LruHashMap<SourceKey, SourceState> =
@@ -190,6 +194,8 @@ fn admit(packet: &Packet, ifindex: u32, hook: u8, amount: Amount) -> bool {
 /// the exact pair, for each way a rule may name the packet's protocol and port.
 #[inline(always)]
 fn best_match(packet: &Packet, ifindex: u32, direction: u8) -> Option<RuleMatch> {
+    // Without the map (never written), every lookup is made.
+    let shapes = REIN_NET_SHAPES.get(0).copied().unwrap_or(u32::MAX);
     let mut best: Option<RuleMatch> = None;
     // (protocol, port), (any, port), (protocol, any), (any, any); the port only for a packet
     // that has one.
@@ -198,7 +204,8 @@ fn best_match(packet: &Packet, ifindex: u32, direction: u8) -> Option<RuleMatch>
         if names_port && packet.port == PORT_ANY {
             continue;
         }
-        let protocol = if variant % 2 == 0 {
+        let names_protocol = variant % 2 == 0;
+        let protocol = if names_protocol {
             packet.protocol
         } else {
             PROTOCOL_ANY
@@ -206,21 +213,30 @@ fn best_match(packet: &Packet, ifindex: u32, direction: u8) -> Option<RuleMatch>
         let port = if names_port { packet.port } else { PORT_ANY };
         let scope = Scope::new(ifindex, direction, packet.family, protocol, port);
         let bits = SCOPE_BITS + packet.address_bits;
-        for found in [
+        let wanted = |map| shapes & shape_bit(names_port, names_protocol, map) != 0;
+        let destination = if wanted(SHAPE_DESTINATION) {
             REIN_NET_DESTINATIONS.get(Key::new(
                 bits,
                 PrefixKey {
                     scope,
                     addr: packet.destination,
                 },
-            )),
+            ))
+        } else {
+            None
+        };
+        let source = if wanted(SHAPE_SOURCE) {
             REIN_NET_SOURCES.get(Key::new(
                 bits,
                 PrefixKey {
                     scope,
                     addr: packet.source,
                 },
-            )),
+            ))
+        } else {
+            None
+        };
+        let pair = if wanted(SHAPE_PAIR) {
             // SAFETY: a plain-data key; the value is copied out at once.
             unsafe {
                 REIN_NET_PAIRS.get(&PairKey {
@@ -228,11 +244,11 @@ fn best_match(packet: &Packet, ifindex: u32, direction: u8) -> Option<RuleMatch>
                     source: packet.source,
                     destination: packet.destination,
                 })
-            },
-        ]
-        .into_iter()
-        .flatten()
-        {
+            }
+        } else {
+            None
+        };
+        for found in [destination, source, pair].into_iter().flatten() {
             let better = match best {
                 Some(b) => found.specificity > b.specificity,
                 None => true,

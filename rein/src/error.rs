@@ -98,6 +98,15 @@ pub enum Error {
     #[error("XDP cannot attach to {device}: {reason}")]
     XdpUnsupported { device: String, reason: String },
 
+    #[error(
+        "the rein net rule tables are full ({0} rules); to make them larger, remove every rein \
+         net rule and set REIN_NET_MAX_RULES (up to 1048576) for the next first rule"
+    )]
+    NetRulesFull(u32),
+
+    #[error("REIN_NET_MAX_RULES={0:?} is not a number of rules from 1 to 1048576")]
+    BadNetMaxRules(String),
+
     #[error("no rein net rule {0}")]
     NoSuchNetRule(u32),
 

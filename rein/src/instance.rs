@@ -5,13 +5,15 @@
 //! without them.
 use std::path::PathBuf;
 
-use rein_common::LAYOUT_VERSION;
+use rein_common::{LAYOUT_VERSION, net::MAX_NET_RULES};
 
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
 pub struct Instance {
     name: String,
+    /// Capacity of the `rein net` rule tables, used when they are created (the first rule).
+    net_max_rules: u32,
     bpffs: PathBuf,
     run_dir: PathBuf,
     btf: PathBuf,
@@ -19,6 +21,9 @@ pub struct Instance {
 
 impl Instance {
     pub const DEFAULT_NAME: &'static str = "rein";
+    /// 65,536 rules: the tables' empty hash buckets then take 1 MiB each, where the most the
+    /// programs allow ([`MAX_NET_RULES`]) takes 16 MiB each whether used or not.
+    pub const DEFAULT_NET_MAX_RULES: u32 = 1 << 16;
 
     pub fn new(name: &str) -> Result<Self> {
         let valid = !name.is_empty()
@@ -31,6 +36,7 @@ impl Instance {
         }
         Ok(Self {
             name: name.to_owned(),
+            net_max_rules: Self::DEFAULT_NET_MAX_RULES,
             bpffs: PathBuf::from("/sys/fs/bpf"),
             run_dir: PathBuf::from("/run"),
             btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
@@ -50,7 +56,19 @@ impl Instance {
         if let Some(path) = std::env::var_os("REIN_BTF") {
             instance.btf = path.into();
         }
+        if let Ok(text) = std::env::var("REIN_NET_MAX_RULES") {
+            instance.net_max_rules = text
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_NET_RULES).contains(n))
+                .ok_or(Error::BadNetMaxRules(text))?;
+        }
         Ok(instance)
+    }
+
+    pub fn net_max_rules(&self) -> u32 {
+        self.net_max_rules
     }
 
     /// The bpffs mount rein pins under.

@@ -12,7 +12,7 @@ use rein_common::{
         ADDR_BYTES, ALGORITHM_FIXED_WINDOW, ALGORITHM_SLIDING_WINDOW, ALGORITHM_TOKEN_BUCKET,
         FAMILY_IPV4, FAMILY_IPV6, FLAG_PACKETS, FLAG_PER_SOURCE, FLAG_SKETCH, HOOK_XDP,
         MAX_SKETCH_CELLS, MAX_SKETCH_DEPTH, NetRule, PORT_ANY, PROTOCOL_ANY, PairKey, PrefixKey,
-        SCOPE_BITS, Scope, specificity,
+        SCOPE_BITS, SHAPE_DESTINATION, SHAPE_PAIR, SHAPE_SOURCE, Scope, shape_bit, specificity,
     },
     window::{MAX_WINDOW_UNITS, WindowState, unit_for},
 };
@@ -415,6 +415,16 @@ impl NetMatch {
                 }
             }
         }
+    }
+
+    /// The lookup the programs must make to find this rule (`rein_common::net::shape_bit`).
+    pub fn shape_bits(&self) -> u32 {
+        let map = match self.addresses {
+            Addresses::Any | Addresses::Destination(_) => SHAPE_DESTINATION,
+            Addresses::Source(_) => SHAPE_SOURCE,
+            Addresses::Pair { .. } => SHAPE_PAIR,
+        };
+        shape_bit(self.port.is_some(), self.protocol.is_some(), map)
     }
 
     /// The rule's entry for `family` (one of [`NetMatch::families`]) and its specificity.

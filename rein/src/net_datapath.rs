@@ -17,10 +17,10 @@ use aya::{
 use rein_common::{
     Counters,
     net::{
-        MAX_SKETCH_CELLS, NET_COUNTERS_MAP, NET_DESTINATIONS_MAP, NET_HEAVY_MAP, NET_PAIRS_MAP,
-        NET_PER_SOURCE_MAP, NET_RULES_MAP, NET_SKETCH_MAP, NET_SOURCES_MAP, NET_TC_EGRESS_PROGRAM,
-        NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM, NetRule, PairKey, PrefixKey, RuleMatch, SourceKey,
-        SourceState,
+        FLAG_PER_SOURCE, MAX_SKETCH_CELLS, NET_COUNTERS_MAP, NET_DESTINATIONS_MAP, NET_HEAVY_MAP,
+        NET_PAIRS_MAP, NET_PER_SOURCE_MAP, NET_RULES_MAP, NET_SHAPES_MAP, NET_SKETCH_MAP,
+        NET_SOURCES_MAP, NET_TC_EGRESS_PROGRAM, NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM, NetRule,
+        PairKey, PrefixKey, RuleMatch, SourceKey, SourceState,
     },
 };
 
@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// Every map of the object, pinned by these names.
-const MAPS: [&str; 8] = [
+const MAPS: [&str; 9] = [
     NET_RULES_MAP,
     NET_COUNTERS_MAP,
     NET_SOURCES_MAP,
@@ -42,6 +42,16 @@ const MAPS: [&str; 8] = [
     NET_PER_SOURCE_MAP,
     NET_SKETCH_MAP,
     NET_HEAVY_MAP,
+    NET_SHAPES_MAP,
+];
+
+/// The maps that hold an entry per rule.
+const RULE_TABLES: [&str; 5] = [
+    NET_RULES_MAP,
+    NET_COUNTERS_MAP,
+    NET_SOURCES_MAP,
+    NET_DESTINATIONS_MAP,
+    NET_PAIRS_MAP,
 ];
 
 /// Where one program runs: an interface of a network namespace, and a hook on it.
@@ -100,6 +110,9 @@ pub struct NetDatapath {
     per_source: HashMap<MapData, SourceKey, SourceState>,
     sketch: Array<MapData, u64>,
     heavy: HashMap<MapData, SourceKey, SourceState>,
+    shapes: Array<MapData, u32>,
+    /// How many rules the tables hold.
+    capacity: u32,
 }
 
 impl NetDatapath {
@@ -137,8 +150,14 @@ impl NetDatapath {
 
     fn from_maps(mut open: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
         let typed = |name: &'static str| move |e: MapError| bpf_error(name)(&e);
+        let rules = open(NET_RULES_MAP)?;
+        let capacity = match &rules {
+            Map::HashMap(data) => data.info().map(|info| info.max_entries()).unwrap_or(0),
+            _ => 0,
+        };
         Ok(Self {
-            rules: HashMap::try_from(open(NET_RULES_MAP)?).map_err(typed(NET_RULES_MAP))?,
+            capacity,
+            rules: HashMap::try_from(rules).map_err(typed(NET_RULES_MAP))?,
             counters: PerCpuHashMap::try_from(open(NET_COUNTERS_MAP)?)
                 .map_err(typed(NET_COUNTERS_MAP))?,
             sources: LpmTrie::try_from(open(NET_SOURCES_MAP)?).map_err(typed(NET_SOURCES_MAP))?,
@@ -149,6 +168,7 @@ impl NetDatapath {
                 .map_err(typed(NET_PER_SOURCE_MAP))?,
             sketch: Array::try_from(open(NET_SKETCH_MAP)?).map_err(typed(NET_SKETCH_MAP))?,
             heavy: HashMap::try_from(open(NET_HEAVY_MAP)?).map_err(typed(NET_HEAVY_MAP))?,
+            shapes: Array::try_from(open(NET_SHAPES_MAP)?).map_err(typed(NET_SHAPES_MAP))?,
         })
     }
 
@@ -295,15 +315,34 @@ impl NetDatapath {
     }
 
     fn try_put(&mut self, id: u32, matching: &NetMatch, rule: NetRule) -> Result<()> {
-        let zero = PerCpuValues::try_from(vec![Counters::default(); datapath::possible_cpus()?])
-            .map_err(|e| bpf_error("counters")(&e))?;
-        self.counters
-            .insert(id, zero, 0)
-            .map_err(|e| bpf_error("cannot create the rule's counters")(&e))?;
+        let cpus = datapath::possible_cpus()?;
+        // Per-CPU values come from the kernel's per-CPU allocator, which refuses for a moment
+        // (ENOMEM) when hundreds of thousands of rules go in back to back: wait and retry.
+        let mut attempt = 0;
+        loop {
+            let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])
+                .map_err(|e| bpf_error("counters")(&e))?;
+            match self.counters.insert(id, zero, 0) {
+                Ok(()) => break,
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOMEM) && attempt < 50 =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(full_or(
+                        e,
+                        "cannot create the rule's counters",
+                        self.capacity,
+                    ));
+                }
+            }
+        }
         // The rule before its entries: a packet that finds an entry finds its rule.
         self.rules
             .insert(id, rule, 0)
-            .map_err(|e| bpf_error("cannot write the rule")(&e))?;
+            .map_err(|e| full_or(e, "cannot write the rule", self.capacity))?;
         for &family in matching.families() {
             let (placement, specificity) = matching.placement(family);
             let found = RuleMatch {
@@ -321,9 +360,19 @@ impl NetDatapath {
                 }
                 Placement::Pair(key) => self.pairs.insert(key, found, 0),
             };
-            written.map_err(|e| bpf_error("cannot write the rule's match")(&e))?;
+            written.map_err(|e| full_or(e, "cannot write the rule's match", self.capacity))?;
         }
-        Ok(())
+        // Last: the programs look for the rule only once its shape's bit is set.
+        let shapes = self.shapes.get(&0, 0).unwrap_or(0);
+        self.set_shapes(shapes | matching.shape_bits())
+    }
+
+    /// Writes which lookups the programs make: the union of every rule's
+    /// [`NetMatch::shape_bits`] (a bit too many only costs a lookup).
+    pub fn set_shapes(&mut self, shapes: u32) -> Result<()> {
+        self.shapes
+            .set(0, shapes, 0)
+            .map_err(|e| bpf_error("cannot write the lookup shapes")(&e))
     }
 
     /// Removes rule `id`'s entries, limit, counters and per-source state; missing pieces are
@@ -342,8 +391,15 @@ impl NetDatapath {
                 Placement::Pair(key) => self.pairs.remove(&key),
             };
         }
+        let per_source = self
+            .rules
+            .get(&id, 0)
+            .is_ok_and(|rule| rule.flags & FLAG_PER_SOURCE != 0);
         let _ = self.rules.remove(&id);
         let _ = self.counters.remove(&id);
+        if !per_source {
+            return;
+        }
         for map in [&mut self.per_source, &mut self.heavy] {
             let keys: Vec<SourceKey> = map.keys().flatten().filter(|k| k.rule == id).collect();
             for key in keys {
@@ -410,6 +466,10 @@ fn load_object(instance: &Instance) -> Result<Ebpf> {
     for name in MAPS {
         loader.map_pin_path(name, maps_dir.join(name));
     }
+    // Sizes the rule tables when they are created; tables that exist keep their size.
+    for name in RULE_TABLES {
+        loader.map_max_entries(name, instance.net_max_rules());
+    }
     loader
         .load(datapath::net_object())
         .map_err(|e| Error::Load(e.to_string()))
@@ -443,6 +503,20 @@ fn load_program(ebpf: &mut Ebpf, hook: NetHook) -> Result<()> {
         }
     };
     loaded.map_err(|e| Error::Load(format!("{name}: {}", datapath::verifier_message(&e))))
+}
+
+/// A full table (E2BIG from a hash map, ENOSPC from a prefix trie) says so; other errors keep
+/// their context.
+fn full_or(error: MapError, context: &str, capacity: u32) -> Error {
+    if let MapError::SyscallError(syscall) = &error
+        && matches!(
+            syscall.io_error.raw_os_error(),
+            Some(libc::E2BIG | libc::ENOSPC)
+        )
+    {
+        return Error::NetRulesFull(capacity);
+    }
+    bpf_error(context)(&error)
 }
 
 fn xdp_error(device: &str, error: &ProgramError) -> Error {

@@ -544,3 +544,27 @@ fn a_sketch_bucket_stops_a_heavy_source_and_leaves_light_ones_alone() {
     assert_eq!(&top[0].key.addr[..4], &[198, 18, 7, 7]);
     assert_eq!(top[0].state.counters.dropped_packets, 80);
 }
+
+#[test]
+fn the_programs_look_only_where_rules_are() {
+    let mut loaded = Loaded::new();
+    let service = matching(None, Some("198.18.0.2"), Some(Protocol::Udp), Some(53));
+    let network = matching(None, Some("198.18.0.0/24"), None, None);
+    loaded.add(1, service, window(false, Per::Packets, 1));
+    loaded.add(2, network, window(false, Per::Packets, 1000));
+    let dns = packet("198.19.0.9", "198.18.0.2", 17, 53, 100).frame();
+    assert!(loaded.passes(&dns));
+    assert!(
+        !loaded.passes(&dns),
+        "the service rule has room for one packet"
+    );
+    // Without the service rule's lookup, its packets meet the network rule instead: the shapes
+    // map is what the programs consult.
+    loaded.maps.set_shapes(network.shape_bits()).unwrap();
+    assert!(loaded.passes(&dns));
+    assert_eq!(loaded.counters(2).passed_packets, 1);
+    // No lookups at all: nothing matches.
+    loaded.maps.set_shapes(0).unwrap();
+    assert!(loaded.passes(&dns));
+    assert_eq!(loaded.counters(2).passed_packets, 1);
+}

@@ -79,6 +79,7 @@ impl Rein {
                     datapath.remove(record.id, &matching);
                 }
             }
+            self.write_shapes(&mut datapath, &state)?;
         }
         for other in &state.net {
             if other.ifindex != device.ifindex || !attachment(other).is_attached(&self.instance) {
@@ -157,6 +158,7 @@ impl Rein {
             if let Ok(matching) = record.spec.matching(record.ifindex) {
                 datapath.remove(record.id, &matching);
             }
+            self.write_shapes(&mut datapath, &state)?;
         }
         let at = attachment(&record);
         if !state.net.iter().any(|r| attachment(r) == at) {
@@ -230,7 +232,19 @@ impl Rein {
             datapath.put(record.id, &matching, rule)?;
             restored += 1;
         }
+        self.write_shapes(&mut datapath, state)?;
         Ok(restored)
+    }
+
+    /// Writes the lookups the rules that still apply need (their devices not gone).
+    fn write_shapes(&self, datapath: &mut NetDatapath, state: &State) -> Result<()> {
+        let shapes = state
+            .net
+            .iter()
+            .filter(|r| attachment(r).is_attached(&self.instance))
+            .filter_map(|r| r.spec.matching(r.ifindex).ok())
+            .fold(0, |shapes, matching| shapes | matching.shape_bits());
+        datapath.set_shapes(shapes)
     }
 }
 
