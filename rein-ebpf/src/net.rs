@@ -179,13 +179,7 @@ fn admit(packet: &Packet, ifindex: u32, hook: u8, amount: Amount) -> bool {
         }
     };
     if let Some(counters) = counters(found.rule) {
-        if passed {
-            atomic::add(&mut counters.passed_packets, amount.packets);
-            atomic::add(&mut counters.passed_bytes, amount.bytes);
-        } else {
-            atomic::add(&mut counters.dropped_packets, amount.packets);
-            atomic::add(&mut counters.dropped_bytes, amount.bytes);
-        }
+        count(counters, passed, amount);
     }
     passed
 }
@@ -375,7 +369,7 @@ fn charge_source(rule: &NetRule, key: &SourceKey, now: u64, amount: Amount) -> b
             cost_units(quantity, rule.unit),
         )
     };
-    count(source, passed, amount);
+    count(&mut source.counters, passed, amount);
     passed
 }
 
@@ -396,9 +390,9 @@ fn source_state(
     Some(unsafe { &mut *ptr })
 }
 
+/// Adds a packet to a rule's or a source's counters.
 #[inline(always)]
-fn count(source: &mut SourceState, passed: bool, amount: Amount) {
-    let counters = &mut source.counters;
+fn count(counters: &mut Counters, passed: bool, amount: Amount) {
     if passed {
         atomic::add(&mut counters.passed_packets, amount.packets);
         atomic::add(&mut counters.passed_bytes, amount.bytes);
@@ -469,7 +463,7 @@ fn charge_sketch(rule: &NetRule, key: &SourceKey, now: u64, amount: Amount) -> b
         } else {
             least
         };
-        count(source, passed, amount);
+        count(&mut source.counters, passed, amount);
     }
     passed
 }

@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// Every map of the object, pinned by these names.
-const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 9] = [
     NET_RULES_MAP,
     NET_COUNTERS_MAP,
     NET_SOURCES_MAP,
@@ -45,8 +45,8 @@ const MAPS: [&str; 9] = [
     NET_SHAPES_MAP,
 ];
 
-/// The maps that hold an entry per rule.
-const RULE_TABLES: [&str; 5] = [
+/// The maps that hold an entry per rule; the others are allocated whole and shared by all rules.
+pub const RULE_TABLES: [&str; 5] = [
     NET_RULES_MAP,
     NET_COUNTERS_MAP,
     NET_SOURCES_MAP,

@@ -9,33 +9,10 @@ use aya::{
     maps::{Map, MapData},
     programs::{Program, TestRun, TestRunOptions},
 };
+/// Every map of the object, and the maps a rule's own entries live in (its limit, its counters,
+/// its lookup entry): rein's own lists.
+pub use rein::net_datapath::{MAPS, RULE_TABLES as RULE_MAPS};
 use rein::{datapath::net_object, net_datapath::NetDatapath};
-use rein_common::net::{
-    NET_COUNTERS_MAP, NET_DESTINATIONS_MAP, NET_HEAVY_MAP, NET_PAIRS_MAP, NET_PER_SOURCE_MAP,
-    NET_RULES_MAP, NET_SKETCH_MAP, NET_SOURCES_MAP,
-};
-
-/// Every map of the object.
-pub const MAPS: [&str; 8] = [
-    NET_RULES_MAP,
-    NET_COUNTERS_MAP,
-    NET_SOURCES_MAP,
-    NET_DESTINATIONS_MAP,
-    NET_PAIRS_MAP,
-    NET_PER_SOURCE_MAP,
-    NET_SKETCH_MAP,
-    NET_HEAVY_MAP,
-];
-
-/// The maps a rule's own entries live in (its limit, its counters, its lookup entry); the
-/// others are preallocated and shared by all rules.
-pub const RULE_MAPS: [&str; 5] = [
-    NET_RULES_MAP,
-    NET_COUNTERS_MAP,
-    NET_SOURCES_MAP,
-    NET_DESTINATIONS_MAP,
-    NET_PAIRS_MAP,
-];
 
 /// What one `BPF_PROG_TEST_RUN` call returned.
 #[derive(Debug, Clone, Copy)]
