@@ -113,12 +113,22 @@ impl WindowState {
         }
     }
 
+    /// Whether the state is older than two windows: the last pass was that long ago, and the
+    /// state is still the one that pass wrote (its index is the last pass's window). Another
+    /// CPU may have written a fresh state before it wrote the time of its pass; that state is
+    /// then not taken for stale.
+    #[inline(always)]
+    const fn is_stale(self, now: u64, last_pass_ns: u64, window_ns: u64) -> bool {
+        now.saturating_sub(last_pass_ns) >= 2 * window_ns
+            && self.index() == (last_pass_ns / window_ns) as u16
+    }
+
     /// The count the limit holds against at `now`, in units: the current window's, plus for a
     /// sliding window the previous one's weighted by the overlap (rounded up).
     #[inline(always)]
     pub const fn count(self, kind: WindowKind, now: u64, last_pass_ns: u64, window_ns: u64) -> u32 {
         let window_ns = if window_ns == 0 { 1 } else { window_ns };
-        let stale = now.saturating_sub(last_pass_ns) >= 2 * window_ns;
+        let stale = self.is_stale(now, last_pass_ns, window_ns);
         let (previous, current) = self.view((now / window_ns) as u16, stale);
         match kind {
             WindowKind::Fixed => current,
@@ -150,7 +160,7 @@ impl WindowState {
             return WindowVerdict::Refuse;
         }
         let index = (now / window_ns) as u16;
-        let stale = now.saturating_sub(last_pass_ns) >= 2 * window_ns;
+        let stale = self.is_stale(now, last_pass_ns, window_ns);
         let (previous, current) = self.view(index, stale);
         WindowVerdict::Pass {
             state: Self::pack(index, previous, current + cost),
@@ -231,6 +241,18 @@ mod tests {
         let later = 5 * W + 65_536 * W;
         assert_eq!(s.count(kind, later, 5 * W, W), 0);
         assert_eq!(s.count(kind, 5 * W + 2, 5 * W, W), 100);
+    }
+
+    #[test]
+    fn a_fresh_state_is_not_taken_for_stale_before_its_pass_time_is_written() {
+        let kind = WindowKind::Fixed;
+        // The last pass, long ago, in window 5; another CPU has just written window 9's state
+        // but not yet the time of its pass.
+        let fresh = pass(WindowState::default(), kind, 9 * W, 5 * W, 70);
+        assert_eq!(fresh.count(kind, 9 * W + 1, 5 * W, W), 70);
+        // The state the old pass wrote is stale.
+        let old = pass(WindowState::default(), kind, 5 * W, 0, 70);
+        assert_eq!(old.count(kind, 9 * W, 5 * W, W), 0);
     }
 
     #[test]
