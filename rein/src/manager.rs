@@ -491,8 +491,9 @@ impl Rein {
     /// state file.
     pub fn reload(&mut self) -> Result<usize> {
         let state = self.load_state()?;
-        let net_links = NetDatapath::reload(&self.instance)?;
+        // Rules first, then programs: programs of a new map layout find their rules in place.
         let mut restored = self.restore_net_rules(&state)?;
+        let net_links = NetDatapath::reload(&self.instance)?;
         if !Datapath::is_installed(&self.instance) {
             if net_links == 0 {
                 return Err(Error::NotInstalled);

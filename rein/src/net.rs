@@ -46,6 +46,11 @@ pub enum NetError {
     WindowTooLong { max_seconds: u64 },
     #[error("a capacity of 0 passes nothing")]
     NoCapacity,
+    #[error(
+        "a token bucket counts at least {min} packets/s; for fewer, use --algo fixed-window or \
+         sliding-window"
+    )]
+    PacketRateTooLow { min: u64 },
     #[error("a capacity of {capacity} packets per window is more than {max}")]
     TooManyPackets { capacity: u64, max: u32 },
     #[error("{0:?} is not a sketch size: write WIDTHxDEPTH, e.g. 4096x4")]
@@ -211,14 +216,6 @@ impl NetHook {
             Self::Xdp => "xdp",
         }
     }
-
-    /// The direction of the traffic the hook sees.
-    pub fn direction(self) -> Direction {
-        match self {
-            Self::TcEgress => Direction::Egress,
-            Self::TcIngress | Self::Xdp => Direction::Ingress,
-        }
-    }
 }
 
 /// Whose traffic a rule's bucket (or window) counts.
@@ -347,9 +344,14 @@ pub struct NetMatch {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Addresses {
     Any,
+    /// Every address of one family: a `/0` prefix, source or destination alike.
+    Family(u8),
     Source(Cidr),
     Destination(Cidr),
-    Pair { source: Cidr, destination: Cidr },
+    Pair {
+        source: Cidr,
+        destination: Cidr,
+    },
 }
 
 /// Where a rule sits in the kernel's maps.
@@ -376,6 +378,9 @@ impl NetMatch {
     ) -> Result<Self, NetError> {
         let addresses = match (source, destination) {
             (None, None) => Addresses::Any,
+            (Some(all), None) | (None, Some(all)) if all.length == 0 => {
+                Addresses::Family(all.family())
+            }
             (Some(source), None) => Addresses::Source(source),
             (None, Some(destination)) => Addresses::Destination(destination),
             (Some(source), Some(destination)) => {
@@ -405,6 +410,8 @@ impl NetMatch {
     pub fn families(&self) -> &'static [u8] {
         match self.addresses {
             Addresses::Any => &[FAMILY_IPV4, FAMILY_IPV6],
+            Addresses::Family(FAMILY_IPV4) => &[FAMILY_IPV4],
+            Addresses::Family(_) => &[FAMILY_IPV6],
             Addresses::Source(c)
             | Addresses::Destination(c)
             | Addresses::Pair { source: c, .. } => {
@@ -417,10 +424,19 @@ impl NetMatch {
         }
     }
 
+    /// Whether the two rules would take the same entry of a lookup map (the same packets, in
+    /// at least one family): the second would overwrite the first.
+    pub fn overlaps(&self, other: &NetMatch) -> bool {
+        self.families().iter().any(|family| {
+            other.families().contains(family)
+                && self.placement(*family).0 == other.placement(*family).0
+        })
+    }
+
     /// The lookup the programs must make to find this rule (`rein_common::net::shape_bit`).
     pub fn shape_bits(&self) -> u32 {
         let map = match self.addresses {
-            Addresses::Any | Addresses::Destination(_) => SHAPE_DESTINATION,
+            Addresses::Any | Addresses::Family(_) | Addresses::Destination(_) => SHAPE_DESTINATION,
             Addresses::Source(_) => SHAPE_SOURCE,
             Addresses::Pair { .. } => SHAPE_PAIR,
         };
@@ -438,7 +454,8 @@ impl NetMatch {
         );
         let (names_port, names_protocol) = (self.port.is_some(), self.protocol.is_some());
         match self.addresses {
-            Addresses::Any => (
+            // Every address of the family: the destination trie's empty prefix.
+            Addresses::Any | Addresses::Family(_) => (
                 Placement::Destination(
                     PrefixKey {
                         scope,
@@ -511,10 +528,25 @@ pub enum NetLimit {
     },
 }
 
+/// The slowest packet rate a token bucket takes: a packet's cost in ns (shifted by
+/// `COST_SHIFT`) must stay within what the kernel's arithmetic holds, `MAX_NS_PER_BYTE`.
+pub const MIN_BUCKET_PACKET_RATE: u64 = (1_000_000_000u64 << rein_common::bucket::COST_SHIFT)
+    .div_ceil(rein_common::bucket::MAX_NS_PER_BYTE);
+
 /// Longest window: the kernel's weight arithmetic needs it under 2^47 ns; an hour is plenty.
 pub const MAX_WINDOW_SECONDS: u64 = 3600;
 
 impl NetLimit {
+    /// A token bucket of `rate` bytes (or packets) per second and `burst` of them, checked.
+    pub fn token_bucket(per: Per, rate: u64, burst: u64) -> Result<Self, NetError> {
+        if per == Per::Packets && rate < MIN_BUCKET_PACKET_RATE {
+            return Err(NetError::PacketRateTooLow {
+                min: MIN_BUCKET_PACKET_RATE,
+            });
+        }
+        Ok(Self::TokenBucket { per, rate, burst })
+    }
+
     /// A window limit, checked.
     pub fn window(
         sliding: bool,
@@ -747,6 +779,42 @@ mod tests {
         let rule = big.rule(0);
         assert_eq!((rule.unit, rule.capacity), (256, 1 << 22));
         assert_eq!(rule.algorithm, ALGORITHM_SLIDING_WINDOW);
+    }
+
+    #[test]
+    fn a_packet_bucket_is_refused_where_its_cost_would_not_fit() {
+        assert_eq!(MIN_BUCKET_PACKET_RATE, 60);
+        assert!(NetLimit::token_bucket(Per::Packets, 59, 16).is_err());
+        let slowest = NetLimit::token_bucket(Per::Packets, 60, 16)
+            .unwrap()
+            .rule(0);
+        // Not clamped: 1/60 s a packet.
+        let cost = rein_common::Bucket::cost_ns(&slowest.bucket, 1);
+        assert!((16_666_666..=16_666_668).contains(&cost), "{cost}");
+        assert!(NetLimit::token_bucket(Per::Bytes, 1, 1500).is_ok());
+    }
+
+    #[test]
+    fn an_empty_prefix_is_every_address_of_its_family() {
+        let new = |src: Option<&str>, dst: Option<&str>| {
+            NetMatch::new(
+                1,
+                NetHook::TcIngress,
+                src.map(|s| s.parse().unwrap()),
+                dst.map(|s| s.parse().unwrap()),
+                None,
+                None,
+            )
+            .unwrap()
+        };
+        let any = new(None, None);
+        let all_v4 = new(Some("0.0.0.0/0"), None);
+        assert_eq!(all_v4, new(None, Some("0.0.0.0/0")));
+        assert_eq!(all_v4.families(), [FAMILY_IPV4]);
+        // The same map entry as the IPv4 half of a rule without addresses: a duplicate.
+        assert!(any.overlaps(&all_v4) && all_v4.overlaps(&any));
+        assert!(!all_v4.overlaps(&new(None, Some("::/0"))));
+        assert!(!any.overlaps(&new(None, Some("10.0.0.0/8"))));
     }
 
     #[test]

@@ -17,10 +17,11 @@ use aya::{
 use rein_common::{
     Counters,
     net::{
-        FLAG_PER_SOURCE, MAX_SKETCH_CELLS, NET_COUNTERS_MAP, NET_DESTINATIONS_MAP, NET_HEAVY_MAP,
-        NET_PAIRS_MAP, NET_PER_SOURCE_MAP, NET_RULES_MAP, NET_SHAPES_MAP, NET_SKETCH_MAP,
-        NET_SOURCES_MAP, NET_TC_EGRESS_PROGRAM, NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM, NetRule,
-        PairKey, PrefixKey, RuleMatch, SourceKey, SourceState,
+        FLAG_PER_SOURCE, MAX_SKETCH_CELLS, MAX_TRACKED_SOURCES, NET_COUNTERS_MAP,
+        NET_DESTINATIONS_MAP, NET_HEAVY_MAP, NET_PAIRS_MAP, NET_PER_SOURCE_MAP, NET_RULES_MAP,
+        NET_SHAPES_MAP, NET_SKETCH_MAP, NET_SOURCES_MAP, NET_TC_EGRESS_PROGRAM,
+        NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM, NetRule, PairKey, PrefixKey, RuleMatch, SourceKey,
+        SourceState,
     },
 };
 
@@ -72,12 +73,13 @@ impl Attachment {
         ))
     }
 
-    /// Whether the program is attached: its link pinned, and still on a device (a link
-    /// whose device was deleted stays pinned but is attached to nothing).
-    pub fn is_attached(&self, instance: &Instance) -> bool {
-        sys::bpf_obj_get(&self.pin(instance))
-            .and_then(sys::link_ifindex)
-            .is_ok_and(|ifindex| ifindex != 0)
+    /// The kernel id of the link that runs the program here: pinned, and still on this
+    /// interface (a link whose device was deleted stays pinned but is attached to nothing).
+    pub fn live_link(&self, instance: &Instance) -> Option<u32> {
+        let (id, ifindex) = sys::bpf_obj_get(&self.pin(instance))
+            .and_then(sys::link_info)
+            .ok()?;
+        (ifindex == self.ifindex).then_some(id)
     }
 }
 
@@ -189,15 +191,17 @@ impl NetDatapath {
     }
 
     /// Attaches the program of `at.hook` to the interface `device` (of the calling thread's
-    /// network namespace) and pins its link. An attachment that exists is left as it is.
-    pub fn attach(instance: &Instance, device: &str, at: Attachment) -> Result<()> {
-        if at.is_attached(instance) {
-            return Ok(());
+    /// network namespace) and pins its link; returns the link's id and whether it is new. An
+    /// attachment that exists is left as it is.
+    pub fn attach(instance: &Instance, device: &str, at: Attachment) -> Result<(u32, bool)> {
+        if let Some(id) = at.live_link(instance) {
+            return Ok((id, false));
         }
         // A pin left by a link whose device went away holds nothing: replace it.
         let pin = at.pin(instance);
         remove_if_exists(&pin);
         let mut ebpf = load_object(instance)?;
+        load_program(&mut ebpf, at.hook)?;
         let name = program_name(at.hook);
         let program = ebpf
             .program_mut(name)
@@ -207,9 +211,6 @@ impl NetDatapath {
                 let program: &mut SchedClassifier = program
                     .try_into()
                     .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
-                program.load().map_err(|e| {
-                    Error::Load(format!("{name}: {}", datapath::verifier_message(&e)))
-                })?;
                 let attach_type = if at.hook == NetHook::TcIngress {
                     TcAttachType::Ingress
                 } else {
@@ -231,9 +232,6 @@ impl NetDatapath {
                 let program: &mut Xdp = program
                     .try_into()
                     .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
-                program.load().map_err(|e| {
-                    Error::Load(format!("{name}: {}", datapath::verifier_message(&e)))
-                })?;
                 let id = program
                     .attach_to_if_index(at.ifindex, XdpMode::Default)
                     .map_err(|e| xdp_error(device, &e))?;
@@ -250,9 +248,13 @@ impl NetDatapath {
         let links = links_dir(instance);
         fs::create_dir_all(&links)
             .context(|| format!("cannot create {} on bpffs", links.display()))?;
+        let id = link
+            .info()
+            .map_err(|e| bpf_error("cannot read the link")(&e))?
+            .id();
         link.pin(&pin)
             .map_err(|e| bpf_error("cannot pin the link")(&e))?;
-        Ok(())
+        Ok((id, true))
     }
 
     /// Detaches a program (removes its link's pin); one that is not attached is fine.
@@ -285,7 +287,17 @@ impl NetDatapath {
         }
         let mut ebpf = load_object(instance)?;
         load_programs(&mut ebpf)?;
+        let mut swapped = 0;
         for (pin, hook) in &pins {
+            // A link whose device went away cannot take a program (ENOLINK): its pin holds
+            // nothing, and goes.
+            let defunct = sys::bpf_obj_get(pin)
+                .and_then(sys::link_info)
+                .is_ok_and(|(_, ifindex)| ifindex == 0);
+            if defunct {
+                remove_if_exists(pin);
+                continue;
+            }
             let name = program_name(*hook);
             let fd = ebpf
                 .program(name)
@@ -296,8 +308,9 @@ impl NetDatapath {
                 .context(|| format!("cannot open the pinned link {}", pin.display()))?;
             sys::bpf_link_update(link, fd)
                 .context(|| format!("cannot swap the program of {}", pin.display()))?;
+            swapped += 1;
         }
-        Ok(pins.len())
+        Ok(swapped)
     }
 
     pub fn rule(&self, id: u32) -> Option<NetRule> {
@@ -401,7 +414,15 @@ impl NetDatapath {
             return;
         }
         for map in [&mut self.per_source, &mut self.heavy] {
-            let keys: Vec<SourceKey> = map.keys().flatten().filter(|k| k.rule == id).collect();
+            // Bounded: the kernel evicts from these tables while they are walked, and a walk
+            // whose key was evicted starts again from the first key. Entries missed here are
+            // never charged again (rule ids are not reused) and age out.
+            let keys: Vec<SourceKey> = map
+                .keys()
+                .take(2 * MAX_TRACKED_SOURCES as usize)
+                .flatten()
+                .filter(|k| k.rule == id)
+                .collect();
             for key in keys {
                 let _ = map.remove(&key);
             }
@@ -434,26 +455,42 @@ impl NetDatapath {
     /// The `limit` sources of rule `id` that sent the most bytes (passed and dropped): from the
     /// exact table, or for a sketch rule from the heavy sources it noted.
     pub fn top_sources(&self, id: u32, sketch: bool, limit: usize) -> Vec<SourceEntry> {
+        self.top_sources_by_rule(sketch, limit)
+            .remove(&id)
+            .unwrap_or_default()
+    }
+
+    /// [`NetDatapath::top_sources`] of every rule, from one walk of the table.
+    pub fn top_sources_by_rule(
+        &self,
+        sketch: bool,
+        limit: usize,
+    ) -> std::collections::HashMap<u32, Vec<SourceEntry>> {
         let map = if sketch {
             &self.heavy
         } else {
             &self.per_source
         };
-        let mut entries: Vec<SourceEntry> = map
-            .iter()
-            .flatten()
-            .filter(|(key, _)| key.rule == id)
-            .map(|(key, state)| SourceEntry { key, state })
-            .collect();
+        let mut by_rule: std::collections::HashMap<u32, Vec<SourceEntry>> =
+            std::collections::HashMap::new();
+        // Bounded, as in `remove`: the kernel evicts while the table is walked.
+        for (key, state) in map.iter().take(2 * MAX_TRACKED_SOURCES as usize).flatten() {
+            by_rule
+                .entry(key.rule)
+                .or_default()
+                .push(SourceEntry { key, state });
+        }
         let weight = |e: &SourceEntry| {
             e.state
                 .counters
                 .passed_bytes
                 .saturating_add(e.state.counters.dropped_bytes)
         };
-        entries.sort_by_key(|e| std::cmp::Reverse(weight(e)));
-        entries.truncate(limit);
-        entries
+        for entries in by_rule.values_mut() {
+            entries.sort_by_key(|e| std::cmp::Reverse(weight(e)));
+            entries.truncate(limit);
+        }
+        by_rule
     }
 }
 
@@ -468,7 +505,12 @@ fn load_object(instance: &Instance) -> Result<Ebpf> {
     }
     // Sizes the rule tables when they are created; tables that exist keep their size.
     for name in RULE_TABLES {
-        loader.map_max_entries(name, instance.net_max_rules());
+        // A rule without addresses has an entry in a trie for each family.
+        let entries = match name {
+            NET_SOURCES_MAP | NET_DESTINATIONS_MAP => instance.net_max_rules().saturating_mul(2),
+            _ => instance.net_max_rules(),
+        };
+        loader.map_max_entries(name, entries);
     }
     loader
         .load(datapath::net_object())

@@ -15,7 +15,10 @@ use crate::{
     units::{Rate, Size},
 };
 
-const STATE_VERSION: u32 = 1;
+/// 2 added `rein net` rules: version 1 files still load; an older rein refuses version 2 rather
+/// than dropping the rules it does not know on its next save.
+const STATE_VERSION: u32 = 2;
+const OLDEST_READABLE_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct State {
@@ -24,6 +27,10 @@ pub struct State {
     /// `rein net` rules (absent from files written before they existed).
     #[serde(default)]
     pub net: Vec<NetRuleRecord>,
+    /// The next `rein net` rule's id: ids are not reused while the instance lives, so a script
+    /// never deletes a rule that replaced the one it meant.
+    #[serde(default)]
+    pub next_net_id: u32,
 }
 
 /// One `rein net` rule: what the operator asked, and where it went.
@@ -35,6 +42,10 @@ pub struct NetRuleRecord {
     pub ifindex: u32,
     /// The network namespace of the device (its cookie, never reused while the machine runs).
     pub netns: u64,
+    /// The kernel id of the link the rule was attached with: the rule applies while that link
+    /// runs on its device.
+    #[serde(default)]
+    pub link_id: u32,
     /// Sketch rules: the first of their cells in the sketch map.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sketch_offset: Option<u32>,
@@ -88,16 +99,18 @@ impl State {
                 });
             }
         };
-        let state: Self = serde_json::from_str(&text).map_err(|error| Error::CorruptState {
+        let mut state: Self = serde_json::from_str(&text).map_err(|error| Error::CorruptState {
             path: path.to_owned(),
             reason: error.to_string(),
         })?;
-        if state.version != STATE_VERSION {
+        if !(OLDEST_READABLE_VERSION..=STATE_VERSION).contains(&state.version) {
             return Err(Error::CorruptState {
                 path: path.to_owned(),
                 reason: format!("version {} is not {STATE_VERSION}", state.version),
             });
         }
+        // Written back in this version's form.
+        state.version = STATE_VERSION;
         Ok(state)
     }
 
@@ -142,9 +155,10 @@ impl State {
         self.net.iter().find(|r| r.id == id)
     }
 
-    /// An id no rule has: one more than the largest.
+    /// An id no rule has had.
     pub fn next_net_id(&self) -> u32 {
-        self.net.iter().map(|r| r.id).max().unwrap_or(0) + 1
+        let after_largest = self.net.iter().map(|r| r.id).max().unwrap_or(0) + 1;
+        after_largest.max(self.next_net_id)
     }
 
     /// Inserts or replaces the record of `record.cgroup_id`.

@@ -31,9 +31,10 @@ const BPF_OBJ_GET: libc::c_long = bpf_cmd::BPF_OBJ_GET as libc::c_long;
 const BPF_LINK_UPDATE: libc::c_long = bpf_cmd::BPF_LINK_UPDATE as libc::c_long;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long;
 
-/// The interface a tcx or XDP link is attached to; 0 once its device is gone (the kernel
-/// detaches the link then, and keeps it as a defunct object while it is pinned).
-pub fn link_ifindex(link: impl AsFd) -> io::Result<u32> {
+/// A tcx or XDP link's kernel id and the interface it is attached to; the interface is 0 once
+/// its device is gone (the kernel detaches the link then, and keeps it as a defunct object while
+/// it is pinned).
+pub fn link_info(link: impl AsFd) -> io::Result<(u32, u32)> {
     // struct bpf_link_info: type, id, prog_id (u32 each), then at offset 16 a union whose tcx
     // and xdp members both start with the ifindex.
     let mut info = [0u64; 32];
@@ -44,7 +45,7 @@ pub fn link_ifindex(link: impl AsFd) -> io::Result<u32> {
     attr[0] = fd | (length << 32);
     attr[1] = info.as_mut_ptr() as u64;
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info[2] as u32)
+    Ok(((info[0] >> 32) as u32, info[2] as u32))
 }
 
 /// Opens a pinned bpf object (a link here).

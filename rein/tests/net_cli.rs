@@ -714,6 +714,10 @@ fn a_rule_of_a_deleted_namespace_limits_nothing_after_it() {
     );
     assert_eq!(rule(&rein, old)["attached"].as_bool(), Some(false));
     assert_eq!(rule(&rein, new)["attached"].as_bool(), Some(true));
+    // A reload swaps the live link's program and leaves the gone one alone.
+    rein.rein(&["reload"]).ok();
+    assert_eq!(rule(&rein, old)["attached"].as_bool(), Some(false));
+    assert_eq!(rule(&rein, new)["attached"].as_bool(), Some(true));
     let results = run_udp(&pair, &[Flow::udp(&pair.server_addr, IPERF3_PORT, "20M")]);
     // The gone rule would hold it to 5 Mbit/s.
     assert_udp_unlimited("UDP beside a gone 5mbit UDP rule", &results[0], 12e6);
@@ -790,6 +794,7 @@ fn bad_net_rules_are_refused_and_change_nothing() {
             vec!["--proto", "icmp", "tcp or udp"],
         ),
         (vec!["--dport", "0"], vec!["--dport", "1 to 65535"]),
+        (vec!["--pps", "10"], vec!["--rate", "--pps", "not both"]),
     ];
     let run_case = |extra: &[&str]| {
         let mut args = vec!["net", "add", "--rate", "1mbit"];
@@ -866,6 +871,40 @@ fn bad_net_rules_are_refused_and_change_nothing() {
         run_case(extra).refused(needles);
         unchanged(&format!("`rein net add {}`", extra.join(" ")));
     }
+    // A packet bucket slower than the kernel's arithmetic holds.
+    rein.rein_in(
+        &pair.server_ns,
+        &[
+            "net", "add", "--dev", dev, "--dir", "ingress", "--pps", "10",
+        ],
+    )
+    .refused(&["at least 60 packets/s", "fixed-window"]);
+    unchanged("a packet rate of 10/s");
+    // A /0 prefix and the rule for the one address are different rules; a /0 beside a rule
+    // without addresses is the same map entry, refused.
+    let everything = add(
+        &rein,
+        &pair.server_ns,
+        &["--dev", dev, "--dir", "egress", "--rate", "50mbit"],
+    );
+    rein.rein_in(
+        &pair.server_ns,
+        &[
+            "net",
+            "add",
+            "--dev",
+            dev,
+            "--dir",
+            "egress",
+            "--dst",
+            "0.0.0.0/0",
+            "--rate",
+            "10mbit",
+        ],
+    )
+    .refused(&[&format!("rule {everything}"), "already matches"]);
+    del(&rein, everything);
+    unchanged("the egress rule without addresses, refused /0 and deleted");
     // Both veths are interface 2 of their namespaces: rein cannot tell them apart.
     if ifindex(&pair.client_ns, &pair.client_if) == ifindex(&pair.server_ns, dev) {
         rein.rein_in(

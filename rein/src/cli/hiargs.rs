@@ -216,11 +216,7 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
                     })?,
                 (Per::Packets, None) => (amount / 100).max(MIN_DEFAULT_BURST_PACKETS),
             };
-            NetLimit::TokenBucket {
-                per,
-                rate: amount,
-                burst,
-            }
+            NetLimit::token_bucket(per, amount, burst).map_err(ArgError::Rule)?
         }
         "fixed-window" | "sliding-window" => {
             if add.burst.is_some() {

@@ -129,7 +129,7 @@ pub struct LowNetAdd {
     /// tcp or udp.
     #[arg(long, value_name = "PROTO")]
     pub proto: Option<String>,
-    /// Bytes per second, in tc(8) units (e.g. 10mbit).
+    /// A rate in tc(8) units (e.g. 10mbit; a bare number is bit/s), counted in IP bytes.
     #[arg(long, value_name = "RATE", allow_hyphen_values = true)]
     pub rate: Option<String>,
     /// Packets per second.

@@ -65,24 +65,8 @@ impl Rein {
         }
         let netns = sys::netns_cookie().context(|| "cannot read the network namespace".into())?;
         let matching = spec.matching(device.ifindex)?;
-        // Rules whose device is gone (deleted, or its namespace with it) stay listed, but their
-        // entries must not match traffic of a new device that got the same index.
-        let gone: Vec<&NetRuleRecord> = state
-            .net
-            .iter()
-            .filter(|r| r.ifindex == device.ifindex && !attachment(r).is_attached(&self.instance))
-            .collect();
-        if !gone.is_empty() && NetDatapath::is_installed(&self.instance) {
-            let mut datapath = NetDatapath::open(&self.instance)?;
-            for record in gone {
-                if let Ok(matching) = record.spec.matching(record.ifindex) {
-                    datapath.remove(record.id, &matching);
-                }
-            }
-            self.write_shapes(&mut datapath, &state)?;
-        }
         for other in &state.net {
-            if other.ifindex != device.ifindex || !attachment(other).is_attached(&self.instance) {
+            if other.ifindex != device.ifindex || !self.is_live(other) {
                 continue;
             }
             if other.netns != netns {
@@ -91,7 +75,11 @@ impl Rein {
                     rule: other.id,
                 });
             }
-            if other.spec.matching(other.ifindex).ok() == Some(matching) {
+            if other
+                .spec
+                .matching(other.ifindex)
+                .is_ok_and(|theirs| theirs.overlaps(&matching))
+            {
                 return Err(Error::DuplicateNetRule(other.id));
             }
         }
@@ -99,11 +87,12 @@ impl Rein {
             Sources::Sketch { size } => Some(free_sketch_cells(&state, size.cells())?),
             Sources::Shared | Sources::Exact => None,
         };
-        let record = NetRuleRecord {
+        let mut record = NetRuleRecord {
             id: state.next_net_id(),
             spec,
             ifindex: device.ifindex,
             netns,
+            link_id: 0,
             sketch_offset,
         };
 
@@ -113,14 +102,26 @@ impl Rein {
             undo.push(move || NetDatapath::uninstall(&instance));
         }
         let mut datapath = NetDatapath::open_or_create(&self.instance)?;
+        // Rules whose device is gone (deleted, or its namespace with it) stay listed, but their
+        // entries must not match the traffic of a new device that got the same index.
+        for gone in state
+            .net
+            .iter()
+            .filter(|r| r.ifindex == device.ifindex && !self.is_live(r))
+        {
+            if let Ok(matching) = gone.spec.matching(gone.ifindex) {
+                datapath.remove(gone.id, &matching);
+            }
+        }
         let at = attachment(&record);
-        if !at.is_attached(&self.instance) {
-            // Also when a pin is left by a link whose device went away: the new device with
-            // the name gets the program, and the undo removes it again.
-            NetDatapath::attach(&self.instance, &record.spec.device, at)?;
+        // Also when a pin is left by a link whose device went away: the new device gets the
+        // program, and the undo removes it again.
+        let (link_id, attached) = NetDatapath::attach(&self.instance, &record.spec.device, at)?;
+        if attached {
             let instance = self.instance.clone();
             undo.push(move || NetDatapath::detach(&instance, at));
         }
+        record.link_id = link_id;
         if let (Some(offset), Sources::Sketch { size }) = (sketch_offset, record.spec.sources) {
             datapath.clear_sketch(offset, size.cells())?;
         }
@@ -139,6 +140,9 @@ impl Rein {
             });
         }
         state.net.push(record.clone());
+        state.next_net_id = record.id + 1;
+        // The gone rules' lookups go from the shapes too.
+        self.write_shapes(&mut datapath, &state)?;
         state.save(&self.state_path())?;
         undo.commit();
         Ok(record)
@@ -153,6 +157,10 @@ impl Rein {
             .position(|r| r.id == id)
             .ok_or(Error::NoSuchNetRule(id))?;
         let record = state.net.remove(index);
+        let live = self.is_live(&record);
+        // The state first: a failure below leaves a rule that is gone from the state, never
+        // one that is listed but not enforced.
+        state.save(&self.state_path())?;
         if NetDatapath::is_installed(&self.instance) {
             let mut datapath = NetDatapath::open(&self.instance)?;
             if let Ok(matching) = record.spec.matching(record.ifindex) {
@@ -161,11 +169,20 @@ impl Rein {
             self.write_shapes(&mut datapath, &state)?;
         }
         let at = attachment(&record);
-        if !state.net.iter().any(|r| attachment(r) == at) {
+        let shared = state
+            .net
+            .iter()
+            .any(|r| attachment(r) == at && r.link_id == record.link_id);
+        if live && !shared {
             NetDatapath::detach(&self.instance, at);
         }
         self.save_or_tidy(&state)?;
         Ok(record)
+    }
+
+    /// Whether a rule applies: the link it was attached with still runs on its device.
+    fn is_live(&self, record: &NetRuleRecord) -> bool {
+        attachment(record).live_link(&self.instance) == Some(record.link_id)
     }
 
     /// Every `rein net` rule with its counters and, for per-source rules, its top sources.
@@ -176,6 +193,18 @@ impl Rein {
         } else {
             None
         };
+        let per_source = |sketch: bool| {
+            let wanted = state.net.iter().any(|r| match r.spec.sources {
+                Sources::Exact => !sketch,
+                Sources::Sketch { .. } => sketch,
+                Sources::Shared => false,
+            });
+            match &datapath {
+                Some(d) if wanted => d.top_sources_by_rule(sketch, TOP_SOURCES),
+                _ => Default::default(),
+            }
+        };
+        let (mut exact, mut heavy) = (per_source(false), per_source(true));
         Ok(state
             .net
             .iter()
@@ -184,19 +213,15 @@ impl Rein {
                     .as_ref()
                     .map(|d| d.counters(record.id))
                     .unwrap_or_default();
-                let (sketch, sketch_bytes) = match record.spec.sources {
-                    Sources::Sketch { size } => (true, Some(size.memory_bytes())),
-                    _ => (false, None),
+                let (top, sketch_bytes) = match record.spec.sources {
+                    Sources::Sketch { size } => {
+                        (heavy.remove(&record.id), Some(size.memory_bytes()))
+                    }
+                    Sources::Exact => (exact.remove(&record.id), None),
+                    Sources::Shared => (None, None),
                 };
-                let top_sources = match (&datapath, record.spec.sources) {
-                    (Some(d), Sources::Exact | Sources::Sketch { .. }) => d
-                        .top_sources(record.id, sketch, TOP_SOURCES)
-                        .iter()
-                        .map(source_view)
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                let attached = attachment(record).is_attached(&self.instance);
+                let top_sources = top.unwrap_or_default().iter().map(source_view).collect();
+                let attached = self.is_live(record);
                 view(
                     record.clone(),
                     attached,
@@ -210,16 +235,16 @@ impl Rein {
 
     /// Writes again the rules the maps lack (after a reload into a new map layout).
     pub(super) fn restore_net_rules(&self, state: &State) -> Result<usize> {
-        if state.net.is_empty() || !NetDatapath::is_installed(&self.instance) {
+        if state.net.is_empty() {
             return Ok(0);
         }
-        let mut datapath = NetDatapath::open(&self.instance)?;
+        // Maps of a new layout are created here, before any program uses them.
+        let mut datapath = NetDatapath::open_or_create(&self.instance)?;
         let now = self.clock.now_ns();
         let mut restored = 0;
         for record in &state.net {
             // A rule whose device is gone stays out of the maps (see net_add).
-            if datapath.rule(record.id).is_some() || !attachment(record).is_attached(&self.instance)
-            {
+            if datapath.rule(record.id).is_some() || !self.is_live(record) {
                 continue;
             }
             let matching = record.spec.matching(record.ifindex)?;
@@ -241,7 +266,7 @@ impl Rein {
         let shapes = state
             .net
             .iter()
-            .filter(|r| attachment(r).is_attached(&self.instance))
+            .filter(|r| self.is_live(r))
             .filter_map(|r| r.spec.matching(r.ifindex).ok())
             .fold(0, |shapes, matching| shapes | matching.shape_bits());
         datapath.set_shapes(shapes)
