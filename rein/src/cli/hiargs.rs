@@ -177,15 +177,7 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
         ),
         (None, Some(pps)) => (
             Per::Packets,
-            pps.trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|&n| (1..=MAX_PPS).contains(&n))
-                .ok_or(ArgError::Bad {
-                    flag: "pps",
-                    value: pps.clone(),
-                    expected: "a packet rate from 1 to 1000000000",
-                })?,
+            packets(pps, "pps", "a packet rate from 1 to 1000000000")?,
         ),
     };
     let limit = match algorithm.as_str() {
@@ -204,16 +196,9 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
                         .map_err(unit("rate"))?
                         .bytes()
                 }
-                (Per::Packets, Some(burst)) => burst
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|&n| (1..=MAX_PPS).contains(&n))
-                    .ok_or(ArgError::Bad {
-                        flag: "burst",
-                        value: burst.to_owned(),
-                        expected: "a number of packets (with --pps)",
-                    })?,
+                (Per::Packets, Some(burst)) => {
+                    packets(burst, "burst", "a number of packets (with --pps)")?
+                }
                 (Per::Packets, None) => (amount / 100).max(MIN_DEFAULT_BURST_PACKETS),
             };
             NetLimit::token_bucket(per, amount, burst).map_err(ArgError::Rule)?
@@ -259,6 +244,20 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
     // device is looked at.
     spec.matching(0).map_err(ArgError::Rule)?;
     Ok(spec)
+}
+
+/// A count of packets from 1 to `MAX_PPS`.
+fn packets(value: &str, flag: &'static str, expected: &'static str) -> Result<u64, ArgError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (1..=MAX_PPS).contains(n))
+        .ok_or_else(|| ArgError::Bad {
+            flag,
+            value: value.to_owned(),
+            expected,
+        })
 }
 
 fn change(limits: &LowLimits) -> Result<LimitChange, ArgError> {
