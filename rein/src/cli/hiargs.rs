@@ -330,6 +330,93 @@ mod tests {
         assert!(error.to_string().starts_with("--burst: "));
     }
 
+    fn net_add(extra: &[&str]) -> Result<NetRuleSpec, ArgError> {
+        let mut args = vec!["rein", "net", "add", "--dev", "eth0", "--dir", "ingress"];
+        args.extend_from_slice(extra);
+        match parse(&args)? {
+            HiCommand::NetAdd(spec) => Ok(spec),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn net_rules_resolve_rates_windows_and_conflicts() {
+        // tc units: bits per second, counted against IP bytes.
+        let spec = net_add(&["--rate", "10mbit"]).unwrap();
+        assert_eq!(
+            spec.limit,
+            NetLimit::TokenBucket {
+                per: Per::Bytes,
+                rate: 1_250_000,
+                burst: 64 * 1024
+            }
+        );
+        assert_eq!(spec.hook, NetHook::TcIngress);
+        // A window holds the rate times its length.
+        let spec = net_add(&[
+            "--pps",
+            "1000",
+            "--algo",
+            "sliding-window",
+            "--window",
+            "100ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            spec.limit,
+            NetLimit::SlidingWindow {
+                per: Per::Packets,
+                capacity: 100,
+                window_ns: 100_000_000
+            }
+        );
+        let spec = net_add(&[
+            "--pps",
+            "5000",
+            "--xdp",
+            "--per-source",
+            "--sketch",
+            "1024x2",
+        ]);
+        let spec = spec.unwrap();
+        assert_eq!(
+            (spec.hook, spec.limit),
+            (
+                NetHook::Xdp,
+                NetLimit::TokenBucket {
+                    per: Per::Packets,
+                    rate: 5000,
+                    burst: 50
+                }
+            )
+        );
+        for (extra, needle) in [
+            (
+                &["--rate", "1mbit", "--window", "1s"][..],
+                "--window belongs",
+            ),
+            (
+                &["--rate", "1mbit", "--algo", "fixed-window", "--burst", "9k"],
+                "--burst belongs",
+            ),
+            (&["--pps", "30"], "at least 60"),
+            (
+                &[
+                    "--rate",
+                    "1mbit",
+                    "--src",
+                    "10.0.0.0/8",
+                    "--dst",
+                    "10.0.0.1",
+                ],
+                "single",
+            ),
+        ] {
+            let error = net_add(extra).unwrap_err().to_string();
+            assert!(error.contains(needle), "{extra:?}: {error}");
+        }
+    }
+
     #[test]
     fn a_target_is_required_and_unique() {
         assert!(LowArgs::try_parse_from(["rein", "set", "--egress", "1mbit"]).is_err());
