@@ -13,7 +13,7 @@ use aya::{
 };
 use rein::{
     datapath,
-    model::{CountMinModel, FixedWindowModel, Xorshift},
+    model::{CountMinModel, FixedWindowModel, SlidingWindowModel, TokenBucketModel, Xorshift},
     net::{Cidr, NetHook, NetLimit, NetMatch, Per, Protocol, SketchSize, Sources},
     net_datapath::NetDatapath,
 };
@@ -567,4 +567,146 @@ fn the_programs_look_only_where_rules_are() {
     loaded.maps.set_shapes(0).unwrap();
     assert!(loaded.passes(&dns));
     assert_eq!(loaded.counters(2).passed_packets, 1);
+}
+
+/// The model's verdicts at the instants just before and just after the kernel ran (the
+/// kernel's clock read falls between), and the model as it follows the kernel's verdict
+/// `passed`: `Some(verdict)` when both instants agree, `None` when the edge of a window or a
+/// refill fell in between (then the model takes whichever instant gave the kernel's verdict).
+fn follow<M: Clone>(
+    model: &mut M,
+    passed: bool,
+    before: u64,
+    after: u64,
+    offer: impl Fn(&mut M, u64) -> bool,
+    roll: impl Fn(&mut M, u64),
+) -> Option<bool> {
+    let (mut early, mut late) = (model.clone(), model.clone());
+    let (a, b) = (offer(&mut early, before), offer(&mut late, after));
+    *model = if a == passed {
+        early
+    } else if b == passed {
+        late
+    } else {
+        // The kernel refused what the model passes at both instants (the kernel is stricter
+        // by design in one case, see below): the model counts nothing either.
+        let mut refused = model.clone();
+        roll(&mut refused, before);
+        refused
+    };
+    (a == b).then_some(a)
+}
+
+fn monotonic_ns() -> u64 {
+    rein::clock::Clock::now_ns(&rein::clock::MonotonicClock)
+}
+
+#[test]
+fn a_sliding_window_decides_as_its_model_across_windows() {
+    let mut loaded = Loaded::new();
+    let (window_ns, capacity) = (100_000_000, 30_000);
+    loaded.add(
+        5,
+        matching(None, Some("198.18.0.0/24"), None, None),
+        NetLimit::window(true, Per::Bytes, capacity, window_ns).unwrap(),
+    );
+    let mut model = SlidingWindowModel::new(window_ns, capacity);
+    let mut random = Xorshift(0x5117_d1e5);
+    let (mut compared, mut stricter) = (0, 0);
+    let started = monotonic_ns();
+    // About 0.6 s: six windows, each weighing the previous one.
+    while monotonic_ns() - started < 600_000_000 {
+        let bytes = 60 + (random.next_u64() % 1440) as usize;
+        let frame = packet("198.19.0.9", "198.18.0.7", 17, 53, bytes).frame();
+        let before = monotonic_ns();
+        let passed = loaded.passes(&frame);
+        let after = monotonic_ns();
+        let expected = follow(
+            &mut model,
+            passed,
+            before,
+            after,
+            |m, now| m.offer(bytes as u64, now),
+            |m, now| {
+                m.offer(0, now);
+            },
+        );
+        if let Some(expected) = expected {
+            compared += 1;
+            // The kernel rounds the previous window's weight up (1/65,536 of a window): it may
+            // refuse what the exact model passes, never the reverse.
+            assert!(
+                !passed || expected,
+                "passed {bytes} bytes the model refuses"
+            );
+            stricter += u32::from(expected && !passed);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(random.next_u64() % 3000));
+    }
+    eprintln!("compared {compared} packets, the kernel stricter on {stricter}");
+    assert!(compared > 200, "{compared} packets compared");
+    assert!(
+        stricter * 100 <= compared,
+        "stricter on {stricter} of {compared}"
+    );
+    assert!(
+        loaded.counters(5).dropped_packets > 0,
+        "the window never filled"
+    );
+}
+
+#[test]
+fn a_token_bucket_decides_as_its_model() {
+    let mut loaded = Loaded::new();
+    // 100 kbit/s (12,500 bytes/s) with a 6,000-byte burst: it refills a few packets over the
+    // test, so decisions depend on time, and the model is asked at the instants around each.
+    let limit = rein::limit::Limit {
+        rate: "100kbit".parse().unwrap(),
+        burst: "6000b".parse().unwrap(),
+    };
+    loaded.add(
+        6,
+        matching(None, Some("198.18.0.0/24"), None, None),
+        NetLimit::token_bucket(
+            Per::Bytes,
+            limit.rate.bytes_per_second(),
+            limit.burst.bytes(),
+        )
+        .unwrap(),
+    );
+    let clock = rein::clock::FakeClock::new(monotonic_ns());
+    let mut model = TokenBucketModel::new(limit, &clock);
+    let mut random = Xorshift(0x00b0_c4e7);
+    let (mut compared, mut passed_bytes) = (0, 0u64);
+    let started = monotonic_ns();
+    while monotonic_ns() - started < 500_000_000 {
+        let bytes = 60 + (random.next_u64() % 1440) as usize;
+        let frame = packet("198.19.0.9", "198.18.0.7", 17, 53, bytes).frame();
+        let before = monotonic_ns();
+        let passed = loaded.passes(&frame);
+        let after = monotonic_ns();
+        let expected = follow(
+            &mut model,
+            passed,
+            before,
+            after,
+            |m, now| m.offer(bytes as u64, &rein::clock::FakeClock::new(now)),
+            |m, now| {
+                m.offer(0, &rein::clock::FakeClock::new(now));
+            },
+        );
+        if let Some(expected) = expected {
+            compared += 1;
+            assert_eq!(passed, expected, "{bytes} bytes at {before}..{after}");
+        }
+        passed_bytes += if passed { bytes as u64 } else { 0 };
+        std::thread::sleep(std::time::Duration::from_micros(random.next_u64() % 5000));
+    }
+    eprintln!("compared {compared} packets, {passed_bytes} bytes passed");
+    assert!(compared > 100, "{compared} packets compared");
+    assert_eq!(loaded.counters(6).passed_bytes, passed_bytes);
+    assert!(
+        loaded.counters(6).dropped_packets > 0,
+        "the bucket never ran dry"
+    );
 }
