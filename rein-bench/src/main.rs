@@ -34,17 +34,7 @@ use crate::{
 };
 
 fn main() -> ExitCode {
-    match bench() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("rein-bench: {e:#}");
-            if proc::interrupted() {
-                ExitCode::from(130)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
+    proc::exit("rein-bench", bench())
 }
 
 fn bench() -> Result<ExitCode> {

@@ -56,6 +56,22 @@ pub fn interrupted() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
+/// A benchmark binary's exit: its own code, or its error on one line and 130 when a stop
+/// signal ended it (as a shell reports SIGINT), 1 otherwise.
+pub fn exit(program: &str, result: Result<std::process::ExitCode>) -> std::process::ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{program}: {e:#}");
+            if interrupted() {
+                std::process::ExitCode::from(130)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+}
+
 /// Fails with [`Interrupted`] once a stop signal has arrived.
 pub fn check_interrupted() -> Result<()> {
     if interrupted() {

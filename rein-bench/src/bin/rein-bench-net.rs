@@ -26,17 +26,7 @@ use rein_bench::{
 };
 
 fn main() -> ExitCode {
-    match bench() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("rein-bench-net: {e:#}");
-            if proc::interrupted() {
-                ExitCode::from(130)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
+    proc::exit("rein-bench-net", bench())
 }
 
 fn bench() -> Result<ExitCode> {
