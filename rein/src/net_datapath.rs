@@ -562,6 +562,14 @@ fn full_or(error: MapError, context: &str, capacity: u32) -> Error {
 }
 
 fn xdp_error(device: &str, error: &ProgramError) -> Error {
+    if let ProgramError::SyscallError(syscall) = error
+        && syscall.io_error.raw_os_error() == Some(libc::EBUSY)
+    {
+        return Error::XdpUnsupported {
+            device: device.to_owned(),
+            reason: "another XDP program is attached to it".into(),
+        };
+    }
     let mut message = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

@@ -952,6 +952,41 @@ fn bad_net_rules_are_refused_and_change_nothing() {
     rein.assert_no_trace("`rein net del` of the last rule");
 }
 
+/// A device that refuses the XDP program (here: another instance's XDP program holds it) is a
+/// clear one-line error, and the refused first rule leaves no map, pin or state behind.
+#[test]
+fn a_refused_xdp_attach_changes_nothing() {
+    let pair = HostPair::new();
+    let holder = instance();
+    let rein = instance();
+    let rule = [
+        "--dev",
+        pair.server_if.as_str(),
+        "--dir",
+        "ingress",
+        "--pps",
+        "1000",
+        "--xdp",
+    ];
+    add(&holder, &pair.server_ns, &rule);
+    let mut args = vec!["net", "add"];
+    args.extend_from_slice(&rule);
+    let line = rein
+        .rein_in(&pair.server_ns, &args)
+        .refused(&[
+            "XDP cannot attach to",
+            &pair.server_if,
+            "another XDP program",
+        ])
+        .to_owned();
+    eprintln!("{line}");
+    rein.assert_no_trace("a refused XDP attach");
+    // The holder's program is untouched.
+    assert!(netns::link_details(&pair.server_ns, &pair.server_if).contains("prog/xdp"));
+    holder.rein(&["purge"]).ok();
+    assert_no_xdp("the holder's purge", &pair.server_ns, &pair.server_if);
+}
+
 /// `rein purge` removes every kind of rule: tc on both sides, XDP, per-source exact and sketch
 /// rules, and their programs.
 #[test]
