@@ -23,7 +23,7 @@ use rein_common::{
 
 use crate::{
     cgroup::Cgroup,
-    error::{Error, IoContext, Result, bpf_error},
+    error::{Error, IoContext, Result, bpf_error, map_errno},
     instance::Instance,
     sys,
 };
@@ -380,12 +380,10 @@ pub(crate) fn verifier_message(error: &ProgramError) -> String {
 }
 
 fn map_full_or(error: MapError, context: &str) -> Error {
-    match &error {
-        MapError::SyscallError(syscall) if syscall.io_error.raw_os_error() == Some(libc::E2BIG) => {
-            Error::TooManyRules(MAX_RULES)
-        }
-        _ => bpf_error(context)(&error),
+    if map_errno(&error) == Some(libc::E2BIG) {
+        return Error::TooManyRules(MAX_RULES);
     }
+    bpf_error(context)(&error)
 }
 
 pub(crate) fn possible_cpus() -> Result<usize> {

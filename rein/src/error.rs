@@ -154,14 +154,28 @@ impl<T> IoContext<T> for io::Result<T> {
 /// chain of causes on one line: aya's own message often leaves the errno to its source.
 pub fn bpf_error(context: impl Into<String>) -> impl FnOnce(&dyn std::error::Error) -> Error {
     let context = context.into();
-    move |error| {
-        let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        Error::Bpf { context, message }
+    move |error| Error::Bpf {
+        context,
+        message: causes(error),
+    }
+}
+
+/// An error and its sources, on one line.
+pub fn causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// The errno of a failed map operation, if a system call failed.
+pub fn map_errno(error: &aya::maps::MapError) -> Option<i32> {
+    match error {
+        aya::maps::MapError::SyscallError(syscall) => syscall.io_error.raw_os_error(),
+        _ => None,
     }
 }

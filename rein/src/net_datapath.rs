@@ -27,7 +27,7 @@ use rein_common::{
 
 use crate::{
     datapath::{self, remove_if_exists},
-    error::{Error, IoContext, Result, bpf_error},
+    error::{Error, IoContext, Result, bpf_error, causes, map_errno},
     instance::Instance,
     net::{NetHook, NetMatch, Placement},
     sys,
@@ -337,9 +337,7 @@ impl NetDatapath {
                 .map_err(|e| bpf_error("counters")(&e))?;
             match self.counters.insert(id, zero, 0) {
                 Ok(()) => break,
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOMEM) && attempt < 50 =>
-                {
+                Err(e) if map_errno(&e) == Some(libc::ENOMEM) && attempt < 50 => {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -550,35 +548,21 @@ fn load_program(ebpf: &mut Ebpf, hook: NetHook) -> Result<()> {
 /// A full table (E2BIG from a hash map, ENOSPC from a prefix trie) says so; other errors keep
 /// their context.
 fn full_or(error: MapError, context: &str, capacity: u32) -> Error {
-    if let MapError::SyscallError(syscall) = &error
-        && matches!(
-            syscall.io_error.raw_os_error(),
-            Some(libc::E2BIG | libc::ENOSPC)
-        )
-    {
+    if matches!(map_errno(&error), Some(libc::E2BIG | libc::ENOSPC)) {
         return Error::NetRulesFull(capacity);
     }
     bpf_error(context)(&error)
 }
 
 fn xdp_error(device: &str, error: &ProgramError) -> Error {
-    if let ProgramError::SyscallError(syscall) = error
-        && syscall.io_error.raw_os_error() == Some(libc::EBUSY)
-    {
-        return Error::XdpUnsupported {
-            device: device.to_owned(),
-            reason: "another XDP program is attached to it".into(),
-        };
-    }
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let busy = matches!(error, ProgramError::SyscallError(syscall)
+        if syscall.io_error.raw_os_error() == Some(libc::EBUSY));
     Error::XdpUnsupported {
         device: device.to_owned(),
-        reason: message,
+        reason: if busy {
+            "another XDP program is attached to it".into()
+        } else {
+            causes(error)
+        },
     }
 }

@@ -116,13 +116,7 @@ pub fn device(name: &str) -> io::Result<Option<Device>> {
     if ifindex == 0 {
         return Ok(None);
     }
-    // SAFETY: a plain socket, closed by OwnedFd.
-    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if socket < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new descriptor.
-    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    let socket = udp_socket()?;
     // SAFETY: ifreq is plain data; the name fits (checked above) and stays NUL-terminated.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
@@ -137,18 +131,24 @@ pub fn device(name: &str) -> io::Result<Option<Device>> {
     Ok(Some(Device { ifindex, link_type }))
 }
 
-/// The calling thread's network namespace's cookie: unique while the machine runs (an nsfs
-/// inode number is reused once its namespace is gone).
-pub fn netns_cookie() -> io::Result<u64> {
-    // Linux's SO_NETNS_COOKIE (5.14), which the libc crate does not name.
-    const SO_NETNS_COOKIE: libc::c_int = 71;
+/// A UDP socket of the calling thread's network namespace, for ioctls and socket options that
+/// ask about the namespace.
+fn udp_socket() -> io::Result<OwnedFd> {
     // SAFETY: a plain socket, closed by OwnedFd.
     let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if socket < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel returned a new descriptor.
-    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    Ok(unsafe { OwnedFd::from_raw_fd(socket) })
+}
+
+/// The calling thread's network namespace's cookie: unique while the machine runs (an nsfs
+/// inode number is reused once its namespace is gone).
+pub fn netns_cookie() -> io::Result<u64> {
+    // Linux's SO_NETNS_COOKIE (5.14), which the libc crate does not name.
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = udp_socket()?;
     let mut cookie = 0u64;
     let mut length = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `length` bytes into the u64 we own.
