@@ -5,12 +5,10 @@
 //! - the reference CNI plugins (ptp + host-local, then bandwidth), driven by the CNI protocol with
 //!   SERVER as the "host" of a pod CLIENT.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
+use rein_bench::rein_instance::ReinInstance;
 use serde_json::{Value, json};
 
 use crate::{
@@ -27,43 +25,14 @@ pub const CNI_PATH: &str = "/usr/lib/cni";
 const CNI_VERSION: &str = "1.0.0";
 
 const CNI_TIMEOUT: Duration = Duration::from_secs(20);
-const PURGE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A private rein instance (`REIN_INSTANCE=rein-bench-<pid>`: its own pins, cgroups, state and
-/// lock), purged on drop.
-#[derive(Debug)]
-pub struct Rein {
-    binary: PathBuf,
-    instance: String,
-}
+/// A private rein instance (`REIN_INSTANCE=rein-bench-<pid>`), purged on drop.
+pub type Rein = ReinInstance;
 
-impl Rein {
-    /// `binary` was checked to exist by the preflight.
-    pub fn new(binary: &Path, pid: u32) -> Self {
-        Self {
-            binary: binary.to_owned(),
-            instance: format!("rein-bench-{pid}"),
-        }
-    }
-
-    fn env(&self) -> (&'static str, &str) {
-        ("REIN_INSTANCE", &self.instance)
-    }
-}
-
-impl Drop for Rein {
-    fn drop(&mut self) {
-        let (key, value) = self.env();
-        let purge = Cmd::new(
-            [self.binary.to_string_lossy().as_ref(), "purge"],
-            PURGE_TIMEOUT,
-        )
-        .env(key, value)
-        .cleanup();
-        if let Err(e) = purge.run() {
-            eprintln!("rein-bench: warning: {e:#}");
-        }
-    }
+/// The instance of this bench, whose pid is `pid`; `binary` was checked to exist by the
+/// preflight.
+pub fn rein_instance(binary: &Path, pid: u32) -> Rein {
+    ReinInstance::new(binary, format!("rein-bench-{pid}"), "rein-bench")
 }
 
 /// A limit in place for one run: how to start the client under it, and where the server is.

@@ -115,7 +115,7 @@ impl<'a> Bench<'a> {
         let rein = config
             .limiters
             .contains(&Limiter::Rein)
-            .then(|| Rein::new(&config.rein, pid));
+            .then(|| limiters::rein_instance(&config.rein, pid));
         Ok(Self {
             config,
             pid,

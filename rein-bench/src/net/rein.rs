@@ -2,35 +2,30 @@
 //! /sys/fs/bpf/bench-net-<pid> and state under /run/bench-net-<pid>), run inside a namespace with
 //! `nsenter --net` (not `ip netns exec`, whose private mounts hide /sys/fs/bpf). Purged on drop.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::{netns::Netns, proc::Cmd};
+use crate::{netns::Netns, proc::Cmd, rein_instance::ReinInstance};
 
 /// Deadline of one rein command.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct Rein {
-    binary: PathBuf,
-    instance: String,
+    instance: ReinInstance,
 }
 
 impl Rein {
     pub fn new(binary: &Path, pid: u32) -> Self {
         Self {
-            binary: binary.to_owned(),
-            instance: format!("bench-net-{pid}"),
+            instance: ReinInstance::new(binary, format!("bench-net-{pid}"), "rein-bench-net"),
         }
     }
 
     pub fn instance(&self) -> &str {
-        &self.instance
+        &self.instance.name
     }
 
     /// `rein ARGS...` inside `ns`.
@@ -38,11 +33,12 @@ impl Rein {
         let argv = [
             "nsenter".to_owned(),
             format!("--net={}", ns.path()),
-            self.binary.to_string_lossy().into_owned(),
+            self.instance.binary.to_string_lossy().into_owned(),
         ]
         .into_iter()
         .chain(args.iter().map(|a| (*a).to_owned()));
-        Cmd::new(argv, TIMEOUT).env("REIN_INSTANCE", &self.instance)
+        let (key, value) = self.instance.env();
+        Cmd::new(argv, TIMEOUT).env(key, value)
     }
 
     /// `rein net add ARGS...` inside `ns`; the new rule's id.
@@ -78,17 +74,6 @@ impl Rein {
                 .with_context(|| format!("rule {id} has no {name}"))
         };
         Ok((field("passed_packets")?, field("dropped_packets")?))
-    }
-}
-
-impl Drop for Rein {
-    fn drop(&mut self) {
-        let purge = Cmd::new([self.binary.to_string_lossy().as_ref(), "purge"], TIMEOUT)
-            .env("REIN_INSTANCE", &self.instance)
-            .cleanup();
-        if let Err(e) = purge.run() {
-            eprintln!("rein-bench-net: warning: {e:#}");
-        }
     }
 }
 
