@@ -17,6 +17,13 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("rein-ebpf has no directory"))?;
+    // aya-build watches rein-ebpf only; the programs also compile rein-common's arithmetic.
+    let common = root_dir
+        .parent()
+        .map(|workspace| workspace.join("rein-common"));
+    if let Some(common) = common {
+        println!("cargo:rerun-if-changed={common}");
+    }
     aya_build::build_ebpf(
         [Package {
             name: ebpf.name.as_str(),

@@ -11,7 +11,7 @@ pub mod share;
 pub mod window;
 
 pub use bucket::{Bucket, Verdict};
-pub use share::{EpochCount, FlowState};
+pub use share::{EpochCount, FlowState, IngressFlowState};
 
 /// Depth of the cgroup tree that the datapath searches for rules, counted from the v2 root
 /// (level 0). A socket in a deeper cgroup is still covered by rules on its first
@@ -30,10 +30,16 @@ pub const COUNTERS_MAP: &str = "REIN_COUNTERS";
 pub const RULE_COUNTS_MAP: &str = "REIN_RULE_COUNTS";
 /// Name of the socket-local storage of TCP flows under a limit.
 pub const FLOWS_MAP: &str = "REIN_FLOWS";
+/// Name of the socket-local storage of TCP flows received under an ingress limit.
+pub const INGRESS_FLOWS_MAP: &str = "REIN_INGRESS_FLOWS";
+/// Name of the map from an ingress rule (and network namespace) to its shaping queue.
+pub const QUEUES_MAP: &str = "REIN_QUEUES";
 /// Program names in the object file.
 pub const EGRESS_PROGRAM: &str = "rein_egress";
 pub const INGRESS_PROGRAM: &str = "rein_ingress";
 pub const SOCK_OPS_PROGRAM: &str = "rein_sock_ops";
+/// The tc ingress program that sends limited TCP downloads through their rule's queue.
+pub const QUEUE_PROGRAM: &str = "rein_queue";
 
 /// Version of the map layout. Pins live in a directory named after it, so a build with another
 /// layout never reads maps it does not understand.
@@ -66,6 +72,16 @@ impl RuleKey {
         }
     }
 }
+
+/// Key of the queue map: an ingress rule's cgroup, and the network namespace (its cookie) whose
+/// devices lead into the queue. A queue is a device, and devices belong to one namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QueueKey {
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+}
+const _: () = assert!(core::mem::size_of::<QueueKey>() == 16);
 
 /// What the datapath does with a packet the bucket refuses.
 ///
@@ -142,6 +158,10 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::QueueKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IngressFlowState {}
     // SAFETY: plain #[repr(C)] data, every bit pattern valid, no implicit padding.
     unsafe impl aya::Pod for super::net::PrefixKey {}
     // SAFETY: as above.

@@ -276,6 +276,41 @@ pub const fn cwnd_clamp(share: u64, srtt_x8_us: u32, mss: u32) -> u32 {
     }
 }
 
+/// `TCP_WINDOW_CLAMP` value that lifts the receive window clamp: the largest window TCP can
+/// advertise (65535 << 14).
+pub const UNCLAMPED_WINDOW: u32 = 65_535 << 14;
+
+/// How long a flow's receive window lasts at its ingress share.
+///
+/// A receiver cannot pace its sender, so a download is slowed by a queue (the rule's shaper)
+/// and the window bounds what waits there: a flow has at most one window in flight, so the
+/// queue holds at most a window per flow and delays a packet by at most about this long (a
+/// segment's time at the share, when that is longer). The window must still cover the round
+/// trip without the queue, or the flow falls short of its share: 100 us covers a round trip
+/// between namespaces (20-90 us measured at 1 Gbit/s).
+pub const RECEIVE_WINDOW_NS: u64 = 100_000;
+
+/// The receive window clamp (bytes) for a flow whose ingress share is `share` IP bytes/s: what
+/// the share brings in [`RECEIVE_WINDOW_NS`], in whole segments of `mss` bytes (a part of a
+/// segment would only make the sender split its segments), and at least one segment.
+#[inline(always)]
+pub const fn receive_window(share: u64, mss: u32) -> u32 {
+    if share == 0 {
+        return UNCLAMPED_WINDOW;
+    }
+    let mss = sane_mss(mss, 0);
+    let share = if share > 1 << 40 { 1 << 40 } else { share };
+    let bytes = share * RECEIVE_WINDOW_NS / 1_000_000_000;
+    let segments = bytes.div_ceil(mss);
+    let segments = if segments < 1 { 1 } else { segments };
+    let window = segments * mss;
+    if window >= UNCLAMPED_WINDOW as u64 {
+        UNCLAMPED_WINDOW
+    } else {
+        window as u32
+    }
+}
+
 /// Per-socket state, in socket-local storage: what the egress program worked out for the flow
 /// and what the sock_ops program last applied.
 #[repr(C)]
@@ -288,7 +323,8 @@ pub struct FlowState {
     pub pending_share: u64,
     /// The epoch that `sent` and `registered` are about.
     pub epoch: u32,
-    /// The `SO_MAX_PACING_RATE` last applied to the socket; 0 before the first.
+    /// The `SO_MAX_PACING_RATE` last applied to the socket (egress), or its receive window
+    /// clamp (ingress); 0 before the first.
     pub applied: u32,
     /// IP bytes sent in `epoch`.
     pub sent: u32,
@@ -301,6 +337,24 @@ pub struct FlowState {
     /// `FLOW_*` bits.
     pub flags: u32,
 }
+
+/// Per-socket state of a flow received under ingress rules: the sharing state, and the rule
+/// whose queue its packets go through (the deepest rule over the socket's cgroup) and the
+/// socket's network namespace, which the tc program cannot find itself (it has no helper for a
+/// socket's cgroup ancestors, and its namespace helper answers for the packet's sender).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngressFlowState {
+    pub flow: FlowState,
+    /// The cgroup of the rule whose queue the flow's packets go through; 0 for none.
+    pub queue_cgroup: u64,
+    /// The socket's network namespace (its cookie): the queue must be a device there.
+    pub netns_cookie: u64,
+    /// 1 while the tc program sends the flow's packets through the queue, which shapes them.
+    pub queued: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<IngressFlowState>() == 64);
 
 /// `FlowState::flags`: the flow was registered in the epoch before `epoch`.
 pub const FLOW_REGISTERED_BEFORE: u32 = 1;
@@ -438,6 +492,19 @@ mod tests {
         assert_eq!(cwnd_clamp(125_000_000, 20 << 3, 1448), UNCLAMPED);
         assert_eq!(cwnd_clamp(0, 50 << 3, 1448), UNCLAMPED);
         assert_eq!(cwnd_clamp(u64::MAX, u32::MAX, 0), UNCLAMPED);
+    }
+
+    #[test]
+    fn the_receive_window_is_what_the_share_brings_in_100_us_in_whole_segments() {
+        // 10 Mbit/s: 125 B in 100 us; one segment.
+        assert_eq!(receive_window(1_250_000, 1448), 1448);
+        // 1 Gbit/s: 12.5 kB, 9 segments.
+        assert_eq!(receive_window(125_000_000, 1448), 9 * 1448);
+        assert_eq!(receive_window(0, 1448), UNCLAMPED_WINDOW);
+        // A share past 1 tbit/s is taken as 1 tbit/s: 76k segments, still below the lift.
+        let huge = receive_window(u64::MAX, 1448);
+        assert!(huge.is_multiple_of(1448) && huge < UNCLAMPED_WINDOW, "{huge}");
+        assert_eq!(receive_window(1, 0), 1500);
     }
 
     #[test]

@@ -1,31 +1,36 @@
-//! TCP flows under a limit: counted by the egress program, paced by the sock_ops program.
+//! TCP flows under a limit: counted by the cgroup programs, paced or windowed by the sock_ops
+//! program.
 //!
-//! The egress program sees every packet with the cgroups it is charged to, so it counts the
-//! flow under each rule and records the flow's share in the socket's local storage. Only a
-//! sock_ops program may call `bpf_setsockopt`, so it applies the share as the socket's
-//! `SO_MAX_PACING_RATE` at the connection's start and on each RTT sample after.
+//! The egress and ingress programs see every packet with the cgroups it is charged to, so they
+//! count the flow under each rule and record the flow's share in the socket's local storage,
+//! one storage per direction. Only a sock_ops program may call `bpf_setsockopt`, so it applies
+//! the egress share as the socket's `SO_MAX_PACING_RATE` (at the connection's start and on each
+//! RTT sample after), and the ingress share as its receive window clamp (on each segment it
+//! sends, mostly ACKs, just before TCP picks the window they advertise).
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
     bindings::{
         BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG,
-        bpf_sock,
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
+        BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_LISTEN, bpf_sock,
     },
     helpers::generated::{
-        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_fullsock, bpf_sk_storage_get,
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_setsockopt,
+        bpf_sk_fullsock, bpf_sk_storage_get,
     },
     programs::{SkBuffContext, SockOpsContext},
 };
 use rein_common::{
-    EpochCount, FlowState, Rule,
+    Direction, EpochCount, FlowState, IngressFlowState, Rule,
     share::{
-        FLOW_FINISHED, FLOW_REGISTERED_BEFORE, UNCLAMPED, cwnd_clamp, epoch_of, other_units,
-        pacing_rate, register_threshold, share, tcp_rate,
+        FLOW_FINISHED, FLOW_REGISTERED_BEFORE, UNCLAMPED, UNCLAMPED_WINDOW, cwnd_clamp, epoch_of,
+        other_units, pacing_rate, receive_window, register_threshold, share, tcp_rate,
     },
 };
 
-use crate::{REIN_FLOWS, atomic};
+use crate::{REIN_FLOWS, REIN_INGRESS_FLOWS, atomic};
 
 const IPPROTO_TCP: u32 = 6;
 const AF_INET6: u32 = 10;
@@ -33,12 +38,18 @@ const SOL_SOCKET: i32 = 1;
 const SO_MAX_PACING_RATE: i32 = 47;
 const SOL_TCP: i32 = 6;
 const TCP_BPF_SNDCWND_CLAMP: i32 = 1002;
+const TCP_WINDOW_CLAMP: i32 = 10;
 
-fn flows_map() -> *mut c_void {
-    ptr::from_ref(&REIN_FLOWS).cast_mut().cast()
+/// The socket storage of flows in `direction`.
+#[inline(always)]
+fn flows_map(direction: Direction) -> *mut c_void {
+    match direction {
+        Direction::Egress => ptr::from_ref(&REIN_FLOWS).cast_mut().cast(),
+        Direction::Ingress => ptr::from_ref(&REIN_INGRESS_FLOWS).cast_mut().cast(),
+    }
 }
 
-/// The full TCP socket that sends this egress packet, or null.
+/// The full TCP socket that sends or receives this packet (not a listener), or null.
 #[inline(always)]
 pub fn tcp_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
     // SAFETY: the context is valid for the program's run; the kernel checks the pointers.
@@ -48,7 +59,7 @@ pub fn tcp_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
             return ptr::null_mut();
         }
         let full = bpf_sk_fullsock(sk);
-        if full.is_null() || (*full).protocol != IPPROTO_TCP {
+        if full.is_null() || (*full).protocol != IPPROTO_TCP || (*full).state == BPF_TCP_LISTEN {
             return ptr::null_mut();
         }
         full
@@ -69,6 +80,7 @@ const REGISTERING: u32 = 2;
 pub struct Sharing<'a> {
     ctx: &'a SkBuffContext,
     socket: *mut bpf_sock,
+    map: *mut c_void,
     state: *mut FlowState,
     epoch: u32,
     bytes: u64,
@@ -88,15 +100,16 @@ impl<'a> Sharing<'a> {
         socket: *mut bpf_sock,
         now: u64,
         bytes: u64,
-        counts_others: bool,
+        direction: Direction,
     ) -> Self {
         Self {
             ctx,
             socket,
+            map: flows_map(direction),
             state: ptr::null_mut(),
             epoch: epoch_of(now),
             bytes,
-            counts_others,
+            counts_others: direction == Direction::Egress,
             fin: false,
         }
     }
@@ -153,14 +166,32 @@ impl<'a> Sharing<'a> {
         if active == 0 { 1 } else { active }
     }
 
+    /// Whether the packet is a download that came through its rule's queue (as the tc program
+    /// noted in the flow's storage). Asked only when a bucket refuses.
+    #[inline(always)]
+    pub fn queued(&self) -> bool {
+        if self.counts_others || self.state.is_null() {
+            return false;
+        }
+        // SAFETY: ingress storage holds an IngressFlowState, whose first field `state` is.
+        unsafe { (*self.state.cast::<IngressFlowState>()).queued != 0 }
+    }
+
     /// The socket's storage (created on first use), brought to this epoch and this packet.
     #[inline(always)]
     fn open(&self) -> *mut FlowState {
-        let mut new = FlowState::NEW;
-        // SAFETY: a full socket and a value of the map's value type.
+        // Large enough for either storage's value; a new one starts as NEW with no queue.
+        let mut new = IngressFlowState {
+            flow: FlowState::NEW,
+            queue_cgroup: 0,
+            netns_cookie: 0,
+            queued: 0,
+            _pad: 0,
+        };
+        // SAFETY: a full socket and a value at least as large as the map's value type.
         let state: *mut FlowState = unsafe {
             bpf_sk_storage_get(
-                flows_map(),
+                self.map,
                 self.socket.cast(),
                 ptr::from_mut(&mut new).cast(),
                 BPF_SK_STORAGE_GET_F_CREATE.into(),
@@ -191,10 +222,21 @@ impl<'a> Sharing<'a> {
     /// The walk is over: if the packet `passed`, record the flow's share. (A flow no rule
     /// covers any more is not looked at here: its share lapses, see `FlowState::share_at`.) A
     /// FIN's walk took the flow out of the counts, passed or not: it must not happen twice.
+    ///
+    /// `queue_cgroup` is the deepest rule's cgroup, whose queue an ingress flow goes through.
     #[inline(always)]
-    pub fn finish(self, passed: bool) {
+    pub fn finish(self, passed: bool, queue_cgroup: u64) {
         if self.state.is_null() {
             return;
+        }
+        if !self.counts_others {
+            // SAFETY: ingress storage holds an IngressFlowState, whose first field `state` is;
+            // the context is the program's.
+            unsafe {
+                let ingress = &mut *self.state.cast::<IngressFlowState>();
+                ingress.queue_cgroup = queue_cgroup;
+                ingress.netns_cookie = bpf_get_netns_cookie(self.ctx.skb.skb.cast());
+            }
         }
         // SAFETY: non-null storage of this socket.
         let state = unsafe { &mut *self.state };
@@ -248,17 +290,79 @@ fn remove(count: &mut EpochCount, epoch: u32, now: bool, before: bool) -> u32 {
 
 /// The sock_ops side: turn on RTT callbacks for every TCP connection, and on each callback apply
 /// the flow's share (if the egress program gave it one) as its pacing cap, with the window
-/// clamp that keeps its segment trains short (`rein_common::share::cwnd_clamp`).
+/// clamp that keeps its segment trains short (`rein_common::share::cwnd_clamp`). While ingress
+/// rules exist, also hear of each segment the connection sends, to keep its receive window at
+/// what its ingress share needs (`rein_common::share::receive_window`).
 #[inline(always)]
-pub fn on_sock_ops(ctx: &SockOpsContext) {
+pub fn on_sock_ops(ctx: &SockOpsContext, ingress_rules: bool) {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             // Every connection, because a rule may come to cover it after it is established.
-            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
+            let mut flags = ctx.cb_flags() | BPF_SOCK_OPS_RTT_CB_FLAG;
+            if ingress_rules {
+                flags |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+            }
+            let _ = ctx.set_cb_flags(flags as i32);
             apply_pacing(ctx);
         }
         BPF_SOCK_OPS_RTT_CB => apply_pacing(ctx),
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB => apply_window(ctx),
+        BPF_SOCK_OPS_TCP_CONNECT_CB | BPF_SOCK_OPS_TCP_LISTEN_CB => {
+            if ingress_rules && crate::current_task_has_ingress_rule() {
+                // Before the window scale is chosen (from the clamp): see OPENING_WINDOW_CLAMP.
+                let mut clamp = OPENING_WINDOW_CLAMP;
+                let _ = set_option(ctx, SOL_TCP, TCP_WINDOW_CLAMP, &mut clamp);
+            }
+        }
         _ => {}
+    }
+}
+
+/// The window clamp of a connection opened (or a listener made) in a cgroup under an ingress
+/// rule, set before TCP picks its window scale, which it derives from the clamp: 512 KiB gives
+/// a scale of 3, so windows are advertised in steps of 8 bytes and a clamp of whole segments
+/// (1448 bytes is 181 steps) is advertised exactly. At the usual scale (7 to 10: steps of 128
+/// to 1024 bytes) a one-segment window is rounded up to 1536 or 2048 bytes, and the sender fills
+/// the rest with a small segment each round trip: 5% of the bytes on the wire in headers. The
+/// cost: the connection's window can never exceed 512 KiB, even once the rule is gone.
+const OPENING_WINDOW_CLAMP: u32 = 65_535 << 3;
+
+/// Clamps the receive window of a flow under an ingress limit to what its share needs, so the
+/// sender never has more in flight than that: the rule's queue (`crate::queue`) then holds at
+/// most a window per flow, and never overflows. Called as TCP builds each segment's header,
+/// before it picks the window the segment advertises. A connection that the ingress program
+/// never saw under a rule stops these calls at its first segment after the handshake.
+#[inline(always)]
+fn apply_window(ctx: &SockOpsContext) {
+    // SAFETY: the context is valid for the program's run; the kernel checks the pointers.
+    unsafe {
+        let socket = (*ctx.ops).__bindgen_anon_2.sk;
+        if socket.is_null() {
+            return;
+        }
+        let state: *mut FlowState = bpf_sk_storage_get(
+            flows_map(Direction::Ingress),
+            socket.cast(),
+            ptr::null_mut(),
+            0,
+        )
+        .cast();
+        if state.is_null() {
+            let flags = ctx.cb_flags() & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+            let _ = ctx.set_cb_flags(flags as i32);
+            return;
+        }
+        let state = &mut *state;
+        let share = state.share_at(epoch_of(bpf_ktime_get_ns()));
+        if share == 0 && (state.applied == 0 || state.applied == UNCLAMPED_WINDOW) {
+            return;
+        }
+        // Set on every segment, not only when the share changes: TCP's receive buffer tuning
+        // raises the clamp as it grows the buffer (and setting an unchanged clamp is cheap).
+        let mut window = receive_window(share, (*ctx.ops).mss_cache);
+        if set_option(ctx, SOL_TCP, TCP_WINDOW_CLAMP, &mut window) {
+            state.applied = window;
+        }
     }
 }
 
@@ -270,8 +374,13 @@ fn apply_pacing(ctx: &SockOpsContext) {
         if socket.is_null() {
             return;
         }
-        let state: *mut FlowState =
-            bpf_sk_storage_get(flows_map(), socket.cast(), ptr::null_mut(), 0).cast();
+        let state: *mut FlowState = bpf_sk_storage_get(
+            flows_map(Direction::Egress),
+            socket.cast(),
+            ptr::null_mut(),
+            0,
+        )
+        .cast();
         if state.is_null() {
             return;
         }

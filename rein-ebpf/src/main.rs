@@ -1,6 +1,8 @@
 //! rein's kernel programs, attached once at the cgroup v2 root: a token bucket per cgroup and
 //! direction at cgroup_skb egress and ingress, and a sock_ops program that makes each limited
-//! TCP flow pace itself at its share of the limit (see `rein_common::share`).
+//! TCP flow pace itself at its share of the limit (see `rein_common::share`), or, for a
+//! download, keeps its receive window at its share. A tc program on the devices sends limited
+//! downloads through their rule's queue (`queue`).
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -9,16 +11,20 @@
 use aya_ebpf::{
     bindings::__sk_buff,
     btf_maps::SkStorage,
-    helpers::{bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
-    macros::{btf_map, cgroup_skb, map, sock_ops},
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
+    macros::{btf_map, cgroup_skb, classifier, map, sock_ops},
     maps::{Array, HashMap, PerCpuHashMap},
-    programs::{SkBuffContext, SockOpsContext},
+    programs::{SkBuffContext, SockOpsContext, TcContext},
 };
-use rein_common::{Counters, Direction, FlowState, MAX_CGROUP_DEPTH, MAX_RULES, Rule, RuleKey};
+use rein_common::{
+    Counters, Direction, FlowState, IngressFlowState, MAX_CGROUP_DEPTH, MAX_RULES, QueueKey, Rule,
+    RuleKey,
+};
 
 mod atomic;
 mod flow;
 mod packet;
+mod queue;
 mod take;
 
 #[map(name = "REIN_RULES")]
@@ -35,6 +41,15 @@ static REIN_RULE_COUNTS: Array<u32> = Array::with_max_entries(2, 0);
 /// Per-socket flow state: written by the egress program, applied by the sock_ops program.
 #[btf_map]
 static REIN_FLOWS: SkStorage<FlowState> = SkStorage::new();
+
+/// The same for flows received under ingress rules: written by the ingress program, applied by
+/// the sock_ops program as a receive window, read by the queue program.
+#[btf_map]
+static REIN_INGRESS_FLOWS: SkStorage<IngressFlowState> = SkStorage::new();
+
+/// The shaping queue (an ifb device's ifindex) of an ingress rule, in one network namespace.
+#[map(name = "REIN_QUEUES")]
+static REIN_QUEUES: HashMap<QueueKey, u32> = HashMap::with_max_entries(MAX_RULES, 0);
 
 /// cgroup_skb return codes. At egress, bit 1 adds a congestion notification: the dropped
 /// packet then reads as NET_XMIT_DROP, so UDP senders see what a full qdisc would give them
@@ -63,19 +78,25 @@ pub fn rein_ingress(ctx: SkBuffContext) -> i32 {
     if !has_rules(Direction::Ingress) {
         return PASS;
     }
-    limit(&ctx, Direction::Ingress, core::ptr::null_mut())
+    let tcp = flow::tcp_socket(&ctx);
+    limit(&ctx, Direction::Ingress, tcp)
 }
 
 #[sock_ops]
 pub fn rein_sock_ops(ctx: SockOpsContext) -> u32 {
-    flow::on_sock_ops(&ctx);
+    flow::on_sock_ops(&ctx, has_rules(Direction::Ingress));
     1
+}
+
+#[classifier]
+pub fn rein_queue(ctx: TcContext) -> i32 {
+    queue::classify(&ctx)
 }
 
 /// Whether any cgroup has a rule in `direction`. The programs see every packet of the machine;
 /// with rules in one direction only (the usual case), the other costs one array lookup.
 #[inline(always)]
-fn has_rules(direction: Direction) -> bool {
+pub(crate) fn has_rules(direction: Direction) -> bool {
     REIN_RULE_COUNTS
         .get(direction as u32)
         .is_some_and(|count| *count > 0)
@@ -85,27 +106,33 @@ fn has_rules(direction: Direction) -> bool {
 /// passes it only if all of them have room. Levels are walked from the root down; when a deeper
 /// bucket refuses, what was charged to the shallower ones is given back.
 ///
-/// `tcp` is the sending TCP socket of an egress packet (else null): its flow is counted under
-/// each rule on the way, and given the smallest share it finds.
+/// `tcp` is the TCP socket that sends or receives the packet (else null): its flow is counted
+/// under each rule on the way, and given the smallest share it finds.
 #[inline(always)]
 fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings::bpf_sock) -> i32 {
     let skb = ctx.skb.skb;
     let bytes = packet::ip_bytes(ctx);
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut flow = flow::Sharing::new(ctx, tcp, now, bytes, direction == Direction::Egress);
+    let mut flow = flow::Sharing::new(ctx, tcp, now, bytes, direction);
 
     // One walk from the root down: charge each rule's bucket and count the pass as we go, so
     // a packet that passes (nearly all do) costs a single walk.
     let mut refused_at = 0u32;
+    // The deepest rule met: an ingress flow's queue.
+    let mut deepest = 0u64;
     let mut level = 1u32;
     while level <= MAX_CGROUP_DEPTH {
         let Some(cgroup_id) = ancestor(skb, level) else {
             break;
         };
         if let Some(rule) = rule(cgroup_id, direction) {
+            deepest = cgroup_id;
             // Counted before the charge: how many flows share the rule sets TCP's leeway.
             let flows = flow.count_under(rule);
-            if !charge(rule, now, bytes, flows) {
+            // A download that came through its rule's queue was shaped there, exactly, but
+            // tbf charges a GRO packet's headers once: refusing what the bucket thinks is over
+            // would only make TCP retransmit. It passes uncharged.
+            if !charge(rule, now, bytes, flows) && !flow.queued() {
                 refused_at = level;
                 break;
             }
@@ -114,10 +141,10 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
         level += 1;
     }
     if refused_at == 0 {
-        flow.finish(true);
+        flow.finish(true, deepest);
         return PASS;
     }
-    flow.finish(false);
+    flow.finish(false, deepest);
 
     // A deeper rule refused: give back what the shallower rules were charged and counted, and
     // count the drop against the rule that refused.
@@ -152,6 +179,25 @@ fn count_pass(cgroup_id: u64, direction: Direction, bytes: u64, passed: bool) {
             atomic::sub(&mut counters.passed_bytes, bytes);
         }
     }
+}
+
+/// Whether an ingress rule covers the cgroup of the task the program runs for (in process
+/// context: the one connecting or listening).
+#[inline(always)]
+pub(crate) fn current_task_has_ingress_rule() -> bool {
+    let mut level = 1u32;
+    while level <= MAX_CGROUP_DEPTH {
+        // SAFETY: a helper taking a plain value.
+        let cgroup_id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if cgroup_id == 0 {
+            return false;
+        }
+        if rule(cgroup_id, Direction::Ingress).is_some() {
+            return true;
+        }
+        level += 1;
+    }
+    false
 }
 
 #[inline(always)]

@@ -17,15 +17,16 @@ use aya::{
     },
 };
 use rein_common::{
-    COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, FLOWS_MAP, INGRESS_PROGRAM, MAX_RULES,
-    RULE_COUNTS_MAP, RULES_MAP, Rule, RuleKey, SOCK_OPS_PROGRAM,
+    COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, FLOWS_MAP, INGRESS_FLOWS_MAP,
+    INGRESS_PROGRAM, MAX_RULES, QUEUES_MAP, RULE_COUNTS_MAP, RULES_MAP, Rule, RuleKey,
+    SOCK_OPS_PROGRAM,
 };
 
 use crate::{
     cgroup::Cgroup,
     error::{Error, IoContext, Result, bpf_error, map_errno},
     instance::Instance,
-    sys,
+    queue, sys,
 };
 
 /// The object file rein-ebpf builds, embedded by build.rs.
@@ -222,7 +223,15 @@ impl Datapath {
             // Removing the last reference to a pinned link detaches its program.
             remove_if_exists(&instance.link_pin(hook.link_name()));
         }
-        for name in [RULES_MAP, COUNTERS_MAP, FLOWS_MAP, RULE_COUNTS_MAP] {
+        queue::detach(instance);
+        for name in [
+            RULES_MAP,
+            COUNTERS_MAP,
+            FLOWS_MAP,
+            RULE_COUNTS_MAP,
+            INGRESS_FLOWS_MAP,
+            QUEUES_MAP,
+        ] {
             remove_if_exists(&instance.maps_dir().join(name));
         }
         tidy_pin_dirs(instance);
@@ -317,7 +326,7 @@ pub(crate) fn tidy_pin_dirs(instance: &Instance) {
 
 /// Loads the embedded object with its maps bound to the instance's pins: existing pins are
 /// reused (that is how rules survive a reload), missing ones are created and pinned.
-fn load_object(instance: &Instance) -> Result<Ebpf> {
+pub(crate) fn load_object(instance: &Instance) -> Result<Ebpf> {
     let maps_dir = instance.maps_dir();
     fs::create_dir_all(&maps_dir)
         .context(|| format!("cannot create {} on bpffs", maps_dir.display()))?;
@@ -326,6 +335,8 @@ fn load_object(instance: &Instance) -> Result<Ebpf> {
         .map_pin_path(COUNTERS_MAP, maps_dir.join(COUNTERS_MAP))
         .map_pin_path(FLOWS_MAP, maps_dir.join(FLOWS_MAP))
         .map_pin_path(RULE_COUNTS_MAP, maps_dir.join(RULE_COUNTS_MAP))
+        .map_pin_path(INGRESS_FLOWS_MAP, maps_dir.join(INGRESS_FLOWS_MAP))
+        .map_pin_path(QUEUES_MAP, maps_dir.join(QUEUES_MAP))
         .load(OBJECT)
         .map_err(|e| Error::Load(e.to_string()))
 }

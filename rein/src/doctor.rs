@@ -145,6 +145,7 @@ fn load_programs() -> Result<(), String> {
     let object = crate::datapath::object();
     let mut ebpf = EbpfLoader::new().load(object).map_err(|e| e.to_string())?;
     crate::datapath::load_programs(&mut ebpf).map_err(|e| e.to_string())?;
+    crate::queue::load(&mut ebpf).map_err(|e| e.to_string())?;
     let mut net = EbpfLoader::new()
         .load(crate::datapath::net_object())
         .map_err(|e| e.to_string())?;

@@ -43,6 +43,10 @@ impl Instance {
         })
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The instance the environment names, with the environment's system paths.
     pub fn from_env() -> Result<Self> {
         let name = std::env::var("REIN_INSTANCE").unwrap_or_else(|_| Self::DEFAULT_NAME.into());

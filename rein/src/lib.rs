@@ -13,6 +13,8 @@ pub mod manager;
 pub mod model;
 pub mod net;
 pub mod net_datapath;
+pub mod netlink;
+pub mod queue;
 pub mod run;
 pub mod sharing;
 pub mod state;

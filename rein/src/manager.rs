@@ -23,6 +23,7 @@ use crate::{
     limit::{Limit, default_burst},
     lock::InstanceLock,
     net_datapath::NetDatapath,
+    queue,
     state::{LimitSpec, Origin, RuleRecord, State},
     sys,
     undo::Undo,
@@ -293,6 +294,7 @@ impl Rein {
                 None => datapath.remove_rule(key),
             }
             let instance = self.instance.clone();
+            let cgroup_id = record.cgroup_id;
             undo.push(move || {
                 if let Ok(mut datapath) = Datapath::open(&instance) {
                     match previous {
@@ -302,7 +304,21 @@ impl Rein {
                         None => datapath.remove_rule(key),
                     }
                 }
+                if direction == Direction::Ingress {
+                    match previous {
+                        Some(rule) => {
+                            let _ = queue::set(&instance, cgroup_id, &rule);
+                        }
+                        None => queue::remove(&instance, cgroup_id),
+                    }
+                }
             });
+            if direction == Direction::Ingress {
+                match datapath.rule(key) {
+                    Some(rule) => queue::set(&self.instance, record.cgroup_id, &rule)?,
+                    None => queue::remove(&self.instance, record.cgroup_id),
+                }
+            }
         }
         Ok(())
     }
@@ -360,6 +376,7 @@ impl Rein {
             for direction in DIRECTIONS {
                 datapath.remove_rule(RuleKey::new(cgroup_id, direction));
             }
+            queue::remove(&self.instance, cgroup_id);
         }
         Ok(())
     }
@@ -513,6 +530,14 @@ impl Rein {
                 }
             }
         }
+        // Queues anew: devices that appeared since get the (new) tc program too.
+        queue::detach(&self.instance);
+        for record in &state.rules {
+            let key = RuleKey::new(record.cgroup_id, Direction::Ingress);
+            if let Some(rule) = datapath.rule(key) {
+                queue::set(&self.instance, record.cgroup_id, &rule)?;
+            }
+        }
         Ok(restored)
     }
 
@@ -535,6 +560,7 @@ impl Rein {
             }
         }
         report.datapath = self.instance.pin_dir().exists();
+        queue::remove_all(&self.instance);
         Datapath::remove_all_pins(&self.instance);
         let subtree = self.cgroups.root().child(self.instance.cgroup_subtree());
         if subtree.exists() {

@@ -135,12 +135,16 @@ pub fn device(name: &str) -> io::Result<Option<Device>> {
 /// ask about the namespace.
 fn udp_socket() -> io::Result<OwnedFd> {
     // SAFETY: a plain socket, closed by OwnedFd.
-    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if socket < 0 {
+    owned_fd(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })
+}
+
+/// Takes ownership of what a call that returns a new descriptor (or -1 and errno) returned.
+pub fn owned_fd(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the kernel returned a new descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(socket) })
+    // SAFETY: the kernel returned a new descriptor, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The calling thread's network namespace's cookie: unique while the machine runs (an nsfs
