@@ -1,6 +1,6 @@
 //! The three limiters, each set up on a pair of hosts and removed by a guard's drop:
-//! - rein: `rein run --egress|--ingress RATE -- <client command>`, a private instance purged at
-//!   the end of the bench;
+//! - rein: `nsenter --net=CLIENT rein run --egress|--ingress RATE -- <client command>`, a
+//!   private instance purged at the end of the bench;
 //! - tc tbf: a tbf qdisc on the veth that carries the limited direction;
 //! - the reference CNI plugins (ptp + host-local, then bandwidth), driven by the CNI protocol with
 //!   SERVER as the "host" of a pod CLIENT.
@@ -75,7 +75,11 @@ pub fn apply(
                 Direction::Ingress => "--ingress",
             };
             // rein's default burst is max(64 KiB, 10 ms at the rate), the same as the others get.
+            // It runs in the client's namespace, where downloads arrive and their queue must be
+            // (`nsenter`, not `ip netns exec`, which would hide /sys/fs/bpf).
             let wrapper = vec![
+                "nsenter".to_owned(),
+                format!("--net=/run/netns/{}", hosts.client.name()),
                 rein.binary.to_string_lossy().into_owned(),
                 "run".to_owned(),
                 flag.to_owned(),

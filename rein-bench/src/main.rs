@@ -147,7 +147,7 @@ fn preflight(config: &Config) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("needs root (namespaces, qdiscs, BPF)");
     }
-    for tool in ["ip", "tc", "ss", "iperf3", "ping", "sh", "kill"] {
+    for tool in ["ip", "tc", "ss", "iperf3", "ping", "sh", "kill", "nsenter"] {
         if !on_path(tool) {
             bail!("`{tool}` is not installed (./scripts/setup installs what the bench needs)");
         }
