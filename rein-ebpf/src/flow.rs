@@ -308,7 +308,12 @@ pub fn on_sock_ops(ctx: &SockOpsContext, ingress_rules: bool) {
         BPF_SOCK_OPS_RTT_CB => apply_pacing(ctx),
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => apply_window(ctx),
         BPF_SOCK_OPS_TCP_CONNECT_CB | BPF_SOCK_OPS_TCP_LISTEN_CB => {
-            if ingress_rules && crate::current_task_has_ingress_rule() {
+            let rate = if ingress_rules {
+                crate::current_task_ingress_rate()
+            } else {
+                0
+            };
+            if rate != 0 && rate <= EXACT_WINDOW_MAX_RATE {
                 // Before the window scale is chosen (from the clamp): see OPENING_WINDOW_CLAMP.
                 let mut clamp = OPENING_WINDOW_CLAMP;
                 let _ = set_option(ctx, SOL_TCP, TCP_WINDOW_CLAMP, &mut clamp);
@@ -324,8 +329,14 @@ pub fn on_sock_ops(ctx: &SockOpsContext, ingress_rules: bool) {
 /// (1448 bytes is 181 steps) is advertised exactly. At the usual scale (7 to 10: steps of 128
 /// to 1024 bytes) a one-segment window is rounded up to 1536 or 2048 bytes, and the sender fills
 /// the rest with a small segment each round trip: 5% of the bytes on the wire in headers. The
-/// cost: the connection's window can never exceed 512 KiB, even once the rule is gone.
+/// cost: the connection's window can never exceed 512 KiB, even once the rule is gone, which
+/// holds a lone flow under its share on a path longer than 512 KiB / share: 42 ms at
+/// 100 Mbit/s. So only rules of up to [`EXACT_WINDOW_MAX_RATE`] do it; under faster ones the
+/// shares are mostly several segments, where one small segment a round trip costs little.
 const OPENING_WINDOW_CLAMP: u32 = 65_535 << 3;
+
+/// The fastest ingress rule (bytes/s) whose connections get [`OPENING_WINDOW_CLAMP`]: 100 Mbit/s.
+const EXACT_WINDOW_MAX_RATE: u64 = 12_500_000;
 
 /// Clamps the receive window of a flow under an ingress limit to what its share needs, so the
 /// sender never has more in flight than that: the rule's queue (`crate::queue`) then holds at

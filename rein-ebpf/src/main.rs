@@ -181,23 +181,26 @@ fn count_pass(cgroup_id: u64, direction: Direction, bytes: u64, passed: bool) {
     }
 }
 
-/// Whether an ingress rule covers the cgroup of the task the program runs for (in process
-/// context: the one connecting or listening).
+/// The smallest rate (bytes/s) of the ingress rules over the cgroup of the task the program
+/// runs for (in process context: the one connecting or listening); 0 when none covers it.
 #[inline(always)]
-pub(crate) fn current_task_has_ingress_rule() -> bool {
+pub(crate) fn current_task_ingress_rate() -> u64 {
+    let mut smallest = 0u64;
     let mut level = 1u32;
     while level <= MAX_CGROUP_DEPTH {
         // SAFETY: a helper taking a plain value.
         let cgroup_id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
         if cgroup_id == 0 {
-            return false;
+            break;
         }
-        if rule(cgroup_id, Direction::Ingress).is_some() {
-            return true;
+        if let Some(rule) = rule(cgroup_id, Direction::Ingress)
+            && (smallest == 0 || rule.rate < smallest)
+        {
+            smallest = rule.rate;
         }
         level += 1;
     }
-    false
+    smallest
 }
 
 #[inline(always)]
