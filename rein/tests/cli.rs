@@ -404,6 +404,78 @@ fn a_cgroup_limit_is_set_changed_reloaded_and_unset_without_trace() {
     rein.assert_no_trace("list");
 }
 
+/// The names of the queue devices (`rq...`) in the network namespace `ns`.
+fn queue_devices(ns: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .filter(|name| name.starts_with("rq"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The root qdisc of `device` in `ns`, as `tc` prints it.
+fn root_qdisc(ns: &str, device: &str) -> String {
+    let out = Command::new("tc")
+        .args(["-n", ns, "qdisc", "show", "dev", device, "root"])
+        .output()
+        .expect("tc qdisc");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn an_ingress_limit_has_its_queue_where_rein_runs_until_unset_or_purge() {
+    let rein = instance();
+    let pair = HostPair::new();
+    let ns = &pair.client_ns;
+    let app = rein.cgroup("app");
+    let app_arg = app.to_str().unwrap();
+
+    rein.rein_in(ns, &["set", "--cgroup", app_arg, "--ingress", "5mbit"])
+        .ok();
+    let queues = queue_devices(ns);
+    assert_eq!(queues.len(), 1, "{queues:?}");
+    let qdisc = root_qdisc(ns, &queues[0]);
+    assert!(
+        qdisc.contains("tbf") && qdisc.contains("rate 5Mbit"),
+        "{qdisc}"
+    );
+    assert!(
+        fs::read_dir(rein.pin_dir().join("queue-links"))
+            .map(|links| links.count() > 0)
+            .unwrap_or(false),
+        "no tc link pinned for the queue"
+    );
+
+    // A change of rate re-makes the queue; a reload keeps it.
+    rein.rein_in(ns, &["set", "--cgroup", app_arg, "--ingress", "8mbit"])
+        .ok();
+    rein.rein_in(ns, &["reload"]).ok();
+    let queues = queue_devices(ns);
+    assert_eq!(queues.len(), 1, "{queues:?}");
+    let qdisc = root_qdisc(ns, &queues[0]);
+    assert!(qdisc.contains("rate 8Mbit"), "{qdisc}");
+
+    rein.rein_in(ns, &["unset", "--cgroup", app_arg]).ok();
+    assert_eq!(queue_devices(ns), Vec::<String>::new());
+    rein.assert_no_trace("the unset of an ingress limit");
+    // An egress limit alone has no queue.
+    rein.rein_in(ns, &["set", "--cgroup", app_arg, "--egress", "8mbit"])
+        .ok();
+    assert_eq!(queue_devices(ns), Vec::<String>::new());
+
+    rein.rein_in(ns, &["set", "--cgroup", app_arg, "--ingress", "8mbit"])
+        .ok();
+    assert_eq!(queue_devices(ns).len(), 1);
+    rein.rein_in(ns, &["purge"]).ok();
+    assert_eq!(queue_devices(ns), Vec::<String>::new());
+    rein.assert_no_trace("purge");
+}
+
 #[test]
 fn a_pid_limit_moves_the_process_and_unset_moves_it_back() {
     let rein = instance();
