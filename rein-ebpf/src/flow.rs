@@ -25,9 +25,9 @@ use aya_ebpf::{
 use rein_common::{
     Direction, EpochCount, FlowState, IngressFlowState, Rule,
     share::{
-        EPOCH_NS, FLOW_FINISHED, FLOW_REGISTERED_BEFORE, UNCLAMPED, UNCLAMPED_WINDOW, cwnd_clamp,
-        epoch_of, notsent_lowat, other_units, pacing_rate, receive_window, register_threshold,
-        share, tcp_rate,
+        EPOCH_NS, FLOW_FINISHED, FLOW_REGISTERED_BEFORE, PURE_ACK_MAX_BYTES, UNCLAMPED,
+        UNCLAMPED_WINDOW, cwnd_clamp, epoch_of, notsent_lowat, other_units, pacing_rate,
+        receive_window, register_threshold, share, tcp_rate,
     },
 };
 
@@ -66,6 +66,29 @@ pub fn tcp_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
         }
         full
     }
+}
+
+/// The full TCP socket of this packet, as [`tcp_socket`], unless the packet is a pure ACK (at
+/// most [`PURE_ACK_MAX_BYTES`], no SYN, no FIN: the handshake still opens the flow's storage,
+/// and a FIN still releases it). A connection that only acknowledges in a direction (a
+/// download's ACKs going out, an upload's coming in) is no flow there: its ACKs would register
+/// it and halve the real flows' shares (an upload beside a download in one cgroup got 48 of
+/// 100 Mbit/s), and they would go uncounted as the other traffic the shares must leave room
+/// for (then 84). A pure ACK is counted as other traffic.
+#[inline(always)]
+pub fn tcp_socket_with_data(ctx: &SkBuffContext) -> *mut bpf_sock {
+    let socket = tcp_socket(ctx);
+    if socket.is_null() {
+        return socket;
+    }
+    // SAFETY: the context is valid for the program's run.
+    let length = unsafe { (*ctx.skb.skb).len } as u64;
+    if length <= PURE_ACK_MAX_BYTES
+        && crate::packet::tcp_flags(ctx) & (crate::packet::TCP_SYN | crate::packet::TCP_FIN) == 0
+    {
+        return ptr::null_mut();
+    }
+    socket
 }
 
 /// `FlowState::registered` values.

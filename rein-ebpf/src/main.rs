@@ -66,7 +66,7 @@ pub fn rein_egress(ctx: SkBuffContext) -> i32 {
     if !has_rules(Direction::Egress) {
         return PASS;
     }
-    let tcp = flow::tcp_socket(&ctx);
+    let tcp = flow::tcp_socket_with_data(&ctx);
     match limit(&ctx, Direction::Egress, tcp) {
         PASS => PASS,
         _ => DROP_NOTIFY_CONGESTION,
@@ -78,7 +78,7 @@ pub fn rein_ingress(ctx: SkBuffContext) -> i32 {
     if !has_rules(Direction::Ingress) {
         return PASS;
     }
-    let tcp = flow::tcp_socket(&ctx);
+    let tcp = flow::tcp_socket_with_data(&ctx);
     limit(&ctx, Direction::Ingress, tcp)
 }
 

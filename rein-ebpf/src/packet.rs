@@ -44,19 +44,26 @@ fn header_bytes(ctx: &SkBuffContext) -> Option<u64> {
     Some(ip_len + l4_len)
 }
 
-/// Whether a TCP packet (cgroup_skb sees it from its IP header on) carries a FIN: its sender
-/// is done sending.
+/// TCP flag bits.
+pub const TCP_FIN: u8 = 1;
+pub const TCP_SYN: u8 = 2;
+
+/// The flags of a TCP packet (cgroup_skb sees it from its IP header on); 0 if unreadable.
 #[inline(always)]
-pub fn tcp_fin(ctx: &SkBuffContext) -> bool {
+pub fn tcp_flags(ctx: &SkBuffContext) -> u8 {
     let Ok(first) = ctx.load::<u8>(0) else {
-        return false;
+        return 0;
     };
     let ip_len = match first >> 4 {
         4 => (first & 0x0f) as usize * 4,
         6 => 40,
-        _ => return false,
+        _ => return 0,
     };
-    const FIN: u8 = 1;
-    ctx.load::<u8>(ip_len + 13)
-        .is_ok_and(|flags| flags & FIN != 0)
+    ctx.load::<u8>(ip_len + 13).unwrap_or(0)
+}
+
+/// Whether a TCP packet carries a FIN: its sender is done sending.
+#[inline(always)]
+pub fn tcp_fin(ctx: &SkBuffContext) -> bool {
+    tcp_flags(ctx) & TCP_FIN != 0
 }

@@ -1096,6 +1096,58 @@ fn a_tcp_download_is_queued_to_the_limit_without_retransmissions() {
     rein.assert_no_trace("`rein run` of iperf3 -R");
 }
 
+/// An upload and a download in one cgroup under both limits: each gets its own. The download's
+/// ACKs going out used to register it as an upload too, which halved the real upload's pacing
+/// (48 of 100 Mbit/s).
+#[test]
+fn an_upload_beside_a_download_gets_the_whole_egress_limit() {
+    let _traffic = traffic();
+    let rein = instance();
+    let pair = HostPair::new();
+    let _up = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT);
+    let _down = Iperf3Server::start(&pair.server_ns, &pair.server_addr, IPERF3_PORT + 1);
+    let dir = TempDir::new("both");
+    let (up, down) = (dir.0.join("up.json"), dir.0.join("down.json"));
+    let script = format!(
+        "iperf3 -c {addr} -p {p1} -t 3 -O 1 -J > {up} & \
+         iperf3 -c {addr} -p {p2} -t 3 -O 1 -R -J > {down}; wait",
+        addr = pair.server_addr,
+        p1 = IPERF3_PORT,
+        p2 = IPERF3_PORT + 1,
+        up = up.display(),
+        down = down.display(),
+    );
+    rein.rein_in(
+        &pair.client_ns,
+        &[
+            "run",
+            "--egress",
+            "20mbit",
+            "--ingress",
+            "20mbit",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )
+    .ok();
+    for (file, what) in [(&up, "upload"), (&down, "download")] {
+        let json: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(file).unwrap()).unwrap();
+        let end = &json["end"];
+        let result = Iperf3Result {
+            bits_per_second: end["sum_received"]["bits_per_second"].as_f64().unwrap(),
+            sent_bits_per_second: end["sum_sent"]["bits_per_second"].as_f64().unwrap(),
+            retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+            ..Iperf3Result::default()
+        };
+        eprintln!("{what}: {:.2} Mbit/s", result.bits_per_second / 1e6);
+        assert_tcp_paced(&result, what);
+    }
+    rein.assert_no_trace("`rein run` of an upload and a download");
+}
+
 #[test]
 fn four_tcp_downloads_share_the_ingress_limit_without_retransmissions() {
     let _traffic = traffic();
