@@ -13,7 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps, links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, ProgramError, SchedClassifier,
+        SockOps, TcAttachType, links::FdLink, tc::TcAttachOptions,
     },
 };
 use rein_common::{
@@ -339,6 +340,26 @@ pub(crate) fn load_object(instance: &Instance) -> Result<Ebpf> {
         .map_pin_path(QUEUES_MAP, maps_dir.join(QUEUES_MAP))
         .load(OBJECT)
         .map_err(|e| Error::Load(e.to_string()))
+}
+
+/// Attaches a loaded tc program to `device` (of the calling thread's network namespace) with a
+/// tcx link, after the programs already there, and returns the link.
+pub(crate) fn attach_tcx(
+    program: &mut SchedClassifier,
+    device: &str,
+    attach_type: TcAttachType,
+) -> Result<FdLink> {
+    let id = program
+        .attach_with_options(
+            device,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| bpf_error(format!("cannot attach to {device}"))(&e))?;
+    let link = program
+        .take_link(id)
+        .map_err(|e| bpf_error("cannot take the link")(&e))?;
+    FdLink::try_from(link).map_err(|e| bpf_error("tcx link")(&e))
 }
 
 /// Attaches a loaded program at the cgroup v2 root and returns its link.

@@ -279,7 +279,7 @@ impl Rein {
         for direction in DIRECTIONS {
             let key = RuleKey::new(record.cgroup_id, direction);
             let previous = datapath.rule(key);
-            match spec(record, direction) {
+            let written = match spec(record, direction) {
                 Some(spec) => {
                     let mut rule = effective(spec).rule(now);
                     if let Some(previous) = previous {
@@ -290,9 +290,13 @@ impl Rein {
                         rule.flows = previous.flows;
                     }
                     datapath.put_rule(key, rule)?;
+                    Some(rule)
                 }
-                None => datapath.remove_rule(key),
-            }
+                None => {
+                    datapath.remove_rule(key);
+                    None
+                }
+            };
             let instance = self.instance.clone();
             let cgroup_id = record.cgroup_id;
             undo.push(move || {
@@ -314,7 +318,7 @@ impl Rein {
                 }
             });
             if direction == Direction::Ingress {
-                match datapath.rule(key) {
+                match written {
                     Some(rule) => queue::set(&self.instance, record.cgroup_id, &rule)?,
                     None => queue::remove(&self.instance, record.cgroup_id),
                 }

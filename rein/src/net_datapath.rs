@@ -9,10 +9,7 @@ use std::{fs, path::PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
-    programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink,
-        tc::TcAttachOptions,
-    },
+    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use rein_common::{
     Counters,
@@ -216,17 +213,7 @@ impl NetDatapath {
                 } else {
                     TcAttachType::Egress
                 };
-                let id = program
-                    .attach_with_options(
-                        device,
-                        attach_type,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(|e| bpf_error(format!("cannot attach to {device}"))(&e))?;
-                let link = program
-                    .take_link(id)
-                    .map_err(|e| bpf_error("cannot take the link")(&e))?;
-                FdLink::try_from(link).map_err(|e| bpf_error("tcx link")(&e))?
+                datapath::attach_tcx(program, device, attach_type)?
             }
             NetHook::Xdp => {
                 let program: &mut Xdp = program

@@ -296,38 +296,6 @@ pub fn add_tbf(ifindex: u32, tbf: Tbf) -> io::Result<()> {
     request(message)
 }
 
-/// The index of the device `name` in this network namespace.
-pub fn ifindex(name: &str) -> io::Result<u32> {
-    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
-    // SAFETY: a NUL-terminated name.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(io::Error::last_os_error()),
-        index => Ok(index),
-    }
-}
-
-/// The devices of this network namespace: (index, name).
-pub fn devices() -> io::Result<Vec<(u32, String)>> {
-    // SAFETY: if_nameindex returns an array ending in a zero entry, freed below.
-    unsafe {
-        let list = libc::if_nameindex();
-        if list.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        let mut devices = Vec::new();
-        let mut entry = list;
-        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
-            let name = std::ffi::CStr::from_ptr((*entry).if_name)
-                .to_string_lossy()
-                .into_owned();
-            devices.push(((*entry).if_index, name));
-            entry = entry.add(1);
-        }
-        libc::if_freenameindex(list);
-        Ok(devices)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use std::{fs, path::PathBuf};
 
 use aya::{
     maps::{HashMap, Map, MapData},
-    programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions},
+    programs::{SchedClassifier, TcAttachType},
 };
 use rein_common::{QUEUE_PROGRAM, QUEUES_MAP, QueueKey, Rule};
 
@@ -92,7 +92,10 @@ fn try_set(instance: &Instance, cgroup_id: u64, rule: &Rule) -> Result<()> {
     let name = device_name(instance, cgroup_id);
     netlink::delete_link(&name).context(|| format!("cannot delete the old queue {name}"))?;
     netlink::create_ifb(&name).context(|| format!("cannot create the queue device {name}"))?;
-    let ifindex = netlink::ifindex(&name).context(|| format!("cannot find {name}"))?;
+    let ifindex = sys::device(&name)
+        .context(|| format!("cannot find {name}"))?
+        .ok_or_else(|| Error::NoSuchDevice(name.clone()))?
+        .ifindex;
     netlink::add_tbf(ifindex, tbf_for(rule))
         .context(|| format!("cannot give the queue device {name} its tbf qdisc"))?;
     let key = QueueKey {
@@ -125,7 +128,7 @@ pub fn remove(instance: &Instance, cgroup_id: u64) {
 /// program everywhere.
 pub fn remove_all(instance: &Instance) {
     let prefix = device_prefix(instance);
-    if let Ok(devices) = netlink::devices() {
+    if let Ok(devices) = sys::devices() {
         for (_, name) in devices {
             if name.starts_with(&prefix) {
                 let _ = netlink::delete_link(&name);
@@ -143,7 +146,7 @@ fn links_dir(instance: &Instance) -> PathBuf {
 /// loopback, and pins the links; devices that have it keep their link.
 pub fn attach(instance: &Instance) -> Result<()> {
     let cookie = sys::netns_cookie().context(|| "cannot read the network namespace".into())?;
-    let devices = netlink::devices().context(|| "cannot list the network devices".into())?;
+    let devices = sys::devices().context(|| "cannot list the network devices".into())?;
     let dir = links_dir(instance);
     fs::create_dir_all(&dir).context(|| format!("cannot create {} on bpffs", dir.display()))?;
     let mut ebpf = None;
@@ -168,23 +171,15 @@ pub fn attach(instance: &Instance) -> Result<()> {
             .ok_or_else(program_missing)?
             .try_into()
             .map_err(|e| bpf_error(format!("program {QUEUE_PROGRAM}"))(&e))?;
-        let id = match program.attach_with_options(
-            &name,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        ) {
-            Ok(id) => id,
+        let link = match datapath::attach_tcx(program, &name, TcAttachType::Ingress) {
+            Ok(link) => link,
             // A device that went away meanwhile has nothing to queue.
-            Err(e) if netlink::ifindex(&name).is_err() => {
+            Err(e) if matches!(sys::device(&name), Ok(None)) => {
                 tracing::debug!("{name} went away: {e}");
                 continue;
             }
-            Err(e) => return Err(bpf_error(format!("cannot attach to {name}"))(&e)),
+            Err(e) => return Err(e),
         };
-        let link = program
-            .take_link(id)
-            .map_err(|e| bpf_error("cannot take the link")(&e))?;
-        let link = FdLink::try_from(link).map_err(|e| bpf_error("tcx link")(&e))?;
         let _ = fs::remove_file(&pin);
         link.pin(&pin)
             .map_err(|e| bpf_error("cannot pin the link")(&e))?;

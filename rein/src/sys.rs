@@ -131,6 +131,28 @@ pub fn device(name: &str) -> io::Result<Option<Device>> {
     Ok(Some(Device { ifindex, link_type }))
 }
 
+/// The devices of the calling thread's network namespace: (index, name).
+pub fn devices() -> io::Result<Vec<(u32, String)>> {
+    // SAFETY: if_nameindex returns an array ending in a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut devices = Vec::new();
+        let mut entry = list;
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*entry).if_name)
+                .to_string_lossy()
+                .into_owned();
+            devices.push(((*entry).if_index, name));
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+        Ok(devices)
+    }
+}
+
 /// A UDP socket of the calling thread's network namespace, for ioctls and socket options that
 /// ask about the namespace.
 fn udp_socket() -> io::Result<OwnedFd> {
