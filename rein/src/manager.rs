@@ -319,6 +319,12 @@ impl Rein {
             });
             if direction == Direction::Ingress {
                 match written {
+                    // A queue re-made would lose what waits in it: only a new rate or burst, or
+                    // a missing queue, re-makes it (a change of the egress limit does not).
+                    Some(rule)
+                        if previous
+                            .is_some_and(|p| queue::tbf_for(&p) == queue::tbf_for(&rule))
+                            && queue::is_set(&self.instance, record.cgroup_id) => {}
                     Some(rule) => queue::set(&self.instance, record.cgroup_id, &rule)?,
                     None => queue::remove(&self.instance, record.cgroup_id),
                 }

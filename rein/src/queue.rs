@@ -108,6 +108,22 @@ fn try_set(instance: &Instance, cgroup_id: u64, rule: &Rule) -> Result<()> {
     attach(instance)
 }
 
+/// Whether the queue of `cgroup_id` is in place in this network namespace: its device there,
+/// and the map sending the rule's downloads to it.
+pub fn is_set(instance: &Instance, cgroup_id: u64) -> bool {
+    let Ok(Some(device)) = sys::device(&device_name(instance, cgroup_id)) else {
+        return false;
+    };
+    let Ok(netns_cookie) = sys::netns_cookie() else {
+        return false;
+    };
+    let key = QueueKey {
+        cgroup_id,
+        netns_cookie,
+    };
+    queues(instance).is_ok_and(|queues| queues.get(&key, 0).ok() == Some(device.ifindex))
+}
+
 /// Removes the queue of `cgroup_id`'s ingress rule (the device in this network namespace, the
 /// map entries in all); detaches the tc program when no queue is left. What is missing is fine.
 pub fn remove(instance: &Instance, cgroup_id: u64) {

@@ -460,6 +460,23 @@ fn an_ingress_limit_has_its_queue_where_rein_runs_until_unset_or_purge() {
     let qdisc = root_qdisc(ns, &queues[0]);
     assert!(qdisc.contains("rate 8Mbit"), "{qdisc}");
 
+    // A change of the egress limit leaves the queue (and what waits in it) alone.
+    let index = |ns: &str| {
+        let out = Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show", &queues[0]])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout)
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let before = index(ns);
+    rein.rein_in(ns, &["set", "--cgroup", app_arg, "--egress", "3mbit"])
+        .ok();
+    assert_eq!(index(ns), before, "the queue was made anew");
+
     rein.rein_in(ns, &["unset", "--cgroup", app_arg]).ok();
     assert_eq!(queue_devices(ns), Vec::<String>::new());
     rein.assert_no_trace("the unset of an ingress limit");
