@@ -12,12 +12,7 @@ pub struct MonotonicClock;
 
 impl Clock for MonotonicClock {
     fn now_ns(&self) -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
         (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
     }
 }

@@ -4,7 +4,11 @@ use std::fs;
 use aya::EbpfLoader;
 use serde::Serialize;
 
-use crate::{cgroup::CgroupFs, datapath::Datapath, instance::Instance, sys};
+use crate::{
+    capabilities::{cgroup_limit, ingress_queue, net_rules},
+    instance::Instance,
+    platform::{self, bpf, cgroupfs::CgroupFs},
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
@@ -27,8 +31,7 @@ fn check(name: &'static str, ok: bool, detail: String, fix: Option<String>) -> C
 
 pub fn diagnose(instance: &Instance) -> Vec<Check> {
     let mut checks = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     checks.push(check(
         "root",
         root,
@@ -63,7 +66,7 @@ pub fn diagnose(instance: &Instance) -> Vec<Check> {
         Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y".into()),
     ));
 
-    let bpffs = sys::filesystem_magic(instance.bpffs()).ok() == Some(sys::BPF_FS_MAGIC);
+    let bpffs = platform::filesystem_magic(instance.bpffs()).ok() == Some(platform::BPF_FS_MAGIC);
     checks.push(check(
         "bpffs",
         bpffs,
@@ -123,7 +126,7 @@ pub fn diagnose(instance: &Instance) -> Vec<Check> {
         ),
     ));
 
-    let installed = Datapath::is_installed(instance);
+    let installed = cgroup_limit::datapath::Datapath::is_installed(instance);
     checks.push(Check {
         name: "attached",
         ok: true,
@@ -142,12 +145,13 @@ pub fn diagnose(instance: &Instance) -> Vec<Check> {
 
 /// Loads the programs into the kernel without attaching or pinning anything.
 fn load_programs() -> Result<(), String> {
-    let object = crate::datapath::object();
-    let mut ebpf = EbpfLoader::new().load(object).map_err(|e| e.to_string())?;
-    crate::datapath::load_programs(&mut ebpf).map_err(|e| e.to_string())?;
-    crate::queue::load(&mut ebpf).map_err(|e| e.to_string())?;
-    let mut net = EbpfLoader::new()
-        .load(crate::datapath::net_object())
+    let mut ebpf = EbpfLoader::new()
+        .load(bpf::cgroup_object())
         .map_err(|e| e.to_string())?;
-    crate::net_datapath::load_programs(&mut net).map_err(|e| e.to_string())
+    cgroup_limit::datapath::load_programs(&mut ebpf).map_err(|e| e.to_string())?;
+    ingress_queue::datapath::load(&mut ebpf).map_err(|e| e.to_string())?;
+    let mut net = EbpfLoader::new()
+        .load(bpf::net_object())
+        .map_err(|e| e.to_string())?;
+    net_rules::datapath::load_programs(&mut net).map_err(|e| e.to_string())
 }

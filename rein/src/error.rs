@@ -84,7 +84,7 @@ pub enum Error {
     Load(String),
 
     #[error(transparent)]
-    Net(#[from] crate::net::NetError),
+    Net(#[from] crate::capabilities::net_rules::spec::NetError),
 
     #[error("no network device {0:?} in this network namespace")]
     NoSuchDevice(String),

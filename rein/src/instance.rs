@@ -100,9 +100,15 @@ impl Instance {
         self.pin_dir().join(link_name)
     }
 
-    /// `/run/rein`: the state file and the lock.
+    /// `/run/rein`: the state file.
     pub fn state_dir(&self) -> PathBuf {
         self.run_dir.join(&self.name)
+    }
+
+    /// `/run/rein.lock`: beside the state directory, not in it, because the lock file must
+    /// never be removed (see `store::lock`).
+    pub fn lock_path(&self) -> PathBuf {
+        self.run_dir.join(format!("{}.lock", self.name))
     }
 
     /// Name of the instance's cgroup subtree under the cgroup v2 root.

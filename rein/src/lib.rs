@@ -1,27 +1,31 @@
-//! rein: bandwidth limits per process and cgroup, enforced in the kernel with eBPF.
+//! rein: bandwidth and rate limits in the kernel, with eBPF.
 //!
 //! The library holds every operation; the `rein` binary parses the command line and prints.
-pub mod cgroup;
+//! What a binary needs:
+//! - [`Engine`]: an opened, locked instance. Its [`Desired`] state, planned ([`Plan`]) and
+//!   applied all-or-nothing, is how every change is made; [`Engine::status`],
+//!   [`Engine::reload`] and [`Engine::purge`] act on every capability at once.
+//! - [`capabilities`]: one module per capability, with what an operator states (its spec),
+//!   the commands' operations on the engine (`cgroup_limit::set`, `net_rules::add`, ...),
+//!   and its datapath (pinned maps and links), which the datapath tests and the benchmarks
+//!   drive directly.
+//! - [`run`] (`rein run`), [`doctor`], and the value types: [`units`], [`limit`].
+//! - [`platform`]: the operating system as rein uses it (BPF objects, cgroups, netns), for
+//!   tests and benchmarks that load the programs themselves.
+pub mod capabilities;
 pub mod clock;
-pub mod datapath;
 pub mod doctor;
+pub mod engine;
 pub mod error;
 pub mod instance;
 pub mod limit;
-pub mod lock;
-pub mod manager;
 pub mod model;
-pub mod net;
-pub mod net_datapath;
-pub mod netlink;
-pub mod queue;
+pub mod platform;
 pub mod run;
 pub mod sharing;
-pub mod state;
-pub mod sys;
-pub mod undo;
+pub mod store;
 pub mod units;
 
+pub use engine::{Desired, Engine, Plan};
 pub use error::{Error, Result};
 pub use instance::Instance;
-pub use manager::{LimitChange, Rein, Target};

@@ -4,7 +4,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use rein::{Instance, Rein, doctor, run};
+use rein::{
+    Engine, Instance,
+    capabilities::{cgroup_limit, net_rules},
+    doctor, run,
+};
 
 mod cli;
 
@@ -41,16 +45,16 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)));
         }
         HiCommand::Set { target, change } => {
-            let outcome = Rein::open(instance)?.set(&target, change)?;
+            let outcome = cgroup_limit::set(&mut Engine::open(instance)?, &target, change)?;
             println!("{}", output::set_outcome(&outcome));
         }
         HiCommand::Unset { target } => {
-            let record = Rein::open(instance)?.unset(&target)?;
+            let record = cgroup_limit::unset(&mut Engine::open(instance)?, &target)?;
             println!("removed the limit of {}", record.cgroup);
         }
         HiCommand::List { json } => {
-            let rein = Rein::open(instance)?;
-            let (cgroups, net) = (rein.list()?, rein.net_list()?);
+            let status = Engine::open(instance)?.status()?;
+            let (cgroups, net) = (status.cgroups, status.net);
             if json {
                 let both = serde_json::json!({ "cgroups": cgroups, "net": net });
                 println!("{}", serde_json::to_string_pretty(&both).context("json")?);
@@ -65,15 +69,15 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
             }
         }
         HiCommand::NetAdd(spec) => {
-            let record = Rein::open(instance)?.net_add(spec)?;
+            let record = net_rules::add(&mut Engine::open(instance)?, spec)?;
             println!("added {}", output::net_rule(&record));
         }
         HiCommand::NetDel(id) => {
-            let record = Rein::open(instance)?.net_del(id)?;
+            let record = net_rules::delete(&mut Engine::open(instance)?, id)?;
             println!("deleted {}", output::net_rule(&record));
         }
         HiCommand::NetList { json } => {
-            let views = Rein::open(instance)?.net_list()?;
+            let views = Engine::open(instance)?.status()?.net;
             if json {
                 println!("{}", serde_json::to_string_pretty(&views).context("json")?);
             } else {
@@ -81,14 +85,14 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
             }
         }
         HiCommand::Reload => {
-            let restored = Rein::open(instance)?.reload()?;
+            let restored = Engine::open(instance)?.reload()?;
             println!("reloaded the kernel programs; limits and bucket state kept");
             if restored > 0 {
                 println!("restored {restored} rule(s) from the state file");
             }
         }
         HiCommand::Purge => {
-            let report = Rein::open(instance)?.purge()?;
+            let report = Engine::open(instance)?.purge()?;
             println!(
                 "purged: {} rule(s), {} cgroup(s), {} process(es) moved back, programs {}",
                 report.rules,

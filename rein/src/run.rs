@@ -18,9 +18,11 @@ use signal_hook::{
 };
 
 use crate::{
+    capabilities::cgroup_limit::{self, LimitChange},
+    engine::Engine,
     error::{Error, IoContext, Result},
     instance::Instance,
-    manager::{LimitChange, Rein},
+    platform::cgroupfs::Cgroup,
 };
 
 /// How long tear-down waits for another rein command to release the instance.
@@ -36,7 +38,7 @@ pub fn run(instance: &Instance, change: LimitChange, command: &[OsString]) -> Re
         .context(|| "cannot install signal handlers".into())?;
     // Hold the instance lock only while setting up and tearing down, so other rein commands
     // (list, set) work while the command runs.
-    let run = Rein::open(instance.clone())?.start_run(change)?;
+    let run = cgroup_limit::start_run(&mut Engine::open(instance.clone())?, change)?;
 
     let interrupted = signals.pending().last().map(|info| 128 + info.signal);
     let outcome = match interrupted {
@@ -48,13 +50,13 @@ pub fn run(instance: &Instance, change: LimitChange, command: &[OsString]) -> Re
         None => spawn_and_wait(&run.cgroup, program, args, signals),
     };
 
-    let mut rein = Rein::open_waiting(instance.clone(), TEARDOWN_PATIENCE)?;
-    rein.finish_run(&run)?;
+    let mut engine = Engine::open_waiting(instance.clone(), TEARDOWN_PATIENCE)?;
+    cgroup_limit::finish_run(&mut engine, &run)?;
     outcome
 }
 
 fn spawn_and_wait(
-    cgroup: &crate::cgroup::Cgroup,
+    cgroup: &Cgroup,
     program: &OsString,
     args: &[OsString],
     mut signals: SignalsInfo<WithOrigin>,

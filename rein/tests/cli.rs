@@ -239,9 +239,7 @@ fn a_second_command_is_refused_while_one_runs() {
     let rein = instance();
     let app = rein.cgroup("app");
     let app = app.to_str().unwrap();
-    let state_dir = rein.state_dir();
-    fs::create_dir_all(&state_dir).unwrap();
-    let lock_path = state_dir.join("lock");
+    let lock_path = rein.lock_path();
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -261,13 +259,7 @@ fn a_second_command_is_refused_while_one_runs() {
     );
     assert!(!rein.pin_dir().exists(), "a refused command installed pins");
     assert!(!rein.subtree().exists(), "a refused command made a cgroup");
-    let mut entries: Vec<String> = fs::read_dir(&state_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    entries.sort();
-    assert_eq!(entries, ["lock"], "a refused command wrote state");
+    assert!(!rein.state_dir().exists(), "a refused command wrote state");
 
     // Released, the same command goes through: the lock was what stopped it.
     drop(lock);
@@ -275,6 +267,35 @@ fn a_second_command_is_refused_while_one_runs() {
         .ok();
     rein.rein(&["unset", "--cgroup", app]).ok();
     rein.assert_no_trace("unset after the lock was released");
+}
+
+/// A command that tidies the state away (here: the stale rule of a cgroup that is gone) still
+/// keeps every other command out until it is done: its lock file is never the one it removes.
+#[test]
+fn a_command_that_tidies_the_state_away_keeps_others_out() {
+    let rein = instance();
+    let app = rein.cgroup("app");
+    rein.rein(&[
+        "set",
+        "--cgroup",
+        app.to_str().unwrap(),
+        "--egress",
+        "1mbit",
+    ])
+    .ok();
+    fs::remove_dir(&app).unwrap();
+
+    // Opening the instance drops the stale rule, and with it the whole state directory.
+    let engine = rein::Engine::open(rein.library_instance()).unwrap();
+    assert!(
+        !rein.state_dir().exists(),
+        "the stale rule was not tidied away"
+    );
+    rein.rein(&["list"])
+        .refused(&["another rein command is running"]);
+    drop(engine);
+    rein.rein(&["list"]).ok();
+    rein.assert_no_trace("the tidy-up");
 }
 
 #[test]
@@ -444,26 +465,17 @@ fn an_ingress_limit_has_its_queue_where_rein_runs_until_unset_or_purge() {
         qdisc.contains("tbf") && qdisc.contains("rate 5Mbit"),
         "{qdisc}"
     );
-    assert!(
+    // On the namespace's one device, not on the queue device itself (where it would see what
+    // it sent there).
+    let queue_links = || {
         fs::read_dir(rein.pin_dir().join("queue-links"))
-            .map(|links| links.count() > 0)
-            .unwrap_or(false),
-        "no tc link pinned for the queue"
-    );
-
-    // A change of rate re-makes the queue; a reload keeps it.
-    rein.rein_in(ns, &["set", "--cgroup", app_arg, "--ingress", "8mbit"])
-        .ok();
-    rein.rein_in(ns, &["reload"]).ok();
-    let queues = queue_devices(ns);
-    assert_eq!(queues.len(), 1, "{queues:?}");
-    let qdisc = root_qdisc(ns, &queues[0]);
-    assert!(qdisc.contains("rate 8Mbit"), "{qdisc}");
-
-    // A change of the egress limit leaves the queue (and what waits in it) alone.
-    let index = |ns: &str| {
+            .map(|links| links.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(queue_links(), 1, "tc links of the queue program");
+    let index = |ns: &str, device: &str| {
         let out = Command::new("ip")
-            .args(["-n", ns, "-o", "link", "show", &queues[0]])
+            .args(["-n", ns, "-o", "link", "show", device])
             .output()
             .expect("ip link");
         String::from_utf8_lossy(&out.stdout)
@@ -472,10 +484,33 @@ fn an_ingress_limit_has_its_queue_where_rein_runs_until_unset_or_purge() {
             .unwrap_or_default()
             .to_owned()
     };
-    let before = index(ns);
+
+    // A change of rate re-makes the queue; a reload keeps it, with what waits in it.
+    rein.rein_in(ns, &["set", "--cgroup", app_arg, "--ingress", "8mbit"])
+        .ok();
+    let queues = queue_devices(ns);
+    let before = index(ns, &queues[0]);
+    rein.rein_in(ns, &["reload"]).ok();
+    assert_eq!(queue_devices(ns), queues);
+    assert_eq!(index(ns, &queues[0]), before, "reload made the queue anew");
+    let qdisc = root_qdisc(ns, &queues[0]);
+    assert!(qdisc.contains("rate 8Mbit"), "{qdisc}");
+
+    // A device that appears later gets the queue program with the next rein command.
+    let status = Command::new("ip")
+        .args([
+            "-n", ns, "link", "add", "late0", "type", "veth", "peer", "name", "late1",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    rein.rein_in(ns, &["list"]).ok();
+    assert_eq!(queue_links(), 3, "tc links after two devices appeared");
+
+    // A change of the egress limit leaves the queue (and what waits in it) alone.
     rein.rein_in(ns, &["set", "--cgroup", app_arg, "--egress", "3mbit"])
         .ok();
-    assert_eq!(index(ns), before, "the queue was made anew");
+    assert_eq!(index(ns, &queues[0]), before, "the queue was made anew");
 
     rein.rein_in(ns, &["unset", "--cgroup", app_arg]).ok();
     assert_eq!(queue_devices(ns), Vec::<String>::new());

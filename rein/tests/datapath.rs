@@ -20,11 +20,14 @@ use aya::{
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use rein::{
-    cgroup::{Cgroup, CgroupFs},
+    capabilities::cgroup_limit,
     clock::MonotonicClock,
-    datapath,
     limit::Limit,
     model::{TokenBucketModel, Xorshift},
+    platform::{
+        bpf,
+        cgroupfs::{Cgroup, CgroupFs},
+    },
 };
 use rein_common::{
     Action, COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, INGRESS_PROGRAM, RULE_COUNTS_MAP,
@@ -133,9 +136,9 @@ struct Loaded {
 impl Loaded {
     fn new() -> Self {
         let mut ebpf = EbpfLoader::new()
-            .load(datapath::object())
+            .load(bpf::cgroup_object())
             .expect("load the object");
-        datapath::load_programs(&mut ebpf).expect("verifier accepts the programs");
+        cgroup_limit::datapath::load_programs(&mut ebpf).expect("verifier accepts the programs");
         Self { ebpf }
     }
 
@@ -157,7 +160,7 @@ impl Loaded {
             .map(Option::unwrap);
         let rules: HashMap<_, RuleKey, Rule> = HashMap::try_from(rules).unwrap();
         let mut rule_counts: Array<_, u32> = Array::try_from(rule_counts).unwrap();
-        datapath::sync_rule_counts(&rules, &mut rule_counts).unwrap();
+        cgroup_limit::datapath::sync_rule_counts(&rules, &mut rule_counts).unwrap();
     }
 
     fn rule(&self, cgroup_id: u64, direction: Direction) -> Rule {

@@ -30,6 +30,7 @@ use aya::programs::{
     loaded_links,
 };
 use netns::{ClientOptions, HostPair, IPERF3_PORT, Iperf3Result, Iperf3Server};
+use rein::capabilities::net_rules::datapath::NetDatapath;
 use rein_cli::{ReinInstance, wait_until};
 use serde_json::Value;
 
@@ -989,6 +990,65 @@ fn a_refused_xdp_attach_changes_nothing() {
 
 /// `rein purge` removes every kind of rule: tc on both sides, XDP, per-source exact and sketch
 /// rules, and their programs.
+/// Map entries that no rule in the state owns (a `net del` that died between its two halves)
+/// are found and removed by the next command: nothing limits traffic that no rule lists.
+#[test]
+fn map_entries_no_rule_owns_are_removed_by_the_next_command() {
+    let pair = HostPair::new();
+    let rein = instance();
+    let dev = pair.server_if.as_str();
+    let kept = add(
+        &rein,
+        &pair.server_ns,
+        &[
+            "--dev",
+            dev,
+            "--dir",
+            "ingress",
+            "--dst",
+            &pair.server_addr,
+            "--rate",
+            "5mbit",
+        ],
+    );
+    let orphan = add(
+        &rein,
+        &pair.server_ns,
+        &[
+            "--dev",
+            dev,
+            "--dir",
+            "egress",
+            "--dst",
+            &pair.client_addr,
+            "--rate",
+            "5mbit",
+        ],
+    );
+    assert_eq!(pinned_links(&rein).len(), 2);
+    let path = rein.state_dir().join("state.json");
+    let mut state: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    state["net"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|r| r["id"].as_u64() != Some(u64::from(orphan)));
+    fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    assert_eq!(rein.net_rules().len(), 1);
+    let maps = NetDatapath::open(&rein.library_instance()).unwrap();
+    assert!(
+        maps.rule(orphan).is_none(),
+        "the orphaned rule is still in the maps"
+    );
+    assert!(maps.rule(kept).is_some(), "the kept rule went too");
+    let links = pinned_links(&rein);
+    assert_eq!(
+        links.len(),
+        1,
+        "only the kept rule's program stays: {links:?}"
+    );
+}
+
 #[test]
 fn purge_removes_every_net_rule_and_program() {
     let pair = HostPair::new();

@@ -12,10 +12,12 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use rein::{
-    datapath,
+    capabilities::net_rules::{
+        datapath::NetDatapath,
+        spec::{Cidr, NetHook, NetLimit, NetMatch, Per, Protocol, SketchSize, Sources},
+    },
     model::{CountMinModel, FixedWindowModel, SlidingWindowModel, TokenBucketModel, Xorshift},
-    net::{Cidr, NetHook, NetLimit, NetMatch, Per, Protocol, SketchSize, Sources},
-    net_datapath::NetDatapath,
+    platform::bpf,
 };
 use rein_common::{
     Counters, Direction,
@@ -41,7 +43,7 @@ struct Loaded {
 impl Loaded {
     fn new() -> Self {
         let mut ebpf = EbpfLoader::new()
-            .load(datapath::net_object())
+            .load(bpf::net_object())
             .expect("load the net object");
         for name in [NET_TC_INGRESS_PROGRAM, NET_TC_EGRESS_PROGRAM] {
             let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();

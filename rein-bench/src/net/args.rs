@@ -4,7 +4,7 @@ use std::{fmt, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
-use rein::net::SketchSize;
+use rein::capabilities::net_rules::spec::SketchSize;
 
 use crate::net::{
     flood::{self, Limiter},

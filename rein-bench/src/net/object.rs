@@ -11,8 +11,8 @@ use aya::{
 };
 /// Every map of the object, and the maps a rule's own entries live in (its limit, its counters,
 /// its lookup entry): rein's own lists.
-pub use rein::net_datapath::{MAPS, RULE_TABLES as RULE_MAPS};
-use rein::{datapath::net_object, net_datapath::NetDatapath};
+pub use rein::capabilities::net_rules::datapath::{MAPS, RULE_TABLES as RULE_MAPS};
+use rein::{capabilities::net_rules::datapath::NetDatapath, platform::bpf::net_object};
 
 /// What one `BPF_PROG_TEST_RUN` call returned.
 #[derive(Debug, Clone, Copy)]

@@ -15,9 +15,9 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use anyhow::{Context, Result, bail};
 use rein::{
+    capabilities::net_rules::spec::{Cidr, NetHook, NetLimit, NetMatch, Per, SketchSize, Sources},
     clock::{Clock, MonotonicClock},
     model::{CountMinModel, Xorshift},
-    net::{Cidr, NetHook, NetLimit, NetMatch, Per, SketchSize, Sources},
 };
 use rein_common::net::NET_XDP_PROGRAM;
 use serde::Serialize;

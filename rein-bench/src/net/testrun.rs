@@ -21,8 +21,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use rein::{
+    capabilities::net_rules::spec::{
+        Cidr, NetHook, NetLimit, NetMatch, Per, Protocol, SketchSize, Sources,
+    },
     clock::{Clock, MonotonicClock},
-    net::{Cidr, NetHook, NetLimit, NetMatch, Per, Protocol, SketchSize, Sources},
 };
 use rein_common::net::{
     NET_PASS_TC_PROGRAM, NET_PASS_XDP_PROGRAM, NET_SKETCH_MAP, NET_TC_EGRESS_PROGRAM,

@@ -2,9 +2,13 @@
 use std::ffi::OsString;
 
 use rein::{
-    LimitChange, Target,
+    capabilities::{
+        cgroup_limit::{LimitChange, Target},
+        net_rules::spec::{
+            Cidr, NetError, NetHook, NetLimit, NetRuleSpec, Per, Protocol, SketchSize, Sources,
+        },
+    },
     limit::default_burst,
-    net::{Cidr, NetError, NetHook, NetLimit, NetRuleSpec, Per, Protocol, SketchSize, Sources},
     units::{Period, Rate, Size, UnitError},
 };
 

@@ -2,10 +2,14 @@
 use std::fmt::Write as _;
 
 use rein::{
+    capabilities::{
+        cgroup_limit::{DirectionView, LimitSpec, Origin, RuleView, SetOutcome},
+        net_rules::{
+            NetRuleRecord, NetRuleView,
+            spec::{NetLimit, NetRuleSpec, Per, Sources},
+        },
+    },
     doctor::Check,
-    manager::{DirectionView, NetRuleView, RuleView, SetOutcome},
-    net::{NetLimit, NetRuleSpec, Per, Sources},
-    state::{LimitSpec, NetRuleRecord, Origin},
     units::{Period, Rate, Size},
 };
 

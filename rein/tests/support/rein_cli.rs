@@ -345,6 +345,12 @@ impl ReinInstance {
         Path::new("/run").join(&self.name)
     }
 
+    /// `/run/<name>.lock`: never removed by rein (a lock file that could be removed would
+    /// exclude nobody), so the test removes it.
+    pub fn lock_path(&self) -> PathBuf {
+        Path::new("/run").join(format!("{}.lock", self.name))
+    }
+
     /// `<cgroup2>/<name>`: the instance's own cgroup subtree.
     pub fn subtree(&self) -> PathBuf {
         self.cgroup2.join(&self.name)
@@ -441,6 +447,11 @@ impl ReinInstance {
         let _ = fs::remove_dir_all(self.pin_dir());
         let _ = fs::remove_dir_all(self.state_dir());
     }
+
+    /// The instance as the library sees it, for tests that hold it open in-process.
+    pub fn library_instance(&self) -> rein::Instance {
+        rein::Instance::new(&self.name).expect("a valid instance name")
+    }
 }
 
 impl Drop for ReinInstance {
@@ -466,6 +477,7 @@ impl Drop for ReinInstance {
                 problems.push(format!("cannot remove test cgroup {}", dir.display()));
             }
         }
+        let _ = fs::remove_file(self.lock_path());
         if !problems.is_empty() && !thread::panicking() {
             panic!("cleanup of instance {}: {}", self.name, problems.join("; "));
         }

@@ -10,7 +10,7 @@ use rein_common::MAX_CGROUP_DEPTH;
 
 use crate::{
     error::{Error, IoContext, Result},
-    sys,
+    platform,
 };
 
 /// The mounted cgroup v2 hierarchy.
@@ -85,8 +85,8 @@ impl CgroupFs {
         if !cgroup.path.is_dir() {
             return Err(Error::NoSuchCgroup(shown));
         }
-        match sys::filesystem_magic(&cgroup.path) {
-            Ok(sys::CGROUP2_SUPER_MAGIC) => {}
+        match platform::filesystem_magic(&cgroup.path) {
+            Ok(platform::CGROUP2_SUPER_MAGIC) => {}
             _ => {
                 return Err(Error::OutsideCgroup2 {
                     path: path.to_owned(),

@@ -10,17 +10,21 @@
 use std::{fs, path::PathBuf};
 
 use aya::{
-    maps::{HashMap, Map, MapData},
+    Ebpf,
+    maps::{HashMap, MapData},
     programs::{SchedClassifier, TcAttachType},
 };
 use rein_common::{QUEUE_PROGRAM, QUEUES_MAP, QueueKey, Rule};
 
 use crate::{
-    datapath,
+    capabilities::{PreparedReload, cgroup_limit::datapath::load_object},
     error::{Error, IoContext, Result, bpf_error},
     instance::Instance,
-    netlink::{self, Charge, Tbf},
-    sys,
+    platform::{
+        bpf::{self, load_error, program_mut},
+        netlink::{self, Charge, Tbf},
+        netns,
+    },
 };
 
 /// What the queue charges a packet: limits count IP bytes, the ifb sees Ethernet frames, and a
@@ -71,11 +75,29 @@ pub fn tbf_for(rule: &Rule) -> Tbf {
     }
 }
 
+/// Whether `name` is a queue device, of this instance or another: the queue program never
+/// goes on one (it would see the packets it sent there).
+pub fn is_queue_device(name: &str) -> bool {
+    name.len() == 14 && name.starts_with("rq") && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn queues(instance: &Instance) -> Result<HashMap<MapData, QueueKey, u32>> {
-    let pin = instance.maps_dir().join(QUEUES_MAP);
-    let data = MapData::from_pin(&pin)
-        .map_err(|e| bpf_error(format!("cannot open map {QUEUES_MAP}"))(&e))?;
-    HashMap::try_from(Map::HashMap(data)).map_err(|e| bpf_error("queue map")(&e))
+    HashMap::try_from(bpf::open_pinned_map(instance, QUEUES_MAP)?)
+        .map_err(|e| bpf_error("queue map")(&e))
+}
+
+/// The queues of every namespace: (cgroup, namespace) to the queue device's index.
+pub fn entries(instance: &Instance) -> Vec<QueueKey> {
+    queues(instance)
+        .map(|queues| queues.keys().flatten().collect())
+        .unwrap_or_default()
+}
+
+/// Removes one queue's map entry (of a rule no record holds any more).
+pub fn forget(instance: &Instance, key: &QueueKey) {
+    if let Ok(mut queues) = queues(instance) {
+        let _ = queues.remove(key);
+    }
 }
 
 /// Creates (or re-creates) the queue of `cgroup_id`'s ingress `rule` in this network namespace
@@ -92,7 +114,7 @@ fn try_set(instance: &Instance, cgroup_id: u64, rule: &Rule) -> Result<()> {
     let name = device_name(instance, cgroup_id);
     netlink::delete_link(&name).context(|| format!("cannot delete the old queue {name}"))?;
     netlink::create_ifb(&name).context(|| format!("cannot create the queue device {name}"))?;
-    let ifindex = sys::device(&name)
+    let ifindex = netns::device(&name)
         .context(|| format!("cannot find {name}"))?
         .ok_or_else(|| Error::NoSuchDevice(name.clone()))?
         .ifindex;
@@ -100,7 +122,7 @@ fn try_set(instance: &Instance, cgroup_id: u64, rule: &Rule) -> Result<()> {
         .context(|| format!("cannot give the queue device {name} its tbf qdisc"))?;
     let key = QueueKey {
         cgroup_id,
-        netns_cookie: sys::netns_cookie().context(|| "cannot read the network namespace".into())?,
+        netns_cookie: netns::cookie().context(|| "cannot read the network namespace".into())?,
     };
     queues(instance)?
         .insert(key, ifindex, 0)
@@ -111,10 +133,10 @@ fn try_set(instance: &Instance, cgroup_id: u64, rule: &Rule) -> Result<()> {
 /// Whether the queue of `cgroup_id` is in place in this network namespace: its device there,
 /// and the map sending the rule's downloads to it.
 pub fn is_set(instance: &Instance, cgroup_id: u64) -> bool {
-    let Ok(Some(device)) = sys::device(&device_name(instance, cgroup_id)) else {
+    let Ok(Some(device)) = netns::device(&device_name(instance, cgroup_id)) else {
         return false;
     };
-    let Ok(netns_cookie) = sys::netns_cookie() else {
+    let Ok(netns_cookie) = netns::cookie() else {
         return false;
     };
     let key = QueueKey {
@@ -140,16 +162,25 @@ pub fn remove(instance: &Instance, cgroup_id: u64) {
     }
 }
 
+/// The instance's queue devices in this network namespace.
+pub fn devices(instance: &Instance) -> Vec<String> {
+    let prefix = device_prefix(instance);
+    netns::devices()
+        .map(|devices| {
+            devices
+                .into_iter()
+                .map(|(_, name)| name)
+                .filter(|name| name.starts_with(&prefix) && is_queue_device(name))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Removes every queue device of the instance in this network namespace and detaches the tc
 /// program everywhere.
 pub fn remove_all(instance: &Instance) {
-    let prefix = device_prefix(instance);
-    if let Ok(devices) = sys::devices() {
-        for (_, name) in devices {
-            if name.starts_with(&prefix) {
-                let _ = netlink::delete_link(&name);
-            }
-        }
+    for name in devices(instance) {
+        let _ = netlink::delete_link(&name);
     }
     detach(instance);
 }
@@ -159,69 +190,99 @@ fn links_dir(instance: &Instance) -> PathBuf {
 }
 
 /// Attaches the queue program at tc ingress (tcx) of every device of this network namespace but
-/// loopback, and pins the links; devices that have it keep their link.
+/// loopback and the queue devices, and pins the links; devices that have it keep their link.
 pub fn attach(instance: &Instance) -> Result<()> {
-    let cookie = sys::netns_cookie().context(|| "cannot read the network namespace".into())?;
-    let devices = sys::devices().context(|| "cannot list the network devices".into())?;
+    let cookie = netns::cookie().context(|| "cannot read the network namespace".into())?;
+    let devices = netns::devices().context(|| "cannot list the network devices".into())?;
     let dir = links_dir(instance);
-    fs::create_dir_all(&dir).context(|| format!("cannot create {} on bpffs", dir.display()))?;
     let mut ebpf = None;
     for (ifindex, name) in devices {
-        if name == "lo" {
+        if name == "lo" || is_queue_device(&name) {
             continue;
         }
         let pin = dir.join(format!("{cookie:x}-{ifindex}"));
-        if sys::bpf_obj_get(&pin).is_ok() {
+        // A pin whose device went away (and whose index a new device took) holds a defunct
+        // link: it is replaced.
+        if bpf::pinned_link(&pin).is_ok_and(|link| link.ifindex == ifindex) {
             continue;
         }
-        if ebpf.is_none() {
-            let mut loaded = datapath::load_object(instance)?;
-            load(&mut loaded)?;
-            ebpf = Some(loaded);
-        }
-        let Some(loaded) = ebpf.as_mut() else {
-            continue;
+        let loaded = match &mut ebpf {
+            Some(loaded) => loaded,
+            None => ebpf.insert(loaded_object(instance)?),
         };
-        let program: &mut SchedClassifier = loaded
-            .program_mut(QUEUE_PROGRAM)
-            .ok_or_else(program_missing)?
-            .try_into()
-            .map_err(|e| bpf_error(format!("program {QUEUE_PROGRAM}"))(&e))?;
-        let link = match datapath::attach_tcx(program, &name, TcAttachType::Ingress) {
+        let program = program_mut::<SchedClassifier>(loaded, QUEUE_PROGRAM)?;
+        let link = match bpf::attach_tcx(program, &name, TcAttachType::Ingress) {
             Ok(link) => link,
             // A device that went away meanwhile has nothing to queue.
-            Err(e) if matches!(sys::device(&name), Ok(None)) => {
+            Err(e) if matches!(netns::device(&name), Ok(None)) => {
                 tracing::debug!("{name} went away: {e}");
                 continue;
             }
             Err(e) => return Err(e),
         };
-        let _ = fs::remove_file(&pin);
+        fs::create_dir_all(&dir).context(|| format!("cannot create {} on bpffs", dir.display()))?;
+        bpf::remove_if_exists(&pin);
         link.pin(&pin)
             .map_err(|e| bpf_error("cannot pin the link")(&e))?;
     }
     Ok(())
 }
 
-/// Loads (verifies) the queue program of a loaded object.
-pub fn load(ebpf: &mut aya::Ebpf) -> Result<()> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(QUEUE_PROGRAM)
-        .ok_or_else(program_missing)?
-        .try_into()
-        .map_err(|e| bpf_error(format!("program {QUEUE_PROGRAM}"))(&e))?;
-    program.load().map_err(|e| {
-        Error::Load(format!(
-            "{QUEUE_PROGRAM}: {}",
-            datapath::verifier_message(&e)
-        ))
-    })
+/// Whether the queue program is on its links (on some device).
+pub fn is_attached(instance: &Instance) -> bool {
+    fs::read_dir(links_dir(instance)).is_ok_and(|mut entries| entries.next().is_some())
 }
 
-fn program_missing() -> Error {
-    Error::Load(format!(
-        "program {QUEUE_PROGRAM} is missing from the object"
-    ))
+/// The cgroup object with the queue program loaded (verified).
+fn loaded_object(instance: &Instance) -> Result<Ebpf> {
+    let mut ebpf = load_object(instance)?;
+    load(&mut ebpf)?;
+    Ok(ebpf)
+}
+
+/// Loads (verifies) the queue program of a loaded object.
+pub fn load(ebpf: &mut Ebpf) -> Result<()> {
+    program_mut::<SchedClassifier>(ebpf, QUEUE_PROGRAM)?
+        .load()
+        .map_err(|e| load_error(QUEUE_PROGRAM, &e))
+}
+
+/// This build's queue program, loaded and verified, for the links the queue program is on.
+pub struct Reload {
+    instance: Instance,
+    ebpf: Ebpf,
+}
+
+/// Loads and verifies this build's queue program for its links; `None` when it is on none.
+pub fn prepare_reload(instance: &Instance) -> Result<Option<Reload>> {
+    if !is_attached(instance) {
+        return Ok(None);
+    }
+    Ok(Some(Reload {
+        instance: instance.clone(),
+        ebpf: loaded_object(instance)?,
+    }))
+}
+
+impl PreparedReload for Reload {
+    fn swap(mut self: Box<Self>) -> Result<usize> {
+        let program = program_mut::<SchedClassifier>(&mut self.ebpf, QUEUE_PROGRAM)?;
+        let mut swapped = 0;
+        let Ok(entries) = fs::read_dir(links_dir(&self.instance)) else {
+            return Ok(0);
+        };
+        for entry in entries.flatten() {
+            let pin = entry.path();
+            // A link whose device went away cannot take a program: its pin holds nothing.
+            if bpf::pinned_link(&pin).is_ok_and(|link| link.ifindex == 0) {
+                bpf::remove_if_exists(&pin);
+                continue;
+            }
+            bpf::swap_tcx(program, &pin)?;
+            swapped += 1;
+        }
+        Ok(swapped)
+    }
 }
 
 /// Detaches the queue program from every device (removes its links' pins).
@@ -239,6 +300,21 @@ pub fn detach(instance: &Instance) {
 mod tests {
     use super::*;
     use crate::{limit::Limit, units::Rate};
+
+    #[test]
+    fn queue_devices_are_told_apart_from_others() {
+        let instance = Instance::new("rein").unwrap();
+        assert!(is_queue_device(&device_name(&instance, 42)));
+        for other in [
+            "eth0",
+            "rq",
+            "rqveth0123abcd",
+            "rq0123456789abcdef",
+            "veth-rq12",
+        ] {
+            assert!(!is_queue_device(other), "{other}");
+        }
+    }
 
     #[test]
     fn device_names_fit_and_differ_per_instance_and_cgroup() {

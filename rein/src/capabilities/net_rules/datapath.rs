@@ -4,10 +4,10 @@
 //! Pins live beside the cgroup datapath's, under the instance's bpffs directory: maps in the
 //! layout-versioned maps directory, links in `net/`. The cgroup programs and the interface
 //! programs are installed and removed independently.
-use std::{fs, path::PathBuf};
+use std::{collections::HashSet, fs, path::PathBuf};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
@@ -22,12 +22,12 @@ use rein_common::{
     },
 };
 
+use super::spec::{NetHook, NetMatch, Placement};
 use crate::{
-    datapath::{self, remove_if_exists},
+    capabilities::PreparedReload,
     error::{Error, IoContext, Result, bpf_error, causes, map_errno},
     instance::Instance,
-    net::{NetHook, NetMatch, Placement},
-    sys,
+    platform::bpf::{self, load_error, program_mut, remove_if_exists},
 };
 
 /// Every map of the object, pinned by these names.
@@ -73,10 +73,8 @@ impl Attachment {
     /// The kernel id of the link that runs the program here: pinned, and still on this
     /// interface (a link whose device was deleted stays pinned but is attached to nothing).
     pub fn live_link(&self, instance: &Instance) -> Option<u32> {
-        let (id, ifindex) = sys::bpf_obj_get(&self.pin(instance))
-            .and_then(sys::link_info)
-            .ok()?;
-        (ifindex == self.ifindex).then_some(id)
+        let link = bpf::pinned_link(&self.pin(instance)).ok()?;
+        (link.ifindex == self.ifindex).then_some(link.id)
     }
 }
 
@@ -139,12 +137,7 @@ impl NetDatapath {
     }
 
     pub fn open(instance: &Instance) -> Result<Self> {
-        let maps = instance.maps_dir();
-        Self::from_maps(|name| {
-            let data = MapData::from_pin(maps.join(name))
-                .map_err(|e| bpf_error(format!("cannot open map {name}"))(&e))?;
-            Map::from_map_data(data).map_err(|e| bpf_error(format!("map {name}"))(&e))
-        })
+        Self::from_maps(|name| bpf::open_pinned_map(instance, name))
     }
 
     fn from_maps(mut open: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
@@ -184,7 +177,7 @@ impl NetDatapath {
         for name in MAPS {
             remove_if_exists(&instance.maps_dir().join(name));
         }
-        datapath::tidy_pin_dirs(instance);
+        bpf::tidy_pin_dirs(instance);
     }
 
     /// Attaches the program of `at.hook` to the interface `device` (of the calling thread's
@@ -200,25 +193,18 @@ impl NetDatapath {
         let mut ebpf = load_object(instance)?;
         load_program(&mut ebpf, at.hook)?;
         let name = program_name(at.hook);
-        let program = ebpf
-            .program_mut(name)
-            .ok_or_else(|| Error::Load(format!("program {name} is missing from the object")))?;
         let link = match at.hook {
             NetHook::TcIngress | NetHook::TcEgress => {
-                let program: &mut SchedClassifier = program
-                    .try_into()
-                    .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
+                let program = program_mut::<SchedClassifier>(&mut ebpf, name)?;
                 let attach_type = if at.hook == NetHook::TcIngress {
                     TcAttachType::Ingress
                 } else {
                     TcAttachType::Egress
                 };
-                datapath::attach_tcx(program, device, attach_type)?
+                bpf::attach_tcx(program, device, attach_type)?
             }
             NetHook::Xdp => {
-                let program: &mut Xdp = program
-                    .try_into()
-                    .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
+                let program = program_mut::<Xdp>(&mut ebpf, name)?;
                 let id = program
                     .attach_to_if_index(at.ifindex, XdpMode::Default)
                     .map_err(|e| xdp_error(device, &e))?;
@@ -249,55 +235,31 @@ impl NetDatapath {
         remove_if_exists(&at.pin(instance));
     }
 
-    /// The pins of every attachment, for reload.
-    fn link_pins(instance: &Instance) -> Vec<(PathBuf, NetHook)> {
+    /// Every attachment that has a pinned link (live or defunct).
+    pub fn attachments(instance: &Instance) -> Vec<Attachment> {
         let Ok(entries) = fs::read_dir(links_dir(instance)) else {
             return Vec::new();
         };
         entries
             .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let hook = NetHook::ALL
-                    .into_iter()
-                    .find(|hook| name.ends_with(&format!("-{}", hook.name())))?;
-                Some((entry.path(), hook))
-            })
+            .filter_map(|entry| parse_pin_name(&entry.file_name().to_string_lossy()))
             .collect()
     }
 
-    /// Swaps this build's programs into every attached link, keeping maps and state.
-    pub fn reload(instance: &Instance) -> Result<usize> {
-        let pins = Self::link_pins(instance);
-        if pins.is_empty() {
-            return Ok(0);
+    /// Loads and verifies this build's programs for the attached links; `None` when no link
+    /// is pinned.
+    pub fn prepare_reload(instance: &Instance) -> Result<Option<Reload>> {
+        let attachments = Self::attachments(instance);
+        if attachments.is_empty() {
+            return Ok(None);
         }
         let mut ebpf = load_object(instance)?;
         load_programs(&mut ebpf)?;
-        let mut swapped = 0;
-        for (pin, hook) in &pins {
-            // A link whose device went away cannot take a program (ENOLINK): its pin holds
-            // nothing, and goes.
-            let defunct = sys::bpf_obj_get(pin)
-                .and_then(sys::link_info)
-                .is_ok_and(|(_, ifindex)| ifindex == 0);
-            if defunct {
-                remove_if_exists(pin);
-                continue;
-            }
-            let name = program_name(*hook);
-            let fd = ebpf
-                .program(name)
-                .ok_or_else(|| Error::Load(format!("program {name} is missing from the object")))?
-                .fd()
-                .map_err(|e| bpf_error("loaded program has no fd")(&e))?;
-            let link = sys::bpf_obj_get(pin)
-                .context(|| format!("cannot open the pinned link {}", pin.display()))?;
-            sys::bpf_link_update(link, fd)
-                .context(|| format!("cannot swap the program of {}", pin.display()))?;
-            swapped += 1;
-        }
-        Ok(swapped)
+        Ok(Some(Reload {
+            instance: instance.clone(),
+            ebpf,
+            attachments,
+        }))
     }
 
     pub fn rule(&self, id: u32) -> Option<NetRule> {
@@ -315,7 +277,7 @@ impl NetDatapath {
     }
 
     fn try_put(&mut self, id: u32, matching: &NetMatch, rule: NetRule) -> Result<()> {
-        let cpus = datapath::possible_cpus()?;
+        let cpus = bpf::possible_cpus()?;
         // Per-CPU values come from the kernel's per-CPU allocator, which refuses for a moment
         // (ENOMEM) when hundreds of thousands of rules go in back to back: wait and retry.
         let mut attempt = 0;
@@ -414,6 +376,54 @@ impl NetDatapath {
         }
     }
 
+    /// Removes every rule whose id is not in `held`, with its entries (found by walking the
+    /// lookup maps: what matched is not known without the rule's record); returns how many
+    /// rules went.
+    pub fn remove_rules_except(&mut self, held: &HashSet<u32>) -> usize {
+        let stray = |found: &RuleMatch| !held.contains(&found.rule);
+        let sources: Vec<_> = self
+            .sources
+            .iter()
+            .flatten()
+            .filter(|(_, found)| stray(found))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &sources {
+            let _ = self.sources.remove(key);
+        }
+        let destinations: Vec<_> = self
+            .destinations
+            .iter()
+            .flatten()
+            .filter(|(_, found)| stray(found))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &destinations {
+            let _ = self.destinations.remove(key);
+        }
+        let pairs: Vec<_> = self
+            .pairs
+            .iter()
+            .flatten()
+            .filter(|(_, found)| stray(found))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &pairs {
+            let _ = self.pairs.remove(key);
+        }
+        let rules: Vec<u32> = self
+            .rules
+            .keys()
+            .flatten()
+            .filter(|id| !held.contains(id))
+            .collect();
+        for id in &rules {
+            let _ = self.rules.remove(id);
+            let _ = self.counters.remove(id);
+        }
+        rules.len()
+    }
+
     /// Zeroes `count` sketch cells from `offset`, for a new sketch rule.
     pub fn clear_sketch(&mut self, offset: u32, count: u32) -> Result<()> {
         let end = offset.saturating_add(count).min(MAX_SKETCH_CELLS);
@@ -479,27 +489,61 @@ impl NetDatapath {
     }
 }
 
-/// Loads the object with its maps bound to the instance's pins (created if missing).
+/// Loads the object with its maps bound to the instance's pins (created if missing); the
+/// rule tables are sized when they are created, tables that exist keep their size.
 fn load_object(instance: &Instance) -> Result<Ebpf> {
-    let maps_dir = instance.maps_dir();
-    fs::create_dir_all(&maps_dir)
-        .context(|| format!("cannot create {} on bpffs", maps_dir.display()))?;
-    let mut loader = EbpfLoader::new();
-    for name in MAPS {
-        loader.map_pin_path(name, maps_dir.join(name));
-    }
-    // Sizes the rule tables when they are created; tables that exist keep their size.
-    for name in RULE_TABLES {
+    let sizes = RULE_TABLES.map(|name| {
         // A rule without addresses has an entry in a trie for each family.
         let entries = match name {
             NET_SOURCES_MAP | NET_DESTINATIONS_MAP => instance.net_max_rules().saturating_mul(2),
             _ => instance.net_max_rules(),
         };
-        loader.map_max_entries(name, entries);
+        (name, entries)
+    });
+    bpf::load_pinned(instance, bpf::net_object(), &MAPS, &sizes)
+}
+
+/// The attachment a link pin's name stands for (`link-NETNS-IFINDEX-HOOK`).
+fn parse_pin_name(name: &str) -> Option<Attachment> {
+    let rest = name.strip_prefix("link-")?;
+    let (netns, rest) = rest.split_once('-')?;
+    let (ifindex, hook) = rest.split_once('-')?;
+    Some(Attachment {
+        netns: netns.parse().ok()?,
+        ifindex: ifindex.parse().ok()?,
+        hook: NetHook::ALL.into_iter().find(|h| h.name() == hook)?,
+    })
+}
+
+/// This build's interface programs, loaded and verified, for the attached links.
+pub struct Reload {
+    instance: Instance,
+    ebpf: Ebpf,
+    attachments: Vec<Attachment>,
+}
+
+impl PreparedReload for Reload {
+    fn swap(mut self: Box<Self>) -> Result<usize> {
+        let mut swapped = 0;
+        for at in &self.attachments {
+            let pin = at.pin(&self.instance);
+            // A link whose device went away cannot take a program (ENOLINK): its pin holds
+            // nothing, and goes.
+            if bpf::pinned_link(&pin).is_ok_and(|link| link.ifindex == 0) {
+                remove_if_exists(&pin);
+                continue;
+            }
+            let name = program_name(at.hook);
+            match at.hook {
+                NetHook::TcIngress | NetHook::TcEgress => {
+                    bpf::swap_tcx(program_mut::<SchedClassifier>(&mut self.ebpf, name)?, &pin)?;
+                }
+                NetHook::Xdp => bpf::swap_xdp(program_mut::<Xdp>(&mut self.ebpf, name)?, &pin)?,
+            }
+            swapped += 1;
+        }
+        Ok(swapped)
     }
-    loader
-        .load(datapath::net_object())
-        .map_err(|e| Error::Load(e.to_string()))
 }
 
 /// Loads (verifies) the tc and XDP programs of `ebpf` into the kernel.
@@ -512,24 +556,13 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
 
 fn load_program(ebpf: &mut Ebpf, hook: NetHook) -> Result<()> {
     let name = program_name(hook);
-    let program = ebpf
-        .program_mut(name)
-        .ok_or_else(|| Error::Load(format!("program {name} is missing from the object")))?;
     let loaded = match hook {
         NetHook::TcIngress | NetHook::TcEgress => {
-            let program: &mut SchedClassifier = program
-                .try_into()
-                .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
-            program.load()
+            program_mut::<SchedClassifier>(ebpf, name)?.load()
         }
-        NetHook::Xdp => {
-            let program: &mut Xdp = program
-                .try_into()
-                .map_err(|e| bpf_error(format!("program {name}"))(&e))?;
-            program.load()
-        }
+        NetHook::Xdp => program_mut::<Xdp>(ebpf, name)?.load(),
     };
-    loaded.map_err(|e| Error::Load(format!("{name}: {}", datapath::verifier_message(&e))))
+    loaded.map_err(|e| load_error(name, &e))
 }
 
 /// A full table (E2BIG from a hash map, ENOSPC from a prefix trie) says so; other errors keep

@@ -3,7 +3,7 @@
 //! encoding of tbf's options or of a size table, and these are four fixed messages.
 use std::{io, mem::size_of, os::fd::AsRawFd};
 
-use crate::sys;
+use super::netns;
 
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -165,7 +165,7 @@ fn request(message: Message) -> io::Result<()> {
             libc::NETLINK_ROUTE,
         )
     };
-    let socket = sys::owned_fd(fd)?;
+    let socket = netns::owned_fd(fd)?;
     // SAFETY: an all-zero sockaddr_nl addresses the kernel.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;

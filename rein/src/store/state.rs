@@ -1,0 +1,131 @@
+//! The instance's record of what the operator asked for, a section per capability. The kernel
+//! maps hold the same limits (and the live buckets); this file holds what the maps cannot
+//! (cgroup paths, where moved processes came from, which bursts were explicit), so `list` and
+//! `unset` can explain and undo, and `reload` can write back what a new map layout lacks.
+use std::{
+    fs,
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    capabilities::{cgroup_limit, net_rules},
+    error::{Error, IoContext, Result},
+};
+
+/// 2 added `rein net` rules: version 1 files still load; an older rein refuses version 2 rather
+/// than dropping the rules it does not know on its next save.
+const STATE_VERSION: u32 = 2;
+const OLDEST_READABLE_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// Each capability's section. Flattened: the file keeps the shape it had before
+    /// capabilities had sections, so files of every version still load and older rein
+    /// versions read what this one writes.
+    #[serde(flatten)]
+    pub cgroup_limits: cgroup_limit::Section,
+    #[serde(flatten)]
+    pub net_rules: net_rules::Section,
+}
+
+impl State {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(Self {
+                    version: STATE_VERSION,
+                    ..Self::default()
+                });
+            }
+            Err(error) => {
+                return Err(Error::Io {
+                    context: format!("cannot read {}", path.display()),
+                    source: error,
+                });
+            }
+        };
+        let mut state: Self = serde_json::from_str(&text).map_err(|error| Error::CorruptState {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })?;
+        if !(OLDEST_READABLE_VERSION..=STATE_VERSION).contains(&state.version) {
+            return Err(Error::CorruptState {
+                path: path.to_owned(),
+                reason: format!("version {} is not {STATE_VERSION}", state.version),
+            });
+        }
+        // Written back in this version's form.
+        state.version = STATE_VERSION;
+        Ok(state)
+    }
+
+    /// Writes the state so that a crash leaves either the old or the new file, never half.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(|error| Error::CorruptState {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })?;
+        let temporary = temporary_path(path);
+        let write = || -> io::Result<()> {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            let mut file = fs::File::create(&temporary)?;
+            file.write_all(&json)?;
+            file.sync_all()?;
+            fs::rename(&temporary, path)
+        };
+        write().context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Whether the instance holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.cgroup_limits.is_empty() && self.net_rules.is_empty()
+    }
+}
+
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::cgroup_limit::{LimitSpec, Origin, RuleRecord};
+
+    #[test]
+    fn state_round_trips_and_rejects_garbage() {
+        let dir = std::env::temp_dir().join(format!("rein-state-test-{}", std::process::id()));
+        let path = dir.join("state.json");
+        let mut state = State::load(&path).unwrap();
+        assert!(state.cgroup_limits.rules.is_empty());
+        state.cgroup_limits.upsert(RuleRecord {
+            cgroup: "/rein/pid-1".into(),
+            cgroup_id: 7,
+            egress: Some(LimitSpec {
+                rate: "10mbit".parse().unwrap(),
+                burst: None,
+            }),
+            ingress: None,
+            origin: Origin::Pid {
+                pid: 1,
+                home: "/".into(),
+            },
+        });
+        state.save(&path).unwrap();
+        let loaded = State::load(&path).unwrap();
+        assert_eq!(loaded.cgroup_limits.rules, state.cgroup_limits.rules);
+
+        fs::write(&path, "{not json").unwrap();
+        let error = State::load(&path).unwrap_err().to_string();
+        assert!(error.contains("unreadable"), "{error}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
