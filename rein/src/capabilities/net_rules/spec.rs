@@ -1,11 +1,8 @@
 //! Address-aware limits on interfaces (`rein net`): what a rule matches and how it limits, and
 //! where the kernel finds it (`rein_common::net`).
-use std::{
-    fmt,
-    net::{IpAddr, Ipv6Addr},
-    str::FromStr,
-};
+use std::{fmt, net::IpAddr, str::FromStr};
 
+use ipnet::IpNet;
 use rein_common::{
     Bucket, Direction,
     net::{
@@ -68,48 +65,38 @@ pub enum NetError {
 }
 
 /// An address prefix whose host bits are zero: `10.0.0.0/8`, `2001:db8::/32`, or a single
-/// address.
+/// address. An [`IpNet`] that cannot hold host bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    addr: IpAddr,
-    length: u32,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.network()
     }
 
     pub fn length(&self) -> u32 {
-        self.length
+        u32::from(self.0.prefix_len())
     }
 
     /// The address's bit count: 32 or 128.
     pub fn max_length(&self) -> u32 {
-        family_bits(self.addr)
+        u32::from(self.0.max_prefix_len())
     }
 
     /// A single address rather than a prefix.
     pub fn is_address(&self) -> bool {
-        self.length == self.max_length()
+        self.length() == self.max_length()
     }
 
     fn family(&self) -> u8 {
-        match self.addr {
-            IpAddr::V4(_) => FAMILY_IPV4,
-            IpAddr::V6(_) => FAMILY_IPV6,
+        match self.0 {
+            IpNet::V4(_) => FAMILY_IPV4,
+            IpNet::V6(_) => FAMILY_IPV6,
         }
     }
 
     fn bytes(&self) -> [u8; ADDR_BYTES] {
-        address_bytes(self.addr)
-    }
-}
-
-fn family_bits(addr: IpAddr) -> u32 {
-    match addr {
-        IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => 128,
+        address_bytes(self.addr())
     }
 }
 
@@ -127,46 +114,32 @@ impl FromStr for Cidr {
     type Err = NetError;
 
     fn from_str(input: &str) -> Result<Self, NetError> {
-        let (addr, length) = match input.split_once('/') {
-            Some((addr, length)) => (addr, Some(length)),
-            None => (input, None),
+        let not_a_cidr = || NetError::NotACidr(input.to_owned());
+        let net = match input.split_once('/') {
+            None => IpNet::from(input.parse::<IpAddr>().map_err(|_| not_a_cidr())?),
+            Some((addr, length)) => {
+                let addr: IpAddr = addr.parse().map_err(|_| not_a_cidr())?;
+                let length: u8 = length.parse().map_err(|_| not_a_cidr())?;
+                IpNet::new(addr, length).map_err(|_| NetError::PrefixTooLong {
+                    input: input.to_owned(),
+                    length: u32::from(length),
+                    max: if addr.is_ipv4() { 32 } else { 128 },
+                })?
+            }
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| NetError::NotACidr(input.to_owned()))?;
-        let max = family_bits(addr);
-        let length = match length {
-            None => max,
-            Some(length) => length
-                .parse::<u32>()
-                .map_err(|_| NetError::NotACidr(input.to_owned()))?,
-        };
-        if length > max {
-            return Err(NetError::PrefixTooLong {
-                input: input.to_owned(),
-                length,
-                max,
-            });
-        }
-        let bits = u128::from_be_bytes(match addr {
-            IpAddr::V4(v4) => Ipv6Addr::from(u128::from(u32::from(v4)) << 96).octets(),
-            IpAddr::V6(v6) => v6.octets(),
-        });
-        // The bits after the prefix (none for a whole IPv6 address: a shift by 128 is none).
-        let host_bits = bits & u128::MAX.checked_shr(length).unwrap_or(0);
-        if host_bits != 0 {
+        if net.trunc() != net {
             return Err(NetError::HostBitsSet(input.to_owned()));
         }
-        Ok(Self { addr, length })
+        Ok(Self(net))
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_address() {
-            write!(f, "{}", self.addr)
+            write!(f, "{}", self.addr())
         } else {
-            write!(f, "{}/{}", self.addr, self.length)
+            write!(f, "{}", self.0)
         }
     }
 }
@@ -378,7 +351,7 @@ impl NetMatch {
     ) -> Result<Self, NetError> {
         let addresses = match (source, destination) {
             (None, None) => Addresses::Any,
-            (Some(all), None) | (None, Some(all)) if all.length == 0 => {
+            (Some(all), None) | (None, Some(all)) if all.length() == 0 => {
                 Addresses::Family(all.family())
             }
             (Some(source), None) => Addresses::Source(source),
@@ -471,9 +444,9 @@ impl NetMatch {
                         scope,
                         addr: cidr.bytes(),
                     },
-                    SCOPE_BITS + cidr.length,
+                    SCOPE_BITS + cidr.length(),
                 ),
-                specificity(cidr.length, names_port, names_protocol, false),
+                specificity(cidr.length(), names_port, names_protocol, false),
             ),
             Addresses::Destination(cidr) => (
                 Placement::Destination(
@@ -481,9 +454,9 @@ impl NetMatch {
                         scope,
                         addr: cidr.bytes(),
                     },
-                    SCOPE_BITS + cidr.length,
+                    SCOPE_BITS + cidr.length(),
                 ),
-                specificity(cidr.length, names_port, names_protocol, true),
+                specificity(cidr.length(), names_port, names_protocol, true),
             ),
             Addresses::Pair {
                 source,
@@ -494,7 +467,7 @@ impl NetMatch {
                     source: source.bytes(),
                     destination: destination.bytes(),
                 }),
-                specificity(2 * source.length, names_port, names_protocol, true),
+                specificity(2 * source.length(), names_port, names_protocol, true),
             ),
         }
     }
