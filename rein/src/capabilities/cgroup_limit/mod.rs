@@ -340,7 +340,11 @@ impl fmt::Display for SetLimit {
         for direction in DIRECTIONS {
             if let Some(spec) = self.after.spec(direction) {
                 let limit = spec.effective();
-                write!(f, ", {direction:?} {} burst {}", limit.rate, limit.burst)?;
+                let name = match direction {
+                    Direction::Egress => "egress",
+                    Direction::Ingress => "ingress",
+                };
+                write!(f, ", {name} {} burst {}", limit.rate, limit.burst)?;
             }
         }
         Ok(())
