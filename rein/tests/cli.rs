@@ -657,10 +657,8 @@ fn a_terminated_run_kills_its_command_and_cleans_up() {
     );
 
     // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-    assert_eq!(
-        unsafe { libc::kill(run.pid() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    let sent = unsafe { libc::kill(run.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(sent, 0);
     let status = wait_timeout(&mut run.0, Duration::from_secs(5))
         .expect("rein did not exit within 5 s of SIGTERM");
     assert_eq!(
@@ -692,11 +690,9 @@ fn a_run_terminated_during_setup_cleans_up() {
         })
     });
     assert!(appeared, "no run cgroup under {}", subtree.display());
-    // SAFETY: as above.
-    assert_eq!(
-        unsafe { libc::kill(run.pid() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    let sent = unsafe { libc::kill(run.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(sent, 0);
     let status = wait_timeout(&mut run.0, Duration::from_secs(5))
         .expect("rein did not exit within 5 s of SIGTERM");
     // Whatever a dead rein left running in its cgroup is the test's own.
