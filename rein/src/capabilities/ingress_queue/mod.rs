@@ -191,8 +191,10 @@ impl Capability for IngressQueues {
                 let _ = netlink::delete_link(&name);
             }
         }
-        if queued_here {
-            datapath::attach(&cx.instance)?;
+        // Best effort: a device that refuses the program must not stop every command; the
+        // next `set` of an ingress limit reports it.
+        if queued_here && let Err(error) = datapath::attach(&cx.instance) {
+            tracing::warn!("cannot put the queue program on a new device: {error}");
         }
         Ok(())
     }

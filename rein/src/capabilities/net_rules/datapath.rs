@@ -378,8 +378,18 @@ impl NetDatapath {
 
     /// Removes every rule whose id is not in `held`, with its entries (found by walking the
     /// lookup maps: what matched is not known without the rule's record); returns how many
-    /// rules went.
+    /// rules went. The lookup maps are walked only when the rule map holds a stray rule: a
+    /// rule goes into the rule map before its entries, and out of it after them.
     pub fn remove_rules_except(&mut self, held: &HashSet<u32>) -> usize {
+        let rules: Vec<u32> = self
+            .rules
+            .keys()
+            .flatten()
+            .filter(|id| !held.contains(id))
+            .collect();
+        if rules.is_empty() {
+            return 0;
+        }
         let stray = |found: &RuleMatch| !held.contains(&found.rule);
         let sources: Vec<_> = self
             .sources
@@ -411,12 +421,6 @@ impl NetDatapath {
         for key in &pairs {
             let _ = self.pairs.remove(key);
         }
-        let rules: Vec<u32> = self
-            .rules
-            .keys()
-            .flatten()
-            .filter(|id| !held.contains(id))
-            .collect();
         for id in &rules {
             let _ = self.rules.remove(id);
             let _ = self.counters.remove(id);

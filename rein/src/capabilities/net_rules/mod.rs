@@ -394,17 +394,18 @@ fn free_sketch_cells(state: &State, needed: u32) -> Result<u32> {
     })
 }
 
-/// Detaches the programs of interfaces no rule that applies uses any more.
+/// Detaches the programs of interfaces no rule that applies uses any more: an attachment is
+/// used while a rule attached with its link (`is_live`, asked once per attachment).
 fn detach_unused(cx: &Context, state: &State) {
-    let used: HashSet<Attachment> = state
-        .net_rules
-        .net
-        .iter()
-        .filter(|r| is_live(cx, r))
-        .map(attachment)
-        .collect();
     for at in NetDatapath::attachments(&cx.instance) {
-        if !used.contains(&at) {
+        let live = at.live_link(&cx.instance);
+        let used = live.is_some()
+            && state
+                .net_rules
+                .net
+                .iter()
+                .any(|r| attachment(r) == at && Some(r.link_id) == live);
+        if !used {
             NetDatapath::detach(&cx.instance, at);
         }
     }
