@@ -4,6 +4,7 @@
 //! `set`, `unset` and `rein run` are transactions on the engine: a cgroup made or a process
 //! moved, and the plan from the state to the state with the changed record.
 use std::{
+    collections::HashSet,
     fmt, fs, thread,
     time::{Duration, Instant},
 };
@@ -469,12 +470,9 @@ impl Capability for CgroupLimits {
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
         let held = &state.cgroup_limits;
+        let wanted: HashSet<u64> = desired.cgroup_limits.iter().map(|r| r.cgroup_id).collect();
         for record in &held.rules {
-            if !desired
-                .cgroup_limits
-                .iter()
-                .any(|r| r.cgroup_id == record.cgroup_id)
-            {
+            if !wanted.contains(&record.cgroup_id) {
                 plan.push(RemoveLimit {
                     record: record.clone(),
                 });

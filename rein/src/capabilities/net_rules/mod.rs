@@ -1,7 +1,7 @@
 //! `rein net`: limits on interfaces by address, service and source, each rule all-or-nothing
 //! like the cgroup limits.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -114,31 +114,32 @@ pub struct SourceView {
 
 /// Adds a rule on an interface of the calling thread's network namespace.
 pub fn add(engine: &mut Engine, spec: NetRuleSpec) -> Result<NetRuleRecord> {
-    let mut desired = engine.desired()?;
+    let mut tx = engine.begin()?;
+    let mut desired = tx.desired();
     desired.net_rules.push(WantedNetRule { id: None, spec });
-    let plan = engine.plan(&desired)?;
-    let id = engine.state()?.net_rules.next_id();
-    engine.apply(&plan)?;
-    engine
-        .state()?
-        .net_rules
-        .find(id)
-        .cloned()
-        .ok_or(Error::NoSuchNetRule(id))
+    let plan = tx.plan(&desired)?;
+    let id = tx.state().net_rules.next_id();
+    tx.apply(&plan)?;
+    let record = tx.state().net_rules.find(id).cloned();
+    tx.commit()?;
+    record.ok_or(Error::NoSuchNetRule(id))
 }
 
 /// Deletes rule `id`; the interface's program goes with its last rule.
 pub fn delete(engine: &mut Engine, id: u32) -> Result<NetRuleRecord> {
-    let mut desired = engine.desired()?;
-    let before = desired.net_rules.len();
+    let mut tx = engine.begin()?;
+    let record = tx
+        .state()
+        .net_rules
+        .find(id)
+        .cloned()
+        .ok_or(Error::NoSuchNetRule(id))?;
+    let mut desired = tx.desired();
     desired.net_rules.retain(|rule| rule.id != Some(id));
-    if desired.net_rules.len() == before {
-        return Err(Error::NoSuchNetRule(id));
-    }
-    let record = engine.state()?.net_rules.find(id).cloned();
-    let plan = engine.plan(&desired)?;
-    engine.apply(&plan)?;
-    record.ok_or(Error::NoSuchNetRule(id))
+    let plan = tx.plan(&desired)?;
+    tx.apply(&plan)?;
+    tx.commit()?;
+    Ok(record)
 }
 
 /// Every `rein net` rule with its counters and, for per-source rules, its top sources.
@@ -420,26 +421,32 @@ impl Capability for NetRules {
     }
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
+        // By id: an instance may hold tens of thousands of rules.
         let held = &state.net_rules;
-        let mut replaced = Vec::new();
+        let by_id: HashMap<u32, &NetRuleRecord> = held.net.iter().map(|r| (r.id, r)).collect();
+        let mut wanted_by_id = HashMap::new();
         for wanted in &desired.net_rules {
             if let Some(id) = wanted.id {
-                let record = held.find(id).ok_or(Error::NoSuchNetRule(id))?;
-                if record.spec != wanted.spec {
-                    replaced.push((id, wanted.spec.clone()));
-                }
+                let record = by_id.get(&id).ok_or(Error::NoSuchNetRule(id))?;
+                wanted_by_id.insert(id, (record.spec != wanted.spec).then_some(&wanted.spec));
             }
         }
         for record in &held.net {
-            let kept = desired.net_rules.iter().any(|w| w.id == Some(record.id));
-            if !kept || replaced.iter().any(|(id, _)| *id == record.id) {
+            // Gone from the desired state, or changed: a changed rule is removed and added
+            // again under its id.
+            if !matches!(wanted_by_id.get(&record.id), Some(None)) {
                 plan.push(RemoveRule {
                     record: record.clone(),
                 });
             }
         }
-        for (id, spec) in replaced {
-            plan.push(AddRule { id, spec });
+        for record in &held.net {
+            if let Some(Some(spec)) = wanted_by_id.get(&record.id) {
+                plan.push(AddRule {
+                    id: record.id,
+                    spec: (*spec).clone(),
+                });
+            }
         }
         let added = desired.net_rules.iter().filter(|w| w.id.is_none());
         for (id, wanted) in (held.next_id()..).zip(added) {
