@@ -24,12 +24,12 @@ use rein::{
     clock::MonotonicClock,
     datapath,
     limit::Limit,
-    model::{TokenBucketModel, Xorshift},
 };
 use rein_common::{
     Action, COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, INGRESS_PROGRAM, RULE_COUNTS_MAP,
     RULES_MAP, Rule, RuleKey,
 };
+use rein_testkit::model::{TokenBucketModel, Xorshift};
 
 /// The cgroups the test process runs in, and where it came from.
 struct TestCgroups {

@@ -16,10 +16,10 @@ use std::net::{IpAddr, Ipv6Addr};
 use anyhow::{Context, Result, bail};
 use rein::{
     clock::{Clock, MonotonicClock},
-    model::{CountMinModel, Xorshift},
     net::{Cidr, NetHook, NetLimit, NetMatch, Per, SketchSize, Sources},
 };
 use rein_common::net::NET_XDP_PROGRAM;
+use rein_testkit::model::{CountMinModel, Xorshift};
 use serde::Serialize;
 
 use crate::{
