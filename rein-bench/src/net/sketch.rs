@@ -19,14 +19,14 @@ use rein::{
     net::{Cidr, NetHook, NetLimit, NetMatch, Per, SketchSize, Sources},
 };
 use rein_common::net::NET_XDP_PROGRAM;
-use rein_testkit::model::{CountMinModel, Xorshift};
-use serde::Serialize;
-
-use crate::{
-    net::{frame, object::Object},
-    proc::check_interrupted,
+use rein_testkit::{
+    model::{CountMinModel, Xorshift},
+    process::check_interrupted,
     stats,
 };
+use serde::Serialize;
+
+use crate::net::{frame, object::Object};
 
 /// The rule id of the model and of the kernel rules (it seeds the sketch's hashes).
 const RULE: u32 = 7;
