@@ -126,12 +126,6 @@ impl Netns {
             .collect()
     }
 
-    /// `ip -d link show dev DEV` in the namespace (an attached XDP program shows as
-    /// `prog/xdp ...`).
-    pub fn link_details(&self, dev: &str) -> Result<String> {
-        ip(&["-n", &self.name, "-d", "link", "show", "dev", dev])
-    }
-
     /// Waits until `dev` is operationally up (for a veth: both ends up) and has no tentative
     /// IPv6 address left.
     pub fn wait_usable(&self, dev: &str) -> Result<()> {

@@ -110,11 +110,6 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// A signal's exit code as a shell reports it (128 + the signal).
-pub fn shell_code(status: &ExitStatus) -> Option<i32> {
-    status.code().or_else(|| status.signal().map(|s| 128 + s))
-}
-
 /// The end of stderr, or of stdout when stderr is empty, on one line.
 fn last_lines(stderr: &str, stdout: &str) -> String {
     let text = if stderr.trim().is_empty() {
