@@ -27,6 +27,21 @@ use crate::{
 /// iperf3's own port.
 pub const PORT: u16 = 5201;
 
+/// The share of the IP bytes a limit counts that iperf3 counts as goodput on a 1500-byte MTU.
+/// iperf3 3.12 sizes UDP datagrams to its control connection's MSS: 1460 bytes of payload in
+/// 1488 over IPv4 (+ 8 UDP + 20 IP), 1440 in 1488 over IPv6 (+ 8 + 40); TCP segments carry 1448
+/// in 1500 (with timestamps; less over IPv6, so this share bounds both).
+pub const UDP_PAYLOAD_SHARE: f64 = 1460.0 / 1488.0;
+pub const UDP6_PAYLOAD_SHARE: f64 = 1440.0 / 1488.0;
+pub const TCP_PAYLOAD_SHARE: f64 = 1448.0 / 1500.0;
+
+/// The most goodput (bits/s) iperf3 can measure over `seconds` through a token bucket of
+/// `rate_bps` IP bits/s that held `burst_bytes` when the run began: the rate plus the burst spread
+/// over the run, of which iperf3 sees `payload_share`.
+pub fn goodput_bound(rate_bps: f64, burst_bytes: f64, seconds: f64, payload_share: f64) -> f64 {
+    (rate_bps + burst_bytes * 8.0 / seconds) * payload_share
+}
+
 /// Intervals shorter than this (the last, partial one) are not used for the largest 1-s rate.
 const FULL_INTERVAL: f64 = 0.9;
 
@@ -487,6 +502,15 @@ mod tests {
         assert_eq!(m.total_bytes, 3.6e6);
         assert!(m.intervals.is_empty());
         assert_eq!((m.received_bytes, m.measured_seconds), (Some(3.6e6), None));
+    }
+
+    #[test]
+    fn bounds() {
+        // The README's 20 Mbit/s UDP: 19.78 Mbit/s over 3 s with a 64 KiB burst is within it.
+        let udp = goodput_bound(20e6, 65536.0, 3.0, UDP_PAYLOAD_SHARE);
+        assert!((19.78e6..19.81e6).contains(&udp), "{udp}");
+        let tcp = goodput_bound(20e6, 0.0, 3.0, TCP_PAYLOAD_SHARE);
+        assert!((tcp / 20e6 - 0.9653).abs() < 1e-4, "{tcp}");
     }
 
     #[test]
