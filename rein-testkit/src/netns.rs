@@ -382,6 +382,28 @@ mod tests {
         );
     }
 
+    /// Needs root, as every user of this module: a pair answers pings over IPv4 and IPv6, and
+    /// leaves no namespace behind.
+    #[test]
+    fn a_pair_talks_and_leaves_nothing() {
+        let pair = HostPair::create("rtk").unwrap();
+        let names = [
+            pair.client().name().to_owned(),
+            pair.server().name().to_owned(),
+        ];
+        for addr in [&pair.link.server_addr, &pair.link.server_addr6] {
+            let argv = crate::ping::args(addr, 1);
+            let out = Cmd::new(pair.client().exec(&argv), QUICK).run().unwrap();
+            let pings = crate::ping::Pings::parse(&out.stdout);
+            assert_eq!(pings.rtts_ms.len(), 5, "{}", out.stdout);
+        }
+        drop(pair);
+        let left = ip(&["netns", "list"]).unwrap();
+        for name in names {
+            assert!(!left.contains(&name), "{name} is left: {left}");
+        }
+    }
+
     #[test]
     fn addresses_stay_in_the_benchmarking_ranges() {
         for slot in [0, 255, 256, SUBNET_SLOTS - 1] {
