@@ -34,7 +34,7 @@ use crate::{
 /// How long one rein command may take (a `run` gets its own deadline).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The environment variables rein reads; every command starts without the caller's values.
+/// The environment variables rein reads; a test's commands start without the caller's values.
 const REIN_ENV: [&str; 6] = [
     "REIN_INSTANCE",
     "REIN_BPFFS",
