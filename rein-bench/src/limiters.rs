@@ -8,14 +8,14 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
-use rein_bench::rein_instance::ReinInstance;
+use rein_testkit::{
+    netns::{self, Hosts},
+    process::Cmd,
+    rein_instance::ReinInstance,
+};
 use serde_json::{Value, json};
 
-use crate::{
-    cli::{Direction, Limiter, Rate},
-    netns::{self, Hosts},
-    proc::Cmd,
-};
+use crate::cli::{Direction, Limiter, Rate};
 
 /// The reference CNI plugins, from Debian's containernetworking-plugins.
 pub const CNI_PATH: &str = "/usr/lib/cni";
@@ -31,8 +31,12 @@ pub type Rein = ReinInstance;
 
 /// The instance of this bench, whose pid is `pid`; `binary` was checked to exist by the
 /// preflight.
-pub fn rein_instance(binary: &Path, pid: u32) -> Rein {
-    ReinInstance::new(binary, format!("rein-bench-{pid}"), "rein-bench")
+pub fn rein_instance(binary: &Path, pid: u32) -> Result<Rein> {
+    Ok(ReinInstance::new(
+        binary,
+        format!("rein-bench-{pid}"),
+        "rein-bench",
+    )?)
 }
 
 /// A limit in place for one run: how to start the client under it, and where the server is.
@@ -69,7 +73,7 @@ pub fn apply(
     match limiter {
         Limiter::Rein => {
             let rein = rein.context("rein is not set up")?;
-            let link = netns::connect(hosts, pid)?;
+            let link = hosts.connect()?;
             let flag = match direction {
                 Direction::Egress => "--egress",
                 Direction::Ingress => "--ingress",
@@ -79,8 +83,8 @@ pub fn apply(
             // (`nsenter`, not `ip netns exec`, which would hide /sys/fs/bpf).
             let wrapper = vec![
                 "nsenter".to_owned(),
-                format!("--net=/run/netns/{}", hosts.client.name()),
-                rein.binary.to_string_lossy().into_owned(),
+                format!("--net={}", hosts.client.path()),
+                rein.binary().to_string_lossy().into_owned(),
                 "run".to_owned(),
                 flag.to_owned(),
                 rate.tc(),
@@ -95,12 +99,12 @@ pub fn apply(
             })
         }
         Limiter::Tbf => {
-            let link = netns::connect(hosts, pid)?;
+            let link = hosts.connect()?;
             // Egress (upload) leaves through the client's veth; ingress (download) reaches the
             // client through the server's.
             let (ns, dev) = match direction {
-                Direction::Egress => (hosts.client.name(), link.client_dev),
-                Direction::Ingress => (hosts.server.name(), link.server_dev),
+                Direction::Egress => (hosts.client.name(), link.client_if),
+                Direction::Ingress => (hosts.server.name(), link.server_if),
             };
             let qdisc = Qdisc::tbf(ns, &dev, rate)?;
             Ok(Limited {

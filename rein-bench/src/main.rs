@@ -10,7 +10,6 @@ mod cli;
 mod cpu;
 mod iperf;
 mod limiters;
-mod ping;
 mod plot;
 mod report;
 mod run;
@@ -24,17 +23,17 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use rein_bench::{netns, proc, stats};
+use rein_bench::stop;
+use rein_testkit::process;
 
 use crate::{
     cli::{Args, Config, Limiter},
-    proc::Interrupted,
     report::{Document, Row},
     run::Bench,
 };
 
 fn main() -> ExitCode {
-    proc::exit("rein-bench", bench())
+    stop::exit("rein-bench", bench())
 }
 
 fn bench() -> Result<ExitCode> {
@@ -43,7 +42,7 @@ fn bench() -> Result<ExitCode> {
     plot::load_font(&config.font)?;
     std::fs::create_dir_all(&config.out)
         .with_context(|| format!("creating {}", config.out.display()))?;
-    proc::install_signal_handlers()?;
+    process::install_signal_handlers()?;
 
     let started = Instant::now();
     let total = config.scenarios.len() * config.limiters.len();
@@ -81,7 +80,7 @@ fn bench() -> Result<ExitCode> {
                         );
                         rows.push(row);
                     }
-                    Err(e) if proc::interrupted() || e.is::<Interrupted>() => {
+                    Err(e) if stop::is_interruption(&e) => {
                         eprintln!("interrupted");
                         interrupted = true;
                         break 'all;

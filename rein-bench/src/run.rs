@@ -21,6 +21,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use rein_testkit::{
+    iperf::Server,
+    netns::Hosts,
+    ping::{self, Pings},
+    process::{self, Cmd, Output, Running},
+};
 
 use crate::{
     cli::{self, Config, Limiter, Mix, Proto, Scenario},
@@ -28,9 +34,6 @@ use crate::{
     iperf::{self, Measured},
     limiters,
     limiters::{Limited, Rein},
-    netns::Hosts,
-    ping::{self, Pings},
-    proc::{self, Cmd, Output, Running},
     report::Row,
     traffic::Traffic,
 };
@@ -90,7 +93,7 @@ pub struct Bench<'a> {
 /// in order, the reverse of creation: servers, limit, namespaces.
 #[derive(Debug)]
 struct Stack {
-    _servers: Vec<Running>,
+    _servers: Vec<Server>,
     limited: Limited,
     hosts: Hosts,
 }
@@ -115,7 +118,8 @@ impl<'a> Bench<'a> {
         let rein = config
             .limiters
             .contains(&Limiter::Rein)
-            .then(|| limiters::rein_instance(&config.rein, pid));
+            .then(|| limiters::rein_instance(&config.rein, pid))
+            .transpose()?;
         Ok(Self {
             config,
             pid,
@@ -153,7 +157,7 @@ impl<'a> Bench<'a> {
         ports: &[u16],
         timeout: Duration,
     ) -> Result<Stack> {
-        let hosts = Hosts::create(self.pid, id)?;
+        let hosts = Hosts::create(&format!("rein-bench-{id}"))?;
         let limited = limiters::apply(
             limiter,
             self.rein.as_ref(),
@@ -399,14 +403,7 @@ fn create_dir(dir: &Path) -> Result<()> {
 
 /// iperf3's JSON on a client's stdout; when there is none, the error says how the client ended.
 fn parse_client(output: &Output, scenario: &Scenario) -> Result<Measured> {
-    match iperf::parse(&output.stdout, scenario) {
-        Ok(m) => Ok(m),
-        Err(e) if !output.status.success() => {
-            let stderr = output.stderr.trim();
-            bail!("{e:#}; the client exited with {}: {stderr}", output.status)
-        }
-        Err(e) => Err(e),
-    }
+    iperf::parse_output(output, scenario)
 }
 
 /// Waits until a side-by-side client's script has touched `ready`, that is runs under its limit
@@ -418,7 +415,7 @@ fn wait_ready(mut client: Running, ready: &Path) -> Result<Running> {
         if ready.exists() {
             return Ok(client);
         }
-        proc::check_interrupted()?;
+        process::check_interrupted()?;
         if client.finished()? {
             client.wait()?.check("the client")?;
             bail!("the client ended before it was ready");

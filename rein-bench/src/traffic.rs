@@ -2,10 +2,9 @@
 //! a side-by-side pair (two clients, each under its own limit) or of a start/stop run (flows A
 //! and B under one limit).
 
-use crate::{
-    iperf::{Interval, Measured, max_full_rate},
-    stats,
-};
+use rein_testkit::stats;
+
+use crate::iperf::{Interval, Measured, max_full_rate};
 
 /// The traffic numbers of one row. The limit is the scenario's rate: per client for a pair, for
 /// the one limited context otherwise.

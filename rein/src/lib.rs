@@ -19,10 +19,8 @@ pub mod engine;
 pub mod error;
 pub mod instance;
 pub mod limit;
-pub mod model;
 pub mod platform;
 pub mod run;
-pub mod sharing;
 pub mod store;
 pub mod units;
 

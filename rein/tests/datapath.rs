@@ -23,7 +23,6 @@ use rein::{
     capabilities::cgroup_limit,
     clock::MonotonicClock,
     limit::Limit,
-    model::{TokenBucketModel, Xorshift},
     platform::{
         bpf,
         cgroupfs::{Cgroup, CgroupFs},
@@ -33,6 +32,7 @@ use rein_common::{
     Action, COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, INGRESS_PROGRAM, RULE_COUNTS_MAP,
     RULES_MAP, Rule, RuleKey,
 };
+use rein_testkit::model::{TokenBucketModel, Xorshift};
 
 /// The cgroups the test process runs in, and where it came from.
 struct TestCgroups {

@@ -2,11 +2,6 @@
 //! all-or-nothing across capabilities. Needs root, a bpffs at /sys/fs/bpf and cgroup v2.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/netns.rs"]
-mod netns;
-#[path = "support/rein_cli.rs"]
-mod rein_cli;
-
 use rein::{
     Engine, Error,
     capabilities::{
@@ -18,7 +13,7 @@ use rein::{
     },
     platform::cgroupfs::CgroupFs,
 };
-use rein_cli::ReinInstance;
+use rein_testkit::rein_instance::ReinInstance;
 
 fn limit(cgroup: &std::path::Path, rate: &str) -> RuleRecord {
     let cgroup = CgroupFs::discover().unwrap().resolve(cgroup).unwrap();
@@ -36,7 +31,7 @@ fn limit(cgroup: &std::path::Path, rate: &str) -> RuleRecord {
 
 #[test]
 fn a_desired_state_is_planned_applied_and_then_holds() {
-    let rein = ReinInstance::new(&netns::unique_suffix());
+    let rein = ReinInstance::for_test(env!("CARGO_BIN_EXE_rein"));
     let app = rein.cgroup("app");
     let mut engine = Engine::open(rein.library_instance()).unwrap();
 
@@ -81,7 +76,7 @@ fn a_desired_state_is_planned_applied_and_then_holds() {
 /// in the state, and no net program or map is left.
 #[test]
 fn a_plan_that_fails_midway_changes_nothing() {
-    let rein = ReinInstance::new(&netns::unique_suffix());
+    let rein = ReinInstance::for_test(env!("CARGO_BIN_EXE_rein"));
     let app = rein.cgroup("app");
     let mut engine = Engine::open(rein.library_instance()).unwrap();
     let mut desired = engine.desired().unwrap();

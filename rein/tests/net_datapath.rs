@@ -16,12 +16,15 @@ use rein::{
         datapath::NetDatapath,
         spec::{Cidr, NetHook, NetLimit, NetMatch, Per, Protocol, SketchSize, Sources},
     },
-    model::{CountMinModel, FixedWindowModel, SlidingWindowModel, TokenBucketModel, Xorshift},
     platform::bpf,
 };
 use rein_common::{
     Counters, Direction,
     net::{NET_TC_EGRESS_PROGRAM, NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM},
+};
+use rein_testkit::{
+    FakeClock,
+    model::{CountMinModel, FixedWindowModel, SlidingWindowModel, TokenBucketModel, Xorshift},
 };
 
 /// BPF_PROG_TEST_RUN runs tc programs on the loopback device.
@@ -688,7 +691,7 @@ fn a_token_bucket_decides_as_its_model() {
         )
         .unwrap(),
     );
-    let clock = rein::clock::FakeClock::new(monotonic_ns());
+    let clock = FakeClock::new(monotonic_ns());
     let mut model = TokenBucketModel::new(limit, &clock);
     let mut random = Xorshift(0x00b0_c4e7);
     let (mut compared, mut passed_bytes) = (0, 0u64);
@@ -704,9 +707,9 @@ fn a_token_bucket_decides_as_its_model() {
             passed,
             before,
             after,
-            |m, now| m.offer(bytes as u64, &rein::clock::FakeClock::new(now)),
+            |m, now| m.offer(bytes as u64, &FakeClock::new(now)),
             |m, now| {
-                m.offer(0, &rein::clock::FakeClock::new(now));
+                m.offer(0, &FakeClock::new(now));
             },
         );
         if let Some(expected) = expected {

@@ -22,11 +22,12 @@ use rein_bench::{
         report::{self, Document, SectionTime, Settings},
         sketch, testrun,
     },
-    proc::{self, Interrupted},
+    stop,
 };
+use rein_testkit::process;
 
 fn main() -> ExitCode {
-    proc::exit("rein-bench-net", bench())
+    stop::exit("rein-bench-net", bench())
 }
 
 fn bench() -> Result<ExitCode> {
@@ -35,7 +36,7 @@ fn bench() -> Result<ExitCode> {
     font::load_font(&config.font)?;
     std::fs::create_dir_all(&config.out)
         .with_context(|| format!("creating {}", config.out.display()))?;
-    proc::install_signal_handlers()?;
+    process::install_signal_handlers()?;
 
     let started = Instant::now();
     let sections: Vec<String> = config.sections.iter().map(ToString::to_string).collect();
@@ -107,7 +108,7 @@ fn run_sections(config: &Config, doc: &mut Document) -> bool {
         });
         match result {
             Ok(()) => false,
-            Err(e) if proc::interrupted() || e.is::<Interrupted>() => {
+            Err(e) if stop::is_interruption(&e) => {
                 eprintln!("rein-bench-net: interrupted");
                 true
             }
@@ -134,11 +135,15 @@ fn run_sections(config: &Config, doc: &mut Document) -> bool {
     }
     if config.runs(Section::Cli) || config.runs(Section::Flood) {
         // Purged when dropped, after the two sections that use it.
-        let rein = Rein::new(&config.rein, config.flood.pid);
+        let rein = match Rein::new(&config.rein, config.flood.pid) {
+            Ok(rein) => rein,
+            // Both sections need it: they fail as one.
+            Err(e) => return outcome("cli and flood", Instant::now(), Err(e), doc),
+        };
         eprintln!("rein-bench-net: rein instance {}", rein.instance());
         if config.runs(Section::Cli) {
             let t = Instant::now();
-            let result = cli::run(&rein, config.flood.pid, config.cli_reps, &mut doc.cli);
+            let result = cli::run(&rein, config.cli_reps, &mut doc.cli);
             if outcome("cli", t, result, doc) {
                 return true;
             }

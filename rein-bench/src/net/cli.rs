@@ -5,14 +5,10 @@
 use std::time::Instant;
 
 use anyhow::Result;
+use rein_testkit::{netns::HostPair, process::check_interrupted, stats};
 use serde::Serialize;
 
-use crate::{
-    net::rein::Rein,
-    netns::{self, Hosts},
-    proc::check_interrupted,
-    stats,
-};
+use crate::net::rein::Rein;
 
 /// Which call was timed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -56,10 +52,9 @@ pub struct CliTiming {
     pub max_ms: f64,
 }
 
-pub fn run(rein: &Rein, pid: u32, reps: u32, timings: &mut Vec<CliTiming>) -> Result<()> {
-    let hosts = Hosts::create(pid, "cli")?;
-    let link = netns::connect(&hosts, pid)?;
-    let ns = &hosts.server;
+pub fn run(rein: &Rein, reps: u32, timings: &mut Vec<CliTiming>) -> Result<()> {
+    let pair = HostPair::create("rein-bench-net")?;
+    let (ns, link) = (pair.server(), &pair.link);
     for (hook, xdp) in [("tc-ingress", false), ("xdp", true)] {
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Action::ALL.len()];
         for _ in 0..reps {
@@ -67,11 +62,11 @@ pub fn run(rein: &Rein, pid: u32, reps: u32, timings: &mut Vec<CliTiming>) -> Re
             let add = |proto: &str| -> Result<(u32, f64)> {
                 let mut args = vec![
                     "--dev",
-                    &link.server_dev,
+                    &link.server_if,
                     "--dir",
                     "ingress",
                     "--dst",
-                    "198.18.0.2",
+                    &link.server_addr,
                     "--proto",
                     proto,
                     "--pps",

@@ -1,5 +1,5 @@
 //! A UDP flood of small packets (iperf3 -u -l 64, offered at twice the limit) from a client
-//! namespace to a server namespace over a veth pair (198.18.0.1 -> 198.18.0.2), against a
+//! namespace to a server namespace over a veth pair (a /30 of 198.18.0.0/15), against a
 //! packet-rate limit on the server's ingress:
 //! - rein at XDP and at tc ingress (`rein net add --pps N --burst N/100`, UDP to the server);
 //! - tc police with a packet rate (`pkts_rate`/`pkts_burst`) on a u32 filter for UDP at clsact
@@ -18,16 +18,18 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use rein_testkit::{
+    iperf::{self, ClientOptions, PORT, Server},
+    netns::{self, HostPair, Netns},
+    process::{self, Cmd},
+};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
     net::rein::{Rein, Rule},
-    netns::{self, Hosts, Link, Netns},
-    proc::{self, Cmd},
+    stop,
 };
-
-const PORT: u16 = 5201;
 /// UDP payload of the flood's packets, and their frames' length on the veth.
 pub const PAYLOAD: u64 = 64;
 const FRAME_BYTES: u64 = PAYLOAD + 8 + 20 + 14;
@@ -142,23 +144,21 @@ impl std::fmt::Display for Unsupported {
 impl std::error::Error for Unsupported {}
 
 pub fn run(config: &Config, rein: &Rein, rows: &mut Vec<FloodRow>) -> Result<()> {
-    let mut n = 0;
     for &limit in &config.limits {
         for limiter in Limiter::ALL {
-            proc::check_interrupted()?;
-            n += 1;
+            process::check_interrupted()?;
             eprint!(
                 "rein-bench-net: flood {limit} pps, {:<30} ",
                 limiter.label()
             );
             let mut row = FloodRow::new(limiter, limit, config.seconds);
-            match measure(config, rein, limiter, limit, n, &mut row) {
+            match measure(config, rein, limiter, limit, &mut row) {
                 Ok(()) => eprintln!(
                     "delivered/limit {}",
                     row.delivered_ratio
                         .map_or_else(|| "-".to_owned(), |r| format!("{r:.3}"))
                 ),
-                Err(e) if proc::interrupted() || e.is::<proc::Interrupted>() => {
+                Err(e) if stop::is_interruption(&e) => {
                     eprintln!("interrupted");
                     return Err(e);
                 }
@@ -258,11 +258,11 @@ fn find_police(v: &Value) -> Option<&Value> {
 fn apply<'a>(
     limiter: Limiter,
     rein: &'a Rein,
-    hosts: &'a Hosts,
-    link: &Link,
+    pair: &'a HostPair,
     limit: u64,
     pid: u32,
 ) -> Result<Applied<'a>> {
+    let link = &pair.link;
     let burst = (limit / 100).max(1);
     let (limit_s, burst_s) = (limit.to_string(), burst.to_string());
     // tbf: bytes of the flood's frames.
@@ -281,7 +281,7 @@ fn apply<'a>(
             dev: dev.to_owned(),
         })
     };
-    let server = &hosts.server;
+    let server = pair.server();
     let udp_to_server = [
         "protocol", "ip", "u32", "match", "ip", "protocol", "17", "0xff",
     ];
@@ -289,7 +289,7 @@ fn apply<'a>(
         Limiter::ReinXdp | Limiter::ReinTc => {
             let mut args = vec![
                 "--dev",
-                &link.server_dev,
+                &link.server_if,
                 "--dir",
                 "ingress",
                 "--dst",
@@ -312,8 +312,8 @@ fn apply<'a>(
             }))
         }
         Limiter::TcPolice => {
-            tc(server, &["qdisc", "add", "dev", &link.server_dev, "clsact"])?;
-            let mut args = vec!["filter", "add", "dev", &link.server_dev, "ingress"];
+            tc(server, &["qdisc", "add", "dev", &link.server_if, "clsact"])?;
+            let mut args = vec!["filter", "add", "dev", &link.server_if, "ingress"];
             args.extend_from_slice(&udp_to_server);
             args.extend_from_slice(&[
                 "action",
@@ -333,7 +333,7 @@ fn apply<'a>(
             })?;
             Ok(Applied::Police {
                 ns: server,
-                dev: link.server_dev.clone(),
+                dev: link.server_if.clone(),
             })
         }
         Limiter::IfbTbf => {
@@ -342,14 +342,14 @@ fn apply<'a>(
             netns::ip(&["-n", server.name(), "link", "add", &ifb, "type", "ifb"])?;
             netns::ip(&["-n", server.name(), "link", "set", &ifb, "up"])?;
             let applied = tbf(server, &ifb)?;
-            tc(server, &["qdisc", "add", "dev", &link.server_dev, "clsact"])?;
-            let mut args = vec!["filter", "add", "dev", &link.server_dev, "ingress"];
+            tc(server, &["qdisc", "add", "dev", &link.server_if, "clsact"])?;
+            let mut args = vec!["filter", "add", "dev", &link.server_if, "ingress"];
             args.extend_from_slice(&udp_to_server);
             args.extend_from_slice(&["action", "mirred", "egress", "redirect", "dev", &ifb]);
             tc(server, &args)?;
             Ok(applied)
         }
-        Limiter::TbfEgress => tbf(&hosts.client, &link.client_dev),
+        Limiter::TbfEgress => tbf(pair.client(), &link.client_if),
     }
 }
 
@@ -369,48 +369,24 @@ fn measure(
     rein: &Rein,
     limiter: Limiter,
     limit: u64,
-    n: u32,
     row: &mut FloodRow,
 ) -> Result<()> {
-    let hosts = Hosts::create(config.pid, &format!("flood{n}"))?;
-    let link = netns::connect(&hosts, config.pid)?;
-    let applied = apply(limiter, rein, &hosts, &link, limit, config.pid)?;
+    let pair = HostPair::create("rein-bench-net")?;
+    let applied = apply(limiter, rein, &pair, limit, config.pid)?;
     let deadline = Duration::from_secs(u64::from(config.seconds + OMIT) + 20);
-    let port = PORT.to_string();
-    let server_argv = hosts.server.exec(&[
-        "iperf3",
-        "-s",
-        "-1",
-        "-J",
-        "-B",
-        &link.server_addr,
-        "-p",
-        &port,
-    ]);
-    let _server = Cmd::new(server_argv, deadline).spawn()?;
-    hosts.server.wait_listening(PORT)?;
-    let bits = (Config::offered(limit) * PAYLOAD * 8).to_string();
-    let (seconds, omit) = (config.seconds.to_string(), OMIT.to_string());
-    let client_argv = hosts.client.exec(&[
-        "iperf3",
-        "-c",
-        &link.server_addr,
-        "-p",
-        &port,
-        "-u",
-        "-l",
-        &PAYLOAD.to_string(),
-        "-b",
-        &bits,
-        "-t",
-        &seconds,
-        "-O",
-        &omit,
-        "--connect-timeout",
-        "3000",
-        "-J",
-        "--get-server-output",
-    ]);
+    let server_addr = &pair.link.server_addr;
+    let _server = Server::one_off(pair.server(), server_addr, PORT, deadline)?;
+    let options = ClientOptions {
+        seconds: config.seconds,
+        omit: OMIT,
+        udp_bitrate: Some((Config::offered(limit) * PAYLOAD * 8).to_string()),
+        length: Some(PAYLOAD as u32),
+        server_output: true,
+        ..ClientOptions::default()
+    };
+    let client_argv = pair
+        .client()
+        .exec(&iperf::client_argv(server_addr, PORT, &options));
     let out = Cmd::new(client_argv, deadline).run()?;
     let report: Value = serde_json::from_str(&out.stdout).context("parsing iperf3's JSON")?;
     let offered = packet_rate(report.get("intervals")).context("the client's intervals")?;

@@ -5,9 +5,8 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
+use rein_testkit::{netns::Netns, process::Cmd, rein_instance::ReinInstance};
 use serde_json::Value;
-
-use crate::{netns::Netns, proc::Cmd, rein_instance::ReinInstance};
 
 /// Deadline of one rein command.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -18,27 +17,20 @@ pub struct Rein {
 }
 
 impl Rein {
-    pub fn new(binary: &Path, pid: u32) -> Self {
-        Self {
-            instance: ReinInstance::new(binary, format!("bench-net-{pid}"), "rein-bench-net"),
-        }
+    pub fn new(binary: &Path, pid: u32) -> Result<Self> {
+        let name = format!("bench-net-{pid}");
+        Ok(Self {
+            instance: ReinInstance::new(binary, name, "rein-bench-net")?,
+        })
     }
 
     pub fn instance(&self) -> &str {
-        &self.instance.name
+        self.instance.name()
     }
 
     /// `rein ARGS...` inside `ns`.
     fn cmd(&self, ns: &Netns, args: &[&str]) -> Cmd {
-        let argv = [
-            "nsenter".to_owned(),
-            format!("--net={}", ns.path()),
-            self.instance.binary.to_string_lossy().into_owned(),
-        ]
-        .into_iter()
-        .chain(args.iter().map(|a| (*a).to_owned()));
-        let (key, value) = self.instance.env();
-        Cmd::new(argv, TIMEOUT).env(key, value)
+        self.instance.command_in_ns(ns).args(args).timeout(TIMEOUT)
     }
 
     /// `rein net add ARGS...` inside `ns`; the new rule's id.

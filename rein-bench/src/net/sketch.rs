@@ -17,16 +17,16 @@ use anyhow::{Context, Result, bail};
 use rein::{
     capabilities::net_rules::spec::{Cidr, NetHook, NetLimit, NetMatch, Per, SketchSize, Sources},
     clock::{Clock, MonotonicClock},
-    model::{CountMinModel, Xorshift},
 };
 use rein_common::net::NET_XDP_PROGRAM;
-use serde::Serialize;
-
-use crate::{
-    net::{frame, object::Object},
-    proc::check_interrupted,
+use rein_testkit::{
+    model::{CountMinModel, Xorshift},
+    process::check_interrupted,
     stats,
 };
+use serde::Serialize;
+
+use crate::net::{frame, object::Object};
 
 /// The rule id of the model and of the kernel rules (it seeds the sketch's hashes).
 const RULE: u32 = 7;

@@ -30,16 +30,13 @@ use rein_common::net::{
     NET_PASS_TC_PROGRAM, NET_PASS_XDP_PROGRAM, NET_SKETCH_MAP, NET_TC_EGRESS_PROGRAM,
     NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM, NetRule,
 };
+use rein_testkit::{process::check_interrupted, stats};
 use serde::Serialize;
 
-use crate::{
-    net::{
-        frame,
-        memory::{self, kernel_bytes},
-        object::{Object, RULE_MAPS},
-    },
-    proc::check_interrupted,
-    stats,
+use crate::net::{
+    frame,
+    memory::{self, kernel_bytes},
+    object::{Object, RULE_MAPS},
 };
 
 /// The interface `BPF_PROG_TEST_RUN` runs tc programs on (loopback), and the one XDP test runs

@@ -1,9 +1,9 @@
 //! Child processes that always end: every one runs in its own process group, with a deadline, and
-//! is killed (the whole group: SIGTERM, then SIGKILL) when the deadline passes, when the bench is
-//! interrupted (SIGINT, SIGTERM, SIGHUP) or when its handle is dropped.
-
+//! is killed (the whole group: SIGTERM, then SIGKILL) when the deadline passes, when a benchmark
+//! is interrupted (SIGINT, SIGTERM, SIGHUP) or when its handle is dropped.
 use std::{
-    fmt,
+    ffi::{OsStr, OsString},
+    fmt, fs,
     io::{Read, Write},
     os::unix::process::{CommandExt, ExitStatusExt},
     process::{Child, Command, ExitStatus, Stdio},
@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Error, Result, bail};
 
 /// Set by the signal handlers; every wait loop checks it.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -29,25 +29,12 @@ const DRAIN: Duration = Duration::from_secs(2);
 
 const POLL: Duration = Duration::from_millis(20);
 
-/// The error a wait returns when the bench was interrupted: the caller stops everything and
-/// unwinds, so that the guards clean up.
-#[derive(Debug)]
-pub struct Interrupted;
-
-impl fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("interrupted")
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-/// Makes SIGINT, SIGTERM and SIGHUP set the stop flag instead of killing the bench, so that it can
-/// stop its children and remove what it made.
+/// Makes SIGINT, SIGTERM and SIGHUP set the stop flag instead of killing the process, so that it
+/// can stop its children and remove what it made.
 pub fn install_signal_handlers() -> Result<()> {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         signal_hook::flag::register(signal, &STOP)
-            .with_context(|| format!("installing a handler for signal {signal}"))?;
+            .map_err(|e| Error::failed(format!("installing a handler for signal {signal}: {e}")))?;
     }
     Ok(())
 }
@@ -56,33 +43,33 @@ pub fn interrupted() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// A benchmark binary's exit: its own code, or its error on one line and 130 when a stop
-/// signal ended it (as a shell reports SIGINT), 1 otherwise.
-pub fn exit(program: &str, result: Result<std::process::ExitCode>) -> std::process::ExitCode {
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("{program}: {e:#}");
-            if interrupted() {
-                std::process::ExitCode::from(130)
-            } else {
-                std::process::ExitCode::FAILURE
-            }
-        }
-    }
-}
-
-/// Fails with [`Interrupted`] once a stop signal has arrived.
+/// Fails with [`Error::Interrupted`] once a stop signal has arrived.
 pub fn check_interrupted() -> Result<()> {
     if interrupted() {
-        return Err(Interrupted.into());
+        return Err(Error::Interrupted);
     }
     Ok(())
+}
+
+/// Polls `condition` every 5 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// What a finished child left.
 #[derive(Debug)]
 pub struct Output {
+    /// The command line, for messages.
+    pub command: String,
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
@@ -98,6 +85,19 @@ impl Output {
             "{what} failed ({}): {}",
             describe(self.status),
             last_lines(&self.stderr, &self.stdout)
+        )
+    }
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}`\n  exit: {}\n  stdout: {}\n  stderr: {}",
+            self.command,
+            self.status,
+            self.stdout.trim(),
+            self.stderr.trim()
         )
     }
 }
@@ -129,8 +129,9 @@ fn last_lines(stderr: &str, stdout: &str) -> String {
 /// A command line with its environment, stdin and deadline.
 #[derive(Debug, Clone)]
 pub struct Cmd {
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
+    argv: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    env_removed: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
     /// Cleanup commands must run after an interruption too: they ignore the stop flag (but still
@@ -142,29 +143,59 @@ impl Cmd {
     pub fn new<I, S>(argv: I, timeout: Duration) -> Self
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: AsRef<OsStr>,
     {
         Self {
-            argv: argv.into_iter().map(Into::into).collect(),
+            argv: argv.into_iter().map(|a| a.as_ref().to_owned()).collect(),
             env: Vec::new(),
+            env_removed: Vec::new(),
             stdin: None,
             timeout,
             cleanup: false,
         }
     }
 
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.to_owned(), value.to_owned()));
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.argv.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.argv
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
     pub fn envs(mut self, vars: &[(String, String)]) -> Self {
-        self.env.extend_from_slice(vars);
+        for (key, value) in vars {
+            self = self.env(key, value);
+        }
+        self
+    }
+
+    /// Starts the command without `key`, whatever the caller's environment holds.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.env_removed.push(key.as_ref().to_owned());
         self
     }
 
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(data.into());
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 
@@ -174,8 +205,13 @@ impl Cmd {
         self
     }
 
+    /// The command line, for messages.
     pub fn line(&self) -> String {
-        self.argv.join(" ")
+        self.argv
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Starts the command in its own process group. The handle kills the group when dropped.
@@ -183,10 +219,15 @@ impl Cmd {
         if !self.cleanup {
             check_interrupted()?;
         }
-        let (program, args) = self.argv.split_first().context("empty command line")?;
+        let Some((program, args)) = self.argv.split_first() else {
+            bail!("empty command line");
+        };
         let mut command = Command::new(program);
+        command.args(args);
+        for key in &self.env_removed {
+            command.env_remove(key);
+        }
         command
-            .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
@@ -198,7 +239,7 @@ impl Cmd {
             .process_group(0);
         let mut child = command
             .spawn()
-            .with_context(|| format!("cannot start `{}`", self.line()))?;
+            .map_err(|e| Error::failed(format!("cannot start `{}`: {e}", self.line())))?;
         let stdout = reader(child.stdout.take());
         let stderr = reader(child.stderr.take());
         let mut running = Running {
@@ -215,8 +256,9 @@ impl Cmd {
             && let Some(mut pipe) = running.child.stdin.take()
         {
             // Small inputs (a CNI config): the pipe buffer takes them whole.
-            pipe.write_all(data)
-                .with_context(|| format!("writing the input of `{}`", running.line))?;
+            pipe.write_all(data).map_err(|e| {
+                Error::failed(format!("writing the input of `{}`: {e}", running.line))
+            })?;
         }
         Ok(running)
     }
@@ -266,6 +308,10 @@ pub struct Running {
 }
 
 impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the child to exit; on its deadline or a stop signal kills its group and fails.
     pub fn wait(mut self) -> Result<Output> {
         let status = loop {
@@ -274,23 +320,35 @@ impl Running {
             }
             if !self.cleanup && interrupted() {
                 self.kill();
-                return Err(Interrupted.into());
+                return Err(Error::Interrupted);
             }
             if Instant::now() >= self.deadline {
                 self.kill();
                 bail!(
                     "`{}` did not finish within {} s and was killed",
                     self.line,
-                    self.timeout.as_secs()
+                    self.timeout.as_secs_f64()
                 );
             }
             thread::sleep(POLL);
         };
         Ok(Output {
+            command: self.line.clone(),
             status,
             stdout: drain(self.stdout.take()),
             stderr: drain(self.stderr.take()),
         })
+    }
+
+    /// [`Running::wait`], with the deadline brought forward to `limit` from now if that is
+    /// sooner.
+    pub fn wait_within(mut self, limit: Duration) -> Result<Output> {
+        let sooner = Instant::now() + limit;
+        if sooner < self.deadline {
+            self.deadline = sooner;
+            self.timeout = limit;
+        }
+        self.wait()
     }
 
     /// Whether the child has exited (it is reaped then; [`Running::wait`] still gives its
@@ -304,7 +362,7 @@ impl Running {
             self.reaped = self
                 .child
                 .try_wait()
-                .with_context(|| format!("waiting for `{}`", self.line))?;
+                .map_err(|e| Error::failed(format!("waiting for `{}`: {e}", self.line)))?;
         }
         Ok(self.reaped)
     }
@@ -348,6 +406,27 @@ fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
     }
 }
 
+/// Whether `pid` is a zombie (state Z in /proc/PID/stat).
+pub fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            == Some("Z")
+    })
+}
+
+/// `/proc/sys/kernel/pid_max` + 1: a pid no process can have.
+pub fn impossible_pid() -> Result<u32> {
+    let text = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .map_err(|e| Error::failed(format!("reading pid_max: {e}")))?;
+    let max: u32 = text
+        .trim()
+        .parse()
+        .map_err(|e| Error::failed(format!("pid_max {text:?}: {e}")))?;
+    Ok(max + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,12 +450,21 @@ mod tests {
     }
 
     #[test]
-    fn stdin_is_passed() {
+    fn stdin_and_environment_are_passed() {
         let out = Cmd::new(["cat"], Duration::from_secs(5))
             .stdin("hello")
             .run()
             .unwrap();
         assert_eq!(out.stdout, "hello");
+        let out = Cmd::new(
+            ["sh", "-c", "echo ${A-unset} ${HOME-unset}"],
+            Duration::from_secs(5),
+        )
+        .env("A", "a")
+        .env_remove("HOME")
+        .run()
+        .unwrap();
+        assert_eq!(out.stdout, "a unset\n");
     }
 
     #[test]
@@ -392,5 +480,25 @@ mod tests {
         // The background sleep held stdout too: it was killed with its group, so nothing waited
         // for it.
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_earlier_deadline_for_one_wait() {
+        let sleeper = Cmd::new(["sleep", "30"], Duration::from_secs(60))
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        assert!(sleeper.wait_within(Duration::from_millis(200)).is_err());
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn zombies_and_impossible_pids() {
+        let mut child = Cmd::new(["true"], Duration::from_secs(5)).spawn().unwrap();
+        assert!(wait_until(Duration::from_secs(5), || is_zombie(
+            child.pid()
+        )));
+        assert!(child.finished().unwrap());
+        assert!(!is_zombie(impossible_pid().unwrap()));
     }
 }

@@ -1,7 +1,7 @@
 //! Reference model of the token bucket, written the textbook way (a token count refilled by
 //! elapsed time) in exact integer arithmetic. The kernel stores its bucket differently (as a
 //! theoretical arrival time); tests hold both to this model.
-use crate::{clock::Clock, limit::Limit};
+use rein::{clock::Clock, limit::Limit};
 
 /// Tokens are counted in nanobits: a byte is 8e9 of them, and one nanosecond at `r` bit/s adds
 /// `r`. Everything is an integer, so the model has no rounding of its own.
@@ -57,7 +57,7 @@ mod tests {
     use rein_common::{Bucket, Verdict};
 
     use super::*;
-    use crate::{clock::FakeClock, model::Xorshift};
+    use crate::{FakeClock, model::Xorshift};
 
     /// The kernel's arithmetic, driven from userspace: what the eBPF program does to `tat`.
     struct KernelBucket(Bucket);

@@ -1,12 +1,11 @@
 //! Reference model of how TCP flows share a limit: the steps the kernel programs take for each
 //! packet (rein-ebpf's `flow.rs`), on the same arithmetic (`rein_common::share`), driven by a
 //! [`Clock`] so tests can play flows starting and stopping in exact time.
+use rein::clock::Clock;
 use rein_common::{
     EpochCount,
     share::{EPOCH_NS, epoch_of, other_units, register_threshold, share, tcp_rate},
 };
-
-use crate::clock::Clock;
 
 /// One rule's flow count and the per-flow state the kernel keeps in socket storage.
 #[derive(Debug, Clone)]
@@ -109,7 +108,7 @@ pub const STOPPED_FLOW_GRACE_NS: u64 = EPOCH_NS + EPOCH_NS / 2;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::FakeClock;
+    use crate::FakeClock;
 
     const RATE: u64 = 2_500_000; // 20 Mbit/s
     const MS: u64 = 1_000_000;

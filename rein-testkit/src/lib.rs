@@ -1,0 +1,23 @@
+//! What rein's tests and benchmarks share, kept out of the shipped library:
+//! - the reference models the kernel programs are held to ([`model`], [`sharing`]) and the
+//!   [`FakeClock`] that drives them;
+//! - the harness that sends real traffic: throwaway namespaces joined by veth pairs ([`netns`]),
+//!   child processes that always end ([`process`]), iperf3 and ping ([`iperf`], [`ping`]), and
+//!   private rein instances ([`rein_instance`], [`cgroup`]), with small statistics ([`stats`]).
+//!
+//! Everything that can fail returns [`Result`] with the one [`Error`]; helpers meant only for
+//! tests say that they panic.
+pub mod cgroup;
+mod clock;
+pub mod error;
+pub mod iperf;
+pub mod model;
+pub mod netns;
+pub mod ping;
+pub mod process;
+pub mod rein_instance;
+pub mod sharing;
+pub mod stats;
+
+pub use clock::FakeClock;
+pub use error::{Error, Result};
