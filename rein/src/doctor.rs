@@ -14,7 +14,23 @@ pub struct Check {
     pub detail: String,
     /// What to do when it is not ok.
     pub fix: Option<String>,
+    /// Each program's size as the verifier saw it (the `programs` check only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<ProgramSize>,
 }
+
+/// How many instructions the verifier walked through to accept a program: branches and loops
+/// make it more than the program's length. A program whose count reaches
+/// [`VERIFIER_LIMIT`] is refused, so the distance to it is the room left for new code.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramSize {
+    pub program: String,
+    pub verified_instructions: u32,
+    pub limit: u32,
+}
+
+/// The most instructions the kernel verifies in one program (BPF_COMPLEXITY_LIMIT_INSNS).
+pub const VERIFIER_LIMIT: u32 = 1_000_000;
 
 fn check(name: &'static str, ok: bool, detail: String, fix: Option<String>) -> Check {
     Check {
@@ -22,6 +38,7 @@ fn check(name: &'static str, ok: bool, detail: String, fix: Option<String>) -> C
         ok,
         detail,
         fix: if ok { None } else { fix },
+        programs: Vec::new(),
     }
 }
 
@@ -106,22 +123,31 @@ pub fn diagnose(instance: &Instance) -> Vec<Check> {
     ));
 
     let programs = if root {
-        load_programs()
+        verified_instructions()
     } else {
         Err("needs root".into())
     };
-    checks.push(check(
+    let mut loaded = check(
         "programs",
         programs.is_ok(),
         match &programs {
-            Ok(()) => "the cgroup, tc and XDP programs load and pass the verifier".into(),
+            Ok(sizes) => format!(
+                "the cgroup, tc and XDP programs load and pass the verifier ({})",
+                sizes
+                    .iter()
+                    .map(|size| format!("{} {}", size.program, size.verified_instructions))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Err(error) => error.clone(),
         },
         Some(
             "the kernel lacks a feature rein needs (cgroup_skb programs, atomics); see the message"
                 .into(),
         ),
-    ));
+    );
+    loaded.programs = programs.unwrap_or_default();
+    checks.push(loaded);
 
     let installed = Datapath::is_installed(instance);
     checks.push(Check {
@@ -136,12 +162,14 @@ pub fn diagnose(instance: &Instance) -> Vec<Check> {
             "no programs attached (they are attached with the first limit)".into()
         },
         fix: None,
+        programs: Vec::new(),
     });
     checks
 }
 
-/// Loads the programs into the kernel without attaching or pinning anything.
-fn load_programs() -> Result<(), String> {
+/// Loads every program rein attaches into the kernel, without attaching or pinning anything,
+/// and says how many instructions the verifier walked for each.
+pub fn verified_instructions() -> Result<Vec<ProgramSize>, String> {
     let object = crate::datapath::object();
     let mut ebpf = EbpfLoader::new().load(object).map_err(|e| e.to_string())?;
     crate::datapath::load_programs(&mut ebpf).map_err(|e| e.to_string())?;
@@ -149,5 +177,19 @@ fn load_programs() -> Result<(), String> {
     let mut net = EbpfLoader::new()
         .load(crate::datapath::net_object())
         .map_err(|e| e.to_string())?;
-    crate::net_datapath::load_programs(&mut net).map_err(|e| e.to_string())
+    crate::net_datapath::load_programs(&mut net).map_err(|e| e.to_string())?;
+    let mut sizes = Vec::new();
+    for (name, program) in ebpf.programs().chain(net.programs()) {
+        // The benchmark's pass-through baselines are never loaded by rein: no info to read.
+        let Ok(info) = program.info() else {
+            continue;
+        };
+        sizes.push(ProgramSize {
+            program: name.to_owned(),
+            verified_instructions: info.verified_instruction_count().unwrap_or(0),
+            limit: VERIFIER_LIMIT,
+        });
+    }
+    sizes.sort_by(|a, b| a.program.cmp(&b.program));
+    Ok(sizes)
 }
