@@ -16,10 +16,12 @@ use aya_ebpf::{
         BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_LISTEN, bpf_sock,
     },
+    btf_maps::SkStorage,
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_setsockopt,
         bpf_sk_fullsock, bpf_sk_storage_get,
     },
+    macros::btf_map,
     programs::{SkBuffContext, SockOpsContext},
 };
 use rein_common::{
@@ -30,8 +32,16 @@ use rein_common::{
         receive_window, register_threshold, share, tcp_rate,
     },
 };
+use rein_ebpf::{atomic, parse::skb};
 
-use crate::{REIN_FLOWS, REIN_INGRESS_FLOWS, atomic};
+/// Per-socket flow state: written by the egress program, applied by the sock_ops program.
+#[btf_map]
+static REIN_FLOWS: SkStorage<FlowState> = SkStorage::new();
+
+/// The same for flows received under ingress rules: written by the ingress program, applied by
+/// the sock_ops program as a receive window, read by the queue program.
+#[btf_map]
+pub static REIN_INGRESS_FLOWS: SkStorage<IngressFlowState> = SkStorage::new();
 
 const IPPROTO_TCP: u32 = 6;
 const AF_INET6: u32 = 10;
@@ -83,9 +93,7 @@ pub fn tcp_socket_with_data(ctx: &SkBuffContext) -> *mut bpf_sock {
     }
     // SAFETY: the context is valid for the program's run.
     let length = unsafe { (*ctx.skb.skb).len } as u64;
-    if length <= PURE_ACK_MAX_BYTES
-        && crate::packet::tcp_flags(ctx) & (crate::packet::TCP_SYN | crate::packet::TCP_FIN) == 0
-    {
+    if length <= PURE_ACK_MAX_BYTES && skb::tcp_flags(ctx) & (skb::TCP_SYN | skb::TCP_FIN) == 0 {
         return ptr::null_mut();
     }
     socket
@@ -166,7 +174,7 @@ impl<'a> Sharing<'a> {
             if self.state.is_null() {
                 return 0;
             }
-            self.fin = crate::packet::tcp_fin(self.ctx);
+            self.fin = skb::tcp_fin(self.ctx);
         }
         // SAFETY: non-null storage of this socket, valid for the program's run.
         let state = unsafe { &mut *self.state };
@@ -342,7 +350,7 @@ pub fn on_sock_ops(ctx: &SockOpsContext, ingress_rules: bool) {
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => apply_window(ctx),
         BPF_SOCK_OPS_TCP_CONNECT_CB | BPF_SOCK_OPS_TCP_LISTEN_CB => {
             let rate = if ingress_rules {
-                crate::current_task_ingress_rate()
+                crate::limit::current_task_ingress_rate()
             } else {
                 0
             };

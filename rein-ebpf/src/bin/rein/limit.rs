@@ -1,31 +1,18 @@
-//! rein's kernel programs, attached once at the cgroup v2 root: a token bucket per cgroup and
-//! direction at cgroup_skb egress and ingress, and a sock_ops program that makes each limited
-//! TCP flow pace itself at its share of the limit (see `rein_common::share`), or, for a
-//! download, keeps its receive window at its share. A tc program on the devices sends limited
-//! downloads through their rule's queue (`queue`).
-#![no_std]
-#![no_main]
-#![feature(core_intrinsics)]
-#![allow(internal_features)]
+//! The cgroup limit: a token bucket per cgroup and direction, charged at cgroup_skb egress and
+//! ingress for the socket's cgroup and its ancestors, and the sock_ops program that applies the
+//! flows' shares (`crate::flows`).
 
 use aya_ebpf::{
     bindings::__sk_buff,
-    btf_maps::SkStorage,
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
-    macros::{btf_map, cgroup_skb, classifier, map, sock_ops},
+    macros::{cgroup_skb, map, sock_ops},
     maps::{Array, HashMap, PerCpuHashMap},
-    programs::{SkBuffContext, SockOpsContext, TcContext},
+    programs::{SkBuffContext, SockOpsContext},
 };
-use rein_common::{
-    Counters, Direction, FlowState, IngressFlowState, MAX_CGROUP_DEPTH, MAX_RULES, QueueKey, Rule,
-    RuleKey,
-};
+use rein_common::{Counters, Direction, MAX_CGROUP_DEPTH, MAX_RULES, Rule, RuleKey};
+use rein_ebpf::{atomic, parse::skb, take};
 
-mod atomic;
-mod flow;
-mod packet;
-mod queue;
-mod take;
+use crate::flows;
 
 #[map(name = "REIN_RULES")]
 static REIN_RULES: HashMap<RuleKey, Rule> = HashMap::with_max_entries(2 * MAX_RULES, 0);
@@ -37,19 +24,6 @@ static REIN_COUNTERS: PerCpuHashMap<RuleKey, Counters> =
 /// How many rules each direction has (userspace keeps it in step with `REIN_RULES`).
 #[map(name = "REIN_RULE_COUNTS")]
 static REIN_RULE_COUNTS: Array<u32> = Array::with_max_entries(2, 0);
-
-/// Per-socket flow state: written by the egress program, applied by the sock_ops program.
-#[btf_map]
-static REIN_FLOWS: SkStorage<FlowState> = SkStorage::new();
-
-/// The same for flows received under ingress rules: written by the ingress program, applied by
-/// the sock_ops program as a receive window, read by the queue program.
-#[btf_map]
-static REIN_INGRESS_FLOWS: SkStorage<IngressFlowState> = SkStorage::new();
-
-/// The shaping queue (an ifb device's ifindex) of an ingress rule, in one network namespace.
-#[map(name = "REIN_QUEUES")]
-static REIN_QUEUES: HashMap<QueueKey, u32> = HashMap::with_max_entries(MAX_RULES, 0);
 
 /// cgroup_skb return codes. At egress, bit 1 adds a congestion notification: the dropped
 /// packet then reads as NET_XMIT_DROP, so UDP senders see what a full qdisc would give them
@@ -66,7 +40,7 @@ pub fn rein_egress(ctx: SkBuffContext) -> i32 {
     if !has_rules(Direction::Egress) {
         return PASS;
     }
-    let tcp = flow::tcp_socket_with_data(&ctx);
+    let tcp = flows::tcp_socket_with_data(&ctx);
     match limit(&ctx, Direction::Egress, tcp) {
         PASS => PASS,
         _ => DROP_NOTIFY_CONGESTION,
@@ -78,19 +52,14 @@ pub fn rein_ingress(ctx: SkBuffContext) -> i32 {
     if !has_rules(Direction::Ingress) {
         return PASS;
     }
-    let tcp = flow::tcp_socket_with_data(&ctx);
+    let tcp = flows::tcp_socket_with_data(&ctx);
     limit(&ctx, Direction::Ingress, tcp)
 }
 
 #[sock_ops]
 pub fn rein_sock_ops(ctx: SockOpsContext) -> u32 {
-    flow::on_sock_ops(&ctx, has_rules(Direction::Ingress));
+    flows::on_sock_ops(&ctx, has_rules(Direction::Ingress));
     1
-}
-
-#[classifier]
-pub fn rein_queue(ctx: TcContext) -> i32 {
-    queue::classify(&ctx)
 }
 
 /// Whether any cgroup has a rule in `direction`. The programs see every packet of the machine;
@@ -111,9 +80,9 @@ pub(crate) fn has_rules(direction: Direction) -> bool {
 #[inline(always)]
 fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings::bpf_sock) -> i32 {
     let skb = ctx.skb.skb;
-    let bytes = packet::ip_bytes(ctx);
+    let bytes = skb::ip_bytes(ctx);
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut flow = flow::Sharing::new(ctx, tcp, now, bytes, direction);
+    let mut flow = flows::Sharing::new(ctx, tcp, now, bytes, direction);
 
     // One walk from the root down: charge each rule's bucket and count the pass as we go, so
     // a packet that passes (nearly all do) costs a single walk.
@@ -255,13 +224,3 @@ fn refund(rule: &mut Rule, bytes: u64) {
     let cost = rule.bucket.cost_ns(bytes);
     atomic::sub(&mut rule.bucket.tat, cost);
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

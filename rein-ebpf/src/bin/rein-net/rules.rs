@@ -1,21 +1,14 @@
-//! rein's address-aware limits on interfaces (`rein net`): tc programs for ingress and egress
-//! and an XDP program for ingress. Each parses the packet's addresses, protocol and destination
-//! port, finds the most specific rule for them on its interface and direction
-//! (`rein_common::net`), and passes the packet if the rule's token bucket or window has room.
+//! The interface rules: tc programs for ingress and egress and an XDP program for ingress. Each
+//! parses the packet's addresses, protocol and destination port, finds the most specific rule
+//! for them on its interface and direction (`rein_common::net`), and passes the packet if the
+//! rule's token bucket or window has room.
 //!
 //! Packets the parser does not understand (not IP, truncated, malformed) pass untouched; so
-//! does everything no rule matches. A separate object from the cgroup programs, so hosts that
-//! only limit cgroups never create these maps.
-#![no_std]
-#![no_main]
-#![feature(core_intrinsics)]
-#![allow(internal_features)]
-
-use core::ffi::c_void;
+//! does everything no rule matches.
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_ktime_get_ns, bpf_loop},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{
         Array, HashMap, LruHashMap, PerCpuHashMap,
@@ -27,24 +20,15 @@ use rein_common::{
     Counters, Direction,
     net::{
         ALGORITHM_FIXED_WINDOW, ALGORITHM_TOKEN_BUCKET, FLAG_PACKETS, FLAG_PER_SOURCE, FLAG_SKETCH,
-        HOOK_XDP, MAX_HEAVY_SOURCES, MAX_NET_RULES, MAX_SKETCH_CELLS, MAX_SKETCH_DEPTH,
-        MAX_TRACKED_SOURCES, NetRule, PORT_ANY, PROTOCOL_ANY, PairKey, PrefixKey, RuleMatch,
-        SCOPE_BITS, SHAPE_DESTINATION, SHAPE_PAIR, SHAPE_SOURCE, Scope, SourceKey, SourceState,
-        shape_bit, sketch_column,
+        HOOK_XDP, MAX_HEAVY_SOURCES, MAX_NET_RULES, MAX_TRACKED_SOURCES, NetRule, PORT_ANY,
+        PROTOCOL_ANY, PairKey, PrefixKey, RuleMatch, SCOPE_BITS, SHAPE_DESTINATION, SHAPE_PAIR,
+        SHAPE_SOURCE, Scope, SourceKey, SourceState, shape_bit,
     },
     window::{WindowKind, WindowState, WindowVerdict, cost_units},
 };
+use rein_ebpf::{atomic, parse::frame::Packet, take};
 
-// Shared with the cgroup programs, which also take counts back (`sub`).
-#[path = "atomic.rs"]
-#[allow(dead_code)]
-mod atomic;
-#[path = "net_packet.rs"]
-mod net_packet;
-#[path = "take.rs"]
-mod take;
-
-use net_packet::Packet;
+use crate::sketch::charge_sketch;
 
 // Rules and prefixes a host may hold (userspace sizes the tables at most this large): flat
 // lookups keep the cost independent of the count.
@@ -76,11 +60,8 @@ static REIN_NET_SHAPES: Array<u32> = Array::with_max_entries(1, 0);
 static REIN_NET_PER_SOURCE: LruHashMap<SourceKey, SourceState> =
     LruHashMap::with_max_entries(MAX_TRACKED_SOURCES, 0);
 
-#[map(name = "REIN_NET_SKETCH")]
-static REIN_NET_SKETCH: Array<u64> = Array::with_max_entries(MAX_SKETCH_CELLS, 0);
-
 #[map(name = "REIN_NET_HEAVY")]
-static REIN_NET_HEAVY: LruHashMap<SourceKey, SourceState> =
+pub static REIN_NET_HEAVY: LruHashMap<SourceKey, SourceState> =
     LruHashMap::with_max_entries(MAX_HEAVY_SOURCES, 0);
 
 #[classifier]
@@ -135,7 +116,7 @@ fn tc_verdict(ctx: &TcContext, direction: Direction) -> i32 {
         return TC_ACT_OK;
     };
     // A GSO packet stands for `segs` packets, each with its own headers (see the cgroup
-    // programs' `packet.rs`); skb->len counts the L2 header and the other headers once.
+    // programs' `rein_ebpf::parse::skb`); skb->len counts the L2 header and the other headers once.
     let segs = if segs == 0 { 1 } else { segs as u64 };
     let ip_len = (len as u64).saturating_sub(packet.l2_bytes);
     let amount = Amount {
@@ -151,9 +132,9 @@ fn tc_verdict(ctx: &TcContext, direction: Direction) -> i32 {
 
 /// What a packet is charged: IP bytes, or packets (a GSO packet is several).
 #[derive(Clone, Copy)]
-struct Amount {
-    bytes: u64,
-    packets: u64,
+pub struct Amount {
+    pub bytes: u64,
+    pub packets: u64,
 }
 
 /// Finds the packet's rule and charges it; true when the packet may pass. `hook` is a
@@ -271,7 +252,7 @@ fn counters(id: u32) -> Option<&'static mut Counters> {
 
 /// What a packet costs a rule: bytes, or packets with `FLAG_PACKETS`.
 #[inline(always)]
-fn quantity(rule: &NetRule, amount: Amount) -> u64 {
+pub fn quantity(rule: &NetRule, amount: Amount) -> u64 {
     if rule.flags & FLAG_PACKETS != 0 {
         amount.packets
     } else {
@@ -375,7 +356,7 @@ fn charge_source(rule: &NetRule, key: &SourceKey, now: u64, amount: Amount) -> b
 
 /// A source's entry in `map`, made (empty: a full bucket, empty windows) if it has none.
 #[inline(always)]
-fn source_state(
+pub fn source_state(
     map: &'static LruHashMap<SourceKey, SourceState>,
     key: &SourceKey,
 ) -> Option<&'static mut SourceState> {
@@ -392,7 +373,7 @@ fn source_state(
 
 /// Adds a packet to a rule's or a source's counters.
 #[inline(always)]
-fn count(counters: &mut Counters, passed: bool, amount: Amount) {
+pub fn count(counters: &mut Counters, passed: bool, amount: Amount) {
     if passed {
         atomic::add(&mut counters.passed_packets, amount.packets);
         atomic::add(&mut counters.passed_bytes, amount.bytes);
@@ -401,166 +382,3 @@ fn count(counters: &mut Counters, passed: bool, amount: Amount) {
         atomic::add(&mut counters.dropped_bytes, amount.bytes);
     }
 }
-
-/// Sketch mode: the source's use is estimated as the least of its cells, one per row (a cell
-/// counts every source hashed to it, so each over-counts and the least over-counts least).
-/// A passing packet raises each cell to the new estimate, no further (conservative update).
-/// The rows are walked with `bpf_loop`, whose callback the verifier checks once rather than
-/// once per row and path.
-#[inline(always)]
-fn charge_sketch(rule: &NetRule, key: &SourceKey, now: u64, amount: Amount) -> bool {
-    let quantity = quantity(rule, amount);
-    let bucket = rule.algorithm == ALGORITHM_TOKEN_BUCKET;
-    let depth = if rule.sketch_depth < MAX_SKETCH_DEPTH {
-        rule.sketch_depth
-    } else {
-        MAX_SKETCH_DEPTH
-    };
-    let mut walk = SketchWalk {
-        offset: rule.sketch_offset,
-        width: rule.sketch_width,
-        rule: key.rule,
-        fixed: (rule.algorithm == ALGORITHM_FIXED_WINDOW) as u32,
-        bucket: bucket as u64,
-        now,
-        window_ns: rule.window_ns,
-        addr: key.addr,
-        least: u64::MAX,
-        raised: 0,
-    };
-    // SAFETY: the callbacks read and write only the walk, which outlives the loop.
-    unsafe { bpf_loop(depth, sketch_least as *mut c_void, walk.as_context(), 0) };
-    let least = walk.least;
-    if least == u64::MAX {
-        return true;
-    }
-    // The estimate every cell is raised to, and how heavy the source is: over half its burst
-    // or capacity in use marks it for `list`.
-    let (passed, raised, heavy) = if bucket {
-        let burst_ns = rule.bucket.burst_ns;
-        match rein_common::Bucket::decide(least, now, rule.bucket.cost_ns(quantity), burst_ns) {
-            rein_common::Verdict::Pass { tat } => {
-                (true, tat, tat.saturating_sub(now) > burst_ns / 2)
-            }
-            rein_common::Verdict::Refuse => (false, 0, true),
-        }
-    } else {
-        let target = least + cost_units(quantity, rule.unit) as u64;
-        if target > rule.capacity as u64 {
-            (false, 0, true)
-        } else {
-            (true, target, target > rule.capacity as u64 / 2)
-        }
-    };
-    if passed {
-        walk.raised = raised;
-        // SAFETY: as above.
-        unsafe { bpf_loop(depth, sketch_raise as *mut c_void, walk.as_context(), 0) };
-    }
-    if heavy && let Some(source) = source_state(&REIN_NET_HEAVY, key) {
-        source.state = if bucket {
-            least.saturating_sub(now)
-        } else {
-            least
-        };
-        count(&mut source.counters, passed, amount);
-    }
-    passed
-}
-
-/// What the sketch callbacks need, by value (a callback sees only this).
-#[repr(C)]
-struct SketchWalk {
-    offset: u32,
-    width: u32,
-    rule: u32,
-    fixed: u32,
-    bucket: u64,
-    now: u64,
-    window_ns: u64,
-    addr: [u8; 16],
-    /// Out of `sketch_least`: the least cell (a `tat`, or a window count).
-    least: u64,
-    /// Into `sketch_raise`: what each cell is raised to.
-    raised: u64,
-}
-
-impl SketchWalk {
-    /// The walk as bpf_loop's context, derived afresh for each loop so that the compiler sees
-    /// the loop read what was written before it.
-    #[inline(always)]
-    fn as_context(&mut self) -> *mut c_void {
-        self as *mut SketchWalk as *mut c_void
-    }
-
-    #[inline(always)]
-    fn cell(&self, row: u32) -> Option<*mut u64> {
-        let column = sketch_column(self.rule, row, &self.addr, self.width);
-        REIN_NET_SKETCH.get_ptr_mut(self.offset + row * self.width + column)
-    }
-
-    #[inline(always)]
-    fn kind(&self) -> WindowKind {
-        if self.fixed != 0 {
-            WindowKind::Fixed
-        } else {
-            WindowKind::Sliding
-        }
-    }
-}
-
-extern "C" fn sketch_least(row: u32, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes the walk given to it.
-    let walk = unsafe { &mut *(ctx as *mut SketchWalk) };
-    let Some(cell) = walk.cell(row) else {
-        return 1;
-    };
-    // SAFETY: an array element, valid for the program's run.
-    let cell = atomic::load(unsafe { &*cell });
-    let value = if walk.bucket != 0 {
-        cell
-    } else {
-        WindowState(cell).count(walk.kind(), walk.now, walk.now, walk.window_ns) as u64
-    };
-    if value < walk.least {
-        walk.least = value;
-    }
-    0
-}
-
-/// Raises one cell to the walk's `raised`; one compare-and-swap: a cell another CPU moves
-/// meanwhile under-counts this one packet, which only errs towards passing.
-extern "C" fn sketch_raise(row: u32, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes the walk given to it.
-    let walk = unsafe { &mut *(ctx as *mut SketchWalk) };
-    let Some(cell) = walk.cell(row) else {
-        return 1;
-    };
-    // SAFETY: an array element, valid for the program's run; changed by CAS only.
-    let cell = unsafe { &mut *cell };
-    let value = atomic::load(cell);
-    let next = if walk.bucket != 0 {
-        if value >= walk.raised {
-            return 0;
-        }
-        walk.raised
-    } else {
-        WindowState(value)
-            .raise_to(walk.kind(), walk.now, walk.window_ns, walk.raised as u32)
-            .0
-    };
-    if next != value {
-        let _ = atomic::compare_exchange(cell, value, next);
-    }
-    0
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

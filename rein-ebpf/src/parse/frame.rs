@@ -7,13 +7,13 @@ use rein_common::net::{
     ADDR_BYTES, FAMILY_IPV4, FAMILY_IPV6, PORT_ANY, PROTOCOL_TCP, PROTOCOL_UDP,
 };
 
-const ETH_HEADER: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_HEADER: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-const IPV6_HEADER: usize = 40;
+pub const IPV6_HEADER: usize = 40;
 const NEXT_HOP_BY_HOP: u8 = 0;
 const NEXT_ROUTING: u8 = 43;
 const NEXT_FRAGMENT: u8 = 44;
@@ -38,8 +38,9 @@ pub struct Packet {
     pub ip_bytes: u64,
 }
 
+/// The `T` at `offset` in the frame between `data` and `end`; None past the end.
 #[inline(always)]
-fn read<T: Copy>(data: usize, end: usize, offset: usize) -> Option<T> {
+pub fn read<T: Copy>(data: usize, end: usize, offset: usize) -> Option<T> {
     let start = data.checked_add(offset)?;
     if start + size_of::<T>() > end {
         return None;
@@ -49,7 +50,7 @@ fn read<T: Copy>(data: usize, end: usize, offset: usize) -> Option<T> {
 }
 
 #[inline(always)]
-fn read_be16(data: usize, end: usize, offset: usize) -> Option<u16> {
+pub fn read_be16(data: usize, end: usize, offset: usize) -> Option<u16> {
     read::<u16>(data, end, offset).map(u16::from_be)
 }
 

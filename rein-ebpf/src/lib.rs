@@ -1,0 +1,13 @@
+//! What rein's kernel programs share: packet parsing, the atomic operations BPF has, and taking
+//! from a token bucket that every CPU updates.
+//!
+//! Only functions live here. Programs and maps live in the binaries (`src/bin/rein`,
+//! `src/bin/rein-net`), one object each: a map or program defined in this library would be
+//! exported into every object that links it.
+#![no_std]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+pub mod atomic;
+pub mod parse;
+pub mod take;
