@@ -7,6 +7,8 @@
 //! The modules of the first layout (`bucket`, `window`, `share`, `net` and the root items)
 //! stay as paths into these.
 #![no_std]
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod abi;
 pub mod algo;

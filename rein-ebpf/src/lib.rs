@@ -5,6 +5,8 @@
 //! `src/bin/rein-net`), one object each: a map or program defined in this library would be
 //! exported into every object that links it.
 #![no_std]
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 

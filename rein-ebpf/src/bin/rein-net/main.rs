@@ -4,6 +4,8 @@
 //! A separate object from the cgroup programs, so hosts that only limit cgroups never create
 //! these maps.
 #![no_std]
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![no_main]
 
 mod rules;

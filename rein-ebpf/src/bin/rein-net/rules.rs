@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use rein_common::{
-    Counters, Direction,
+    Bucket, Counters, Direction,
     net::{
         ALGORITHM_FIXED_WINDOW, ALGORITHM_TOKEN_BUCKET, FLAG_PACKETS, FLAG_PER_SOURCE, FLAG_SKETCH,
         HOOK_XDP, MAX_HEAVY_SOURCES, MAX_NET_RULES, MAX_TRACKED_SOURCES, NetRule, PORT_ANY,
@@ -26,7 +26,11 @@ use rein_common::{
     },
     window::{WindowKind, WindowState, WindowVerdict, cost_units},
 };
-use rein_ebpf::{atomic, parse::frame::Packet, take};
+use rein_ebpf::{
+    atomic::{CountersRef, Word},
+    parse::frame::Packet,
+    take,
+};
 
 use crate::sketch::charge_sketch;
 
@@ -147,16 +151,17 @@ fn admit(packet: &Packet, ifindex: u32, hook: u8, amount: Amount) -> bool {
     let Some(rule) = rule(found.rule) else {
         return true;
     };
+    let config = rule.config();
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let passed = if rule.flags & FLAG_PER_SOURCE == 0 {
-        charge(rule, now, amount)
+    let passed = if config.flags & FLAG_PER_SOURCE == 0 {
+        charge(rule, &config, now, amount)
     } else {
         let key = SourceKey::new(found.rule, packet.family, packet.source);
-        if rule.flags & FLAG_SKETCH == 0 {
-            charge_source(rule, &key, now, amount)
+        if config.flags & FLAG_SKETCH == 0 {
+            charge_source(&config, &key, now, amount)
         } else {
-            charge_sketch(rule, &key, now, amount)
+            charge_sketch(&config, &key, now, amount)
         }
     };
     if let Some(counters) = counters(found.rule) {
@@ -214,7 +219,7 @@ fn best_match(packet: &Packet, ifindex: u32, direction: u8) -> Option<RuleMatch>
         let pair = if wanted(SHAPE_PAIR) {
             // SAFETY: a plain-data key; the value is copied out at once.
             unsafe {
-                REIN_NET_PAIRS.get(&PairKey {
+                REIN_NET_PAIRS.get(PairKey {
                     scope,
                     source: packet.source,
                     destination: packet.destination,
@@ -236,23 +241,87 @@ fn best_match(packet: &Packet, ifindex: u32, direction: u8) -> Option<RuleMatch>
     best
 }
 
+/// Rule `id`, if it exists.
 #[inline(always)]
-fn rule(id: u32) -> Option<&'static mut NetRule> {
-    let ptr = REIN_NET_RULES.get_ptr_mut(&id)?;
-    // SAFETY: valid for the program's run (RCU); shared fields change through atomics only.
-    Some(unsafe { &mut *ptr })
+fn rule(id: u32) -> Option<RuleRef> {
+    REIN_NET_RULES.get_ptr_mut(id).map(RuleRef)
+}
+
+/// A rule in the map, which every CPU reads and updates at once: its configuration is read
+/// field by field, its live state changed through atomics only, and no reference to it is
+/// ever made.
+#[derive(Clone, Copy)]
+struct RuleRef(*mut NetRule);
+
+/// What userspace set for a rule (it writes a rule whole), apart from its live state.
+#[derive(Clone, Copy)]
+pub struct Config {
+    pub algorithm: u32,
+    pub flags: u32,
+    /// `tat` left 0: the live one is `RuleRef::tat`.
+    pub bucket: Bucket,
+    pub window_ns: u64,
+    pub capacity: u32,
+    pub unit: u32,
+    pub sketch_offset: u32,
+    pub sketch_width: u32,
+    pub sketch_depth: u32,
+}
+
+impl RuleRef {
+    #[inline(always)]
+    fn config(self) -> Config {
+        let rule = self.0;
+        // SAFETY: a map value, valid for the program's run (RCU); these fields change only when
+        // userspace writes the whole rule.
+        unsafe {
+            Config {
+                algorithm: (*rule).algorithm,
+                flags: (*rule).flags,
+                bucket: Bucket {
+                    ns_per_byte: (*rule).bucket.ns_per_byte,
+                    burst_ns: (*rule).bucket.burst_ns,
+                    tat: 0,
+                },
+                window_ns: (*rule).window_ns,
+                capacity: (*rule).capacity,
+                unit: (*rule).unit,
+                sketch_offset: (*rule).sketch_offset,
+                sketch_width: (*rule).sketch_width,
+                sketch_depth: (*rule).sketch_depth,
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn tat(self) -> Word {
+        // SAFETY: a map value valid for the program's run; changed by atomics only.
+        unsafe { Word::new(&raw mut (*self.0).bucket.tat) }
+    }
+
+    #[inline(always)]
+    fn window(self) -> Word {
+        // SAFETY: as in `tat`.
+        unsafe { Word::new(&raw mut (*self.0).window.0) }
+    }
+
+    #[inline(always)]
+    fn last_pass(self) -> Word {
+        // SAFETY: as in `tat`.
+        unsafe { Word::new(&raw mut (*self.0).last_pass_ns) }
+    }
 }
 
 #[inline(always)]
-fn counters(id: u32) -> Option<&'static mut Counters> {
-    let ptr = REIN_NET_COUNTERS.get_ptr_mut(&id)?;
-    // SAFETY: as for `rule`; per-CPU.
-    Some(unsafe { &mut *ptr })
+fn counters(id: u32) -> Option<CountersRef> {
+    let ptr = REIN_NET_COUNTERS.get_ptr_mut(id)?;
+    // SAFETY: a per-CPU map value valid for the program's run; changed by atomics only.
+    Some(unsafe { CountersRef::new(ptr) })
 }
 
 /// What a packet costs a rule: bytes, or packets with `FLAG_PACKETS`.
 #[inline(always)]
-pub fn quantity(rule: &NetRule, amount: Amount) -> u64 {
+pub fn quantity(rule: &Config, amount: Amount) -> u64 {
     if rule.flags & FLAG_PACKETS != 0 {
         amount.packets
     } else {
@@ -261,7 +330,7 @@ pub fn quantity(rule: &NetRule, amount: Amount) -> u64 {
 }
 
 #[inline(always)]
-fn window_kind(rule: &NetRule) -> WindowKind {
+fn window_kind(rule: &Config) -> WindowKind {
     if rule.algorithm == ALGORITHM_FIXED_WINDOW {
         WindowKind::Fixed
     } else {
@@ -271,53 +340,48 @@ fn window_kind(rule: &NetRule) -> WindowKind {
 
 /// Takes the packet from the rule's bucket or window; false when it has no room.
 #[inline(always)]
-fn charge(rule: &mut NetRule, now: u64, amount: Amount) -> bool {
-    let quantity = quantity(rule, amount);
-    if rule.algorithm == ALGORITHM_TOKEN_BUCKET {
-        let (cost, burst_ns) = (rule.bucket.cost_ns(quantity), rule.bucket.burst_ns);
-        return take::take(&mut rule.bucket, now, cost, burst_ns);
+fn charge(rule: RuleRef, config: &Config, now: u64, amount: Amount) -> bool {
+    let quantity = quantity(config, amount);
+    if config.algorithm == ALGORITHM_TOKEN_BUCKET {
+        let cost = config.bucket.cost_ns(quantity);
+        return take::take(rule.tat(), now, cost, config.bucket.burst_ns);
     }
-    let kind = window_kind(rule);
-    let cost = cost_units(quantity, rule.unit);
-    let (window_ns, capacity) = (rule.window_ns, rule.capacity);
     take_window(
-        &mut rule.window.0,
-        &mut rule.last_pass_ns,
-        kind,
+        rule.window(),
+        rule.last_pass(),
+        window_kind(config),
         now,
-        window_ns,
-        capacity,
-        cost,
+        config.window_ns,
+        config.capacity,
+        cost_units(quantity, config.unit),
     )
 }
 
 /// Takes `cost` units from a window state shared by all CPUs; false when it has no room.
 #[inline(always)]
 fn take_window(
-    field: &mut u64,
-    last_pass: &mut u64,
+    field: Word,
+    last_pass: Word,
     kind: WindowKind,
     now: u64,
     window_ns: u64,
     capacity: u32,
     cost: u32,
 ) -> bool {
-    let last_pass_ns = atomic::load(last_pass);
-    let mut state = atomic::load(field);
+    let last_pass_ns = last_pass.load();
+    let mut state = field.load();
     let mut attempt = 0;
     while attempt < 8 {
         match WindowState(state).decide(kind, now, last_pass_ns, window_ns, capacity, cost) {
             WindowVerdict::Refuse => return false,
-            WindowVerdict::Pass { state: next } => {
-                match atomic::compare_exchange(field, state, next.0) {
-                    Ok(()) => {
-                        // Only tells a long idle period apart: a racy store is enough.
-                        *last_pass = now;
-                        return true;
-                    }
-                    Err(found) => state = found,
+            WindowVerdict::Pass { state: next } => match field.compare_exchange(state, next.0) {
+                Ok(()) => {
+                    // Only tells a long idle period apart: a racy store is enough.
+                    last_pass.store(now);
+                    return true;
                 }
-            }
+                Err(found) => state = found,
+            },
         }
         attempt += 1;
     }
@@ -326,23 +390,23 @@ fn take_window(
 
 /// Exact per-source mode: the source's own bucket or windows, with the rule's parameters.
 #[inline(always)]
-fn charge_source(rule: &NetRule, key: &SourceKey, now: u64, amount: Amount) -> bool {
+fn charge_source(rule: &Config, key: &SourceKey, now: u64, amount: Amount) -> bool {
     let Some(source) = source_state(&REIN_NET_PER_SOURCE, key) else {
         // The table refused a new entry: count the packet against nothing rather than drop it.
         return true;
     };
     let quantity = quantity(rule, amount);
     let passed = if rule.algorithm == ALGORITHM_TOKEN_BUCKET {
-        take::take_tat(
-            &mut source.state,
+        take::take(
+            source.state(),
             now,
             rule.bucket.cost_ns(quantity),
             rule.bucket.burst_ns,
         )
     } else {
         take_window(
-            &mut source.state,
-            &mut source.last_pass_ns,
+            source.state(),
+            source.last_pass(),
             window_kind(rule),
             now,
             rule.window_ns,
@@ -350,7 +414,7 @@ fn charge_source(rule: &NetRule, key: &SourceKey, now: u64, amount: Amount) -> b
             cost_units(quantity, rule.unit),
         )
     };
-    count(&mut source.counters, passed, amount);
+    count(source.counters(), passed, amount);
     passed
 }
 
@@ -359,26 +423,42 @@ fn charge_source(rule: &NetRule, key: &SourceKey, now: u64, amount: Amount) -> b
 pub fn source_state(
     map: &'static LruHashMap<SourceKey, SourceState>,
     key: &SourceKey,
-) -> Option<&'static mut SourceState> {
+) -> Option<SourceRef> {
     if let Some(ptr) = map.get_ptr_mut(key) {
-        // SAFETY: valid for the program's run (RCU); shared fields change through atomics.
-        return Some(unsafe { &mut *ptr });
+        return Some(SourceRef(ptr));
     }
     // BPF_NOEXIST: two CPUs meeting a new source at once keep the first entry.
-    let _ = map.insert(key, &SourceState::default(), 1);
-    let ptr = map.get_ptr_mut(key)?;
-    // SAFETY: as above.
-    Some(unsafe { &mut *ptr })
+    let _ = map.insert(key, SourceState::default(), 1);
+    map.get_ptr_mut(key).map(SourceRef)
+}
+
+/// A source's entry, which every CPU updates at once: through atomics, never a reference.
+#[derive(Clone, Copy)]
+pub struct SourceRef(*mut SourceState);
+
+impl SourceRef {
+    /// Its bucket's `tat` or its windows' counts.
+    #[inline(always)]
+    pub fn state(self) -> Word {
+        // SAFETY: a map value valid for the program's run (RCU); changed by atomics only.
+        unsafe { Word::new(&raw mut (*self.0).state) }
+    }
+
+    #[inline(always)]
+    fn last_pass(self) -> Word {
+        // SAFETY: as in `state`.
+        unsafe { Word::new(&raw mut (*self.0).last_pass_ns) }
+    }
+
+    #[inline(always)]
+    pub fn counters(self) -> CountersRef {
+        // SAFETY: as in `state`.
+        unsafe { CountersRef::new(&raw mut (*self.0).counters) }
+    }
 }
 
 /// Adds a packet to a rule's or a source's counters.
 #[inline(always)]
-pub fn count(counters: &mut Counters, passed: bool, amount: Amount) {
-    if passed {
-        atomic::add(&mut counters.passed_packets, amount.packets);
-        atomic::add(&mut counters.passed_bytes, amount.bytes);
-    } else {
-        atomic::add(&mut counters.dropped_packets, amount.packets);
-        atomic::add(&mut counters.dropped_bytes, amount.bytes);
-    }
+pub fn count(counters: CountersRef, passed: bool, amount: Amount) {
+    counters.add(passed, amount.packets, amount.bytes);
 }

@@ -7,13 +7,13 @@ use aya_ebpf::{helpers::bpf_loop, macros::map, maps::Array};
 use rein_common::{
     net::{
         ALGORITHM_FIXED_WINDOW, ALGORITHM_TOKEN_BUCKET, MAX_SKETCH_CELLS, MAX_SKETCH_DEPTH,
-        NetRule, SourceKey, sketch_column,
+        SourceKey, sketch_column,
     },
     window::{WindowKind, WindowState, cost_units},
 };
-use rein_ebpf::atomic;
+use rein_ebpf::atomic::Word;
 
-use crate::rules::{Amount, REIN_NET_HEAVY, count, quantity, source_state};
+use crate::rules::{Amount, Config, REIN_NET_HEAVY, count, quantity, source_state};
 
 #[map(name = "REIN_NET_SKETCH")]
 static REIN_NET_SKETCH: Array<u64> = Array::with_max_entries(MAX_SKETCH_CELLS, 0);
@@ -24,7 +24,7 @@ static REIN_NET_SKETCH: Array<u64> = Array::with_max_entries(MAX_SKETCH_CELLS, 0
 /// The rows are walked with `bpf_loop`, whose callback the verifier checks once rather than
 /// once per row and path.
 #[inline(always)]
-pub fn charge_sketch(rule: &NetRule, key: &SourceKey, now: u64, amount: Amount) -> bool {
+pub fn charge_sketch(rule: &Config, key: &SourceKey, now: u64, amount: Amount) -> bool {
     let quantity = quantity(rule, amount);
     let bucket = rule.algorithm == ALGORITHM_TOKEN_BUCKET;
     let depth = if rule.sketch_depth < MAX_SKETCH_DEPTH {
@@ -74,12 +74,13 @@ pub fn charge_sketch(rule: &NetRule, key: &SourceKey, now: u64, amount: Amount) 
         unsafe { bpf_loop(depth, sketch_raise as *mut c_void, walk.as_context(), 0) };
     }
     if heavy && let Some(source) = source_state(&REIN_NET_HEAVY, key) {
-        source.state = if bucket {
+        // What `list` shows of the source; racy stores are fine.
+        source.state().store(if bucket {
             least.saturating_sub(now)
         } else {
             least
-        };
-        count(&mut source.counters, passed, amount);
+        });
+        count(source.counters(), passed, amount);
     }
     passed
 }
@@ -110,9 +111,11 @@ impl SketchWalk {
     }
 
     #[inline(always)]
-    fn cell(&self, row: u32) -> Option<*mut u64> {
+    fn cell(&self, row: u32) -> Option<Word> {
         let column = sketch_column(self.rule, row, &self.addr, self.width);
-        REIN_NET_SKETCH.get_ptr_mut(self.offset + row * self.width + column)
+        let cell = REIN_NET_SKETCH.get_ptr_mut(self.offset + row * self.width + column)?;
+        // SAFETY: an array element, valid for the program's run; changed by CAS only.
+        Some(unsafe { Word::new(cell) })
     }
 
     #[inline(always)]
@@ -131,8 +134,7 @@ extern "C" fn sketch_least(row: u32, ctx: *mut c_void) -> i64 {
     let Some(cell) = walk.cell(row) else {
         return 1;
     };
-    // SAFETY: an array element, valid for the program's run.
-    let cell = atomic::load(unsafe { &*cell });
+    let cell = cell.load();
     let value = if walk.bucket != 0 {
         cell
     } else {
@@ -152,9 +154,7 @@ extern "C" fn sketch_raise(row: u32, ctx: *mut c_void) -> i64 {
     let Some(cell) = walk.cell(row) else {
         return 1;
     };
-    // SAFETY: an array element, valid for the program's run; changed by CAS only.
-    let cell = unsafe { &mut *cell };
-    let value = atomic::load(cell);
+    let value = cell.load();
     let next = if walk.bucket != 0 {
         if value >= walk.raised {
             return 0;
@@ -166,7 +166,7 @@ extern "C" fn sketch_raise(row: u32, ctx: *mut c_void) -> i64 {
             .0
     };
     if next != value {
-        let _ = atomic::compare_exchange(cell, value, next);
+        let _ = cell.compare_exchange(value, next);
     }
     0
 }

@@ -25,14 +25,16 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockOpsContext},
 };
 use rein_common::{
-    Direction, EpochCount, FlowState, IngressFlowState, Rule,
+    Direction, EpochCount, FlowState, IngressFlowState,
     share::{
         EPOCH_NS, FLOW_FINISHED, FLOW_REGISTERED_BEFORE, PURE_ACK_MAX_BYTES, UNCLAMPED,
         UNCLAMPED_WINDOW, cwnd_clamp, epoch_of, notsent_lowat, other_units, pacing_rate,
         receive_window, register_threshold, share, tcp_rate,
     },
 };
-use rein_ebpf::{atomic, parse::skb};
+use rein_ebpf::{atomic::Word, parse::skb};
+
+use crate::limit::RuleRef;
 
 /// Per-socket flow state: written by the egress program, applied by the sock_ops program.
 #[btf_map]
@@ -153,7 +155,7 @@ impl<'a> Sharing<'a> {
     /// The packet is charged to `rule`: count the flow there and take its share. Returns the
     /// flows sharing the rule.
     #[inline(always)]
-    pub fn count_under(&mut self, rule: &mut Rule) -> u32 {
+    pub fn count_under(&mut self, rule: RuleRef) -> u32 {
         if self.socket.is_null() {
             // Not a TCP flow's packet: the flows' shares leave room for it; and it may use the
             // flows' leeway (see `charge`), or a ping sent while their trains keep the bucket in
@@ -162,9 +164,9 @@ impl<'a> Sharing<'a> {
                 // SAFETY: a helper without arguments.
                 let dither = unsafe { bpf_get_prandom_u32() };
                 add(
-                    &mut rule.others,
+                    rule.others(),
                     self.epoch,
-                    other_units(rule.rate, self.bytes, dither),
+                    other_units(rule.rate(), self.bytes, dither),
                 );
             }
             return self.active(rule);
@@ -176,29 +178,34 @@ impl<'a> Sharing<'a> {
             }
             self.fin = skb::tcp_fin(self.ctx);
         }
-        // SAFETY: non-null storage of this socket, valid for the program's run.
-        let state = unsafe { &mut *self.state };
-        if state.flags & FLOW_FINISHED != 0 {
+        let state = self.state;
+        // SAFETY: non-null storage of this socket, valid for the program's run; other programs
+        // of the socket may run at once on other CPUs, so no reference to it is made.
+        let (flags, registered, sent) =
+            unsafe { ((*state).flags, (*state).registered, (*state).sent) };
+        if flags & FLOW_FINISHED != 0 {
             return self.active(rule);
         }
         if self.fin {
-            let now = state.registered == REGISTERED;
-            let before = state.flags & FLOW_REGISTERED_BEFORE != 0;
-            remove(&mut rule.flows, self.epoch, now, before);
+            let now = registered == REGISTERED;
+            let before = flags & FLOW_REGISTERED_BEFORE != 0;
+            remove(rule.flows(), self.epoch, now, before);
             return self.active(rule);
         }
         let mut active = self.active(rule);
-        if state.registered != REGISTERED
-            && state.sent as u64 >= register_threshold(rule.rate, active)
-        {
-            add(&mut rule.flows, self.epoch, 1);
+        if registered != REGISTERED && sent as u64 >= register_threshold(rule.rate(), active) {
+            add(rule.flows(), self.epoch, 1);
             active = self.active(rule);
-            state.registered = REGISTERING;
+            // SAFETY: as above.
+            unsafe { (*state).registered = REGISTERING };
         }
-        let others = EpochCount(atomic::load(&rule.others.0)).peak(self.epoch);
-        let own = share(tcp_rate(rule.rate, others), active);
-        if own < state.pending_share {
-            state.pending_share = own;
+        let others = EpochCount(rule.others().load()).peak(self.epoch);
+        let own = share(tcp_rate(rule.rate(), others), active);
+        // SAFETY: as above.
+        unsafe {
+            if own < (*state).pending_share {
+                (*state).pending_share = own;
+            }
         }
         // At least this flow, even before it registers.
         if active == 0 { 1 } else { active }
@@ -206,8 +213,8 @@ impl<'a> Sharing<'a> {
 
     /// The flows active under `rule` now (`EpochCount::active`).
     #[inline(always)]
-    fn active(&self, rule: &Rule) -> u32 {
-        EpochCount(atomic::load(&rule.flows.0)).active(self.epoch, self.elapsed_ns, rule.rate)
+    fn active(&self, rule: RuleRef) -> u32 {
+        EpochCount(rule.flows().load()).active(self.epoch, self.elapsed_ns, rule.rate())
     }
 
     /// Whether the packet is a download that came through its rule's queue (as the tc program
@@ -245,21 +252,24 @@ impl<'a> Sharing<'a> {
         if state.is_null() {
             return state;
         }
-        // SAFETY: non-null storage of this socket, valid for the program's run.
-        let flow = unsafe { &mut *state };
-        if flow.epoch != self.epoch {
-            // Whether it counted in the epoch that is now the previous one.
-            if flow.registered == REGISTERED && flow.epoch.wrapping_add(1) == self.epoch {
-                flow.flags |= FLOW_REGISTERED_BEFORE;
-            } else {
-                flow.flags &= !FLOW_REGISTERED_BEFORE;
+        // SAFETY: non-null storage of this socket, valid for the program's run; fields are
+        // accessed through the pointer, never a reference (see `count_under`).
+        unsafe {
+            if (*state).epoch != self.epoch {
+                // Whether it counted in the epoch that is now the previous one.
+                if (*state).registered == REGISTERED && (*state).epoch.wrapping_add(1) == self.epoch
+                {
+                    (*state).flags |= FLOW_REGISTERED_BEFORE;
+                } else {
+                    (*state).flags &= !FLOW_REGISTERED_BEFORE;
+                }
+                (*state).epoch = self.epoch;
+                (*state).sent = 0;
+                (*state).registered = UNREGISTERED;
             }
-            flow.epoch = self.epoch;
-            flow.sent = 0;
-            flow.registered = UNREGISTERED;
+            (*state).sent = (*state).sent.saturating_add(self.bytes as u32);
+            (*state).pending_share = u64::MAX;
         }
-        flow.sent = flow.sent.saturating_add(self.bytes as u32);
-        flow.pending_share = u64::MAX;
         state
     }
 
@@ -274,41 +284,43 @@ impl<'a> Sharing<'a> {
             return;
         }
         if !self.counts_others {
-            // SAFETY: ingress storage holds an IngressFlowState, whose first field `state` is;
+            // SAFETY: ingress storage holds an IngressFlowState, whose first field `flow` is;
             // the context is the program's.
             unsafe {
-                let ingress = &mut *self.state.cast::<IngressFlowState>();
-                ingress.queue_cgroup = queue_cgroup;
-                ingress.netns_cookie = bpf_get_netns_cookie(self.ctx.skb.skb.cast());
+                let ingress = self.state.cast::<IngressFlowState>();
+                (*ingress).queue_cgroup = queue_cgroup;
+                (*ingress).netns_cookie = bpf_get_netns_cookie(self.ctx.skb.skb.cast());
             }
         }
-        // SAFETY: non-null storage of this socket.
-        let state = unsafe { &mut *self.state };
-        if self.fin {
-            state.flags |= FLOW_FINISHED;
-            state.registered = UNREGISTERED;
-        }
-        if !passed {
-            return;
-        }
-        if state.registered == REGISTERING {
-            state.registered = REGISTERED;
-        }
-        // A finished flow's walk sets no share: it keeps the one it had.
-        if state.pending_share != u64::MAX {
-            state.share = state.pending_share;
+        let state = self.state;
+        // SAFETY: non-null storage of this socket, through the pointer (see `count_under`).
+        unsafe {
+            if self.fin {
+                (*state).flags |= FLOW_FINISHED;
+                (*state).registered = UNREGISTERED;
+            }
+            if !passed {
+                return;
+            }
+            if (*state).registered == REGISTERING {
+                (*state).registered = REGISTERED;
+            }
+            // A finished flow's walk sets no share: it keeps the one it had.
+            if (*state).pending_share != u64::MAX {
+                (*state).share = (*state).pending_share;
+            }
         }
     }
 }
 
 /// Adds `n` to `count` in `epoch`; returns the count's peak after it.
 #[inline(always)]
-fn add(count: &mut EpochCount, epoch: u32, n: u32) -> u32 {
-    let mut current = atomic::load(&count.0);
+fn add(count: Word, epoch: u32, n: u32) -> u32 {
+    let mut current = count.load();
     let mut attempt = 0;
     while attempt < 8 {
         let next = EpochCount(current).add(epoch, n);
-        match atomic::compare_exchange(&mut count.0, current, next.0) {
+        match count.compare_exchange(current, next.0) {
             Ok(()) => return next.peak(epoch),
             Err(found) => current = found,
         }
@@ -323,10 +335,10 @@ fn add(count: &mut EpochCount, epoch: u32, n: u32) -> u32 {
 /// levels past its limit, and if another CPU wins the race the flow still leaves the count
 /// within an epoch and a grace of its last packet.
 #[inline(always)]
-fn remove(count: &mut EpochCount, epoch: u32, now: bool, before: bool) {
-    let current = atomic::load(&count.0);
+fn remove(count: Word, epoch: u32, now: bool, before: bool) {
+    let current = count.load();
     let next = EpochCount(current).remove(epoch, now, before);
-    let _ = atomic::compare_exchange(&mut count.0, current, next.0);
+    let _ = count.compare_exchange(current, next.0);
 }
 
 /// The sock_ops side: turn on RTT callbacks for every TCP connection, and on each callback apply
@@ -404,16 +416,18 @@ fn apply_window(ctx: &SockOpsContext) {
             let _ = ctx.set_cb_flags(flags as i32);
             return;
         }
-        let state = &mut *state;
-        let share = state.share_at(epoch_of(bpf_ktime_get_ns()));
-        if share == 0 && (state.applied == 0 || state.applied == UNCLAMPED_WINDOW) {
+        // A copy, and writes through the pointer: the cgroup and tc programs may use the
+        // storage at once on other CPUs, so no reference to it is made.
+        let flow = ptr::read(state);
+        let share = flow.share_at(epoch_of(bpf_ktime_get_ns()));
+        if share == 0 && (flow.applied == 0 || flow.applied == UNCLAMPED_WINDOW) {
             return;
         }
         // Set on every segment, not only when the share changes: TCP's receive buffer tuning
         // raises the clamp as it grows the buffer (and setting an unchanged clamp is cheap).
         let mut window = receive_window(share, (*ctx.ops).mss_cache);
         if set_option(ctx, SOL_TCP, TCP_WINDOW_CLAMP, &mut window) {
-            state.applied = window;
+            (*state).applied = window;
         }
     }
 }
@@ -436,15 +450,16 @@ fn apply_pacing(ctx: &SockOpsContext) {
         if state.is_null() {
             return;
         }
-        let state = &mut *state;
-        let share = state.share_at(epoch_of(bpf_ktime_get_ns()));
+        // A copy, and writes through the pointer, as in `apply_window`.
+        let flow = ptr::read(state);
+        let share = flow.share_at(epoch_of(bpf_ktime_get_ns()));
         let mss = (*ctx.ops).mss_cache;
         // Nothing to lift on a socket that was never capped.
         let pacing = pacing_rate(share, mss, ctx.family() == AF_INET6);
-        if pacing != state.applied && (state.applied != 0 || share != 0) {
+        if pacing != flow.applied && (flow.applied != 0 || share != 0) {
             let mut value = pacing;
             if set_option(ctx, SOL_SOCKET, SO_MAX_PACING_RATE, &mut value) {
-                state.applied = pacing;
+                (*state).applied = pacing;
                 // Paced, the flow's backlog waits in its socket: keep it short (see
                 // `notsent_lowat`). 0 restores the system's default.
                 let mut lowat = notsent_lowat(share);
@@ -452,10 +467,10 @@ fn apply_pacing(ctx: &SockOpsContext) {
             }
         }
         let clamp = cwnd_clamp(share, (*ctx.ops).srtt_us, mss);
-        if clamp != state.clamp && (state.clamp != 0 || clamp != UNCLAMPED) {
+        if clamp != flow.clamp && (flow.clamp != 0 || clamp != UNCLAMPED) {
             let mut value = clamp;
             if set_option(ctx, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &mut value) {
-                state.clamp = clamp;
+                (*state).clamp = clamp;
             }
         }
     }

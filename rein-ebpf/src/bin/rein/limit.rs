@@ -9,8 +9,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuHashMap},
     programs::{SkBuffContext, SockOpsContext},
 };
-use rein_common::{Counters, Direction, MAX_CGROUP_DEPTH, MAX_RULES, Rule, RuleKey};
-use rein_ebpf::{atomic, parse::skb, take};
+use rein_common::{Bucket, Counters, Direction, MAX_CGROUP_DEPTH, MAX_RULES, Rule, RuleKey};
+use rein_ebpf::{
+    atomic::{CountersRef, Word},
+    parse::skb,
+    take,
+};
 
 use crate::flows;
 
@@ -81,6 +85,7 @@ pub(crate) fn has_rules(direction: Direction) -> bool {
 fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings::bpf_sock) -> i32 {
     let skb = ctx.skb.skb;
     let bytes = skb::ip_bytes(ctx);
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut flow = flows::Sharing::new(ctx, tcp, now, bytes, direction);
 
@@ -130,8 +135,7 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
     if let Some(cgroup_id) = ancestor(skb, refused_at)
         && let Some(counters) = counters(cgroup_id, direction)
     {
-        atomic::add(&mut counters.dropped_packets, 1);
-        atomic::add(&mut counters.dropped_bytes, bytes);
+        counters.add(false, 1, bytes);
     }
     DROP
 }
@@ -141,11 +145,9 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
 fn count_pass(cgroup_id: u64, direction: Direction, bytes: u64, passed: bool) {
     if let Some(counters) = counters(cgroup_id, direction) {
         if passed {
-            atomic::add(&mut counters.passed_packets, 1);
-            atomic::add(&mut counters.passed_bytes, bytes);
+            counters.add(true, 1, bytes);
         } else {
-            atomic::sub(&mut counters.passed_packets, 1);
-            atomic::sub(&mut counters.passed_bytes, bytes);
+            counters.sub(true, 1, bytes);
         }
     }
 }
@@ -163,9 +165,9 @@ pub(crate) fn current_task_ingress_rate() -> u64 {
             break;
         }
         if let Some(rule) = rule(cgroup_id, Direction::Ingress)
-            && (smallest == 0 || rule.rate < smallest)
+            && (smallest == 0 || rule.rate() < smallest)
         {
-            smallest = rule.rate;
+            smallest = rule.rate();
         }
         level += 1;
     }
@@ -175,26 +177,75 @@ pub(crate) fn current_task_ingress_rate() -> u64 {
 #[inline(always)]
 fn ancestor(skb: *mut __sk_buff, level: u32) -> Option<u64> {
     // Returns 0 when the socket's cgroup is shallower than `level` (or there is no socket).
+    // SAFETY: the program's own context.
     match unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) } {
         0 => None,
         id => Some(id),
     }
 }
 
+/// The rule of `cgroup_id` in `direction`, if it has one.
 #[inline(always)]
-pub(crate) fn rule(cgroup_id: u64, direction: Direction) -> Option<&'static mut Rule> {
+pub(crate) fn rule(cgroup_id: u64, direction: Direction) -> Option<RuleRef> {
     let ptr = REIN_RULES.get_ptr_mut(RuleKey::new(cgroup_id, direction))?;
-    // SAFETY: the map value stays valid for the program's run (RCU); fields that other CPUs
-    // change are only touched through atomics.
-    Some(unsafe { &mut *ptr })
+    Some(RuleRef(ptr))
 }
 
+/// A rule in the map, which every CPU reads and updates at once: its configuration is read
+/// field by field, its live state (bucket, counts) changed through atomics only, and no
+/// reference to it is ever made.
+#[derive(Clone, Copy)]
+pub(crate) struct RuleRef(*mut Rule);
+
+impl RuleRef {
+    /// The limit in IP bytes per second.
+    #[inline(always)]
+    pub(crate) fn rate(self) -> u64 {
+        // SAFETY: a map value, valid for the program's run (RCU); userspace writes `rate` only
+        // when it writes the whole rule.
+        unsafe { (*self.0).rate }
+    }
+
+    /// The bucket's configuration (its `tat` left 0: that is `tat()`).
+    #[inline(always)]
+    fn bucket(self) -> Bucket {
+        // SAFETY: as in `rate`.
+        let (ns_per_byte, burst_ns) =
+            unsafe { ((*self.0).bucket.ns_per_byte, (*self.0).bucket.burst_ns) };
+        Bucket {
+            ns_per_byte,
+            burst_ns,
+            tat: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn tat(self) -> Word {
+        // SAFETY: a map value valid for the program's run; `tat` changes by atomics only.
+        unsafe { Word::new(&raw mut (*self.0).bucket.tat) }
+    }
+
+    /// The TCP flows sharing the rule (an `EpochCount`).
+    #[inline(always)]
+    pub(crate) fn flows(self) -> Word {
+        // SAFETY: as in `tat`.
+        unsafe { Word::new(&raw mut (*self.0).flows.0) }
+    }
+
+    /// The rule's other traffic (an `EpochCount`).
+    #[inline(always)]
+    pub(crate) fn others(self) -> Word {
+        // SAFETY: as in `tat`.
+        unsafe { Word::new(&raw mut (*self.0).others.0) }
+    }
+}
+
+/// The counters of `cgroup_id` in `direction` on this CPU.
 #[inline(always)]
-fn counters(cgroup_id: u64, direction: Direction) -> Option<&'static mut Counters> {
+fn counters(cgroup_id: u64, direction: Direction) -> Option<CountersRef> {
     let ptr = REIN_COUNTERS.get_ptr_mut(RuleKey::new(cgroup_id, direction))?;
-    // SAFETY: as for `rule`; per-CPU, and updated with atomic adds because a softirq on the
-    // same CPU can interrupt a program in process context.
-    Some(unsafe { &mut *ptr })
+    // SAFETY: a map value, valid for the program's run (RCU); counters change by atomics only.
+    Some(unsafe { CountersRef::new(ptr) })
 }
 
 /// Takes `bytes` from the rule's bucket; false when the bucket has no room.
@@ -210,17 +261,17 @@ fn counters(cgroup_id: u64, direction: Direction) -> Option<&'static mut Counter
 /// Other packets get the same room: the trains keep the bucket in that debt much of the time,
 /// and a ping or a DNS query sent beside the flows must still pass.
 #[inline(always)]
-fn charge(rule: &mut Rule, now: u64, bytes: u64, tcp_flows: u32) -> bool {
-    let bucket = rule.bucket;
+fn charge(rule: RuleRef, now: u64, bytes: u64, tcp_flows: u32) -> bool {
+    let bucket = rule.bucket();
     let cost = bucket.cost_ns(bytes);
     // tcp_flows <= 2^16 and the cost of 64 KiB < 2^43 (at 1 kbit/s): no overflow.
     let room = bucket.burst_ns + tcp_flows as u64 * bucket.cost_ns(TCP_TRAIN_BYTES);
-    take::take(&mut rule.bucket, now, cost, room)
+    take::take(rule.tat(), now, cost, room)
 }
 
 /// Gives back the cost of `bytes` charged by `charge`.
 #[inline(always)]
-fn refund(rule: &mut Rule, bytes: u64) {
-    let cost = rule.bucket.cost_ns(bytes);
-    atomic::sub(&mut rule.bucket.tat, cost);
+fn refund(rule: RuleRef, bytes: u64) {
+    let cost = rule.bucket().cost_ns(bytes);
+    rule.tat().sub(cost);
 }

@@ -6,6 +6,8 @@
 //! - `queue`: a tc program on the devices that sends limited downloads through their rule's
 //!   queue.
 #![no_std]
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![no_main]
 
 mod flows;

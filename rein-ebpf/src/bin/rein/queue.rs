@@ -81,24 +81,32 @@ fn socket_queue(socket: *mut bpf_sock) -> Option<u32> {
     if state.is_null() {
         return None;
     }
-    // SAFETY: non-null storage of this socket, valid for the program's run; the tc program
-    // and the cgroup ingress program of one flow run one after the other.
-    let state = unsafe { &mut *state };
-    let applied = state.flow.applied;
+    // SAFETY: non-null storage of this socket, valid for the program's run; the cgroup
+    // programs and sock_ops may use it at once on other CPUs, so it is read and written
+    // through the pointer, never a reference.
+    let (applied, queue_cgroup, netns_cookie, queued_before) = unsafe {
+        (
+            (*state).flow.applied,
+            (*state).queue_cgroup,
+            (*state).netns_cookie,
+            (*state).queued,
+        )
+    };
     let mut ifindex = 0u32;
     if applied != 0 && applied != UNCLAMPED_WINDOW {
         let key = QueueKey {
-            cgroup_id: state.queue_cgroup,
-            netns_cookie: state.netns_cookie,
+            cgroup_id: queue_cgroup,
+            netns_cookie,
         };
         // SAFETY: a plain value read from the map.
-        if let Some(found) = unsafe { REIN_QUEUES.get(&key) } {
+        if let Some(found) = unsafe { REIN_QUEUES.get(key) } {
             ifindex = *found;
         }
     }
     let queued = u32::from(ifindex != 0);
-    if state.queued != queued {
-        state.queued = queued;
+    if queued_before != queued {
+        // SAFETY: as above.
+        unsafe { (*state).queued = queued };
     }
     if ifindex == 0 { None } else { Some(ifindex) }
 }
