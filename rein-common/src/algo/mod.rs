@@ -4,4 +4,5 @@
 pub mod bucket;
 pub mod share;
 pub mod sketch;
+pub mod take;
 pub mod window;
