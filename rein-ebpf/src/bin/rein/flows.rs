@@ -121,9 +121,6 @@ pub struct Sharing<'a> {
     /// How far into `epoch` the packet is.
     elapsed_ns: u64,
     bytes: u64,
-    /// Count the packet as other traffic if it is not a TCP flow's (at egress, where flows are
-    /// paced and must leave it room).
-    counts_others: bool,
     /// The packet carries the flow's FIN: take the flow out of the counts now rather than two
     /// epochs after its last packet, so the others get its share back at once. Read when the
     /// first rule is met, so packets under no rule never parse their TCP header.
@@ -147,20 +144,24 @@ impl<'a> Sharing<'a> {
             epoch: epoch_of(now),
             elapsed_ns: now % EPOCH_NS,
             bytes,
-            counts_others: direction == Direction::Egress,
             fin: false,
         }
     }
 
     /// The packet is charged to `rule`: count the flow there and take its share. Returns the
     /// flows sharing the rule.
+    ///
+    /// `direction` is the packet's, passed as a constant rather than kept in `self`: the
+    /// verifier then sees which storage the flow's is (a field read back from the stack may
+    /// be anything to it).
     #[inline(always)]
-    pub fn count_under(&mut self, rule: RuleRef) -> u32 {
+    pub fn count_under(&mut self, rule: RuleRef, direction: Direction) -> u32 {
         if self.socket.is_null() {
             // Not a TCP flow's packet: the flows' shares leave room for it; and it may use the
             // flows' leeway (see `charge`), or a ping sent while their trains keep the bucket in
             // debt would never pass.
-            if self.counts_others {
+            // At egress, where flows are paced and must leave room for other traffic.
+            if direction == Direction::Egress {
                 // SAFETY: a helper without arguments.
                 let dither = unsafe { bpf_get_prandom_u32() };
                 add(
@@ -220,8 +221,8 @@ impl<'a> Sharing<'a> {
     /// Whether the packet is a download that came through its rule's queue (as the tc program
     /// noted in the flow's storage). Asked only when a bucket refuses.
     #[inline(always)]
-    pub fn queued(&self) -> bool {
-        if self.counts_others || self.state.is_null() {
+    pub fn queued(&self, direction: Direction) -> bool {
+        if direction == Direction::Egress || self.state.is_null() {
             return false;
         }
         // SAFETY: ingress storage holds an IngressFlowState, whose first field `state` is.
@@ -279,11 +280,11 @@ impl<'a> Sharing<'a> {
     ///
     /// `queue_cgroup` is the deepest rule's cgroup, whose queue an ingress flow goes through.
     #[inline(always)]
-    pub fn finish(self, passed: bool, queue_cgroup: u64) {
+    pub fn finish(self, passed: bool, queue_cgroup: u64, direction: Direction) {
         if self.state.is_null() {
             return;
         }
-        if !self.counts_others {
+        if direction == Direction::Ingress {
             // SAFETY: ingress storage holds an IngressFlowState, whose first field `flow` is;
             // the context is the program's.
             unsafe {
