@@ -34,8 +34,6 @@ pub struct Packet {
     pub l2_bytes: u64,
     /// IP and transport header bytes, which each segment of a GSO packet repeats.
     pub header_bytes: u64,
-    /// The IP packet's length as its header says.
-    pub ip_bytes: u64,
 }
 
 /// The `T` at `offset` in the frame between `data` and `end`; None past the end.
@@ -79,7 +77,6 @@ impl Packet {
         if ip[0] >> 4 != 4 || header < 20 {
             return None;
         }
-        let total = u16::from_be_bytes([ip[2], ip[3]]);
         let fragment_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
         let protocol = ip[9];
         let mut source = [0u8; ADDR_BYTES];
@@ -96,7 +93,6 @@ impl Packet {
             port,
             l2_bytes: l2 as u64,
             header_bytes: (header + transport) as u64,
-            ip_bytes: total as u64,
         })
     }
 
@@ -106,7 +102,6 @@ impl Packet {
         if ip[0] >> 4 != 6 {
             return None;
         }
-        let payload = u16::from_be_bytes([ip[4], ip[5]]);
         let mut next = ip[6];
         let mut source = [0u8; ADDR_BYTES];
         let mut destination = [0u8; ADDR_BYTES];
@@ -144,7 +139,6 @@ impl Packet {
             port,
             l2_bytes: l2 as u64,
             header_bytes: (offset - l2 + transport) as u64,
-            ip_bytes: IPV6_HEADER as u64 + payload as u64,
         })
     }
 }

@@ -8,7 +8,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, generated::bpf_xdp_get_buff_len},
     macros::{classifier, map, xdp},
     maps::{
         Array, HashMap, LruHashMap, PerCpuHashMap,
@@ -70,31 +70,45 @@ pub static REIN_NET_HEAVY: LruHashMap<SourceKey, SourceState> =
 
 #[classifier]
 pub fn rein_net_tc_ingress(ctx: TcContext) -> i32 {
-    tc_verdict(&ctx, Direction::Ingress)
+    match try_tc(&ctx, Direction::Ingress) {
+        Ok(action) | Err(action) => action,
+    }
 }
 
 #[classifier]
 pub fn rein_net_tc_egress(ctx: TcContext) -> i32 {
-    tc_verdict(&ctx, Direction::Egress)
+    match try_tc(&ctx, Direction::Egress) {
+        Ok(action) | Err(action) => action,
+    }
 }
 
 #[xdp]
 pub fn rein_net_xdp(ctx: XdpContext) -> u32 {
+    match try_xdp(&ctx) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+/// Err: a frame the parser does not understand, which passes untouched.
+#[inline(always)]
+fn try_xdp(ctx: &XdpContext) -> Result<u32, u32> {
     // SAFETY: the context is valid for the program's run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let Some(packet) = Packet::parse(ctx.data(), ctx.data_end()) else {
-        return xdp_action::XDP_PASS;
-    };
-    // XDP sees single frames: one packet, its IP bytes.
+    let packet = Packet::parse(ctx.data(), ctx.data_end()).ok_or(xdp_action::XDP_PASS)?;
+    // XDP sees single frames: one packet, charged what arrived (the whole frame, fragments of
+    // a multi-buffer frame included, less its L2 header), never the length its IP header
+    // claims, which the sender writes.
+    // SAFETY: the program's own context.
+    let frame = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
     let amount = Amount {
-        bytes: packet.ip_bytes,
+        bytes: frame.saturating_sub(packet.l2_bytes),
         packets: 1,
     };
-    if admit(&packet, ifindex, HOOK_XDP, amount) {
+    Ok(if admit(&packet, ifindex, HOOK_XDP, amount) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
-    }
+    })
 }
 
 /// Baselines for the benchmark: programs that pass everything, so that the cost of running a
@@ -109,29 +123,29 @@ pub fn rein_net_pass_xdp(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Err: a frame the parser does not understand, which passes untouched.
 #[inline(always)]
-fn tc_verdict(ctx: &TcContext, direction: Direction) -> i32 {
+fn try_tc(ctx: &TcContext, direction: Direction) -> Result<i32, i32> {
     // SAFETY: the context is valid for the program's run.
     let (ifindex, len, segs) = unsafe {
         let skb = ctx.skb.skb;
         ((*skb).ifindex, (*skb).len, (*skb).gso_segs)
     };
-    let Some(packet) = Packet::parse(ctx.data(), ctx.data_end()) else {
-        return TC_ACT_OK;
-    };
-    // A GSO packet stands for `segs` packets, each with its own headers (see the cgroup
-    // programs' `rein_ebpf::parse::skb`); skb->len counts the L2 header and the other headers once.
+    let packet = Packet::parse(ctx.data(), ctx.data_end()).ok_or(TC_ACT_OK)?;
+    // What arrived (skb->len, never the length the IP header claims), less the L2 header. A
+    // GSO packet stands for `segs` packets, each with its own headers (see the cgroup
+    // programs' `rein_ebpf::parse::skb`); skb->len counts them once.
     let segs = if segs == 0 { 1 } else { segs as u64 };
     let ip_len = (len as u64).saturating_sub(packet.l2_bytes);
     let amount = Amount {
         bytes: ip_len + (segs - 1) * packet.header_bytes,
         packets: segs,
     };
-    if admit(&packet, ifindex, direction as u8, amount) {
+    Ok(if admit(&packet, ifindex, direction as u8, amount) {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT
-    }
+    })
 }
 
 /// What a packet is charged: IP bytes, or packets (a GSO packet is several).
