@@ -111,6 +111,10 @@ fn main() {
             "every_cpu_at_once_is_never_refused_by_a_bucket_with_room",
             every_cpu_at_once_is_never_refused_by_a_bucket_with_room,
         ),
+        (
+            "every_program_keeps_half_the_verifier_limit",
+            every_program_keeps_half_the_verifier_limit,
+        ),
     ];
     let mut trials: Vec<Trial> = tests
         .into_iter()
@@ -542,6 +546,46 @@ fn pin_to(cpu: u32) -> Result<(), String> {
                 std::io::Error::last_os_error()
             ));
         }
+    }
+    Ok(())
+}
+
+/// The verifier walks every path of a program and gives up at a million instructions: a program
+/// near that cannot take one more branch (a test added after the cgroup walk once made
+/// rein_ingress "too large"). Each program keeps half the limit as room for later code.
+fn every_program_keeps_half_the_verifier_limit(_ids: Ids) -> Result<(), Failed> {
+    let sizes = rein::doctor::verified_instructions()?;
+    let names: Vec<&str> = sizes.iter().map(|size| size.program.as_str()).collect();
+    for wanted in [
+        EGRESS_PROGRAM,
+        INGRESS_PROGRAM,
+        "rein_sock_ops",
+        "rein_queue",
+    ] {
+        ensure(names.contains(&wanted), || {
+            format!("{wanted} missing: {names:?}")
+        })?;
+    }
+    ensure(
+        names.iter().any(|name| name.starts_with("rein_net_")),
+        || format!("no net program: {names:?}"),
+    )?;
+    for size in &sizes {
+        eprintln!(
+            "{}: {} verified instructions",
+            size.program, size.verified_instructions
+        );
+    }
+    for size in &sizes {
+        ensure(
+            size.verified_instructions > 0 && size.verified_instructions <= size.limit / 2,
+            || {
+                format!(
+                    "{} took {} verified instructions, over half the limit of {}",
+                    size.program, size.verified_instructions, size.limit
+                )
+            },
+        )?;
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use aya_ebpf::{
 };
 use rein_common::{
     Bucket, Counters, Direction,
+    bucket::MAX_CHARGED_BYTES,
     net::{
         ALGORITHM_FIXED_WINDOW, ALGORITHM_TOKEN_BUCKET, FLAG_PACKETS, FLAG_PER_SOURCE, FLAG_SKETCH,
         HOOK_XDP, MAX_HEAVY_SOURCES, MAX_NET_RULES, MAX_TRACKED_SOURCES, NetRule, PORT_ANY,
@@ -137,8 +138,12 @@ fn try_tc(ctx: &TcContext, direction: Direction) -> Result<i32, i32> {
     // programs' `rein_ebpf::parse::skb`); skb->len counts them once.
     let segs = if segs == 0 { 1 } else { segs as u64 };
     let ip_len = (len as u64).saturating_sub(packet.l2_bytes);
+    // Clamped where the charge clamps anyway (no packet comes near 1 MiB): the bound is the
+    // same on every parsing path, whereas unclamped the verifier carried each path's own range
+    // of header lengths through the rule lookups and charges and could not merge them (600k
+    // verified instructions against 250k).
     let amount = Amount {
-        bytes: ip_len + (segs - 1) * packet.header_bytes,
+        bytes: (ip_len + (segs - 1) * packet.header_bytes).min(MAX_CHARGED_BYTES),
         packets: segs,
     };
     Ok(if admit(&packet, ifindex, direction as u8, amount) {
