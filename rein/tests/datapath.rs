@@ -592,7 +592,9 @@ fn every_program_keeps_half_the_verifier_limit(_ids: Ids) -> Result<(), Failed> 
 
 /// ns per packet of the cgroup programs through BPF_PROG_TEST_RUN (the least of 7 calls of
 /// 100k runs each), for a packet under a rule on its cgroup, under rules on its cgroup and its
-/// parent, and at ingress; every packet passes (rules of 1 tbit/s with a 1 GB burst).
+/// parent, and at ingress; then with the socket three levels deeper (depth 5, where the walk
+/// goes past the levels it makes in line). Every packet passes (rules of 1 tbit/s with a 1 GB
+/// burst).
 fn per_packet_cost(ids: Ids) -> Result<(), Failed> {
     let cases: [(&str, Direction, &[u64]); 4] = [
         ("egress, no rule on the path", Direction::Egress, &[]),
@@ -613,20 +615,78 @@ fn per_packet_cost(ids: Ids) -> Result<(), Failed> {
         ),
     ];
     for (name, direction, cgroups) in cases {
-        let mut loaded = Loaded::new();
-        // A rule elsewhere, so the direction has rules and the walk runs.
-        loaded.set_rule(ids.inner + 1_000_000, direction, limit("1tbit", "1g"));
-        for &cgroup in cgroups {
-            loaded.set_rule(cgroup, direction, limit("1tbit", "1g"));
-        }
-        let packet = Packet::tcp(1000);
-        let mut best = Duration::MAX;
-        for _ in 0..7 {
-            let (verdict, time) = loaded.run_repeated(direction, &packet, 100_000);
-            ensure(verdict == PASS, || format!("{name}: verdict {verdict}"))?;
-            best = best.min(time);
-        }
-        eprintln!("{name}: {} ns per packet", best.as_nanos());
+        measure(&format!("depth 2, {name}"), direction, cgroups, ids)?;
     }
+    let deeper = Deeper::enter(3);
+    let deepest = deeper.chain.last().unwrap().id().unwrap();
+    measure(
+        "depth 5, egress, no rule on the path",
+        Direction::Egress,
+        &[],
+        ids,
+    )?;
+    measure(
+        "depth 5, egress, rules at depths 2 and 5",
+        Direction::Egress,
+        &[ids.inner, deepest],
+        ids,
+    )?;
+    drop(deeper);
     Ok(())
+}
+
+fn measure(name: &str, direction: Direction, cgroups: &[u64], ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    // A rule elsewhere, so the direction has rules and the walk runs.
+    loaded.set_rule(ids.inner + 1_000_000, direction, limit("1tbit", "1g"));
+    for &cgroup in cgroups {
+        loaded.set_rule(cgroup, direction, limit("1tbit", "1g"));
+    }
+    let packet = Packet::tcp(1000);
+    let mut best = Duration::MAX;
+    for _ in 0..7 {
+        let (verdict, time) = loaded.run_repeated(direction, &packet, 100_000);
+        ensure(verdict == PASS, || format!("{name}: verdict {verdict}"))?;
+        best = best.min(time);
+    }
+    eprintln!("{name}: {} ns per packet", best.as_nanos());
+    Ok(())
+}
+
+/// A chain of `levels` cgroups below the test's own, with the test process in the last one
+/// until dropped (then back, and the chain removed).
+struct Deeper {
+    home: Cgroup,
+    chain: Vec<Cgroup>,
+}
+
+impl Deeper {
+    fn enter(levels: usize) -> Self {
+        let fs = CgroupFs::discover().unwrap();
+        let home = fs.of_pid(std::process::id()).unwrap();
+        let mut chain: Vec<Cgroup> = Vec::new();
+        for level in 0..levels {
+            let parent = chain.last().unwrap_or(&home);
+            let child = parent.child(&format!("deeper{level}"));
+            child.create().unwrap();
+            chain.push(child);
+        }
+        let deeper = Self { home, chain };
+        deeper
+            .chain
+            .last()
+            .unwrap()
+            .add_process(std::process::id())
+            .unwrap();
+        deeper
+    }
+}
+
+impl Drop for Deeper {
+    fn drop(&mut self) {
+        let _ = self.home.add_process(std::process::id());
+        for cgroup in self.chain.iter().rev() {
+            let _ = cgroup.remove();
+        }
+    }
 }

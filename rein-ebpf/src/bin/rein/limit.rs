@@ -101,10 +101,12 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
         bytes,
         refused_at: 0,
         deepest: 0,
+        loop_from: 0,
+        loop_first: (0, RuleRef(ptr::null_mut())),
     };
     // The first levels inline, where the usual cgroups are, at no cost; the rest through
     // bpf_loop (see `Walk`). One function per direction, so that it is a constant in each.
-    let (more, callback) = match direction {
+    let (deeper_rule, callback) = match direction {
         Direction::Egress => (
             walk_inline::<false>(&mut walk),
             walk_level::<false> as *mut c_void,
@@ -114,15 +116,17 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
             walk_level::<true> as *mut c_void,
         ),
     };
-    // Most sockets' cgroups end within the inline levels: they skip the loop's setup.
-    if more && ancestor(skb, INLINE_LEVELS + 1).is_some() {
+    // Only a rule below the levels charged in line needs the loop, from its level on.
+    if let Some((from, cgroup_id, rule)) = deeper_rule {
+        walk.loop_from = from;
+        walk.loop_first = (cgroup_id, rule);
         // The loop gets a copy: the walk itself never has its address taken, so the compiler
         // keeps it in registers on the usual path.
         let mut deep = walk;
         // SAFETY: the callback reads and writes only the copy, which outlives the loop.
         unsafe {
             bpf_loop(
-                MAX_CGROUP_DEPTH - INLINE_LEVELS,
+                MAX_CGROUP_DEPTH + 1 - from,
                 callback,
                 ptr::from_mut(&mut deep).cast(),
                 0,
@@ -162,12 +166,13 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
     DROP
 }
 
-/// One packet's walk over its cgroup's ancestors: levels 1 to [`INLINE_LEVELS`] in line
-/// ([`walk_inline`]), the deeper ones through `bpf_loop` ([`walk_level`]), whose callback the
-/// verifier checks as one body rather than once per level and path. Unrolled, the 16 levels
-/// took the cgroup_skb programs to 0.92 of the verifier's million-instruction limit, and one
-/// more branch in the body made the ingress program too large to load; through `bpf_loop`
-/// alone, each level cost a call (20-35 ns more a packet at depth 2).
+/// One packet's walk over its cgroup's ancestors. Levels 1 to [`INLINE_LEVELS`] are charged
+/// in line and deeper ones looked at in line; a rule below the inline levels is charged, with
+/// the levels below it, from a `bpf_loop` callback ([`walk_level`]), which the verifier checks
+/// as one body rather than once per level and path. Unrolled, the 16 levels took the
+/// cgroup_skb programs to 0.92 of the verifier's million-instruction limit, and one more
+/// branch in the body made the ingress program too large to load. Through `bpf_loop` alone,
+/// each level cost a call: 20-35 ns more a packet at depth 2.
 struct Walk<'a> {
     skb: *mut __sk_buff,
     flow: flows::Sharing<'a>,
@@ -177,35 +182,56 @@ struct Walk<'a> {
     refused_at: u32,
     /// The deepest rule met: an ingress flow's queue.
     deepest: u64,
+    /// The level at which the loop starts, and the cgroup and rule found there.
+    loop_from: u32,
+    loop_first: (u64, RuleRef),
 }
 
-/// Levels walked in line before `bpf_loop` takes over: a container's cgroup is rarely deeper
-/// (Kubernetes' are at level 4), and the walk stops one level below the socket's cgroup.
-const INLINE_LEVELS: u32 = 3;
+/// Levels charged in line. Below them, the levels are looked at in line too (an ancestor and a
+/// lookup each), and the loop charges from the first that has a rule. Each level charged in
+/// line costs ~80k verified instructions; 4 cover the usual rules (Kubernetes puts a pod's
+/// cgroup at level 3 and its containers' at 4, systemd a service's at 2 and a session's at 3).
+const INLINE_LEVELS: u32 = 4;
 
-/// Levels 1 to [`INLINE_LEVELS`]; false when the walk is over.
+/// Charges levels 1 to [`INLINE_LEVELS`] in line, then looks further down for a rule; the
+/// level the loop must charge from, its cgroup and its rule, if there is one.
 #[inline(always)]
-fn walk_inline<const INGRESS: bool>(walk: &mut Walk) -> bool {
+fn walk_inline<const INGRESS: bool>(walk: &mut Walk) -> Option<(u32, u64, RuleRef)> {
+    let direction = if INGRESS {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    };
     let mut level = 1;
     while level <= INLINE_LEVELS {
         if !visit::<INGRESS>(walk, level) {
-            return false;
+            return None;
         }
         level += 1;
     }
-    true
+    while level <= MAX_CGROUP_DEPTH {
+        let cgroup_id = ancestor(walk.skb, level)?;
+        if let Some(rule) = rule(cgroup_id, direction) {
+            return Some((level, cgroup_id, rule));
+        }
+        level += 1;
+    }
+    None
 }
 
-/// Level `index + 1 + INLINE_LEVELS`, as `bpf_loop`'s callback: 1 stops the loop.
+/// Level `walk.loop_from + index`, as `bpf_loop`'s callback: 1 stops the loop.
 extern "C" fn walk_level<const INGRESS: bool>(index: u32, context: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes the walk given to it, which lives on the program's stack, and
     // nothing else uses it while the loop runs.
     let walk = unsafe { &mut *context.cast::<Walk>() };
-    if visit::<INGRESS>(walk, index + 1 + INLINE_LEVELS) {
-        0
+    let going_on = if index == 0 {
+        // Found by `walk_inline`: no second ancestor and lookup.
+        let (cgroup_id, rule) = walk.loop_first;
+        charge_level::<INGRESS>(walk, walk.loop_from, cgroup_id, rule)
     } else {
-        1
-    }
+        visit::<INGRESS>(walk, walk.loop_from + index)
+    };
+    if going_on { 0 } else { 1 }
 }
 
 /// Charges the rule of the cgroup at `level`, if it has one. False when the walk is over:
@@ -220,19 +246,36 @@ fn visit<const INGRESS: bool>(walk: &mut Walk, level: u32) -> bool {
     let Some(cgroup_id) = ancestor(walk.skb, level) else {
         return false;
     };
-    if let Some(rule) = rule(cgroup_id, direction) {
-        walk.deepest = cgroup_id;
-        // Counted before the charge: how many flows share the rule sets TCP's leeway.
-        let flows = walk.flow.count_under(rule, direction);
-        // A download that came through its rule's queue was shaped there, exactly, but tbf
-        // charges a GRO packet's headers once: refusing what the bucket thinks is over would
-        // only make TCP retransmit. It passes uncharged.
-        if !charge(rule, walk.now, walk.bytes, flows) && !walk.flow.queued(direction) {
-            walk.refused_at = level;
-            return false;
-        }
-        count_pass(cgroup_id, direction, walk.bytes, true);
+    match rule(cgroup_id, direction) {
+        Some(rule) => charge_level::<INGRESS>(walk, level, cgroup_id, rule),
+        None => true,
     }
+}
+
+/// Charges `rule`, on the cgroup at `level`; false if it refuses.
+#[inline(always)]
+fn charge_level<const INGRESS: bool>(
+    walk: &mut Walk,
+    level: u32,
+    cgroup_id: u64,
+    rule: RuleRef,
+) -> bool {
+    let direction = if INGRESS {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    };
+    walk.deepest = cgroup_id;
+    // Counted before the charge: how many flows share the rule sets TCP's leeway.
+    let flows = walk.flow.count_under(rule, direction);
+    // A download that came through its rule's queue was shaped there, exactly, but tbf charges
+    // a GRO packet's headers once: refusing what the bucket thinks is over would only make TCP
+    // retransmit. It passes uncharged.
+    if !charge(rule, walk.now, walk.bytes, flows) && !walk.flow.queued(direction) {
+        walk.refused_at = level;
+        return false;
+    }
+    count_pass(cgroup_id, direction, walk.bytes, true);
     true
 }
 
