@@ -52,7 +52,6 @@ pub const KERNEL_FEATURES: &[(KernelVersion, &str)] = &[
     ((5, 12), "BPF atomic compare-and-swap (the buckets)"),
     ((5, 14), "cgroup.kill"),
     ((5, 17), "bpf_loop (the cgroup walk, the sketch)"),
-    ((5, 18), "bpf_xdp_get_buff_len (rein net's XDP program)"),
     (
         (6, 6),
         "tcx links (download queues, rein net's tc programs)",
@@ -269,7 +268,7 @@ mod tests {
             missing_features((6, 5)),
             ["tcx links (download queues, rein net's tc programs)"]
         );
-        assert_eq!(missing_features((5, 14)).len(), 3);
+        assert_eq!(missing_features((5, 14)).len(), 2);
         // 5.9 is older than 5.17, though "9" > "1" as text.
         assert!(missing_features((5, 9)).contains(&"bpf_loop (the cgroup walk, the sketch)"));
         assert_eq!(missing_features((4, 19)).len(), KERNEL_FEATURES.len());

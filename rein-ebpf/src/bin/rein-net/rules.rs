@@ -8,7 +8,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_ktime_get_ns, generated::bpf_xdp_get_buff_len},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{
         Array, HashMap, LruHashMap, PerCpuHashMap,
@@ -96,11 +96,10 @@ fn try_xdp(ctx: &XdpContext) -> Result<u32, u32> {
     // SAFETY: the context is valid for the program's run.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let packet = Packet::parse(ctx.data(), ctx.data_end()).ok_or(xdp_action::XDP_PASS)?;
-    // XDP sees single frames: one packet, charged what arrived (the whole frame, fragments of
-    // a multi-buffer frame included, less its L2 header), never the length its IP header
-    // claims, which the sender writes.
-    // SAFETY: the program's own context.
-    let frame = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    // XDP sees single frames: one packet, charged what arrived (the frame less its L2
+    // header), never the length its IP header claims, which the sender writes. The program
+    // is not loaded for multi-buffer frames (no xdp.frags), so the linear data is the frame.
+    let frame = (ctx.data_end() - ctx.data()) as u64;
     let amount = Amount {
         bytes: frame.saturating_sub(packet.l2_bytes),
         packets: 1,
