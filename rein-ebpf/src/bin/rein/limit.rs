@@ -123,15 +123,15 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
         // The loop gets a copy: the walk itself never has its address taken, so the compiler
         // keeps it in registers on the usual path.
         let mut deep = walk;
-        // SAFETY: the callback reads and writes only the copy, which outlives the loop.
-        unsafe {
-            bpf_loop(
-                MAX_CGROUP_DEPTH + 1 - from,
-                callback,
-                ptr::from_mut(&mut deep).cast(),
-                0,
-            )
+        // Usually the rule is the socket's own cgroup's: one round, not a second one to find
+        // that the cgroup ends there.
+        let rounds = if from < MAX_CGROUP_DEPTH && ancestor(skb, from + 1).is_some() {
+            MAX_CGROUP_DEPTH + 1 - from
+        } else {
+            1
         };
+        // SAFETY: the callback reads and writes only the copy, which outlives the loop.
+        unsafe { bpf_loop(rounds, callback, ptr::from_mut(&mut deep).cast(), 0) };
         walk = deep;
     }
     let Walk {
