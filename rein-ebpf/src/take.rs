@@ -1,31 +1,29 @@
-//! Taking from a token bucket that every CPU shares: the bucket's decision (GCRA, see
-//! `rein_common::bucket`), then a compare-and-swap of its one-word state.
-use rein_common::{Bucket, Verdict};
+//! Taking from a token bucket that every CPU shares (`rein_common::algo::take`), on a map
+//! field.
+use rein_common::algo::take::{self, AtomicWord};
 
-use crate::atomic;
+use crate::atomic::Word;
 
-/// Takes `cost_ns` from `bucket` at `now`, allowing it `room_ns` of debt; false when it has no
-/// room. Another CPU may move the bucket between the load and the swap: try again a few times,
-/// then refuse, since a bucket contended that hard is full of traffic anyway.
-#[inline(always)]
-pub fn take(bucket: &mut Bucket, now: u64, cost_ns: u64, room_ns: u64) -> bool {
-    take_tat(&mut bucket.tat, now, cost_ns, room_ns)
+impl AtomicWord for Word {
+    #[inline(always)]
+    fn load(&self) -> u64 {
+        Word::load(*self)
+    }
+
+    #[inline(always)]
+    fn compare_exchange(&self, expected: u64, new: u64) -> Result<(), u64> {
+        Word::compare_exchange(*self, expected, new)
+    }
+
+    #[inline(always)]
+    fn add(&self, value: u64) {
+        Word::add(*self, value);
+    }
 }
 
-/// [`take`] on a bare `tat`: a bucket whose rate lives elsewhere (one per source).
+/// Takes `cost_ns` from the bucket whose `tat` is `tat`, at `now`, allowing it `room_ns` of
+/// debt; false when it has no room.
 #[inline(always)]
-pub fn take_tat(field: &mut u64, now: u64, cost_ns: u64, room_ns: u64) -> bool {
-    let mut tat = atomic::load(field);
-    let mut attempt = 0;
-    while attempt < 8 {
-        match Bucket::decide(tat, now, cost_ns, room_ns) {
-            Verdict::Refuse => return false,
-            Verdict::Pass { tat: next } => match atomic::compare_exchange(field, tat, next) {
-                Ok(()) => return true,
-                Err(found) => tat = found,
-            },
-        }
-        attempt += 1;
-    }
-    false
+pub fn take(tat: Word, now: u64, cost_ns: u64, room_ns: u64) -> bool {
+    take::take(&tat, now, cost_ns, room_ns)
 }

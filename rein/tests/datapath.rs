@@ -110,11 +110,22 @@ fn main() {
             "both_cores_at_once_never_overdraw",
             both_cores_at_once_never_overdraw,
         ),
+        (
+            "every_cpu_at_once_is_never_refused_by_a_bucket_with_room",
+            every_cpu_at_once_is_never_refused_by_a_bucket_with_room,
+        ),
+        (
+            "every_program_keeps_half_the_verifier_limit",
+            every_program_keeps_half_the_verifier_limit,
+        ),
     ];
-    let trials = tests
+    let mut trials: Vec<Trial> = tests
         .into_iter()
         .map(|(name, test)| Trial::test(name, move || test(ids)))
         .collect();
+    // A measurement, not a check: run with `--ignored per_packet_cost --nocapture`.
+    trials
+        .push(Trial::test("per_packet_cost", move || per_packet_cost(ids)).with_ignored_flag(true));
     let conclusion = libtest_mimic::run(&args, trials);
     drop(cgroups);
     conclusion.exit();
@@ -192,14 +203,21 @@ impl Loaded {
     }
 
     fn offer_repeated(&self, direction: Direction, packet: &Packet, repeat: u32) -> u32 {
+        self.run_repeated(direction, packet, repeat).0
+    }
+
+    /// Runs the program `repeat` times on `packet`: its last verdict, and the kernel's average
+    /// time of one run.
+    fn run_repeated(&self, direction: Direction, packet: &Packet, repeat: u32) -> (u32, Duration) {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(&packet.frame);
         opts.ctx_in = packet.context.as_ref().map(|c| c.as_slice());
         opts.repeat = repeat;
-        self.program(direction)
+        let result = self
+            .program(direction)
             .test_run(opts)
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
+            .expect("BPF_PROG_TEST_RUN");
+        (result.return_value, result.duration)
     }
 }
 
@@ -477,4 +495,201 @@ fn both_cores_at_once_never_overdraw(ids: Ids) -> Result<(), Failed> {
             && counters.passed_packets + counters.dropped_packets == offered,
         || format!("{counters:?} for {offered} offered"),
     )
+}
+
+/// Fault 7: contention alone must never refuse a packet. One thread pinned to each CPU runs
+/// the egress program into one bucket that has room for every packet: a packet whose
+/// compare-and-swap kept losing to the other CPUs was refused.
+fn every_cpu_at_once_is_never_refused_by_a_bucket_with_room(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    // 1 GB of burst; 200k packets of 100 bytes per CPU is a fraction of it.
+    loaded.set_rule(ids.inner, Direction::Egress, limit("1tbit", "1g"));
+    let loaded = Arc::new(loaded);
+    let cpus = aya::util::online_cpus().map_err(|(_, e)| Failed::from(e.to_string()))?;
+    let start = Arc::new(Barrier::new(cpus.len()));
+    let workers: Vec<_> = cpus
+        .iter()
+        .map(|&cpu| {
+            let loaded = Arc::clone(&loaded);
+            let start = Arc::clone(&start);
+            thread::spawn(move || -> Result<(), String> {
+                pin_to(cpu)?;
+                let packet = Packet::tcp(100);
+                start.wait();
+                for _ in 0..20 {
+                    loaded.offer_repeated(Direction::Egress, &packet, 10_000);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| Failed::from("worker panicked"))??;
+    }
+    let counters = loaded.counters(ids.inner, Direction::Egress).unwrap();
+    let offered = 200_000 * cpus.len() as u64;
+    ensure(
+        counters.dropped_packets == 0 && counters.passed_packets == offered,
+        || format!("{counters:?} for {offered} offered"),
+    )
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: u32) -> Result<(), String> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity get a valid
+    // set of the size given, for the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+            return Err(format!(
+                "sched_setaffinity to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The verifier walks every path of a program and gives up at a million instructions: a program
+/// near that cannot take one more branch (a test added after the cgroup walk once made
+/// rein_ingress "too large"). Each program keeps half the limit as room for later code.
+fn every_program_keeps_half_the_verifier_limit(_ids: Ids) -> Result<(), Failed> {
+    let sizes = rein::doctor::verified_instructions()?;
+    let names: Vec<&str> = sizes.iter().map(|size| size.program.as_str()).collect();
+    for wanted in [
+        EGRESS_PROGRAM,
+        INGRESS_PROGRAM,
+        "rein_sock_ops",
+        "rein_queue",
+    ] {
+        ensure(names.contains(&wanted), || {
+            format!("{wanted} missing: {names:?}")
+        })?;
+    }
+    ensure(
+        names.iter().any(|name| name.starts_with("rein_net_")),
+        || format!("no net program: {names:?}"),
+    )?;
+    for size in &sizes {
+        eprintln!(
+            "{}: {} verified instructions",
+            size.program, size.verified_instructions
+        );
+    }
+    for size in &sizes {
+        ensure(
+            size.verified_instructions > 0 && size.verified_instructions <= size.limit / 2,
+            || {
+                format!(
+                    "{} took {} verified instructions, over half the limit of {}",
+                    size.program, size.verified_instructions, size.limit
+                )
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// ns per packet of the cgroup programs through BPF_PROG_TEST_RUN (the least of 7 calls of
+/// 100k runs each), for a packet under a rule on its cgroup, under rules on its cgroup and its
+/// parent, and at ingress; then with the socket three levels deeper (depth 5, where the walk
+/// goes past the levels it makes in line). Every packet passes (rules of 1 tbit/s with a 1 GB
+/// burst).
+fn per_packet_cost(ids: Ids) -> Result<(), Failed> {
+    let cases: [(&str, Direction, &[u64]); 4] = [
+        ("egress, no rule on the path", Direction::Egress, &[]),
+        (
+            "egress, rule on the cgroup",
+            Direction::Egress,
+            &[ids.inner],
+        ),
+        (
+            "egress, rules on cgroup and parent",
+            Direction::Egress,
+            &[ids.inner, ids.parent],
+        ),
+        (
+            "ingress, rule on the cgroup",
+            Direction::Ingress,
+            &[ids.inner],
+        ),
+    ];
+    for (name, direction, cgroups) in cases {
+        measure(&format!("depth 2, {name}"), direction, cgroups, ids)?;
+    }
+    let deeper = Deeper::enter(3);
+    let deepest = deeper.chain.last().unwrap().id().unwrap();
+    measure(
+        "depth 5, egress, no rule on the path",
+        Direction::Egress,
+        &[],
+        ids,
+    )?;
+    measure(
+        "depth 5, egress, rules at depths 2 and 5",
+        Direction::Egress,
+        &[ids.inner, deepest],
+        ids,
+    )?;
+    drop(deeper);
+    Ok(())
+}
+
+fn measure(name: &str, direction: Direction, cgroups: &[u64], ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    // A rule elsewhere, so the direction has rules and the walk runs.
+    loaded.set_rule(ids.inner + 1_000_000, direction, limit("1tbit", "1g"));
+    for &cgroup in cgroups {
+        loaded.set_rule(cgroup, direction, limit("1tbit", "1g"));
+    }
+    let packet = Packet::tcp(1000);
+    let mut best = Duration::MAX;
+    for _ in 0..7 {
+        let (verdict, time) = loaded.run_repeated(direction, &packet, 100_000);
+        ensure(verdict == PASS, || format!("{name}: verdict {verdict}"))?;
+        best = best.min(time);
+    }
+    eprintln!("{name}: {} ns per packet", best.as_nanos());
+    Ok(())
+}
+
+/// A chain of `levels` cgroups below the test's own, with the test process in the last one
+/// until dropped (then back, and the chain removed).
+struct Deeper {
+    home: Cgroup,
+    chain: Vec<Cgroup>,
+}
+
+impl Deeper {
+    fn enter(levels: usize) -> Self {
+        let fs = CgroupFs::discover().unwrap();
+        let home = fs.of_pid(std::process::id()).unwrap();
+        let mut chain: Vec<Cgroup> = Vec::new();
+        for level in 0..levels {
+            let parent = chain.last().unwrap_or(&home);
+            let child = parent.child(&format!("deeper{level}"));
+            child.create().unwrap();
+            chain.push(child);
+        }
+        let deeper = Self { home, chain };
+        deeper
+            .chain
+            .last()
+            .unwrap()
+            .add_process(std::process::id())
+            .unwrap();
+        deeper
+    }
+}
+
+impl Drop for Deeper {
+    fn drop(&mut self) {
+        let _ = self.home.add_process(std::process::id());
+        for cgroup in self.chain.iter().rev() {
+            let _ = cgroup.remove();
+        }
+    }
 }

@@ -415,6 +415,33 @@ fn xdp_limits_like_tc_ingress() {
     );
 }
 
+/// Fault 6: XDP charged the length the IP header claims, which the sender writes. A frame
+/// whose header claims 40 bytes but that carries 1400 is charged its 1400, at XDP as at tc.
+#[test]
+fn a_packet_is_charged_what_arrived_not_what_its_header_claims() {
+    for (id, hook) in [(1, NetHook::Xdp), (2, NetHook::TcIngress)] {
+        let mut loaded = Loaded::new();
+        loaded.add(
+            id,
+            matching_at(hook, None, Some("198.18.0.2"), None, None),
+            window(false, Per::Bytes, 100_000),
+        );
+        let mut frame = packet("198.19.0.9", "198.18.0.2", 17, 5000, 1400).frame();
+        frame.bytes[14 + 2..14 + 4].copy_from_slice(&40u16.to_be_bytes());
+        let verdict = match hook {
+            NetHook::Xdp => loaded.xdp(&frame) == XDP_PASS,
+            _ => loaded.passes(&frame),
+        };
+        assert!(verdict, "{hook:?}: refused");
+        let counters = loaded.counters(id);
+        assert_eq!(
+            (counters.passed_packets, counters.passed_bytes),
+            (1, 1400),
+            "{hook:?}"
+        );
+    }
+}
+
 #[test]
 fn xdp_rules_and_tc_ingress_rules_are_apart() {
     let mut loaded = Loaded::new();

@@ -7,13 +7,13 @@ use rein_common::net::{
     ADDR_BYTES, FAMILY_IPV4, FAMILY_IPV6, PORT_ANY, PROTOCOL_TCP, PROTOCOL_UDP,
 };
 
-const ETH_HEADER: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_HEADER: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-const IPV6_HEADER: usize = 40;
+pub const IPV6_HEADER: usize = 40;
 const NEXT_HOP_BY_HOP: u8 = 0;
 const NEXT_ROUTING: u8 = 43;
 const NEXT_FRAGMENT: u8 = 44;
@@ -34,12 +34,11 @@ pub struct Packet {
     pub l2_bytes: u64,
     /// IP and transport header bytes, which each segment of a GSO packet repeats.
     pub header_bytes: u64,
-    /// The IP packet's length as its header says.
-    pub ip_bytes: u64,
 }
 
+/// The `T` at `offset` in the frame between `data` and `end`; None past the end.
 #[inline(always)]
-fn read<T: Copy>(data: usize, end: usize, offset: usize) -> Option<T> {
+pub fn read<T: Copy>(data: usize, end: usize, offset: usize) -> Option<T> {
     let start = data.checked_add(offset)?;
     if start + size_of::<T>() > end {
         return None;
@@ -49,7 +48,7 @@ fn read<T: Copy>(data: usize, end: usize, offset: usize) -> Option<T> {
 }
 
 #[inline(always)]
-fn read_be16(data: usize, end: usize, offset: usize) -> Option<u16> {
+pub fn read_be16(data: usize, end: usize, offset: usize) -> Option<u16> {
     read::<u16>(data, end, offset).map(u16::from_be)
 }
 
@@ -78,7 +77,6 @@ impl Packet {
         if ip[0] >> 4 != 4 || header < 20 {
             return None;
         }
-        let total = u16::from_be_bytes([ip[2], ip[3]]);
         let fragment_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
         let protocol = ip[9];
         let mut source = [0u8; ADDR_BYTES];
@@ -95,7 +93,6 @@ impl Packet {
             port,
             l2_bytes: l2 as u64,
             header_bytes: (header + transport) as u64,
-            ip_bytes: total as u64,
         })
     }
 
@@ -105,7 +102,6 @@ impl Packet {
         if ip[0] >> 4 != 6 {
             return None;
         }
-        let payload = u16::from_be_bytes([ip[4], ip[5]]);
         let mut next = ip[6];
         let mut source = [0u8; ADDR_BYTES];
         let mut destination = [0u8; ADDR_BYTES];
@@ -143,7 +139,6 @@ impl Packet {
             port,
             l2_bytes: l2 as u64,
             header_bytes: (offset - l2 + transport) as u64,
-            ip_bytes: IPV6_HEADER as u64 + payload as u64,
         })
     }
 }

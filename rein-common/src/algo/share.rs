@@ -16,7 +16,7 @@
 //! the flows share only what it leaves: its bytes are counted per epoch in the same way, in
 //! 1/1024ths of an epoch's budget ([`other_units`]), and [`tcp_rate`] takes them off the limit.
 
-use crate::bucket::MAX_CHARGED_BYTES;
+use crate::algo::bucket::MAX_CHARGED_BYTES;
 
 /// Length of a counting epoch: a flow that sends at least once per epoch stays counted.
 pub const EPOCH_NS: u64 = 50_000_000;
@@ -397,86 +397,10 @@ pub const fn receive_window(share: u64, mss: u32) -> u32 {
     }
 }
 
-/// Per-socket state, in socket-local storage: what the egress program worked out for the flow
-/// and what the sock_ops program last applied.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlowState {
-    /// The flow's share in IP bytes/s, the smallest over the rules it is under; 0 when no rule
-    /// covers it (any cap it had must be lifted).
-    pub share: u64,
-    /// The share being worked out for the packet in flight; becomes `share` if it passes.
-    pub pending_share: u64,
-    /// The epoch that `sent` and `registered` are about.
-    pub epoch: u32,
-    /// The `SO_MAX_PACING_RATE` last applied to the socket (egress), or its receive window
-    /// clamp (ingress); 0 before the first.
-    pub applied: u32,
-    /// IP bytes sent in `epoch`.
-    pub sent: u32,
-    /// 1 once the flow has registered (counted itself as active) in `epoch`; 2 while the packet
-    /// in flight is registering it (under each of its rules).
-    pub registered: u32,
-    /// The congestion window clamp last applied to the socket ([`cwnd_clamp`]); 0 before the
-    /// first.
-    pub clamp: u32,
-    /// `FLOW_*` bits.
-    pub flags: u32,
-}
-
-/// Per-socket state of a flow received under ingress rules: the sharing state, and the rule
-/// whose queue its packets go through (the deepest rule over the socket's cgroup) and the
-/// socket's network namespace, which the tc program cannot find itself (it has no helper for a
-/// socket's cgroup ancestors, and its namespace helper answers for the packet's sender).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IngressFlowState {
-    pub flow: FlowState,
-    /// The cgroup of the rule whose queue the flow's packets go through; 0 for none.
-    pub queue_cgroup: u64,
-    /// The socket's network namespace (its cookie): the queue must be a device there.
-    pub netns_cookie: u64,
-    /// 1 while the tc program sends the flow's packets through the queue, which shapes them.
-    pub queued: u32,
-    pub _pad: u32,
-}
-const _: () = assert!(core::mem::size_of::<IngressFlowState>() == 64);
-
-/// `FlowState::flags`: the flow was registered in the epoch before `epoch`.
-pub const FLOW_REGISTERED_BEFORE: u32 = 1;
-/// `FlowState::flags`: the flow has sent its FIN and been taken out of the counts; it never
-/// registers again.
-pub const FLOW_FINISHED: u32 = 2;
-const _: () = assert!(core::mem::size_of::<FlowState>() == 40);
-
-impl FlowState {
-    pub const NEW: Self = Self {
-        share: 0,
-        pending_share: 0,
-        epoch: NO_EPOCH,
-        applied: 0,
-        sent: 0,
-        registered: 0,
-        clamp: 0,
-        flags: 0,
-    };
-
-    /// The share that holds at epoch `now`: 0 (no cap) once no packet of the flow has been
-    /// charged to a rule for [`STALE_EPOCHS`]. Checked when the cap is applied, per ACK, so that
-    /// the per-packet path of flows under no rule never needs to look at their storage.
-    #[inline(always)]
-    pub const fn share_at(&self, now: u32) -> u64 {
-        if now.wrapping_sub(self.epoch) > STALE_EPOCHS {
-            0
-        } else {
-            self.share
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abi::cgroup::FlowState;
 
     #[test]
     fn a_new_flow_counts_at_once_and_a_stopped_one_within_two_epochs() {

@@ -16,22 +16,34 @@ use aya_ebpf::{
         BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG, BPF_TCP_LISTEN, bpf_sock,
     },
+    btf_maps::SkStorage,
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_setsockopt,
         bpf_sk_fullsock, bpf_sk_storage_get,
     },
+    macros::btf_map,
     programs::{SkBuffContext, SockOpsContext},
 };
 use rein_common::{
-    Direction, EpochCount, FlowState, IngressFlowState, Rule,
+    Direction, EpochCount, FlowState, IngressFlowState,
     share::{
         EPOCH_NS, FLOW_FINISHED, FLOW_REGISTERED_BEFORE, PURE_ACK_MAX_BYTES, UNCLAMPED,
         UNCLAMPED_WINDOW, cwnd_clamp, epoch_of, notsent_lowat, other_units, pacing_rate,
         receive_window, register_threshold, share, tcp_rate,
     },
 };
+use rein_ebpf::{atomic::Word, parse::skb};
 
-use crate::{REIN_FLOWS, REIN_INGRESS_FLOWS, atomic};
+use crate::limit::RuleRef;
+
+/// Per-socket flow state: written by the egress program, applied by the sock_ops program.
+#[btf_map]
+static REIN_FLOWS: SkStorage<FlowState> = SkStorage::new();
+
+/// The same for flows received under ingress rules: written by the ingress program, applied by
+/// the sock_ops program as a receive window, read by the queue program.
+#[btf_map]
+pub static REIN_INGRESS_FLOWS: SkStorage<IngressFlowState> = SkStorage::new();
 
 const IPPROTO_TCP: u32 = 6;
 const AF_INET6: u32 = 10;
@@ -83,9 +95,7 @@ pub fn tcp_socket_with_data(ctx: &SkBuffContext) -> *mut bpf_sock {
     }
     // SAFETY: the context is valid for the program's run.
     let length = unsafe { (*ctx.skb.skb).len } as u64;
-    if length <= PURE_ACK_MAX_BYTES
-        && crate::packet::tcp_flags(ctx) & (crate::packet::TCP_SYN | crate::packet::TCP_FIN) == 0
-    {
+    if length <= PURE_ACK_MAX_BYTES && skb::tcp_flags(ctx) & (skb::TCP_SYN | skb::TCP_FIN) == 0 {
         return ptr::null_mut();
     }
     socket
@@ -111,9 +121,6 @@ pub struct Sharing<'a> {
     /// How far into `epoch` the packet is.
     elapsed_ns: u64,
     bytes: u64,
-    /// Count the packet as other traffic if it is not a TCP flow's (at egress, where flows are
-    /// paced and must leave it room).
-    counts_others: bool,
     /// The packet carries the flow's FIN: take the flow out of the counts now rather than two
     /// epochs after its last packet, so the others get its share back at once. Read when the
     /// first rule is met, so packets under no rule never parse their TCP header.
@@ -137,26 +144,30 @@ impl<'a> Sharing<'a> {
             epoch: epoch_of(now),
             elapsed_ns: now % EPOCH_NS,
             bytes,
-            counts_others: direction == Direction::Egress,
             fin: false,
         }
     }
 
     /// The packet is charged to `rule`: count the flow there and take its share. Returns the
     /// flows sharing the rule.
+    ///
+    /// `direction` is the packet's, passed as a constant rather than kept in `self`: the
+    /// verifier then sees which storage the flow's is (a field read back from the stack may
+    /// be anything to it).
     #[inline(always)]
-    pub fn count_under(&mut self, rule: &mut Rule) -> u32 {
+    pub fn count_under(&mut self, rule: RuleRef, direction: Direction) -> u32 {
         if self.socket.is_null() {
             // Not a TCP flow's packet: the flows' shares leave room for it; and it may use the
             // flows' leeway (see `charge`), or a ping sent while their trains keep the bucket in
             // debt would never pass.
-            if self.counts_others {
+            // At egress, where flows are paced and must leave room for other traffic.
+            if direction == Direction::Egress {
                 // SAFETY: a helper without arguments.
                 let dither = unsafe { bpf_get_prandom_u32() };
                 add(
-                    &mut rule.others,
+                    rule.others(),
                     self.epoch,
-                    other_units(rule.rate, self.bytes, dither),
+                    other_units(rule.rate(), self.bytes, dither),
                 );
             }
             return self.active(rule);
@@ -166,31 +177,36 @@ impl<'a> Sharing<'a> {
             if self.state.is_null() {
                 return 0;
             }
-            self.fin = crate::packet::tcp_fin(self.ctx);
+            self.fin = skb::tcp_fin(self.ctx);
         }
-        // SAFETY: non-null storage of this socket, valid for the program's run.
-        let state = unsafe { &mut *self.state };
-        if state.flags & FLOW_FINISHED != 0 {
+        let state = self.state;
+        // SAFETY: non-null storage of this socket, valid for the program's run; other programs
+        // of the socket may run at once on other CPUs, so no reference to it is made.
+        let (flags, registered, sent) =
+            unsafe { ((*state).flags, (*state).registered, (*state).sent) };
+        if flags & FLOW_FINISHED != 0 {
             return self.active(rule);
         }
         if self.fin {
-            let now = state.registered == REGISTERED;
-            let before = state.flags & FLOW_REGISTERED_BEFORE != 0;
-            remove(&mut rule.flows, self.epoch, now, before);
+            let now = registered == REGISTERED;
+            let before = flags & FLOW_REGISTERED_BEFORE != 0;
+            remove(rule.flows(), self.epoch, now, before);
             return self.active(rule);
         }
         let mut active = self.active(rule);
-        if state.registered != REGISTERED
-            && state.sent as u64 >= register_threshold(rule.rate, active)
-        {
-            add(&mut rule.flows, self.epoch, 1);
+        if registered != REGISTERED && sent as u64 >= register_threshold(rule.rate(), active) {
+            add(rule.flows(), self.epoch, 1);
             active = self.active(rule);
-            state.registered = REGISTERING;
+            // SAFETY: as above.
+            unsafe { (*state).registered = REGISTERING };
         }
-        let others = EpochCount(atomic::load(&rule.others.0)).peak(self.epoch);
-        let own = share(tcp_rate(rule.rate, others), active);
-        if own < state.pending_share {
-            state.pending_share = own;
+        let others = EpochCount(rule.others().load()).peak(self.epoch);
+        let own = share(tcp_rate(rule.rate(), others), active);
+        // SAFETY: as above.
+        unsafe {
+            if own < (*state).pending_share {
+                (*state).pending_share = own;
+            }
         }
         // At least this flow, even before it registers.
         if active == 0 { 1 } else { active }
@@ -198,15 +214,15 @@ impl<'a> Sharing<'a> {
 
     /// The flows active under `rule` now (`EpochCount::active`).
     #[inline(always)]
-    fn active(&self, rule: &Rule) -> u32 {
-        EpochCount(atomic::load(&rule.flows.0)).active(self.epoch, self.elapsed_ns, rule.rate)
+    fn active(&self, rule: RuleRef) -> u32 {
+        EpochCount(rule.flows().load()).active(self.epoch, self.elapsed_ns, rule.rate())
     }
 
     /// Whether the packet is a download that came through its rule's queue (as the tc program
     /// noted in the flow's storage). Asked only when a bucket refuses.
     #[inline(always)]
-    pub fn queued(&self) -> bool {
-        if self.counts_others || self.state.is_null() {
+    pub fn queued(&self, direction: Direction) -> bool {
+        if direction == Direction::Egress || self.state.is_null() {
             return false;
         }
         // SAFETY: ingress storage holds an IngressFlowState, whose first field `state` is.
@@ -237,21 +253,24 @@ impl<'a> Sharing<'a> {
         if state.is_null() {
             return state;
         }
-        // SAFETY: non-null storage of this socket, valid for the program's run.
-        let flow = unsafe { &mut *state };
-        if flow.epoch != self.epoch {
-            // Whether it counted in the epoch that is now the previous one.
-            if flow.registered == REGISTERED && flow.epoch.wrapping_add(1) == self.epoch {
-                flow.flags |= FLOW_REGISTERED_BEFORE;
-            } else {
-                flow.flags &= !FLOW_REGISTERED_BEFORE;
+        // SAFETY: non-null storage of this socket, valid for the program's run; fields are
+        // accessed through the pointer, never a reference (see `count_under`).
+        unsafe {
+            if (*state).epoch != self.epoch {
+                // Whether it counted in the epoch that is now the previous one.
+                if (*state).registered == REGISTERED && (*state).epoch.wrapping_add(1) == self.epoch
+                {
+                    (*state).flags |= FLOW_REGISTERED_BEFORE;
+                } else {
+                    (*state).flags &= !FLOW_REGISTERED_BEFORE;
+                }
+                (*state).epoch = self.epoch;
+                (*state).sent = 0;
+                (*state).registered = UNREGISTERED;
             }
-            flow.epoch = self.epoch;
-            flow.sent = 0;
-            flow.registered = UNREGISTERED;
+            (*state).sent = (*state).sent.saturating_add(self.bytes as u32);
+            (*state).pending_share = u64::MAX;
         }
-        flow.sent = flow.sent.saturating_add(self.bytes as u32);
-        flow.pending_share = u64::MAX;
         state
     }
 
@@ -261,46 +280,48 @@ impl<'a> Sharing<'a> {
     ///
     /// `queue_cgroup` is the deepest rule's cgroup, whose queue an ingress flow goes through.
     #[inline(always)]
-    pub fn finish(self, passed: bool, queue_cgroup: u64) {
+    pub fn finish(self, passed: bool, queue_cgroup: u64, direction: Direction) {
         if self.state.is_null() {
             return;
         }
-        if !self.counts_others {
-            // SAFETY: ingress storage holds an IngressFlowState, whose first field `state` is;
+        if direction == Direction::Ingress {
+            // SAFETY: ingress storage holds an IngressFlowState, whose first field `flow` is;
             // the context is the program's.
             unsafe {
-                let ingress = &mut *self.state.cast::<IngressFlowState>();
-                ingress.queue_cgroup = queue_cgroup;
-                ingress.netns_cookie = bpf_get_netns_cookie(self.ctx.skb.skb.cast());
+                let ingress = self.state.cast::<IngressFlowState>();
+                (*ingress).queue_cgroup = queue_cgroup;
+                (*ingress).netns_cookie = bpf_get_netns_cookie(self.ctx.skb.skb.cast());
             }
         }
-        // SAFETY: non-null storage of this socket.
-        let state = unsafe { &mut *self.state };
-        if self.fin {
-            state.flags |= FLOW_FINISHED;
-            state.registered = UNREGISTERED;
-        }
-        if !passed {
-            return;
-        }
-        if state.registered == REGISTERING {
-            state.registered = REGISTERED;
-        }
-        // A finished flow's walk sets no share: it keeps the one it had.
-        if state.pending_share != u64::MAX {
-            state.share = state.pending_share;
+        let state = self.state;
+        // SAFETY: non-null storage of this socket, through the pointer (see `count_under`).
+        unsafe {
+            if self.fin {
+                (*state).flags |= FLOW_FINISHED;
+                (*state).registered = UNREGISTERED;
+            }
+            if !passed {
+                return;
+            }
+            if (*state).registered == REGISTERING {
+                (*state).registered = REGISTERED;
+            }
+            // A finished flow's walk sets no share: it keeps the one it had.
+            if (*state).pending_share != u64::MAX {
+                (*state).share = (*state).pending_share;
+            }
         }
     }
 }
 
 /// Adds `n` to `count` in `epoch`; returns the count's peak after it.
 #[inline(always)]
-fn add(count: &mut EpochCount, epoch: u32, n: u32) -> u32 {
-    let mut current = atomic::load(&count.0);
+fn add(count: Word, epoch: u32, n: u32) -> u32 {
+    let mut current = count.load();
     let mut attempt = 0;
     while attempt < 8 {
         let next = EpochCount(current).add(epoch, n);
-        match atomic::compare_exchange(&mut count.0, current, next.0) {
+        match count.compare_exchange(current, next.0) {
             Ok(()) => return next.peak(epoch),
             Err(found) => current = found,
         }
@@ -315,10 +336,10 @@ fn add(count: &mut EpochCount, epoch: u32, n: u32) -> u32 {
 /// levels past its limit, and if another CPU wins the race the flow still leaves the count
 /// within an epoch and a grace of its last packet.
 #[inline(always)]
-fn remove(count: &mut EpochCount, epoch: u32, now: bool, before: bool) {
-    let current = atomic::load(&count.0);
+fn remove(count: Word, epoch: u32, now: bool, before: bool) {
+    let current = count.load();
     let next = EpochCount(current).remove(epoch, now, before);
-    let _ = atomic::compare_exchange(&mut count.0, current, next.0);
+    let _ = count.compare_exchange(current, next.0);
 }
 
 /// The sock_ops side: turn on RTT callbacks for every TCP connection, and on each callback apply
@@ -342,7 +363,7 @@ pub fn on_sock_ops(ctx: &SockOpsContext, ingress_rules: bool) {
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => apply_window(ctx),
         BPF_SOCK_OPS_TCP_CONNECT_CB | BPF_SOCK_OPS_TCP_LISTEN_CB => {
             let rate = if ingress_rules {
-                crate::current_task_ingress_rate()
+                crate::limit::current_task_ingress_rate()
             } else {
                 0
             };
@@ -396,16 +417,18 @@ fn apply_window(ctx: &SockOpsContext) {
             let _ = ctx.set_cb_flags(flags as i32);
             return;
         }
-        let state = &mut *state;
-        let share = state.share_at(epoch_of(bpf_ktime_get_ns()));
-        if share == 0 && (state.applied == 0 || state.applied == UNCLAMPED_WINDOW) {
+        // A copy, and writes through the pointer: the cgroup and tc programs may use the
+        // storage at once on other CPUs, so no reference to it is made.
+        let flow = ptr::read(state);
+        let share = flow.share_at(epoch_of(bpf_ktime_get_ns()));
+        if share == 0 && (flow.applied == 0 || flow.applied == UNCLAMPED_WINDOW) {
             return;
         }
         // Set on every segment, not only when the share changes: TCP's receive buffer tuning
         // raises the clamp as it grows the buffer (and setting an unchanged clamp is cheap).
         let mut window = receive_window(share, (*ctx.ops).mss_cache);
         if set_option(ctx, SOL_TCP, TCP_WINDOW_CLAMP, &mut window) {
-            state.applied = window;
+            (*state).applied = window;
         }
     }
 }
@@ -428,15 +451,16 @@ fn apply_pacing(ctx: &SockOpsContext) {
         if state.is_null() {
             return;
         }
-        let state = &mut *state;
-        let share = state.share_at(epoch_of(bpf_ktime_get_ns()));
+        // A copy, and writes through the pointer, as in `apply_window`.
+        let flow = ptr::read(state);
+        let share = flow.share_at(epoch_of(bpf_ktime_get_ns()));
         let mss = (*ctx.ops).mss_cache;
         // Nothing to lift on a socket that was never capped.
         let pacing = pacing_rate(share, mss, ctx.family() == AF_INET6);
-        if pacing != state.applied && (state.applied != 0 || share != 0) {
+        if pacing != flow.applied && (flow.applied != 0 || share != 0) {
             let mut value = pacing;
             if set_option(ctx, SOL_SOCKET, SO_MAX_PACING_RATE, &mut value) {
-                state.applied = pacing;
+                (*state).applied = pacing;
                 // Paced, the flow's backlog waits in its socket: keep it short (see
                 // `notsent_lowat`). 0 restores the system's default.
                 let mut lowat = notsent_lowat(share);
@@ -444,10 +468,10 @@ fn apply_pacing(ctx: &SockOpsContext) {
             }
         }
         let clamp = cwnd_clamp(share, (*ctx.ops).srtt_us, mss);
-        if clamp != state.clamp && (state.clamp != 0 || clamp != UNCLAMPED) {
+        if clamp != flow.clamp && (flow.clamp != 0 || clamp != UNCLAMPED) {
             let mut value = clamp;
             if set_option(ctx, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &mut value) {
-                state.clamp = clamp;
+                (*state).clamp = clamp;
             }
         }
     }

@@ -1,0 +1,191 @@
+//! The cgroup limiter's maps as both sides see them: rules and their live bucket state, keyed
+//! by cgroup and direction; the per-socket state of TCP flows under a limit; the ingress queues.
+
+use crate::{
+    abi::Direction,
+    algo::{
+        bucket::Bucket,
+        share::{EpochCount, NO_EPOCH, STALE_EPOCHS},
+    },
+};
+
+/// Depth of the cgroup tree that the datapath searches for rules, counted from the v2 root
+/// (level 0). A socket in a deeper cgroup is still covered by rules on its first
+/// `MAX_CGROUP_DEPTH` levels of ancestors.
+pub const MAX_CGROUP_DEPTH: u32 = 16;
+
+/// Maximum number of rules (per direction) the rule map holds.
+pub const MAX_RULES: u32 = 16_384;
+
+/// Name of the map of rules and bucket state, as pinned under the instance's bpffs directory.
+pub const RULES_MAP: &str = "REIN_RULES";
+/// Name of the per-CPU map of counters.
+pub const COUNTERS_MAP: &str = "REIN_COUNTERS";
+/// Name of the array, indexed by `Direction`, of how many rules each direction has: a packet
+/// whose direction has none passes without a look at its cgroups.
+pub const RULE_COUNTS_MAP: &str = "REIN_RULE_COUNTS";
+/// Name of the socket-local storage of TCP flows under a limit.
+pub const FLOWS_MAP: &str = "REIN_FLOWS";
+/// Name of the socket-local storage of TCP flows received under an ingress limit.
+pub const INGRESS_FLOWS_MAP: &str = "REIN_INGRESS_FLOWS";
+/// Name of the map from an ingress rule (and network namespace) to its shaping queue.
+pub const QUEUES_MAP: &str = "REIN_QUEUES";
+/// Program names in the object file.
+pub const EGRESS_PROGRAM: &str = "rein_egress";
+pub const INGRESS_PROGRAM: &str = "rein_ingress";
+pub const SOCK_OPS_PROGRAM: &str = "rein_sock_ops";
+/// The tc ingress program that sends limited TCP downloads through their rule's queue.
+pub const QUEUE_PROGRAM: &str = "rein_queue";
+
+/// Version of the map layout. Pins live in a directory named after it, so a build with another
+/// layout never reads maps it does not understand.
+pub const LAYOUT_VERSION: u32 = 4;
+
+/// Key of both maps: a cgroup (by its v2 id, the inode number of its directory) and a direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RuleKey {
+    pub cgroup_id: u64,
+    pub direction: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<RuleKey>() == 16);
+
+impl RuleKey {
+    pub const fn new(cgroup_id: u64, direction: Direction) -> Self {
+        Self {
+            cgroup_id,
+            direction: direction as u32,
+            _pad: 0,
+        }
+    }
+}
+
+/// Key of the queue map: an ingress rule's cgroup, and the network namespace (its cookie) whose
+/// devices lead into the queue. A queue is a device, and devices belong to one namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QueueKey {
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+}
+const _: () = assert!(core::mem::size_of::<QueueKey>() == 16);
+
+/// What the datapath does with a packet the bucket refuses.
+///
+/// Only `Drop` exists now; the discriminant is part of the map value so that other actions
+/// (congestion notification, pacing) can be added without changing the layout.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Drop = 0,
+}
+
+/// Value of the rule map: the limit's configuration and its live state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub bucket: Bucket,
+    /// An `Action` discriminant.
+    pub action: u32,
+    /// Reserved for flags of later mechanisms; zero.
+    pub flags: u32,
+    /// The limit in IP bytes per second, which TCP flows share by pacing.
+    pub rate: u64,
+    /// The TCP flows currently sharing the rate. Shared by all CPUs; compare-and-swap only.
+    pub flows: EpochCount,
+    /// Other traffic (not TCP) at egress, in units of `share::other_units`, which the flows'
+    /// shares leave room for. Shared by all CPUs; compare-and-swap only.
+    pub others: EpochCount,
+}
+const _: () = assert!(core::mem::size_of::<Rule>() == 56);
+
+impl Rule {
+    pub const fn new(bucket: Bucket, rate: u64, action: Action) -> Self {
+        Self {
+            bucket,
+            action: action as u32,
+            flags: 0,
+            rate,
+            flows: EpochCount(0),
+            others: EpochCount(0),
+        }
+    }
+}
+
+/// Per-socket state, in socket-local storage: what the egress program worked out for the flow
+/// and what the sock_ops program last applied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    /// The flow's share in IP bytes/s, the smallest over the rules it is under; 0 when no rule
+    /// covers it (any cap it had must be lifted).
+    pub share: u64,
+    /// The share being worked out for the packet in flight; becomes `share` if it passes.
+    pub pending_share: u64,
+    /// The epoch that `sent` and `registered` are about.
+    pub epoch: u32,
+    /// The `SO_MAX_PACING_RATE` last applied to the socket (egress), or its receive window
+    /// clamp (ingress); 0 before the first.
+    pub applied: u32,
+    /// IP bytes sent in `epoch`.
+    pub sent: u32,
+    /// 1 once the flow has registered (counted itself as active) in `epoch`; 2 while the packet
+    /// in flight is registering it (under each of its rules).
+    pub registered: u32,
+    /// The congestion window clamp last applied to the socket ([`crate::algo::share::cwnd_clamp`]); 0 before the
+    /// first.
+    pub clamp: u32,
+    /// `FLOW_*` bits.
+    pub flags: u32,
+}
+
+/// Per-socket state of a flow received under ingress rules: the sharing state, and the rule
+/// whose queue its packets go through (the deepest rule over the socket's cgroup) and the
+/// socket's network namespace, which the tc program cannot find itself (it has no helper for a
+/// socket's cgroup ancestors, and its namespace helper answers for the packet's sender).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngressFlowState {
+    pub flow: FlowState,
+    /// The cgroup of the rule whose queue the flow's packets go through; 0 for none.
+    pub queue_cgroup: u64,
+    /// The socket's network namespace (its cookie): the queue must be a device there.
+    pub netns_cookie: u64,
+    /// 1 while the tc program sends the flow's packets through the queue, which shapes them.
+    pub queued: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<IngressFlowState>() == 64);
+
+/// `FlowState::flags`: the flow was registered in the epoch before `epoch`.
+pub const FLOW_REGISTERED_BEFORE: u32 = 1;
+/// `FlowState::flags`: the flow has sent its FIN and been taken out of the counts; it never
+/// registers again.
+pub const FLOW_FINISHED: u32 = 2;
+const _: () = assert!(core::mem::size_of::<FlowState>() == 40);
+
+impl FlowState {
+    pub const NEW: Self = Self {
+        share: 0,
+        pending_share: 0,
+        epoch: NO_EPOCH,
+        applied: 0,
+        sent: 0,
+        registered: 0,
+        clamp: 0,
+        flags: 0,
+    };
+
+    /// The share that holds at epoch `now`: 0 (no cap) once no packet of the flow has been
+    /// charged to a rule for [`STALE_EPOCHS`]. Checked when the cap is applied, per ACK, so that
+    /// the per-packet path of flows under no rule never needs to look at their storage.
+    #[inline(always)]
+    pub const fn share_at(&self, now: u32) -> u64 {
+        if now.wrapping_sub(self.epoch) > STALE_EPOCHS {
+            0
+        } else {
+            self.share
+        }
+    }
+}
