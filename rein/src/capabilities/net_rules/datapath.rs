@@ -390,36 +390,14 @@ impl NetDatapath {
         if rules.is_empty() {
             return 0;
         }
-        let stray = |found: &RuleMatch| !held.contains(&found.rule);
-        let sources: Vec<_> = self
-            .sources
-            .iter()
-            .flatten()
-            .filter(|(_, found)| stray(found))
-            .map(|(key, _)| key)
-            .collect();
-        for key in &sources {
-            let _ = self.sources.remove(key);
+        for key in strays(self.sources.iter(), held) {
+            let _ = self.sources.remove(&key);
         }
-        let destinations: Vec<_> = self
-            .destinations
-            .iter()
-            .flatten()
-            .filter(|(_, found)| stray(found))
-            .map(|(key, _)| key)
-            .collect();
-        for key in &destinations {
-            let _ = self.destinations.remove(key);
+        for key in strays(self.destinations.iter(), held) {
+            let _ = self.destinations.remove(&key);
         }
-        let pairs: Vec<_> = self
-            .pairs
-            .iter()
-            .flatten()
-            .filter(|(_, found)| stray(found))
-            .map(|(key, _)| key)
-            .collect();
-        for key in &pairs {
-            let _ = self.pairs.remove(key);
+        for key in strays(self.pairs.iter(), held) {
+            let _ = self.pairs.remove(&key);
         }
         for id in &rules {
             let _ = self.rules.remove(id);
@@ -505,6 +483,18 @@ fn load_object(instance: &Instance) -> Result<Ebpf> {
         (name, entries)
     });
     bpf::load_pinned(instance, bpf::net_object(), &MAPS, &sizes)
+}
+
+/// The keys of a lookup map's entries that point at a rule not in `held`.
+fn strays<K>(
+    entries: impl Iterator<Item = std::result::Result<(K, RuleMatch), MapError>>,
+    held: &HashSet<u32>,
+) -> Vec<K> {
+    entries
+        .flatten()
+        .filter(|(_, found)| !held.contains(&found.rule))
+        .map(|(key, _)| key)
+        .collect()
 }
 
 /// The attachment a link pin's name stands for (`link-NETNS-IFINDEX-HOOK`).
