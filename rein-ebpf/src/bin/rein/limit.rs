@@ -99,7 +99,7 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
         flow: flows::Sharing::new(ctx, tcp, now, bytes, direction),
         now,
         bytes,
-        refused_at: 0,
+        refused: 0,
         deepest: 0,
         loop_from: 0,
         loop_first: (0, RuleRef(ptr::null_mut())),
@@ -136,31 +136,33 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
     }
     let Walk {
         flow,
-        refused_at,
+        refused,
         deepest,
         ..
     } = walk;
-    if refused_at == 0 {
+    if refused == 0 {
         flow.finish(true, deepest, direction);
         return PASS;
     }
     flow.finish(false, deepest, direction);
 
-    // A deeper rule refused: give back what the shallower rules were charged and counted, and
-    // count the drop against the rule that refused.
+    // A deeper rule refused: give back what the shallower rules (the levels above the cgroup
+    // that refused) were charged and counted, and count the drop against the rule that refused.
     let mut level = 1u32;
-    while level < refused_at && level <= MAX_CGROUP_DEPTH {
-        if let Some(cgroup_id) = ancestor(skb, level)
-            && let Some(rule) = rule(cgroup_id, direction)
-        {
+    while level <= MAX_CGROUP_DEPTH {
+        let Some(cgroup_id) = ancestor(skb, level) else {
+            break;
+        };
+        if cgroup_id == refused {
+            break;
+        }
+        if let Some(rule) = rule(cgroup_id, direction) {
             refund(rule, bytes);
             count_pass(cgroup_id, direction, bytes, false);
         }
         level += 1;
     }
-    if let Some(cgroup_id) = ancestor(skb, refused_at)
-        && let Some(counters) = counters(cgroup_id, direction)
-    {
+    if let Some(counters) = counters(refused, direction) {
         counters.add(false, 1, bytes);
     }
     DROP
@@ -178,8 +180,10 @@ struct Walk<'a> {
     flow: flows::Sharing<'a>,
     now: u64,
     bytes: u64,
-    /// The level whose rule refused the packet; 0 while none has.
-    refused_at: u32,
+    /// The cgroup whose rule refused the packet; 0 while none has. Its cgroup, not its level:
+    /// a level is a different constant on each path to a refusal, which the verifier must
+    /// then tell apart down to the refunds.
+    refused: u64,
     /// The deepest rule met: an ingress flow's queue.
     deepest: u64,
     /// The level at which the loop starts, and the cgroup and rule found there.
@@ -227,7 +231,7 @@ extern "C" fn walk_level<const INGRESS: bool>(index: u32, context: *mut c_void) 
     let going_on = if index == 0 {
         // Found by `walk_inline`: no second ancestor and lookup.
         let (cgroup_id, rule) = walk.loop_first;
-        charge_level::<INGRESS>(walk, walk.loop_from, cgroup_id, rule)
+        charge_level::<INGRESS>(walk, cgroup_id, rule)
     } else {
         visit::<INGRESS>(walk, walk.loop_from + index)
     };
@@ -247,19 +251,14 @@ fn visit<const INGRESS: bool>(walk: &mut Walk, level: u32) -> bool {
         return false;
     };
     match rule(cgroup_id, direction) {
-        Some(rule) => charge_level::<INGRESS>(walk, level, cgroup_id, rule),
+        Some(rule) => charge_level::<INGRESS>(walk, cgroup_id, rule),
         None => true,
     }
 }
 
-/// Charges `rule`, on the cgroup at `level`; false if it refuses.
+/// Charges `rule`, on the cgroup `cgroup_id`; false if it refuses.
 #[inline(always)]
-fn charge_level<const INGRESS: bool>(
-    walk: &mut Walk,
-    level: u32,
-    cgroup_id: u64,
-    rule: RuleRef,
-) -> bool {
+fn charge_level<const INGRESS: bool>(walk: &mut Walk, cgroup_id: u64, rule: RuleRef) -> bool {
     let direction = if INGRESS {
         Direction::Ingress
     } else {
@@ -272,7 +271,7 @@ fn charge_level<const INGRESS: bool>(
     // a GRO packet's headers once: refusing what the bucket thinks is over would only make TCP
     // retransmit. It passes uncharged.
     if !charge(rule, walk.now, walk.bytes, flows) && !walk.flow.queued(direction) {
-        walk.refused_at = level;
+        walk.refused = cgroup_id;
         return false;
     }
     count_pass(cgroup_id, direction, walk.bytes, true);
