@@ -116,23 +116,34 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
             walk_level::<true> as *mut c_void,
         ),
     };
-    // Only a rule below the levels charged in line needs the loop, from its level on.
     if let Some((from, cgroup_id, rule)) = deeper_rule {
-        walk.loop_from = from;
-        walk.loop_first = (cgroup_id, rule);
-        // The loop gets a copy: the walk itself never has its address taken, so the compiler
-        // keeps it in registers on the usual path.
-        let mut deep = walk;
-        // Usually the rule is the socket's own cgroup's: one round, not a second one to find
-        // that the cgroup ends there.
-        let rounds = if from < MAX_CGROUP_DEPTH && ancestor(skb, from + 1).is_some() {
-            MAX_CGROUP_DEPTH + 1 - from
+        if ancestor(skb, from + 1).is_none() {
+            // Usually the deep rule is the socket's own cgroup's: charged in line, with no
+            // loop. (One round of it cost about 10 ns a packet: a call, and the copies of
+            // the walk.) The code is shared by every level the rule can be at, and the level is
+            // not used past here, so the verifier goes through it as one.
+            let _ = match direction {
+                Direction::Egress => charge_level::<false>(&mut walk, cgroup_id, rule),
+                Direction::Ingress => charge_level::<true>(&mut walk, cgroup_id, rule),
+            };
         } else {
-            1
-        };
-        // SAFETY: the callback reads and writes only the copy, which outlives the loop.
-        unsafe { bpf_loop(rounds, callback, ptr::from_mut(&mut deep).cast(), 0) };
-        walk = deep;
+            // The loop charges from the rule's level down to the socket's cgroup.
+            walk.loop_from = from;
+            walk.loop_first = (cgroup_id, rule);
+            // The loop gets a copy: the walk itself never has its address taken, so the
+            // compiler keeps it in registers on the usual path.
+            let mut deep = walk;
+            // SAFETY: the callback reads and writes only the copy, which outlives the loop.
+            unsafe {
+                bpf_loop(
+                    MAX_CGROUP_DEPTH + 1 - from,
+                    callback,
+                    ptr::from_mut(&mut deep).cast(),
+                    0,
+                )
+            };
+            walk = deep;
+        }
     }
     let Walk {
         flow,
@@ -169,9 +180,10 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
 }
 
 /// One packet's walk over its cgroup's ancestors. Levels 1 to [`INLINE_LEVELS`] are charged
-/// in line and deeper ones looked at in line; a rule below the inline levels is charged, with
-/// the levels below it, from a `bpf_loop` callback ([`walk_level`]), which the verifier checks
-/// as one body rather than once per level and path. Unrolled, the 16 levels took the
+/// in line and deeper ones looked at in line. The first rule below the inline levels is
+/// charged in line too when it is the socket's own cgroup's; otherwise it is charged, with the
+/// levels below it, from a `bpf_loop` callback ([`walk_level`]), which the verifier checks as
+/// one body rather than once per level and path. Unrolled, the 16 levels took the
 /// cgroup_skb programs to 0.92 of the verifier's million-instruction limit, and one more
 /// branch in the body made the ingress program too large to load. Through `bpf_loop` alone,
 /// each level cost a call: 20-35 ns more a packet at depth 2.
@@ -192,13 +204,14 @@ struct Walk<'a> {
 }
 
 /// Levels charged in line. Below them, the levels are looked at in line too (an ancestor and a
-/// lookup each), and the loop charges from the first that has a rule. Each level charged in
-/// line costs ~80k verified instructions; 4 cover the usual rules (Kubernetes puts a pod's
-/// cgroup at level 3 and its containers' at 4, systemd a service's at 2 and a session's at 3).
+/// lookup each), and the first that has a rule is charged in line if it is the socket's own
+/// cgroup, else the loop charges from it. Each level charged in line costs ~80k verified
+/// instructions; 4 cover the usual rules (Kubernetes puts a pod's cgroup at level 3 and its
+/// containers' at 4, systemd a service's at 2 and a session's at 3).
 const INLINE_LEVELS: u32 = 4;
 
 /// Charges levels 1 to [`INLINE_LEVELS`] in line, then looks further down for a rule; the
-/// level the loop must charge from, its cgroup and its rule, if there is one.
+/// level of the first one found, its cgroup and its rule, if there is one.
 #[inline(always)]
 fn walk_inline<const INGRESS: bool>(walk: &mut Walk) -> Option<(u32, u64, RuleRef)> {
     let direction = if INGRESS {
