@@ -99,7 +99,7 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
         flow: flows::Sharing::new(ctx, tcp, now, bytes, direction),
         now,
         bytes,
-        refused_at: 0,
+        refused: 0,
         deepest: 0,
         loop_from: 0,
         loop_first: (0, RuleRef(ptr::null_mut())),
@@ -116,60 +116,74 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
             walk_level::<true> as *mut c_void,
         ),
     };
-    // Only a rule below the levels charged in line needs the loop, from its level on.
     if let Some((from, cgroup_id, rule)) = deeper_rule {
-        walk.loop_from = from;
-        walk.loop_first = (cgroup_id, rule);
-        // The loop gets a copy: the walk itself never has its address taken, so the compiler
-        // keeps it in registers on the usual path.
-        let mut deep = walk;
-        // Usually the rule is the socket's own cgroup's: one round, not a second one to find
-        // that the cgroup ends there.
-        let rounds = if from < MAX_CGROUP_DEPTH && ancestor(skb, from + 1).is_some() {
-            MAX_CGROUP_DEPTH + 1 - from
+        if ancestor(skb, from + 1).is_none() {
+            // Usually the deep rule is the socket's own cgroup's: charged in line, with no
+            // loop. (One round of it cost about 10 ns a packet: a call, and the copies of
+            // the walk.) The code is shared by every level the rule can be at, and the level is
+            // not used past here, so the verifier goes through it as one.
+            let _ = match direction {
+                Direction::Egress => charge_level::<false>(&mut walk, cgroup_id, rule),
+                Direction::Ingress => charge_level::<true>(&mut walk, cgroup_id, rule),
+            };
         } else {
-            1
-        };
-        // SAFETY: the callback reads and writes only the copy, which outlives the loop.
-        unsafe { bpf_loop(rounds, callback, ptr::from_mut(&mut deep).cast(), 0) };
-        walk = deep;
+            // The loop charges from the rule's level down to the socket's cgroup.
+            walk.loop_from = from;
+            walk.loop_first = (cgroup_id, rule);
+            // The loop gets a copy: the walk itself never has its address taken, so the
+            // compiler keeps it in registers on the usual path.
+            let mut deep = walk;
+            // SAFETY: the callback reads and writes only the copy, which outlives the loop.
+            unsafe {
+                bpf_loop(
+                    MAX_CGROUP_DEPTH + 1 - from,
+                    callback,
+                    ptr::from_mut(&mut deep).cast(),
+                    0,
+                )
+            };
+            walk = deep;
+        }
     }
     let Walk {
         flow,
-        refused_at,
+        refused,
         deepest,
         ..
     } = walk;
-    if refused_at == 0 {
+    if refused == 0 {
         flow.finish(true, deepest, direction);
         return PASS;
     }
     flow.finish(false, deepest, direction);
 
-    // A deeper rule refused: give back what the shallower rules were charged and counted, and
-    // count the drop against the rule that refused.
+    // A deeper rule refused: give back what the shallower rules (the levels above the cgroup
+    // that refused) were charged and counted, and count the drop against the rule that refused.
     let mut level = 1u32;
-    while level < refused_at && level <= MAX_CGROUP_DEPTH {
-        if let Some(cgroup_id) = ancestor(skb, level)
-            && let Some(rule) = rule(cgroup_id, direction)
-        {
+    while level <= MAX_CGROUP_DEPTH {
+        let Some(cgroup_id) = ancestor(skb, level) else {
+            break;
+        };
+        if cgroup_id == refused {
+            break;
+        }
+        if let Some(rule) = rule(cgroup_id, direction) {
             refund(rule, bytes);
             count_pass(cgroup_id, direction, bytes, false);
         }
         level += 1;
     }
-    if let Some(cgroup_id) = ancestor(skb, refused_at)
-        && let Some(counters) = counters(cgroup_id, direction)
-    {
+    if let Some(counters) = counters(refused, direction) {
         counters.add(false, 1, bytes);
     }
     DROP
 }
 
 /// One packet's walk over its cgroup's ancestors. Levels 1 to [`INLINE_LEVELS`] are charged
-/// in line and deeper ones looked at in line; a rule below the inline levels is charged, with
-/// the levels below it, from a `bpf_loop` callback ([`walk_level`]), which the verifier checks
-/// as one body rather than once per level and path. Unrolled, the 16 levels took the
+/// in line and deeper ones looked at in line. The first rule below the inline levels is
+/// charged in line too when it is the socket's own cgroup's; otherwise it is charged, with the
+/// levels below it, from a `bpf_loop` callback ([`walk_level`]), which the verifier checks as
+/// one body rather than once per level and path. Unrolled, the 16 levels took the
 /// cgroup_skb programs to 0.92 of the verifier's million-instruction limit, and one more
 /// branch in the body made the ingress program too large to load. Through `bpf_loop` alone,
 /// each level cost a call: 20-35 ns more a packet at depth 2.
@@ -178,8 +192,10 @@ struct Walk<'a> {
     flow: flows::Sharing<'a>,
     now: u64,
     bytes: u64,
-    /// The level whose rule refused the packet; 0 while none has.
-    refused_at: u32,
+    /// The cgroup whose rule refused the packet; 0 while none has. Its cgroup, not its level:
+    /// a level is a different constant on each path to a refusal, which the verifier must
+    /// then tell apart down to the refunds.
+    refused: u64,
     /// The deepest rule met: an ingress flow's queue.
     deepest: u64,
     /// The level at which the loop starts, and the cgroup and rule found there.
@@ -188,13 +204,14 @@ struct Walk<'a> {
 }
 
 /// Levels charged in line. Below them, the levels are looked at in line too (an ancestor and a
-/// lookup each), and the loop charges from the first that has a rule. Each level charged in
-/// line costs ~80k verified instructions; 4 cover the usual rules (Kubernetes puts a pod's
-/// cgroup at level 3 and its containers' at 4, systemd a service's at 2 and a session's at 3).
+/// lookup each), and the first that has a rule is charged in line if it is the socket's own
+/// cgroup, else the loop charges from it. Each level charged in line costs ~80k verified
+/// instructions; 4 cover the usual rules (Kubernetes puts a pod's cgroup at level 3 and its
+/// containers' at 4, systemd a service's at 2 and a session's at 3).
 const INLINE_LEVELS: u32 = 4;
 
 /// Charges levels 1 to [`INLINE_LEVELS`] in line, then looks further down for a rule; the
-/// level the loop must charge from, its cgroup and its rule, if there is one.
+/// level of the first one found, its cgroup and its rule, if there is one.
 #[inline(always)]
 fn walk_inline<const INGRESS: bool>(walk: &mut Walk) -> Option<(u32, u64, RuleRef)> {
     let direction = if INGRESS {
@@ -227,7 +244,7 @@ extern "C" fn walk_level<const INGRESS: bool>(index: u32, context: *mut c_void) 
     let going_on = if index == 0 {
         // Found by `walk_inline`: no second ancestor and lookup.
         let (cgroup_id, rule) = walk.loop_first;
-        charge_level::<INGRESS>(walk, walk.loop_from, cgroup_id, rule)
+        charge_level::<INGRESS>(walk, cgroup_id, rule)
     } else {
         visit::<INGRESS>(walk, walk.loop_from + index)
     };
@@ -247,19 +264,14 @@ fn visit<const INGRESS: bool>(walk: &mut Walk, level: u32) -> bool {
         return false;
     };
     match rule(cgroup_id, direction) {
-        Some(rule) => charge_level::<INGRESS>(walk, level, cgroup_id, rule),
+        Some(rule) => charge_level::<INGRESS>(walk, cgroup_id, rule),
         None => true,
     }
 }
 
-/// Charges `rule`, on the cgroup at `level`; false if it refuses.
+/// Charges `rule`, on the cgroup `cgroup_id`; false if it refuses.
 #[inline(always)]
-fn charge_level<const INGRESS: bool>(
-    walk: &mut Walk,
-    level: u32,
-    cgroup_id: u64,
-    rule: RuleRef,
-) -> bool {
+fn charge_level<const INGRESS: bool>(walk: &mut Walk, cgroup_id: u64, rule: RuleRef) -> bool {
     let direction = if INGRESS {
         Direction::Ingress
     } else {
@@ -272,7 +284,7 @@ fn charge_level<const INGRESS: bool>(
     // a GRO packet's headers once: refusing what the bucket thinks is over would only make TCP
     // retransmit. It passes uncharged.
     if !charge(rule, walk.now, walk.bytes, flows) && !walk.flow.queued(direction) {
-        walk.refused_at = level;
+        walk.refused = cgroup_id;
         return false;
     }
     count_pass(cgroup_id, direction, walk.bytes, true);
