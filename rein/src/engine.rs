@@ -235,11 +235,11 @@ impl Engine {
             // A corrupt state file is reported by the command that reads it.
             return Ok(());
         };
-        let before = serde_json::to_value(&state).ok();
+        let before = state.clone();
         for capability in REGISTRY {
             capability.collect_garbage(&self.cx, &mut state)?;
         }
-        if serde_json::to_value(&state).ok() != before {
+        if state != before {
             save_or_tidy(&self.cx, &state, &self.state_path())?;
         } else {
             // Programs and maps the state has no rule for (their rules were orphans) go too.

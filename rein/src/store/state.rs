@@ -20,7 +20,7 @@ use crate::{
 const STATE_VERSION: u32 = 2;
 const OLDEST_READABLE_VERSION: u32 = 1;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
     /// Each capability's section. Flattened: the file keeps the shape it had before

@@ -228,12 +228,14 @@ pub fn finish_run(engine: &mut Engine, run: &RunCgroup) -> Result<()> {
         run.cgroup.kill_all()?;
         wait_until_empty(&run.cgroup, Duration::from_secs(5));
     }
-    let mut desired = engine.desired()?;
+    let mut tx = engine.begin()?;
+    let mut desired = tx.desired();
     desired
         .cgroup_limits
         .retain(|r| r.cgroup_id != run.cgroup_id);
-    let plan = engine.plan(&desired)?;
-    engine.apply(&plan)?;
+    let plan = tx.plan(&desired)?;
+    tx.apply(&plan)?;
+    tx.commit()?;
     remove_tree(&run.cgroup)?;
     Ok(())
 }
