@@ -1053,24 +1053,8 @@ fn flows_that_start_and_stop_share_the_limit() {
     std::thread::sleep(Duration::from_millis(2000));
     let alone_again = flows_now();
 
-    let intervals = |child: Running| -> Vec<(f64, f64)> {
-        let out = child.wait().unwrap().check("iperf3").unwrap();
-        let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        json["intervals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                let sum = &i["sum"];
-                (
-                    sum["start"].as_f64().unwrap(),
-                    sum["bits_per_second"].as_f64().unwrap(),
-                )
-            })
-            .collect()
-    };
-    let second_rates = intervals(second);
-    let first_rates = intervals(first);
+    let second_rates = sender_intervals(second);
+    let first_rates = sender_intervals(first);
     eprintln!("flows: {alone} alone, {together} together, {alone_again} after");
     eprintln!("first flow: {first_rates:?}\nsecond flow: {second_rates:?}");
 
@@ -1109,6 +1093,85 @@ fn flows_that_start_and_stop_share_the_limit() {
         during + second_mid
     );
     rein.rein(&["unset", "--cgroup", cgroup.to_str().unwrap()])
+        .ok();
+}
+
+/// An iperf3 client's sender-side intervals, once it exits: (start, bits/s) each.
+fn sender_intervals(client: Running) -> Vec<(f64, f64)> {
+    let out = client.wait().unwrap().check("iperf3").unwrap();
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    json["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let sum = &i["sum"];
+            (
+                sum["start"].as_f64().unwrap(),
+                sum["bits_per_second"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A socket keeps which of its cgroup's levels have rules, found at its first packet; a limit
+/// set on its cgroup while it sends must still take hold of it at once, and an unset let it go.
+#[test]
+fn a_limit_set_and_unset_during_a_transfer_takes_hold_and_lets_go() {
+    let _traffic = traffic();
+    let rein = instance();
+    // A rule elsewhere, so the programs run and the transfer's socket finds its (no) rules.
+    let elsewhere = rein.cgroup("elsewhere");
+    let cgroup = rein.cgroup("late");
+    let set = |path: &Path| {
+        rein.rein(&[
+            "set",
+            "--cgroup",
+            path.to_str().unwrap(),
+            "--egress",
+            "20mbit",
+        ])
+        .ok();
+    };
+    set(&elsewhere);
+    let pair = host_pair();
+    let _server = iperf_server(&pair, IPERF3_PORT);
+    let opts = ClientOptions {
+        seconds: 8,
+        ..ClientOptions::default()
+    };
+    let argv = iperf::client_argv(&pair.link.server_addr, IPERF3_PORT, &opts);
+    let client = in_cgroup(&cgroup, &pair.client().exec(&argv), Duration::from_secs(30))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    set(&cgroup);
+    std::thread::sleep(Duration::from_millis(3000));
+    rein.rein(&["unset", "--cgroup", cgroup.to_str().unwrap()])
+        .ok();
+    let rates = sender_intervals(client);
+    eprintln!("intervals: {rates:?}");
+    let rate_at = |start: f64| {
+        rates
+            .iter()
+            .find(|(s, _)| (*s - start).abs() < 0.01)
+            .map(|(_, r)| r / LIMIT_BITS)
+            .unwrap()
+    };
+    let (before, limited, after) = (rate_at(1.0), rate_at(4.0), rate_at(7.0));
+    assert!(
+        before > 5.0,
+        "before the limit the transfer ran at {before:.2} of it"
+    );
+    assert!(
+        (0.5..=1.1).contains(&limited),
+        "with the limit set the transfer ran at {limited:.2} of it"
+    );
+    assert!(
+        after > 5.0,
+        "after the unset the transfer ran at {after:.2} of the limit"
+    );
+    rein.rein(&["unset", "--cgroup", elsewhere.to_str().unwrap()])
         .ok();
 }
 

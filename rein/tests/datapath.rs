@@ -29,8 +29,8 @@ use rein::{
     },
 };
 use rein_common::{
-    Action, COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, INGRESS_PROGRAM, RULE_COUNTS_MAP,
-    RULES_MAP, Rule, RuleKey,
+    Action, COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, GENERATION_MAP, INGRESS_PROGRAM,
+    RULE_COUNTS_MAP, RULES_MAP, Rule, RuleKey,
 };
 use rein_testkit::model::{TokenBucketModel, Xorshift};
 
@@ -73,7 +73,9 @@ impl Drop for TestCgroups {
 }
 
 fn main() {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    // One test at a time: a test that nests deeper cgroups moves the whole process.
+    args.test_threads = Some(1);
     let cgroups = Arc::new(TestCgroups::enter());
     let ids = Ids {
         parent: cgroups.parent.id().expect("parent id"),
@@ -97,6 +99,10 @@ fn main() {
         (
             "nested_rules_refund_the_parent",
             nested_rules_refund_the_parent,
+        ),
+        (
+            "three_and_five_nested_rules_refund_the_rules_above",
+            three_and_five_nested_rules_refund_the_rules_above,
         ),
         (
             "gso_packets_count_every_segment_header",
@@ -172,6 +178,9 @@ impl Loaded {
         let rules: HashMap<_, RuleKey, Rule> = HashMap::try_from(rules).unwrap();
         let mut rule_counts: Array<_, u32> = Array::try_from(rule_counts).unwrap();
         cgroup_limit::datapath::sync_rule_counts(&rules, &mut rule_counts).unwrap();
+        let mut generation: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut(GENERATION_MAP).unwrap()).unwrap();
+        cgroup_limit::datapath::bump_generation(&mut generation).unwrap();
     }
 
     fn rule(&self, cgroup_id: u64, direction: Direction) -> Rule {
@@ -431,6 +440,55 @@ fn nested_rules_refund_the_parent(ids: Ids) -> Result<(), Failed> {
     )
 }
 
+/// Deeper nests: three rules (the levels below the test's cgroup, charged in line) and five
+/// (every level, more than the programs charge in line: through their loop). The deepest
+/// refuses past its burst; every rule above is charged for the passed packets only.
+fn three_and_five_nested_rules_refund_the_rules_above(ids: Ids) -> Result<(), Failed> {
+    let deeper = Deeper::enter(3);
+    let below: Vec<u64> = deeper.chain.iter().map(|c| c.id().unwrap()).collect();
+    let five = [&[ids.parent, ids.inner][..], &below].concat();
+    for cgroups in [&below[..], &five[..]] {
+        let mut loaded = Loaded::new();
+        let (deepest, above) = cgroups.split_last().unwrap();
+        for &cgroup in above {
+            loaded.set_rule(cgroup, Direction::Egress, limit("8kbit", "20000"));
+        }
+        loaded.set_rule(*deepest, Direction::Egress, limit("8kbit", "3000"));
+        let before: Vec<u64> = above
+            .iter()
+            .map(|&c| loaded.rule(c, Direction::Egress).bucket.tat)
+            .collect();
+        let packet = Packet::tcp(1000);
+        let passed = (0..10)
+            .filter(|_| loaded.offer(Direction::Egress, &packet) == PASS)
+            .count();
+        let n = cgroups.len();
+        ensure(passed == 3, || {
+            format!("{n} rules: {passed} passed the deepest's 3000-byte burst")
+        })?;
+        for (&cgroup, before) in above.iter().zip(before) {
+            let after = loaded.rule(cgroup, Direction::Egress).bucket.tat;
+            // 3 packets of 1000 bytes at 1 ms a byte: 3 s, not 10.
+            let charged_ns = after - before.max(after - 10_000_000_000);
+            ensure(
+                (2_900_000_000..=3_100_000_000).contains(&charged_ns),
+                || format!("{n} rules: cgroup {cgroup} charged {charged_ns} ns for 3 packets"),
+            )?;
+            let counters = loaded.counters(cgroup, Direction::Egress).unwrap();
+            ensure(
+                counters.passed_packets == 3 && counters.dropped_packets == 0,
+                || format!("{n} rules: cgroup {cgroup} counted {counters:?}"),
+            )?;
+        }
+        let counters = loaded.counters(*deepest, Direction::Egress).unwrap();
+        ensure(
+            counters.passed_packets == 3 && counters.dropped_packets == 7,
+            || format!("{n} rules: the deepest counted {counters:?}"),
+        )?;
+    }
+    Ok(())
+}
+
 /// A GSO packet of 10 segments carries 10 IP+TCP headers on the wire, not one.
 fn gso_packets_count_every_segment_header(ids: Ids) -> Result<(), Failed> {
     let mut loaded = Loaded::new();
@@ -632,6 +690,19 @@ fn per_packet_cost(ids: Ids) -> Result<(), Failed> {
         "depth 5, egress, rules at depths 2 and 5",
         Direction::Egress,
         &[ids.inner, deepest],
+        ids,
+    )?;
+    let below: Vec<u64> = deeper.chain.iter().map(|c| c.id().unwrap()).collect();
+    measure(
+        "depth 5, egress, rules at depths 2, 4 and 5",
+        Direction::Egress,
+        &[ids.inner, below[1], below[2]],
+        ids,
+    )?;
+    measure(
+        "depth 5, egress, rules at all 5 depths",
+        Direction::Egress,
+        &[ids.parent, ids.inner, below[0], below[1], below[2]],
         ids,
     )?;
     drop(deeper);

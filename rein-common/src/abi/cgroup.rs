@@ -30,6 +30,14 @@ pub const FLOWS_MAP: &str = "REIN_FLOWS";
 pub const INGRESS_FLOWS_MAP: &str = "REIN_INGRESS_FLOWS";
 /// Name of the map from an ingress rule (and network namespace) to its shaping queue.
 pub const QUEUES_MAP: &str = "REIN_QUEUES";
+/// Name of the socket-local storage of which of a socket's cgroup levels have rules.
+pub const RULE_LEVELS_MAP: &str = "REIN_RULE_LEVELS";
+/// Name of the one-entry array holding the rules' generation, which userspace bumps after
+/// every change to the rule map: a socket's stored levels are good while it is unchanged.
+pub const GENERATION_MAP: &str = "REIN_GENERATION";
+/// Name of the per-CPU scratch entry the programs put the levels of a socket without storage
+/// in.
+pub const LEVELS_SCRATCH_MAP: &str = "REIN_LEVELS_SCRATCH";
 /// Program names in the object file.
 pub const EGRESS_PROGRAM: &str = "rein_egress";
 pub const INGRESS_PROGRAM: &str = "rein_ingress";
@@ -112,6 +120,37 @@ impl Rule {
         }
     }
 }
+
+/// How many of a socket's rules (the shallowest) [`RuleLevels`] keeps the cgroups of: as many
+/// as the programs charge without a loop.
+pub const KEPT_CGROUPS: usize = 4;
+
+/// Which levels of a socket's cgroup ancestors have a rule in one direction. A socket's cgroup
+/// is fixed when the socket is created, so this is found once and kept in its storage until a
+/// rule changes (the generation moves on), instead of looking at every level for every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleLevels {
+    /// The rules' generation (`GENERATION_MAP`) when the levels were found.
+    pub generation: u64,
+    /// Bit `level - 1` is set when the ancestor at `level` has a rule.
+    pub levels: u32,
+    /// 1 once found: a new storage is all zeros, which would read as "no rule".
+    pub found: u32,
+    /// The cgroups of the first rules, root first, so that a packet needs no helper to find
+    /// them; 0 past the last.
+    pub cgroups: [u64; KEPT_CGROUPS],
+}
+const _: () = assert!(core::mem::size_of::<RuleLevels>() == 48);
+const _: () = assert!(MAX_CGROUP_DEPTH <= u32::BITS);
+
+/// Value of the rule-level storage: the levels in each direction, indexed by `Direction`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketRuleLevels {
+    pub by_direction: [RuleLevels; 2],
+}
+const _: () = assert!(core::mem::size_of::<SocketRuleLevels>() == 96);
 
 /// Per-socket state, in socket-local storage: what the egress program worked out for the flow
 /// and what the sock_ops program last applied.

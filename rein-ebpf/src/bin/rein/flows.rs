@@ -122,12 +122,14 @@ pub struct Sharing<'a> {
     elapsed_ns: u64,
     bytes: u64,
     /// The packet carries the flow's FIN: take the flow out of the counts now rather than two
-    /// epochs after its last packet, so the others get its share back at once. Read when the
-    /// first rule is met, so packets under no rule never parse their TCP header.
+    /// epochs after its last packet, so the others get its share back at once. Read only for
+    /// packets under a rule.
     fin: bool,
 }
 
 impl<'a> Sharing<'a> {
+    /// The packet's part, for a packet under at least one rule: a TCP flow's storage is
+    /// opened now, so that the charges of every rule see it in one state.
     #[inline(always)]
     pub fn new(
         ctx: &'a SkBuffContext,
@@ -136,7 +138,7 @@ impl<'a> Sharing<'a> {
         bytes: u64,
         direction: Direction,
     ) -> Self {
-        Self {
+        let mut sharing = Self {
             ctx,
             socket,
             map: flows_map(direction),
@@ -145,7 +147,14 @@ impl<'a> Sharing<'a> {
             elapsed_ns: now % EPOCH_NS,
             bytes,
             fin: false,
+        };
+        if !socket.is_null() {
+            sharing.state = sharing.open();
+            if !sharing.state.is_null() {
+                sharing.fin = skb::tcp_fin(ctx);
+            }
         }
+        sharing
     }
 
     /// The packet is charged to `rule`: count the flow there and take its share. Returns the
@@ -173,11 +182,7 @@ impl<'a> Sharing<'a> {
             return self.active(rule);
         }
         if self.state.is_null() {
-            self.state = self.open();
-            if self.state.is_null() {
-                return 0;
-            }
-            self.fin = skb::tcp_fin(self.ctx);
+            return 0;
         }
         let state = self.state;
         // SAFETY: non-null storage of this socket, valid for the program's run; other programs

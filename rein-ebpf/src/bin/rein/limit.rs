@@ -5,15 +5,20 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::__sk_buff,
+    bindings::{__sk_buff, BPF_SK_STORAGE_GET_F_CREATE},
+    btf_maps::SkStorage,
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_ns, bpf_loop, bpf_skb_ancestor_cgroup_id,
+        generated::bpf_sk_storage_get,
     },
-    macros::{cgroup_skb, map, sock_ops},
-    maps::{Array, HashMap, PerCpuHashMap},
+    macros::{btf_map, cgroup_skb, map, sock_ops},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{SkBuffContext, SockOpsContext},
 };
-use rein_common::{Bucket, Counters, Direction, MAX_CGROUP_DEPTH, MAX_RULES, Rule, RuleKey};
+use rein_common::{
+    Bucket, Counters, Direction, KEPT_CGROUPS, MAX_CGROUP_DEPTH, MAX_RULES, Rule, RuleKey,
+    RuleLevels, SocketRuleLevels,
+};
 use rein_ebpf::{
     atomic::{CountersRef, Word},
     parse::skb,
@@ -33,6 +38,19 @@ static REIN_COUNTERS: PerCpuHashMap<RuleKey, Counters> =
 #[map(name = "REIN_RULE_COUNTS")]
 static REIN_RULE_COUNTS: Array<u32> = Array::with_max_entries(2, 0);
 
+/// Which of each socket's cgroup levels have rules (`rule_levels`).
+#[btf_map]
+static REIN_RULE_LEVELS: SkStorage<SocketRuleLevels> = SkStorage::new();
+
+/// The rules' generation: userspace bumps it after every change to `REIN_RULES`.
+#[map(name = "REIN_GENERATION")]
+static REIN_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Where the levels found for a packet without socket storage are put, to be read back (see
+/// `rule_levels`).
+#[map(name = "REIN_LEVELS_SCRATCH")]
+static REIN_LEVELS_SCRATCH: PerCpuArray<RuleLevels> = PerCpuArray::with_max_entries(1, 0);
+
 /// cgroup_skb return codes. At egress, bit 1 adds a congestion notification: the dropped
 /// packet then reads as NET_XMIT_DROP, so UDP senders see what a full qdisc would give them
 /// (ENOBUFS, which UDP swallows) rather than EPERM, and TCP enters CWR. Ingress allows 0 and 1.
@@ -48,8 +66,7 @@ pub fn rein_egress(ctx: SkBuffContext) -> i32 {
     if !has_rules(Direction::Egress) {
         return PASS;
     }
-    let tcp = flows::tcp_socket_with_data(&ctx);
-    match limit(&ctx, Direction::Egress, tcp) {
+    match limit(&ctx, Direction::Egress) {
         PASS => PASS,
         _ => DROP_NOTIFY_CONGESTION,
     }
@@ -60,8 +77,7 @@ pub fn rein_ingress(ctx: SkBuffContext) -> i32 {
     if !has_rules(Direction::Ingress) {
         return PASS;
     }
-    let tcp = flows::tcp_socket_with_data(&ctx);
-    limit(&ctx, Direction::Ingress, tcp)
+    limit(&ctx, Direction::Ingress)
 }
 
 #[sock_ops]
@@ -80,73 +96,62 @@ pub(crate) fn has_rules(direction: Direction) -> bool {
 }
 
 /// Charges the packet to the bucket of every rule on the socket's cgroup and its ancestors, and
-/// passes it only if all of them have room. Levels are walked from the root down; when a deeper
+/// passes it only if all of them have room. Rules are charged from the root down; when a deeper
 /// bucket refuses, what was charged to the shallower ones is given back.
 ///
-/// `tcp` is the TCP socket that sends or receives the packet (else null): its flow is counted
-/// under each rule on the way, and given the smallest share it finds.
+/// A TCP flow's packet is counted under each rule on the way, and the flow given the smallest
+/// share it finds.
 #[inline(always)]
-fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings::bpf_sock) -> i32 {
+fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
+    let Found { levels, cgroups } = rule_levels(ctx, direction);
+    if levels == 0 {
+        return PASS;
+    }
+    let tcp = flows::tcp_socket_with_data(ctx);
     let skb = ctx.skb.skb;
     let bytes = skb::ip_bytes(ctx);
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-
-    // One walk from the root down: charge each rule's bucket and count the pass as we go, so
-    // a packet that passes (nearly all do) costs a single walk.
     let mut walk = Walk {
         skb,
         flow: flows::Sharing::new(ctx, tcp, now, bytes, direction),
         now,
         bytes,
+        left: levels,
+        charged: 0,
         refused: 0,
         deepest: 0,
-        loop_from: 0,
-        loop_first: (0, RuleRef(ptr::null_mut())),
     };
-    // The first levels inline, where the usual cgroups are, at no cost; the rest through
-    // bpf_loop (see `Walk`). One function per direction, so that it is a constant in each.
-    let (deeper_rule, callback) = match direction {
-        Direction::Egress => (
-            walk_inline::<false>(&mut walk),
-            walk_level::<false> as *mut c_void,
-        ),
-        Direction::Ingress => (
-            walk_inline::<true>(&mut walk),
-            walk_level::<true> as *mut c_void,
-        ),
-    };
-    if let Some((from, cgroup_id, rule)) = deeper_rule {
-        if ancestor(skb, from + 1).is_none() {
-            // Usually the deep rule is the socket's own cgroup's: charged in line, with no
-            // loop. (One round of it cost about 10 ns a packet: a call, and the copies of
-            // the walk.) The code is shared by every level the rule can be at, and the level is
-            // not used past here, so the verifier goes through it as one.
-            let _ = match direction {
-                Direction::Egress => charge_level::<false>(&mut walk, cgroup_id, rule),
-                Direction::Ingress => charge_level::<true>(&mut walk, cgroup_id, rule),
-            };
-        } else {
-            // The loop charges from the rule's level down to the socket's cgroup.
-            walk.loop_from = from;
-            walk.loop_first = (cgroup_id, rule);
-            // The loop gets a copy: the walk itself never has its address taken, so the
-            // compiler keeps it in registers on the usual path.
-            let mut deep = walk;
-            // SAFETY: the callback reads and writes only the copy, which outlives the loop.
-            unsafe {
-                bpf_loop(
-                    MAX_CGROUP_DEPTH + 1 - from,
-                    callback,
-                    ptr::from_mut(&mut deep).cast(),
-                    0,
-                )
-            };
-            walk = deep;
+    // Up to [`INLINE_RULES`] rules in line, where the usual cgroups' are, at no cost; more, all
+    // through bpf_loop (see `Walk`). One function per direction, so that it is a constant in
+    // each.
+    if more_than_inline(levels) {
+        let callback = match direction {
+            Direction::Egress => charge_round::<false> as *mut c_void,
+            Direction::Ingress => charge_round::<true> as *mut c_void,
+        };
+        // The loop gets a copy: the walk itself never has its address taken, so the compiler
+        // keeps it in registers on the usual path.
+        let mut deep = Deep { walk, cgroups };
+        // SAFETY: the callback reads and writes only the copy, which outlives the loop.
+        unsafe {
+            bpf_loop(
+                MAX_CGROUP_DEPTH,
+                callback,
+                ptr::from_mut(&mut deep).cast(),
+                0,
+            )
+        };
+        walk = deep.walk;
+    } else {
+        match direction {
+            Direction::Egress => charge_inline::<false>(&mut walk, &cgroups),
+            Direction::Ingress => charge_inline::<true>(&mut walk, &cgroups),
         }
     }
     let Walk {
         flow,
+        charged,
         refused,
         deepest,
         ..
@@ -157,21 +162,20 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
     }
     flow.finish(false, deepest, direction);
 
-    // A deeper rule refused: give back what the shallower rules (the levels above the cgroup
-    // that refused) were charged and counted, and count the drop against the rule that refused.
-    let mut level = 1u32;
-    while level <= MAX_CGROUP_DEPTH {
-        let Some(cgroup_id) = ancestor(skb, level) else {
-            break;
-        };
-        if cgroup_id == refused {
-            break;
-        }
-        if let Some(rule) = rule(cgroup_id, direction) {
+    // A deeper rule refused: give back what the shallower rules were charged and counted, and
+    // count the drop against the rule that refused.
+    let mut left = charged;
+    let mut round = 0;
+    while left != 0 && round < MAX_CGROUP_DEPTH {
+        let level = lowest_level(left);
+        left &= left - 1;
+        if let Some(cgroup_id) = ancestor(skb, level)
+            && let Some(rule) = rule(cgroup_id, direction)
+        {
             refund(rule, bytes);
             count_pass(cgroup_id, direction, bytes, false);
         }
-        level += 1;
+        round += 1;
     }
     if let Some(counters) = counters(refused, direction) {
         counters.add(false, 1, bytes);
@@ -179,103 +183,217 @@ fn limit(ctx: &SkBuffContext, direction: Direction, tcp: *mut aya_ebpf::bindings
     DROP
 }
 
-/// One packet's walk over its cgroup's ancestors. Levels 1 to [`INLINE_LEVELS`] are charged
-/// in line and deeper ones looked at in line. The first rule below the inline levels is
-/// charged in line too when it is the socket's own cgroup's; otherwise it is charged, with the
-/// levels below it, from a `bpf_loop` callback ([`walk_level`]), which the verifier checks as
-/// one body rather than once per level and path. Unrolled, the 16 levels took the
-/// cgroup_skb programs to 0.92 of the verifier's million-instruction limit, and one more
-/// branch in the body made the ingress program too large to load. Through `bpf_loop` alone,
-/// each level cost a call: 20-35 ns more a packet at depth 2.
+/// The rules over a socket in one direction: the levels of its cgroup's ancestors that have
+/// one (bit `level - 1` for each), and the cgroups of the first [`KEPT_CGROUPS`].
+struct Found {
+    levels: u32,
+    cgroups: [u64; KEPT_CGROUPS],
+}
+
+/// The rules over the packet's socket in `direction`, as kept in the socket's storage since the
+/// last rule change; else found now, and kept. A packet without a full socket of its own (a
+/// SYN-ACK has its request's) has no storage: its rules are found every time.
+#[inline(always)]
+fn rule_levels(ctx: &SkBuffContext, direction: Direction) -> Found {
+    let skb = ctx.skb.skb;
+    // Read before the rules are looked at: a rule written after this read comes with a new
+    // generation, so levels found without it are found again on the next packet.
+    let generation = REIN_GENERATION.get(0).copied().unwrap_or(0);
+    // SAFETY: the program's own context.
+    let socket = unsafe { (*skb).__bindgen_anon_2.sk };
+    let storage: *mut SocketRuleLevels = if socket.is_null() {
+        ptr::null_mut()
+    } else {
+        // SAFETY: a socket from the context (the helper gives nothing for one that is not a
+        // full socket) and no initial value: a new storage is all zeros.
+        unsafe {
+            bpf_sk_storage_get(
+                ptr::from_ref(&REIN_RULE_LEVELS).cast_mut().cast(),
+                socket.cast(),
+                ptr::null_mut(),
+                BPF_SK_STORAGE_GET_F_CREATE.into(),
+            )
+        }
+        .cast()
+    };
+    let stored: *mut RuleLevels = if storage.is_null() {
+        match REIN_LEVELS_SCRATCH.get_ptr_mut(0) {
+            Some(scratch) => scratch,
+            // Cannot happen: the array has its one entry on every CPU.
+            None => {
+                return Found {
+                    levels: 0,
+                    cgroups: [0; KEPT_CGROUPS],
+                };
+            }
+        }
+    } else {
+        // SAFETY: non-null storage of this socket; `direction` indexes the array.
+        let stored = unsafe { &raw mut (*storage).by_direction[direction as usize] };
+        // SAFETY: storage of this socket, valid for the program's run, read and written
+        // through the pointer only (another CPU may run a program of the socket at once).
+        let (found, stored_generation) = unsafe { ((*stored).found, (*stored).generation) };
+        if found != 0 && stored_generation == generation {
+            // SAFETY: as above.
+            return unsafe { read_found(stored) };
+        }
+        stored
+    };
+    let mut levels = 0u32;
+    let mut kept = 0usize;
+    let mut level = 1u32;
+    while level <= MAX_CGROUP_DEPTH {
+        let Some(cgroup_id) = ancestor(skb, level) else {
+            break;
+        };
+        if rule(cgroup_id, direction).is_some() {
+            levels |= 1 << (level - 1);
+            if kept < KEPT_CGROUPS {
+                // SAFETY: as below.
+                unsafe { (*stored).cgroups[kept] = cgroup_id };
+                kept += 1;
+            }
+        }
+        level += 1;
+    }
+    // SAFETY: the socket's storage as above, or this CPU's scratch entry. Two CPUs finding a
+    // socket's rules at once write the same thing; a packet that reads halfway through a
+    // write is charged as at the generation before, or to a rule of another of its levels.
+    unsafe {
+        (*stored).levels = levels;
+        (*stored).generation = generation;
+        (*stored).found = 1;
+        // Read back, not used as found: a value read from a map is unknown to the verifier,
+        // which would otherwise follow each set of levels the walk can find, 2^16 of them,
+        // as a path of its own through the rest of the program.
+        read_found(stored)
+    }
+}
+
+/// The rules kept at `stored`.
+///
+/// # Safety
+/// `stored` points at a map value valid for the program's run.
+#[inline(always)]
+unsafe fn read_found(stored: *const RuleLevels) -> Found {
+    // SAFETY: the caller's.
+    unsafe {
+        Found {
+            levels: ptr::read_volatile(&raw const (*stored).levels),
+            cgroups: ptr::read_volatile(&raw const (*stored).cgroups),
+        }
+    }
+}
+
+/// The lowest level in a non-empty set of levels.
+#[inline(always)]
+fn lowest_level(levels: u32) -> u32 {
+    levels.trailing_zeros() + 1
+}
+
+/// One packet's charge of its rules: in line when there are at most [`INLINE_RULES`], else
+/// all from a `bpf_loop` callback ([`charge_round`]), which the verifier checks as one body
+/// rather than once per rule and path. Unrolled over 16 levels, the programs came near the
+/// verifier's limit; through the loop, each rule costs a call (about 20 ns). The loop starts
+/// from the walk's first state, never after rules charged in line: the verifier would check it
+/// again for each way those could have gone.
 struct Walk<'a> {
     skb: *mut __sk_buff,
     flow: flows::Sharing<'a>,
     now: u64,
     bytes: u64,
-    /// The cgroup whose rule refused the packet; 0 while none has. Its cgroup, not its level:
-    /// a level is a different constant on each path to a refusal, which the verifier must
-    /// then tell apart down to the refunds.
+    /// The levels whose rules are still to charge.
+    left: u32,
+    /// The levels whose rules took the packet.
+    charged: u32,
+    /// The cgroup whose rule refused the packet; 0 while none has.
     refused: u64,
     /// The deepest rule met: an ingress flow's queue.
     deepest: u64,
-    /// The level at which the loop starts, and the cgroup and rule found there.
-    loop_from: u32,
-    loop_first: (u64, RuleRef),
 }
 
-/// Levels charged in line. Below them, the levels are looked at in line too (an ancestor and a
-/// lookup each), and the first that has a rule is charged in line if it is the socket's own
-/// cgroup, else the loop charges from it. Each level charged in line costs ~80k verified
-/// instructions; 4 cover the usual rules (Kubernetes puts a pod's cgroup at level 3 and its
-/// containers' at 4, systemd a service's at 2 and a session's at 3).
-const INLINE_LEVELS: u32 = 4;
+/// Rules charged in line, each a copy of the charge for the verifier to check; 4 cover the
+/// usual cases (Kubernetes limits a pod's cgroup and maybe its containers', systemd a slice
+/// and a service).
+const INLINE_RULES: usize = KEPT_CGROUPS;
 
-/// Charges levels 1 to [`INLINE_LEVELS`] in line, then looks further down for a rule; the
-/// level of the first one found, its cgroup and its rule, if there is one.
+/// Whether `levels` holds more than [`INLINE_RULES`].
 #[inline(always)]
-fn walk_inline<const INGRESS: bool>(walk: &mut Walk) -> Option<(u32, u64, RuleRef)> {
-    let direction = if INGRESS {
-        Direction::Ingress
-    } else {
-        Direction::Egress
-    };
-    let mut level = 1;
-    while level <= INLINE_LEVELS {
-        if !visit::<INGRESS>(walk, level) {
-            return None;
-        }
-        level += 1;
+fn more_than_inline(levels: u32) -> bool {
+    let mut rest = levels;
+    let mut round = 0;
+    while round < INLINE_RULES {
+        rest &= rest.wrapping_sub(1);
+        round += 1;
     }
-    while level <= MAX_CGROUP_DEPTH {
-        let cgroup_id = ancestor(walk.skb, level)?;
-        if let Some(rule) = rule(cgroup_id, direction) {
-            return Some((level, cgroup_id, rule));
-        }
-        level += 1;
-    }
-    None
+    rest != 0
 }
 
-/// Level `walk.loop_from + index`, as `bpf_loop`'s callback: 1 stops the loop.
-extern "C" fn walk_level<const INGRESS: bool>(index: u32, context: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes the walk given to it, which lives on the program's stack, and
+/// Charges the (at most [`INLINE_RULES`]) rules in line, their cgroups as kept.
+#[inline(always)]
+fn charge_inline<const INGRESS: bool>(walk: &mut Walk, cgroups: &[u64; KEPT_CGROUPS]) {
+    let mut round = 0;
+    while round < INLINE_RULES {
+        if walk.left == 0 {
+            return;
+        }
+        let bit = take_lowest(&mut walk.left);
+        if !charge_cgroup::<INGRESS>(walk, bit, cgroups[round]) {
+            return;
+        }
+        round += 1;
+    }
+}
+
+/// The loop's context: the walk, and the cgroups kept for its first rounds.
+struct Deep<'a> {
+    walk: Walk<'a>,
+    cgroups: [u64; KEPT_CGROUPS],
+}
+
+/// Round `index` of `bpf_loop`: 1 stops the loop.
+extern "C" fn charge_round<const INGRESS: bool>(index: u32, context: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes the context given to it, which lives on the program's stack, and
     // nothing else uses it while the loop runs.
-    let walk = unsafe { &mut *context.cast::<Walk>() };
-    let going_on = if index == 0 {
-        // Found by `walk_inline`: no second ancestor and lookup.
-        let (cgroup_id, rule) = walk.loop_first;
-        charge_level::<INGRESS>(walk, cgroup_id, rule)
+    let deep = unsafe { &mut *context.cast::<Deep>() };
+    let walk = &mut deep.walk;
+    if walk.left == 0 {
+        return 1;
+    }
+    let level = lowest_level(walk.left);
+    let bit = take_lowest(&mut walk.left);
+    // Past the kept cgroups, the loop asks for each.
+    let cgroup_id = match deep.cgroups.get(index as usize) {
+        Some(&cgroup_id) => cgroup_id,
+        None => ancestor(walk.skb, level).unwrap_or(0),
+    };
+    if charge_cgroup::<INGRESS>(walk, bit, cgroup_id) {
+        0
     } else {
-        visit::<INGRESS>(walk, walk.loop_from + index)
-    };
-    if going_on { 0 } else { 1 }
-}
-
-/// Charges the rule of the cgroup at `level`, if it has one. False when the walk is over:
-/// past the socket's own cgroup, or at a refusal.
-#[inline(always)]
-fn visit<const INGRESS: bool>(walk: &mut Walk, level: u32) -> bool {
-    let direction = if INGRESS {
-        Direction::Ingress
-    } else {
-        Direction::Egress
-    };
-    let Some(cgroup_id) = ancestor(walk.skb, level) else {
-        return false;
-    };
-    match rule(cgroup_id, direction) {
-        Some(rule) => charge_level::<INGRESS>(walk, cgroup_id, rule),
-        None => true,
+        1
     }
 }
 
-/// Charges `rule`, on the cgroup `cgroup_id`; false if it refuses.
+/// Takes the lowest bit out of `levels`, and returns it.
 #[inline(always)]
-fn charge_level<const INGRESS: bool>(walk: &mut Walk, cgroup_id: u64, rule: RuleRef) -> bool {
+fn take_lowest(levels: &mut u32) -> u32 {
+    let bit = *levels & levels.wrapping_neg();
+    *levels &= !bit;
+    bit
+}
+
+/// Charges the rule of `cgroup_id`, at the level `bit` stands for. False when the walk is over:
+/// at a refusal.
+#[inline(always)]
+fn charge_cgroup<const INGRESS: bool>(walk: &mut Walk, bit: u32, cgroup_id: u64) -> bool {
     let direction = if INGRESS {
         Direction::Ingress
     } else {
         Direction::Egress
+    };
+    // A rule removed since the levels were found: the next packet finds them again.
+    let Some(rule) = rule(cgroup_id, direction) else {
+        return true;
     };
     walk.deepest = cgroup_id;
     // Counted before the charge: how many flows share the rule sets TCP's leeway.
@@ -287,6 +405,7 @@ fn charge_level<const INGRESS: bool>(walk: &mut Walk, cgroup_id: u64, rule: Rule
         walk.refused = cgroup_id;
         return false;
     }
+    walk.charged |= bit;
     count_pass(cgroup_id, direction, walk.bytes, true);
     true
 }

@@ -16,9 +16,9 @@ use aya::{
     },
 };
 use rein_common::{
-    COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, FLOWS_MAP, INGRESS_FLOWS_MAP,
-    INGRESS_PROGRAM, MAX_RULES, QUEUES_MAP, RULE_COUNTS_MAP, RULES_MAP, Rule, RuleKey,
-    SOCK_OPS_PROGRAM,
+    COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, FLOWS_MAP, GENERATION_MAP,
+    INGRESS_FLOWS_MAP, INGRESS_PROGRAM, LEVELS_SCRATCH_MAP, MAX_RULES, QUEUES_MAP, RULE_COUNTS_MAP,
+    RULE_LEVELS_MAP, RULES_MAP, Rule, RuleKey, SOCK_OPS_PROGRAM,
 };
 
 use crate::{
@@ -35,13 +35,16 @@ pub const DIRECTIONS: [Direction; 2] = [Direction::Egress, Direction::Ingress];
 
 /// Every map of the cgroup object, pinned by these names (the ingress queue's program shares
 /// the object and its flow storage).
-const MAPS: [&str; 6] = [
+const MAPS: [&str; 9] = [
     RULES_MAP,
     COUNTERS_MAP,
     FLOWS_MAP,
     RULE_COUNTS_MAP,
     INGRESS_FLOWS_MAP,
     QUEUES_MAP,
+    RULE_LEVELS_MAP,
+    GENERATION_MAP,
+    LEVELS_SCRATCH_MAP,
 ];
 
 /// Loads the cgroup object with its maps bound to the instance's pins (created if missing).
@@ -99,6 +102,7 @@ pub struct Datapath {
     rules: HashMap<MapData, RuleKey, Rule>,
     counters: PerCpuHashMap<MapData, RuleKey, Counters>,
     rule_counts: Array<MapData, u32>,
+    generation: Array<MapData, u64>,
 }
 
 /// Writes how many rules each direction has into the array the programs check before anything
@@ -123,6 +127,18 @@ pub fn sync_rule_counts<R: Borrow<MapData>, C: BorrowMut<MapData>>(
     Ok(())
 }
 
+/// Moves the rules' generation on, after a change to the rule map: each socket's programs then
+/// look again at which of its cgroup levels have rules (rather than at every level for every
+/// packet, they keep that in the socket's storage).
+pub fn bump_generation<C: BorrowMut<MapData>>(generation: &mut Array<C, u64>) -> Result<()> {
+    let now = generation
+        .get(&0, 0)
+        .map_err(|e| bpf_error("cannot read the rules' generation")(&e))?;
+    generation
+        .set(0, now.wrapping_add(1), 0)
+        .map_err(|e| bpf_error("cannot write the rules' generation")(&e))
+}
+
 impl Datapath {
     /// Whether the programs are attached (their links pinned).
     pub fn is_installed(instance: &Instance) -> bool {
@@ -139,10 +155,13 @@ impl Datapath {
             .map_err(|e| bpf_error("counter map")(&e))?;
         let rule_counts =
             Array::try_from(open(RULE_COUNTS_MAP)?).map_err(|e| bpf_error("rule count map")(&e))?;
+        let generation =
+            Array::try_from(open(GENERATION_MAP)?).map_err(|e| bpf_error("generation map")(&e))?;
         let mut datapath = Self {
             rules,
             counters,
             rule_counts,
+            generation,
         };
         datapath.sync_rule_counts()?;
         Ok(datapath)
@@ -173,7 +192,11 @@ impl Datapath {
                 .map_err(|e| bpf_error("cannot pin the link")(&e))?;
         }
         drop(ebpf);
-        Self::open(instance)
+        // The maps may have been kept from an install before, and rules changed since by a
+        // build that knows no generation.
+        let mut datapath = Self::open(instance)?;
+        datapath.bump_generation()?;
+        Ok(datapath)
     }
 
     /// Loads and verifies this build's programs for the attached links (see [`Reload`]).
@@ -220,22 +243,36 @@ impl Datapath {
                 .insert(key, zero, 0)
                 .map_err(|e| map_full_or(e, "cannot create counters"))?;
         }
+        let new = self.rules.get(&key, 0).is_err();
         self.rules
             .insert(key, rule, 0)
             .map_err(|e| map_full_or(e, "cannot write the rule"))?;
-        self.sync_rule_counts()
+        self.sync_rule_counts()?;
+        // Only a new rule changes which levels have one; a changed rate is read per packet.
+        if new {
+            self.bump_generation()?;
+        }
+        Ok(())
     }
 
     /// Removes a rule and its counters; a rule that is not there is fine.
     pub fn remove_rule(&mut self, key: RuleKey) {
-        let _ = self.rules.remove(&key);
+        let removed = self.rules.remove(&key).is_ok();
         let _ = self.counters.remove(&key);
-        // A count left too high only costs the walk; the next command puts it right.
+        // A count left too high only costs the walk; the next command puts it right. A
+        // generation left behind leaves sockets charging a rule that is gone, which they skip.
         let _ = self.sync_rule_counts();
+        if removed {
+            let _ = self.bump_generation();
+        }
     }
 
     fn sync_rule_counts(&mut self) -> Result<()> {
         sync_rule_counts(&self.rules, &mut self.rule_counts)
+    }
+
+    fn bump_generation(&mut self) -> Result<()> {
+        bump_generation(&mut self.generation)
     }
 
     /// The rule's counters summed over all CPUs.
@@ -270,6 +307,9 @@ impl PreparedReload for Reload {
                 .map_err(|e| bpf_error("loaded program has no fd")(&e))?;
             bpf::swap_link_program(&self.instance.link_pin(hook.link_name()), fd)?;
         }
+        // The levels sockets keep were found by the programs before, under rules that a build
+        // without generations may have changed since.
+        Datapath::open(&self.instance)?.bump_generation()?;
         Ok(Hook::ALL.len())
     }
 }
