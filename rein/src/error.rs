@@ -10,6 +10,10 @@ pub enum Error {
     #[error(transparent)]
     Unit(#[from] UnitError),
 
+    /// The agent cannot watch its configuration or catch its signals.
+    #[error("{0}")]
+    Agent(String),
+
     #[error(
         "rein needs root (CAP_BPF, CAP_NET_ADMIN and write access to cgroups); run it with sudo"
     )]

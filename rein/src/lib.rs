@@ -12,6 +12,7 @@
 //! - [`run`] (`rein run`), [`doctor`], and the value types: [`units`], [`limit`].
 //! - [`platform`]: the operating system as rein uses it (BPF objects, cgroups, netns), for
 //!   tests and benchmarks that load the programs themselves.
+pub mod agent;
 pub mod capabilities;
 pub mod clock;
 pub mod doctor;
