@@ -118,9 +118,11 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the instance, failing at once if another rein command holds it.
+    /// Opens the instance, failing if another rein command holds it for longer than a
+    /// command waits: the agent holds it for a moment each second, which must not refuse
+    /// a command that comes at that moment.
     pub fn open(instance: Instance) -> Result<Self> {
-        Self::open_waiting(instance, Duration::ZERO)
+        Self::open_waiting(instance, COMMAND_PATIENCE)
     }
 
     /// Opens the instance, waiting up to `patience` for another command to finish. What went
@@ -202,13 +204,20 @@ impl Engine {
             .collect::<Result<Vec<_>>>()?;
         // Rules before programs: programs of a new map layout find their rules in place.
         let mut undo = Undo::new();
-        let mut restored = 0;
-        for capability in REGISTRY {
-            restored += capability.restore(&self.cx, &state, &mut undo)?;
-        }
+        let restored = restore(&self.cx, &state, &mut undo)?;
         for reload in prepared.into_iter().flatten() {
             reload.swap()?;
         }
+        undo.commit();
+        Ok(restored)
+    }
+
+    /// Writes again the rules the state file holds and the maps lack (removed by hand, say);
+    /// how many.
+    pub fn repair(&mut self) -> Result<usize> {
+        let state = self.state()?;
+        let mut undo = Undo::new();
+        let restored = restore(&self.cx, &state, &mut undo)?;
         undo.commit();
         Ok(restored)
     }
@@ -259,6 +268,18 @@ impl Drop for Engine {
             remove_state_dir(&self.cx.instance);
         }
     }
+}
+
+/// How long a command waits for another to finish before it is refused.
+const COMMAND_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Every capability's rules that `state` holds and the maps lack, written again.
+fn restore(cx: &Context, state: &State, undo: &mut Undo) -> Result<usize> {
+    let mut restored = 0;
+    for capability in REGISTRY {
+        restored += capability.restore(cx, state, undo)?;
+    }
+    Ok(restored)
 }
 
 /// Changes under way: kept by [`Transaction::commit`], undone if dropped.
