@@ -147,8 +147,16 @@ impl Datapath {
             .all(|hook| instance.link_pin(hook.link_name()).exists())
     }
 
-    /// Opens the pinned maps of an installed datapath.
+    /// Opens the pinned maps of an installed datapath, putting right the rule counts.
     pub fn open(instance: &Instance) -> Result<Self> {
+        let mut datapath = Self::open_to_read(instance)?;
+        datapath.sync_rule_counts()?;
+        Ok(datapath)
+    }
+
+    /// Opens the pinned maps to read them only: without the instance's lock, rewriting the
+    /// rule counts could put back a count a command has just changed.
+    pub fn open_to_read(instance: &Instance) -> Result<Self> {
         let open = |name: &str| bpf::open_pinned_map(instance, name);
         let rules = HashMap::try_from(open(RULES_MAP)?).map_err(|e| bpf_error("rule map")(&e))?;
         let counters = PerCpuHashMap::try_from(open(COUNTERS_MAP)?)
@@ -157,14 +165,12 @@ impl Datapath {
             Array::try_from(open(RULE_COUNTS_MAP)?).map_err(|e| bpf_error("rule count map")(&e))?;
         let generation =
             Array::try_from(open(GENERATION_MAP)?).map_err(|e| bpf_error("generation map")(&e))?;
-        let mut datapath = Self {
+        Ok(Self {
             rules,
             counters,
             rule_counts,
             generation,
-        };
-        datapath.sync_rule_counts()?;
-        Ok(datapath)
+        })
     }
 
     /// Loads the programs, attaches them at `root` and pins links and maps. On failure nothing

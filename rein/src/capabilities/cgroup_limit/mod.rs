@@ -241,11 +241,13 @@ pub fn finish_run(engine: &mut Engine, run: &RunCgroup) -> Result<()> {
 }
 
 /// Every limited cgroup with its processes, limits and counters.
+/// Only reads: it may run without the instance's lock (see `Status::read`).
 pub fn status(cx: &Context, state: &State) -> Result<Vec<RuleView>> {
-    let datapath = if Datapath::is_installed(&cx.instance) {
-        Some(Datapath::open(&cx.instance)?)
-    } else {
-        None
+    let datapath = match Datapath::open_to_read(&cx.instance) {
+        Ok(datapath) => Some(datapath),
+        // Not installed, or uninstalled by a command while this reads.
+        Err(_) if !Datapath::is_installed(&cx.instance) => None,
+        Err(error) => return Err(error),
     };
     let now = cx.now_ns();
     let view_of = |record: &RuleRecord, direction: Direction| {

@@ -7,6 +7,7 @@
 use std::fmt;
 
 use rein_common::{Direction, Rule};
+use serde::Serialize;
 
 pub mod datapath;
 
@@ -25,6 +26,49 @@ fn ingress_rule(record: &RuleRecord) -> Option<Rule> {
     record
         .spec(Direction::Ingress)
         .map(|spec| spec.effective().rule(0))
+}
+
+/// The download queue of a cgroup's ingress limit, as its qdisc counts.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueueView {
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub device: String,
+    /// Bytes and packets waiting now.
+    pub backlog_bytes: u64,
+    pub backlog_packets: u64,
+    /// Packets the queue dropped because it was full.
+    pub dropped_packets: u64,
+}
+
+/// The queues of the ingress limits that are in this network namespace (a queue lives where
+/// the `rein` that set its limit ran; the others cannot be read from here).
+pub fn status(cx: &Context, state: &State) -> Vec<QueueView> {
+    state
+        .cgroup_limits
+        .rules
+        .iter()
+        .filter(|record| record.ingress.is_some())
+        .filter_map(|record| {
+            let device = device_name(&cx.instance, record.cgroup_id);
+            let ifindex = netns::device(&device).ok()??.ifindex;
+            let stats = match netlink::root_qdisc_stats(ifindex) {
+                Ok(stats) => stats?,
+                Err(error) => {
+                    tracing::debug!("cannot read the queue {device}: {error}");
+                    return None;
+                }
+            };
+            Some(QueueView {
+                cgroup: record.cgroup.clone(),
+                cgroup_id: record.cgroup_id,
+                device,
+                backlog_bytes: u64::from(stats.backlog_bytes),
+                backlog_packets: u64::from(stats.backlog_packets),
+                dropped_packets: u64::from(stats.dropped_packets),
+            })
+        })
+        .collect()
 }
 
 /// Makes (or re-makes, at a new rate) the queue of a cgroup's ingress rule.

@@ -143,12 +143,14 @@ pub fn delete(engine: &mut Engine, id: u32) -> Result<NetRuleRecord> {
 }
 
 /// Every `rein net` rule with its counters and, for per-source rules, its top sources.
+/// Only reads: it may run without the instance's lock (see `Status::read`).
 pub fn status(cx: &Context, state: &State) -> Result<Vec<NetRuleView>> {
     let rules = &state.net_rules.net;
-    let datapath = if NetDatapath::is_installed(&cx.instance) {
-        Some(NetDatapath::open(&cx.instance)?)
-    } else {
-        None
+    let datapath = match NetDatapath::open(&cx.instance) {
+        Ok(datapath) => Some(datapath),
+        // Not installed, or uninstalled by a command while this reads.
+        Err(_) if !NetDatapath::is_installed(&cx.instance) => None,
+        Err(error) => return Err(error),
     };
     let per_source = |sketch: bool| {
         let wanted = rules.iter().any(|r| match r.spec.sources {
