@@ -125,6 +125,9 @@ pub enum Error {
     )]
     SketchFull { needed: u32, free: u32, total: u32 },
 
+    #[error("metrics: {0}")]
+    Metrics(String),
+
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -10,6 +10,8 @@
 //!   and its datapath (pinned maps and links), which the datapath tests and the benchmarks
 //!   drive directly.
 //! - [`run`] (`rein run`), [`doctor`], and the value types: [`units`], [`limit`].
+//! - [`observe`]: what an instance does, read without its lock: Prometheus metrics and their
+//!   HTTP server, and `rein top`'s live view.
 //! - [`platform`]: the operating system as rein uses it (BPF objects, cgroups, netns), for
 //!   tests and benchmarks that load the programs themselves.
 pub mod capabilities;
@@ -19,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod instance;
 pub mod limit;
+pub mod observe;
 pub mod platform;
 pub mod run;
 pub mod store;

@@ -7,7 +7,7 @@ use clap::Parser as _;
 use rein::{
     Engine, Instance,
     capabilities::{cgroup_limit, net_rules},
-    doctor, run,
+    doctor, observe, run,
 };
 
 mod cli;
@@ -84,6 +84,8 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
                 print!("{}", output::net_list(&views));
             }
         }
+        HiCommand::Metrics => print!("{}", observe::metrics::gather(&instance)?),
+        HiCommand::Top => observe::top::run(&instance)?,
         HiCommand::Reload => {
             let restored = Engine::open(instance)?.reload()?;
             println!("reloaded the kernel programs; limits and bucket state kept");

@@ -36,6 +36,8 @@ pub enum HiCommand {
         json: bool,
     },
     Reload,
+    Metrics,
+    Top,
     Purge,
     Doctor {
         json: bool,
@@ -90,6 +92,8 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
         LowCommand::Unset { target: t } => HiCommand::Unset { target: target(t)? },
         LowCommand::List { json } => HiCommand::List { json },
         LowCommand::Reload => HiCommand::Reload,
+        LowCommand::Metrics => HiCommand::Metrics,
+        LowCommand::Top => HiCommand::Top,
         LowCommand::Purge => HiCommand::Purge,
         LowCommand::Doctor { json } => HiCommand::Doctor { json },
         LowCommand::Net { command } => match command {

@@ -59,6 +59,10 @@ pub enum LowCommand {
         #[command(subcommand)]
         command: LowNetCommand,
     },
+    /// Print every limit's counters and settings once, in the Prometheus text format.
+    Metrics,
+    /// A live view of every limit: rate against the limit, drops, TCP flows (q quits).
+    Top,
     /// Check the kernel features rein needs and say how to fix what is missing.
     Doctor {
         /// Print JSON instead of text.
