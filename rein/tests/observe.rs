@@ -277,6 +277,111 @@ fn metrics_are_served_on_metrics_only() {
     rein.assert_no_trace("`rein unset` after the metrics");
 }
 
+/// The value of the series `series` (name and labels exactly) in a metrics text.
+fn value_of(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn an_ingress_queue_is_measured_where_rein_runs() {
+    let rein = instance();
+    let app = rein.cgroup("app");
+    let app = app.to_str().unwrap();
+    let relative = rein.relative(Path::new(app));
+    let pair = HostPair::create("oq").unwrap();
+    let ns = pair.client().name();
+    rein.rein_in(ns, &["set", "--cgroup", app, "--ingress", "10mbit"])
+        .ok();
+    let there = rein.rein_in(ns, &["metrics"]).ok().to_owned();
+    for series in [
+        "rein_ingress_queue_backlog_bytes",
+        "rein_ingress_queue_backlog_packets",
+        "rein_ingress_queue_dropped_packets_total",
+    ] {
+        let series = format!("{series}{{cgroup=\"{relative}\"}}");
+        assert_eq!(
+            value_of(&there, &series),
+            Some(0.0),
+            "{series} in:\n{there}"
+        );
+    }
+    let ingress = format!("{{cgroup=\"{relative}\",direction=\"ingress\"}}");
+    assert_eq!(
+        value_of(
+            &there,
+            &format!("rein_cgroup_rate_bytes_per_second{ingress}")
+        ),
+        Some(1_250_000.0),
+        "{there}"
+    );
+    // Elsewhere the limit is there, its queue (a device of that namespace) is not.
+    let here = rein.rein(&["metrics"]).ok().to_owned();
+    assert!(here.contains(&ingress), "{here}");
+    assert!(
+        !here.contains("rein_ingress_queue_backlog_bytes{"),
+        "{here}"
+    );
+    rein.rein_in(ns, &["unset", "--cgroup", app]).ok();
+    rein.assert_no_trace("`rein unset` of the ingress limit");
+}
+
+#[test]
+fn a_net_rule_and_its_top_sources_are_in_the_metrics() {
+    let rein = instance();
+    let pair = HostPair::create("on").unwrap();
+    let ns = pair.server().name();
+    let dev = &pair.link.server_if;
+    rein.rein_in(
+        ns,
+        &[
+            "net",
+            "add",
+            "--dev",
+            dev,
+            "--dir",
+            "ingress",
+            "--rate",
+            "10mbit",
+            "--per-source",
+        ],
+    )
+    .ok();
+    let ping = pair
+        .client()
+        .exec(&["ping", "-c", "5", "-i", "0.2", &pair.link.server_addr]);
+    Cmd::new(ping, Duration::from_secs(15))
+        .output()
+        .unwrap()
+        .check("ping")
+        .unwrap();
+    let text = metrics::gather(&rein.library_instance()).unwrap();
+    let labels =
+        format!("{{rule=\"1\",device=\"{dev}\",hook=\"tc-ingress\",direction=\"ingress\"}}");
+    let value = |name: &str| value_of(&text, &format!("{name}{labels}"));
+    assert_eq!(
+        value("rein_net_rate_bytes_per_second"),
+        Some(1_250_000.0),
+        "{text}"
+    );
+    assert_eq!(value("rein_net_burst_bytes"), Some(65_536.0), "{text}");
+    assert_eq!(value("rein_net_attached"), Some(1.0), "{text}");
+    assert_eq!(value("rein_net_dropped_packets_total"), Some(0.0), "{text}");
+    let passed = value("rein_net_passed_packets_total").unwrap_or_default();
+    assert!(passed >= 5.0, "{passed} packets passed:\n{text}");
+    let source = format!("{{rule=\"1\",source=\"{}\"}}", pair.link.client_addr);
+    let from_client = value_of(
+        &text,
+        &format!("rein_net_source_passed_packets_total{source}"),
+    );
+    assert!(
+        from_client >= Some(5.0),
+        "{source}: {from_client:?}\n{text}"
+    );
+    rein.rein_in(ns, &["net", "del", "1"]).ok();
+    rein.assert_no_trace("`rein net del` after the metrics");
+}
+
 /// Commands change the limits (a rate changed, a limit added and removed, the datapath
 /// installed and uninstalled with it) while metrics are read without the lock: every read
 /// succeeds and finds the limit that stays.
