@@ -45,6 +45,7 @@ impl Desired {
                 .map(|record| WantedNetRule {
                     id: Some(record.id),
                     spec: record.spec.clone(),
+                    declared_by: record.declared_by.clone(),
                 })
                 .collect(),
         }
@@ -137,6 +138,10 @@ impl Engine {
 
     pub fn instance(&self) -> &Instance {
         &self.cx.instance
+    }
+
+    pub(crate) fn context(&self) -> &Context {
+        &self.cx
     }
 
     fn state_path(&self) -> PathBuf {

@@ -9,11 +9,13 @@
 //!   the commands' operations on the engine (`cgroup_limit::set`, `net_rules::add`, ...),
 //!   and its datapath (pinned maps and links), which the datapath tests and the benchmarks
 //!   drive directly.
+//! - [`declarative`]: resources in YAML files, applied through the engine (`rein apply`).
 //! - [`run`] (`rein run`), [`doctor`], and the value types: [`units`], [`limit`].
 //! - [`platform`]: the operating system as rein uses it (BPF objects, cgroups, netns), for
 //!   tests and benchmarks that load the programs themselves.
 pub mod capabilities;
 pub mod clock;
+pub mod declarative;
 pub mod doctor;
 pub mod engine;
 pub mod error;

@@ -1,5 +1,5 @@
 //! The command line resolved into typed requests: every value parsed, every combination checked.
-use std::ffi::OsString;
+use std::{ffi::OsString, path::PathBuf};
 
 use rein::{
     capabilities::{
@@ -8,6 +8,7 @@ use rein::{
             Cidr, NetError, NetHook, NetLimit, NetRuleSpec, Per, Protocol, SketchSize, Sources,
         },
     },
+    declarative::Kind,
     limit::default_burst,
     units::{Period, Rate, Size, UnitError},
 };
@@ -45,6 +46,22 @@ pub enum HiCommand {
     NetList {
         json: bool,
     },
+    Apply(Vec<PathBuf>),
+    Diff(Vec<PathBuf>),
+    Delete(Vec<PathBuf>),
+    Get {
+        kind: Option<Kind>,
+        format: Format,
+    },
+    Schema,
+}
+
+/// How `get` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +92,8 @@ pub enum ArgError {
     },
     #[error("--pid: {0:?} is not a process id")]
     BadPid(String),
+    #[error("{0:?} is not a kind: CgroupLimit or NetRule")]
+    BadKind(String),
 }
 
 pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
@@ -92,6 +111,25 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
         LowCommand::Reload => HiCommand::Reload,
         LowCommand::Purge => HiCommand::Purge,
         LowCommand::Doctor { json } => HiCommand::Doctor { json },
+        LowCommand::Apply { files } => HiCommand::Apply(files.files),
+        LowCommand::Diff { files } => HiCommand::Diff(files.files),
+        LowCommand::Delete { files } => HiCommand::Delete(files.files),
+        LowCommand::Get { kind: k, output } => HiCommand::Get {
+            kind: k.map(|k| kind(&k)).transpose()?,
+            format: match output.as_deref().map(str::trim) {
+                None => Format::Table,
+                Some("json") => Format::Json,
+                Some("yaml") => Format::Yaml,
+                Some(other) => {
+                    return Err(ArgError::Bad {
+                        flag: "output",
+                        value: other.to_owned(),
+                        expected: "json or yaml",
+                    });
+                }
+            },
+        },
+        LowCommand::Schema => HiCommand::Schema,
         LowCommand::Net { command } => match command {
             LowNetCommand::Add(add) => HiCommand::NetAdd(net_rule(&add)?),
             LowNetCommand::Del { id } => HiCommand::NetDel(
@@ -281,6 +319,18 @@ fn change(limits: &LowLimits) -> Result<LimitChange, ArgError> {
     })
 }
 
+/// A kind as kubectl takes it: any case, singular or plural.
+fn kind(name: &str) -> Result<Kind, ArgError> {
+    let wanted = name.trim().to_ascii_lowercase();
+    Kind::ALL
+        .into_iter()
+        .find(|kind| {
+            let kind = kind.name().to_ascii_lowercase();
+            wanted == kind || wanted == format!("{kind}s")
+        })
+        .ok_or_else(|| ArgError::BadKind(name.to_owned()))
+}
+
 fn target(low: LowTarget) -> Result<Target, ArgError> {
     match (low.pid, low.cgroup) {
         (Some(pid), _) => match pid.trim().parse::<u32>() {
@@ -419,6 +469,30 @@ mod tests {
             let error = net_add(extra).unwrap_err().to_string();
             assert!(error.contains(needle), "{extra:?}: {error}");
         }
+    }
+
+    #[test]
+    fn get_takes_kinds_as_kubectl_does() {
+        for (args, kind) in [
+            (&["rein", "get"][..], None),
+            (&["rein", "get", "cgrouplimits"], Some(Kind::CgroupLimit)),
+            (
+                &["rein", "get", "NetRule", "-o", "yaml"],
+                Some(Kind::NetRule),
+            ),
+        ] {
+            match parse(args).unwrap() {
+                HiCommand::Get { kind: k, .. } => assert_eq!(k, kind, "{args:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let error = parse(&["rein", "get", "pods"]).unwrap_err().to_string();
+        assert!(error.contains("not a kind"), "{error}");
+        let error = parse(&["rein", "get", "-o", "xml"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("json or yaml"), "{error}");
+        assert!(LowArgs::try_parse_from(["rein", "apply"]).is_err());
     }
 
     #[test]

@@ -118,6 +118,7 @@ mod tests {
                 pid: 1,
                 home: "/".into(),
             },
+            declared_by: None,
         });
         state.save(&path).unwrap();
         let loaded = State::load(&path).unwrap();

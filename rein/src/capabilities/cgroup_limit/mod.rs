@@ -15,7 +15,7 @@ use serde::Serialize;
 pub mod datapath;
 mod spec;
 
-pub use spec::{LimitChange, LimitSpec, Origin, RuleRecord, Section, Target};
+pub use spec::{DeclaredBy, LimitChange, LimitSpec, Origin, RuleRecord, Section, Target};
 
 use self::datapath::{DIRECTIONS, Datapath};
 use super::{Capability, Context, PreparedReload};
