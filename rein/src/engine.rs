@@ -140,7 +140,9 @@ impl Engine {
         &self.cx.instance
     }
 
-    pub(crate) fn context(&self) -> &Context {
+    /// What capabilities' operations work with (the cgroup v2 mount, the instance), e.g. to
+    /// expand a `CgroupLimit` glob.
+    pub fn context(&self) -> &Context {
         &self.cx
     }
 

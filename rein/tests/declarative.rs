@@ -571,6 +571,12 @@ fn a_config_not_owned_by_root_alone_is_refused() {
         error.contains(&files.dir()) && error.contains("777"),
         "{error}"
     );
+    // A file named alone: its directory is checked too.
+    let error = load(&[PathBuf::from(&path)]).unwrap_err().to_string();
+    assert!(
+        error.contains(&files.dir()) && error.contains("777"),
+        "{error}"
+    );
 }
 
 /// The agent's mode, through the library: the files are the whole of what is declared.

@@ -90,6 +90,14 @@ fn files(paths: &[PathBuf], options: &LoadOptions) -> Result<Vec<PathBuf>> {
         let metadata = fs::metadata(path).context(|| format!("cannot read {}", path.display()))?;
         if options.require_root_owned {
             check_ownership(path, &metadata)?;
+            // Whoever can write a file's directory can put another file in its place.
+            if !metadata.is_dir()
+                && let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty())
+            {
+                let dir_metadata =
+                    fs::metadata(dir).context(|| format!("cannot read {}", dir.display()))?;
+                check_ownership(dir, &dir_metadata)?;
+            }
         }
         if !metadata.is_dir() {
             files.push(path.clone());
