@@ -2,26 +2,21 @@
 //! and a `spec` per capability. These types are the schema: the JSON Schema is generated from
 //! them ([`json_schema`]), and a value of them is valid (units, addresses and combinations are
 //! checked while the file is read, so an error points at its line and column).
-use std::{fmt, num::NonZeroU16, str::FromStr};
+use std::{fmt, num::NonZeroU16};
 
+use rein_common::Direction;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    capabilities::net_rules::spec::{
-        Cidr, NetError, NetHook, NetLimit, NetRuleSpec, Per, Protocol, SketchSize, Sources,
+    capabilities::net_rules::{
+        request::{Algorithm, MAX_PPS, NetRuleRequest, OptionNames},
+        spec::{Cidr, NetRuleSpec, Protocol, SketchSize},
     },
-    limit::default_burst,
     units::{Period, Rate, Size},
 };
 
 pub const API_VERSION: &str = "rein.dev/v1alpha1";
-
-/// Default burst of a packet-rate bucket: 10 ms at the rate, at least 16 packets (as
-/// `rein net add`).
-const MIN_DEFAULT_BURST_PACKETS: u64 = 16;
-/// Largest packet rate (as `rein net add`).
-const MAX_PPS: u64 = 1_000_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ApiVersion {
@@ -313,16 +308,6 @@ pub enum NetDirection {
     Egress,
 }
 
-/// How a `NetRule` limits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Algorithm {
-    #[default]
-    TokenBucket,
-    FixedWindow,
-    SlidingWindow,
-}
-
 /// `NetRule`'s spec: what `rein net add` takes, a field per flag.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "NetRuleFields", into = "NetRuleFields")]
@@ -338,68 +323,29 @@ impl NetRuleResourceSpec {
         &self.rule
     }
 
-    /// The resource spec of a rule, in the fields a file would give (for `rein get`). A
-    /// window rule's rate is its capacity over its window.
+    /// The resource spec of a rule, in the fields a file would give (for `rein get`).
     pub fn of_rule(rule: &NetRuleSpec) -> Self {
-        let (direction, xdp) = match rule.hook {
-            NetHook::TcIngress => (NetDirection::Ingress, false),
-            NetHook::TcEgress => (NetDirection::Egress, false),
-            NetHook::Xdp => (NetDirection::Ingress, true),
-        };
-        let (algorithm, per, amount, burst, window) = match rule.limit {
-            NetLimit::TokenBucket { per, rate, burst } => {
-                (Algorithm::TokenBucket, per, rate, Some(burst), None)
-            }
-            NetLimit::FixedWindow {
-                per,
-                capacity,
-                window_ns,
-            }
-            | NetLimit::SlidingWindow {
-                per,
-                capacity,
-                window_ns,
-            } => {
-                let algorithm = if matches!(rule.limit, NetLimit::FixedWindow { .. }) {
-                    Algorithm::FixedWindow
-                } else {
-                    Algorithm::SlidingWindow
-                };
-                let per_second =
-                    u128::from(capacity) * 1_000_000_000 / u128::from(window_ns.max(1));
-                let window = Period::try_from(window_ns).ok();
-                (algorithm, per, per_second as u64, None, window)
-            }
-        };
-        let (rate, pps, burst) = match per {
-            Per::Bytes => (
-                Rate::from_bits(amount.saturating_mul(8)).ok(),
-                None,
-                burst.map(|b| BurstValue(Size::saturating(b).to_string())),
-            ),
-            Per::Packets => (None, Some(amount), burst.map(|b| BurstValue(b.to_string()))),
-        };
-        let (per_source, sketch) = match rule.sources {
-            Sources::Shared => (false, None),
-            Sources::Exact => (true, None),
-            Sources::Sketch { size } => (true, Some(size)),
-        };
+        let request = NetRuleRequest::of_rule(rule);
         Self {
             fields: NetRuleFields {
-                device: rule.device.clone(),
-                direction,
-                xdp,
-                source: rule.source,
-                destination: rule.destination,
-                protocol: rule.protocol,
-                port: rule.port.and_then(NonZeroU16::new),
-                rate,
-                pps,
-                burst,
-                algorithm: (algorithm != Algorithm::TokenBucket).then_some(algorithm),
-                window,
-                per_source,
-                sketch,
+                device: request.device,
+                direction: match request.direction {
+                    Direction::Ingress => NetDirection::Ingress,
+                    Direction::Egress => NetDirection::Egress,
+                },
+                xdp: request.xdp,
+                source: request.source,
+                destination: request.destination,
+                protocol: request.protocol,
+                port: request.port.and_then(NonZeroU16::new),
+                rate: request.rate,
+                pps: request.pps,
+                burst: request.burst.map(BurstValue),
+                algorithm: (request.algorithm != Algorithm::TokenBucket)
+                    .then_some(request.algorithm),
+                window: request.window,
+                per_source: request.per_source,
+                sketch: request.sketch,
             },
             rule: rule.clone(),
         }
@@ -435,7 +381,7 @@ struct NetRuleFields {
     rate: Option<Rate>,
     /// Packets per second (instead of a rate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000_000))]
+    #[schemars(range(min = 1, max = MAX_PPS))]
     pps: Option<u64>,
     /// Token bucket burst: a size with `rate` (default max(64k, 10 ms)), packets with `pps`
     /// (default max(16, 10 ms)).
@@ -476,7 +422,28 @@ impl<'de> Deserialize<'de> for BurstValue {
 impl TryFrom<NetRuleFields> for NetRuleResourceSpec {
     type Error = String;
     fn try_from(fields: NetRuleFields) -> Result<Self, String> {
-        let rule = resolve(&fields).map_err(|error| format!("NetRule: {error}"))?;
+        let request = NetRuleRequest {
+            device: fields.device.clone(),
+            direction: match fields.direction {
+                NetDirection::Ingress => Direction::Ingress,
+                NetDirection::Egress => Direction::Egress,
+            },
+            xdp: fields.xdp,
+            source: fields.source,
+            destination: fields.destination,
+            protocol: fields.protocol,
+            port: fields.port.map(NonZeroU16::get),
+            rate: fields.rate,
+            pps: fields.pps,
+            burst: fields.burst.as_ref().map(|BurstValue(burst)| burst.clone()),
+            algorithm: fields.algorithm.unwrap_or_default(),
+            window: fields.window,
+            per_source: fields.per_source,
+            sketch: fields.sketch,
+        };
+        let rule = request
+            .resolve(&OptionNames::FIELDS)
+            .map_err(|error| format!("NetRule: {error}"))?;
         Ok(Self { fields, rule })
     }
 }
@@ -485,87 +452,6 @@ impl From<NetRuleResourceSpec> for NetRuleFields {
     fn from(spec: NetRuleResourceSpec) -> Self {
         spec.fields
     }
-}
-
-/// The rule the fields declare, with `rein net add`'s defaults and combination checks.
-fn resolve(fields: &NetRuleFields) -> Result<NetRuleSpec, String> {
-    let hook = match (fields.direction, fields.xdp) {
-        (NetDirection::Ingress, false) => NetHook::TcIngress,
-        (NetDirection::Ingress, true) => NetHook::Xdp,
-        (NetDirection::Egress, false) => NetHook::TcEgress,
-        (NetDirection::Egress, true) => {
-            return Err(
-                "xdp applies to ingress only: XDP sees the packets a device receives".into(),
-            );
-        }
-    };
-    let (per, amount) = match (fields.rate, fields.pps) {
-        (Some(_), Some(_)) => return Err("give rate (bytes) or pps (packets), not both".into()),
-        (None, None) => return Err("give rate or pps".into()),
-        (Some(rate), None) => (Per::Bytes, rate.bytes_per_second()),
-        (None, Some(pps)) if (1..=MAX_PPS).contains(&pps) => (Per::Packets, pps),
-        (None, Some(pps)) => return Err(format!("pps {pps} is not from 1 to {MAX_PPS}")),
-    };
-    let algorithm = fields.algorithm.unwrap_or_default();
-    let limit = match algorithm {
-        Algorithm::TokenBucket => {
-            if fields.window.is_some() {
-                return Err(
-                    "window belongs to the fixed-window and sliding-window algorithms".into(),
-                );
-            }
-            let burst = match (per, fields.burst.as_ref()) {
-                (Per::Bytes, Some(BurstValue(burst))) => Size::from_str(burst)
-                    .map_err(|error| format!("burst: {error}"))?
-                    .bytes(),
-                (Per::Bytes, None) => Rate::from_bits(amount * 8)
-                    .map(default_burst)
-                    .map_err(|error| error.to_string())?
-                    .bytes(),
-                (Per::Packets, Some(BurstValue(burst))) => burst
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PPS).contains(n))
-                    .ok_or_else(|| {
-                        format!("burst {burst:?} is not a number of packets (with pps)")
-                    })?,
-                (Per::Packets, None) => (amount / 100).max(MIN_DEFAULT_BURST_PACKETS),
-            };
-            NetLimit::token_bucket(per, amount, burst).map_err(|e| e.to_string())?
-        }
-        Algorithm::FixedWindow | Algorithm::SlidingWindow => {
-            if fields.burst.is_some() {
-                return Err(
-                    "burst belongs to the token bucket; a window holds the rate times the window"
-                        .into(),
-                );
-            }
-            let window = fields.window.unwrap_or(Period::SECOND).nanos();
-            let capacity = (u128::from(amount) * u128::from(window) / 1_000_000_000) as u64;
-            NetLimit::window(algorithm == Algorithm::SlidingWindow, per, capacity, window)
-                .map_err(|e| e.to_string())?
-        }
-    };
-    let sources = match (fields.per_source, fields.sketch) {
-        (false, None) => Sources::Shared,
-        (false, Some(_)) => return Err("sketch needs perSource".into()),
-        (true, None) => Sources::Exact,
-        (true, Some(size)) => Sources::Sketch { size },
-    };
-    let spec = NetRuleSpec {
-        device: fields.device.clone(),
-        hook,
-        source: fields.source,
-        destination: fields.destination,
-        protocol: fields.protocol,
-        port: fields.port.map(NonZeroU16::get),
-        limit,
-        sources,
-    };
-    spec.matching(0)
-        .map_err(|error: NetError| error.to_string())?;
-    Ok(spec)
 }
 
 /// tc(8) notation in files: a value is written as a string with a unit, or a bare number.
@@ -657,6 +543,7 @@ pub fn json_schema() -> schemars::Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capabilities::net_rules::spec::{NetHook, NetLimit, Per};
 
     /// The committed schema is what editors and the agent's custom resources use: it must be
     /// what these types generate.

@@ -13,6 +13,7 @@ use rein_common::{
 use serde::{Deserialize, Serialize};
 
 pub mod datapath;
+pub mod request;
 pub mod spec;
 
 use self::{
