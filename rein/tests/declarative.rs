@@ -155,6 +155,13 @@ fn apply_diff_get_and_delete_round_trip() {
     assert!(table.ok().contains("(2 cgroups)"), "{table}");
     let yaml = rein.rein(&["get", "-o", "yaml"]);
     assert!(yaml.ok().contains("  name: workers\n"), "{yaml}");
+    // What get shows declares the same again.
+    let shown = files.write("shown.yaml.out", &yaml.stdout);
+    assert_eq!(
+        rein.rein(&["apply", "-f", &shown]).ok(),
+        "nothing to change\n"
+    );
+    assert_eq!(rein.rule(&web).unwrap()["declared_by"], "web");
     assert_eq!(rein.rein(&["get", "NetRule"]).ok(), "no resources\n");
 
     let schema: Value = serde_json::from_str(rein.rein(&["schema"]).ok()).unwrap();

@@ -78,10 +78,11 @@ pub fn list(views: &[RuleView]) -> String {
         .map(String::from),
     ];
     for view in views {
-        let origin = match &view.origin {
-            Origin::Run { owner } => format!("run by {owner}"),
-            Origin::Pid { pid, .. } => format!("pid {pid}"),
-            Origin::Cgroup => "cgroup".into(),
+        let origin = match (&view.origin, &view.declared_by) {
+            (_, Some(name)) => format!("declared {name}"),
+            (Origin::Run { owner }, None) => format!("run by {owner}"),
+            (Origin::Pid { pid, .. }, None) => format!("pid {pid}"),
+            (Origin::Cgroup, None) => "cgroup".into(),
         };
         let pids = if view.processes.is_empty() {
             "-".into()

@@ -151,15 +151,18 @@ pub struct Manifest<S> {
     pub spec: S,
 }
 
-/// A document as read: its kind too, so that a misspelt field next to it is refused.
+/// A document as read: its kind too, so that a misspelt field next to it is refused, and the
+/// `status` that `rein get -o yaml` shows, which says what is and is ignored, as kubectl does.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct Document<S> {
     pub api_version: ApiVersion,
-    #[allow(dead_code)]
-    pub kind: Kind,
+    #[serde(rename = "kind")]
+    _kind: Kind,
     pub metadata: Metadata,
     pub spec: S,
+    #[serde(default, rename = "status")]
+    _status: Option<serde::de::IgnoredAny>,
 }
 
 impl<S> From<Document<S>> for Manifest<S> {
