@@ -47,6 +47,9 @@ pub enum Error {
     #[error("invalid cgroup path {0:?}: it must not contain `..`")]
     BadCgroupPath(String),
 
+    #[error("invalid cgroup glob {pattern:?}: {reason}")]
+    BadCgroupGlob { pattern: String, reason: String },
+
     #[error("no process with pid {0}")]
     NoSuchProcess(u32),
 

@@ -93,8 +93,10 @@ pub fn expand(cx: &Context, pattern: &CgroupPattern) -> Result<Vec<Cgroup>> {
         require_literal_separator: true,
         require_literal_leading_dot: true,
     };
-    let paths = glob::glob_with(&full, options)
-        .map_err(|error| Error::BadCgroupPath(format!("{}: {error}", pattern.as_str())))?;
+    let paths = glob::glob_with(&full, options).map_err(|error| Error::BadCgroupGlob {
+        pattern: pattern.as_str().to_owned(),
+        reason: error.to_string(),
+    })?;
     let own = format!("/{}", cx.instance.cgroup_subtree());
     let mut cgroups = Vec::new();
     // A directory that vanished while the glob read it is a cgroup that went: skipped.
@@ -113,7 +115,7 @@ pub fn expand(cx: &Context, pattern: &CgroupPattern) -> Result<Vec<Cgroup>> {
     Ok(cgroups)
 }
 
-/// `current` with `resources` declared.
+/// `desired` with `resources` declared.
 fn declare(
     cx: &Context,
     mut desired: Desired,
@@ -230,7 +232,7 @@ fn declare(
     Ok(desired)
 }
 
-/// `current` without what `resources` declared.
+/// `desired` without what `resources` declared.
 fn undeclare(mut desired: Desired, resources: &Resources) -> Desired {
     let named: HashSet<(Kind, &str)> = resources
         .items
