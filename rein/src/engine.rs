@@ -46,6 +46,7 @@ impl Desired {
                 .map(|record| WantedNetRule {
                     id: Some(record.id),
                     spec: record.spec.clone(),
+                    declared_by: record.declared_by.clone(),
                 })
                 .collect(),
         }
@@ -162,6 +163,12 @@ impl Engine {
 
     pub fn instance(&self) -> &Instance {
         &self.cx.instance
+    }
+
+    /// What capabilities' operations work with (the cgroup v2 mount, the instance), e.g. to
+    /// expand a `CgroupLimit` glob.
+    pub fn context(&self) -> &Context {
+        &self.cx
     }
 
     fn state_path(&self) -> PathBuf {

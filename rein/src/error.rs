@@ -47,6 +47,9 @@ pub enum Error {
     #[error("invalid cgroup path {0:?}: it must not contain `..`")]
     BadCgroupPath(String),
 
+    #[error("invalid cgroup glob {pattern:?}: {reason}")]
+    BadCgroupGlob { pattern: String, reason: String },
+
     #[error("no process with pid {0}")]
     NoSuchProcess(u32),
 
@@ -127,6 +130,39 @@ pub enum Error {
 
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("{at}: {message}")]
+    BadConfig { at: String, message: String },
+
+    #[error("{at}: {kind} {name} is declared twice (first at {first})")]
+    DuplicateResource {
+        at: String,
+        kind: &'static str,
+        name: String,
+        first: String,
+    },
+
+    #[error(
+        "refusing {path}: {reason}; a config file and its directory must be root's and \
+         writable by root only"
+    )]
+    InsecureConfig { path: PathBuf, reason: String },
+
+    #[error("{at}: {kind} {name}: {source}")]
+    InResource {
+        at: String,
+        kind: &'static str,
+        name: String,
+        source: Box<Error>,
+    },
+
+    #[error(
+        "cgroup {0} has a limit set by hand; `rein unset --cgroup {0}` first, or leave it out \
+         of the file"
+    )]
+    LimitedByHand(String),
+
+    #[error("cgroup {cgroup} is already limited by CgroupLimit {owner}")]
+    DeclaredElsewhere { cgroup: String, owner: String },
 
     #[error("{context}: {source}")]
     Io {

@@ -9,6 +9,7 @@
 //!   the commands' operations on the engine (`cgroup_limit::set`, `net_rules::add`, ...),
 //!   and its datapath (pinned maps and links), which the datapath tests and the benchmarks
 //!   drive directly.
+//! - [`declarative`]: resources in YAML files, applied through the engine (`rein apply`).
 //! - [`run`] (`rein run`), [`doctor`], and the value types: [`units`], [`limit`].
 //! - [`observe`]: what an instance does, read without its lock: Prometheus metrics and their
 //!   HTTP server, and `rein top`'s live view.
@@ -16,6 +17,7 @@
 //!   tests and benchmarks that load the programs themselves.
 pub mod capabilities;
 pub mod clock;
+pub mod declarative;
 pub mod doctor;
 pub mod engine;
 pub mod error;

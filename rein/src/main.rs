@@ -7,13 +7,14 @@ use clap::Parser as _;
 use rein::{
     Engine, Instance,
     capabilities::{cgroup_limit, net_rules},
+    declarative::{self, LoadOptions, Mode},
     doctor, observe, run,
 };
 
 mod cli;
 
 use cli::{
-    hiargs::{self, HiCommand},
+    hiargs::{self, Format, HiCommand},
     lowargs::LowArgs,
     output,
 };
@@ -106,6 +107,52 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
                     "were not attached"
                 }
             );
+        }
+        HiCommand::Apply(files) => {
+            let resources = declarative::load(&files, &LoadOptions::default())?;
+            let mut engine = Engine::open(instance)?;
+            let plan = declarative::apply(&mut engine, &resources, Mode::Merge)?;
+            print!("{}", output::plan(&plan));
+        }
+        HiCommand::Diff(files) => {
+            // kubectl's codes: 1 says there are changes, so an error is 2.
+            let plan = declarative::load(&files, &LoadOptions::default()).and_then(|resources| {
+                declarative::plan(&Engine::open(instance)?, &resources, Mode::Merge)
+            });
+            return Ok(match plan {
+                Ok(plan) if plan.is_empty() => ExitCode::SUCCESS,
+                Ok(plan) => {
+                    print!("{plan}");
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    eprintln!("rein: {error}");
+                    ExitCode::from(2)
+                }
+            });
+        }
+        HiCommand::Delete(files) => {
+            let resources = declarative::load(&files, &LoadOptions::default())?;
+            let plan = declarative::delete(&mut Engine::open(instance)?, &resources)?;
+            print!("{}", output::plan(&plan));
+        }
+        HiCommand::Get { kind, format } => {
+            let listed = declarative::get(&Engine::open(instance)?, kind)?;
+            match format {
+                Format::Table => print!("{}", output::resources(&listed)),
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&listed).context("json")?);
+                }
+                Format::Yaml => {
+                    for item in &listed {
+                        print!("---\n{}", serde_norway::to_string(item).context("yaml")?);
+                    }
+                }
+            }
+        }
+        HiCommand::Schema => {
+            let schema = declarative::json_schema();
+            println!("{}", serde_json::to_string_pretty(&schema).context("json")?);
         }
         HiCommand::Doctor { json } => {
             let checks = doctor::diagnose(&instance);

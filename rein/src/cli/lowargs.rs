@@ -63,12 +63,52 @@ pub enum LowCommand {
     Metrics,
     /// A live view of every limit: rate against the limit, drops, TCP flows (q quits).
     Top,
+    /// Make the limits match what YAML files declare: adds and changes their resources, leaves
+    /// other resources and limits set by hand alone.
+    Apply {
+        #[command(flatten)]
+        files: LowFiles,
+    },
+    /// Show what `apply` would change; exits 1 if anything would, 0 if nothing, 2 on error.
+    Diff {
+        #[command(flatten)]
+        files: LowFiles,
+    },
+    /// Remove the resources YAML files declare (limits set by hand stay).
+    Delete {
+        #[command(flatten)]
+        files: LowFiles,
+    },
+    /// List resources: declared ones and limits set by hand, each with its origin.
+    Get {
+        /// CgroupLimit or NetRule (default: every kind).
+        #[arg(value_name = "KIND")]
+        kind: Option<String>,
+        /// json or yaml (default: a table).
+        #[arg(short, long, value_name = "FORMAT")]
+        output: Option<String>,
+    },
+    /// Print the JSON Schema of the resources in YAML files.
+    Schema,
     /// Check the kernel features rein needs and say how to fix what is missing.
     Doctor {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct LowFiles {
+    /// A YAML file of resources (several documents allowed), or a directory of them (*.yaml and
+    /// *.yml, read in name order); repeat for more.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE|DIR",
+        required = true
+    )]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

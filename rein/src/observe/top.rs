@@ -581,6 +581,7 @@ mod tests {
                 cgroup: "/app".into(),
                 cgroup_id: 7,
                 origin: Origin::Cgroup,
+                declared_by: None,
                 processes: vec![],
                 egress: Some(view),
                 ingress: None,

@@ -272,12 +272,22 @@ pub fn delete_link(name: &str) -> io::Result<bool> {
 /// Gives the device `ifindex` a root tbf qdisc (replacing none: the device must have no root
 /// qdisc of its own yet, as a new ifb has not).
 pub fn add_tbf(ifindex: u32, tbf: Tbf) -> io::Result<()> {
+    request(tbf_message(ifindex, tbf, NLM_F_CREATE | NLM_F_EXCL))
+}
+
+/// Changes the rate, burst and limit of the root tbf qdisc of `ifindex` in place (`tc qdisc
+/// change`): the packets it holds stay queued (tbf resizes its queue, it does not replace it).
+pub fn change_tbf(ifindex: u32, tbf: Tbf) -> io::Result<()> {
+    request(tbf_message(ifindex, tbf, 0))
+}
+
+fn tbf_message(ifindex: u32, tbf: Tbf, flags: u16) -> Message {
     let mut tcmsg = vec![0u8; 4]; // family, padding
     tcmsg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
     tcmsg.extend_from_slice(&0x0001_0000u32.to_ne_bytes()); // handle 1:
     tcmsg.extend_from_slice(&TC_H_ROOT.to_ne_bytes());
     tcmsg.extend_from_slice(&0u32.to_ne_bytes()); // info
-    let mut message = Message::new(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, &tcmsg);
+    let mut message = Message::new(RTM_NEWQDISC, flags, &tcmsg);
 
     // struct tc_ratespec: cell_log, linklayer, overhead, cell_align, mpu, rate (u32, or
     // TCA_TBF_RATE64 beyond). An Ethernet link layer needs no rate table.
@@ -316,7 +326,7 @@ pub fn add_tbf(ifindex: u32, tbf: Tbf) -> io::Result<()> {
         .attribute(TCA_TBF_RATE64, &tbf.rate_bytes_per_second.to_ne_bytes())
         .attribute(TCA_TBF_BURST, &tbf.burst_bytes.to_ne_bytes())
         .end();
-    request(message)
+    message
 }
 
 /// What a qdisc has sent, holds and dropped.

@@ -15,7 +15,7 @@ use serde::Serialize;
 pub mod datapath;
 mod spec;
 
-pub use spec::{LimitChange, LimitSpec, Origin, RuleRecord, Section, Target};
+pub use spec::{DeclaredBy, LimitChange, LimitSpec, Origin, RuleRecord, Section, Target};
 
 use self::datapath::{DIRECTIONS, Datapath};
 use super::{Capability, Context, PreparedReload};
@@ -48,6 +48,9 @@ pub struct RuleView {
     pub cgroup: String,
     pub cgroup_id: u64,
     pub origin: Origin,
+    /// The declarative resource the limit belongs to (`rein apply`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declared_by: Option<String>,
     pub processes: Vec<u32>,
     pub egress: Option<DirectionView>,
     pub ingress: Option<DirectionView>,
@@ -288,6 +291,7 @@ pub fn status(cx: &Context, state: &State) -> Result<Vec<RuleView>> {
                 cgroup: record.cgroup.clone(),
                 cgroup_id: record.cgroup_id,
                 origin: record.origin.clone(),
+                declared_by: record.declared_by.as_ref().map(|by| by.name.clone()),
                 processes,
                 egress: view_of(record, Direction::Egress),
                 ingress: view_of(record, Direction::Ingress),

@@ -71,7 +71,7 @@ pub fn status(cx: &Context, state: &State) -> Vec<QueueView> {
         .collect()
 }
 
-/// Makes (or re-makes, at a new rate) the queue of a cgroup's ingress rule.
+/// Makes the queue of a cgroup's ingress rule, or changes its rate in place.
 struct SetQueue {
     cgroup: String,
     cgroup_id: u64,
@@ -82,9 +82,14 @@ struct SetQueue {
 impl fmt::Display for SetQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tbf = tbf_for(&self.rule);
+        let (verb, preposition) = if self.previous.is_some() {
+            ("change the download queue of", "to")
+        } else {
+            ("queue the downloads of", "at")
+        };
         write!(
             f,
-            "queue the downloads of cgroup {} at {} bytes/s, burst {} bytes",
+            "{verb} cgroup {} {preposition} {} bytes/s, burst {} bytes",
             self.cgroup, tbf.rate_bytes_per_second, tbf.burst_bytes
         )
     }
@@ -92,7 +97,12 @@ impl fmt::Display for SetQueue {
 
 impl Step for SetQueue {
     fn apply(&self, cx: &Context, _state: &mut State, undo: &mut Undo) -> Result<()> {
-        datapath::set(&cx.instance, self.cgroup_id, &self.rule)?;
+        // A queue re-made would drop what waits in it: one in place only changes its rate.
+        if self.previous.is_some() && datapath::is_set(&cx.instance, self.cgroup_id) {
+            datapath::change(&cx.instance, self.cgroup_id, &self.rule)?;
+        } else {
+            datapath::set(&cx.instance, self.cgroup_id, &self.rule)?;
+        }
         let (instance, cgroup_id, previous) = (cx.instance.clone(), self.cgroup_id, self.previous);
         undo.push(move || restore_queue(&instance, cgroup_id, previous));
         Ok(())
@@ -124,6 +134,9 @@ impl Step for RemoveQueue {
 
 fn restore_queue(instance: &Instance, cgroup_id: u64, previous: Option<Rule>) {
     match previous {
+        Some(rule) if datapath::is_set(instance, cgroup_id) => {
+            let _ = datapath::change(instance, cgroup_id, &rule);
+        }
         Some(rule) => {
             let _ = datapath::set(instance, cgroup_id, &rule);
         }
