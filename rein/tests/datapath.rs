@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{CgroupSkb, TestRun, TestRunOptions},
 };
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -31,6 +31,10 @@ use rein::{
 use rein_common::{
     Action, COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, GENERATION_MAP, INGRESS_PROGRAM,
     RULE_COUNTS_MAP, RULES_MAP, Rule, RuleKey,
+    abi::trace::{
+        EVENT_CGROUP_REFUSED, TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_FAMILY_IPV4, TRACE_MAP,
+        TraceBudget, TraceControl, TraceEvent,
+    },
 };
 use rein_testkit::model::{TokenBucketModel, Xorshift};
 
@@ -124,6 +128,10 @@ fn main() {
             "every_program_keeps_half_the_verifier_limit",
             every_program_keeps_half_the_verifier_limit,
         ),
+        (
+            "a_refusal_is_traced_only_while_a_trace_holds_the_lease",
+            a_refusal_is_traced_only_while_a_trace_holds_the_lease,
+        ),
     ];
     let mut trials: Vec<Trial> = tests
         .into_iter()
@@ -198,6 +206,25 @@ impl Loaded {
             .map(|values| values.iter().fold(Counters::default(), |a, c| a.plus(*c)))
     }
 
+    /// Writes the trace control: a lease until `until_ns`, `cap` events per second and CPU.
+    fn set_trace(&mut self, until_ns: u64, cap: u32) {
+        let mut control: Array<_, TraceControl> =
+            Array::try_from(self.ebpf.map_mut(TRACE_MAP).unwrap()).unwrap();
+        let value = TraceControl {
+            until_ns,
+            events_per_second: cap,
+            pid: std::process::id(),
+        };
+        control.set(0, value, 0).unwrap();
+    }
+
+    /// Events skipped, summed over the CPUs.
+    fn trace_skipped(&self) -> u64 {
+        let budget: PerCpuArray<_, TraceBudget> =
+            PerCpuArray::try_from(self.ebpf.map(TRACE_BUDGET_MAP).unwrap()).unwrap();
+        budget.get(&0, 0).unwrap().iter().map(|b| b.skipped).sum()
+    }
+
     fn program(&self, direction: Direction) -> &CgroupSkb {
         let name = match direction {
             Direction::Egress => EGRESS_PROGRAM,
@@ -266,6 +293,26 @@ impl Packet {
         self.context = Some(context);
         self
     }
+}
+
+impl Packet {
+    /// With ports in its TCP header.
+    fn with_ports(mut self, source: u16, destination: u16) -> Self {
+        self.frame[34..36].copy_from_slice(&source.to_be_bytes());
+        self.frame[36..38].copy_from_slice(&destination.to_be_bytes());
+        self
+    }
+}
+
+/// Every event waiting in the ring buffer.
+fn drain(events: &mut RingBuf<MapData>) -> Vec<TraceEvent> {
+    let mut drained = Vec::new();
+    while let Some(item) = events.next() {
+        assert_eq!(item.len(), std::mem::size_of::<TraceEvent>());
+        // SAFETY: a whole TraceEvent of plain integers, read unaligned.
+        drained.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    drained
 }
 
 const PASS: u32 = 1;
@@ -519,6 +566,69 @@ fn a_packet_larger_than_the_burst_passes_from_a_full_bucket(ids: Ids) -> Result<
         loaded.offer(Direction::Egress, &Packet::tcp(100)) == EGRESS_REFUSED,
         || "the debt was not kept".into(),
     )
+}
+
+/// A refused packet becomes an event only while the trace control holds a live lease: not with
+/// none, not with one that ran out (a trace that died without clearing it); and past the
+/// per-CPU budget, events are counted as skipped, not sent.
+fn a_refusal_is_traced_only_while_a_trace_holds_the_lease(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(ids.inner, Direction::Egress, limit("8kbit", "1500"));
+    let mut events = RingBuf::try_from(loaded.ebpf.take_map(TRACE_EVENTS_MAP).unwrap()).unwrap();
+    let packet = Packet::tcp(1000).with_ports(40000, 5201);
+    // The first packet empties the bucket; at a byte a millisecond, the next ones are refused.
+    loaded.offer(Direction::Egress, &packet);
+    let refuse = |loaded: &Loaded| {
+        let verdict = loaded.offer(Direction::Egress, &packet);
+        ensure(verdict == EGRESS_REFUSED, || format!("verdict {verdict}"))
+    };
+    refuse(&loaded)?;
+    ensure(drain(&mut events).is_empty(), || {
+        "an event without a trace".into()
+    })?;
+
+    let now = rein::clock::Clock::now_ns(&MonotonicClock);
+    loaded.set_trace(now + 10_000_000_000, 1000);
+    refuse(&loaded)?;
+    let traced = drain(&mut events);
+    ensure(traced.len() == 1, || format!("{} events", traced.len()))?;
+    let event = traced[0];
+    ensure(
+        event.kind == EVENT_CGROUP_REFUSED
+            && event.cgroup_id == ids.inner
+            && event.hook == Direction::Egress as u8
+            && event.value == 1000
+            && event.family == TRACE_FAMILY_IPV4
+            && event.protocol == 6
+            && event.source[..4] == [198, 18, 0, 1]
+            && event.destination[..4] == [198, 18, 0, 2]
+            && event.source_port == 40000
+            && event.destination_port == 5201
+            && event.time_ns >= now,
+        || format!("{event:?}"),
+    )?;
+
+    loaded.set_trace(now - 1, 1000);
+    refuse(&loaded)?;
+    ensure(drain(&mut events).is_empty(), || {
+        "an event after the lease ran out".into()
+    })?;
+
+    // A budget of 2 a second: of 6 refusals, most are skipped (2 more may pass if a second
+    // begins halfway), and every one is either sent or counted.
+    loaded.set_trace(
+        rein::clock::Clock::now_ns(&MonotonicClock) + 10_000_000_000,
+        2,
+    );
+    let skipped_before = loaded.trace_skipped();
+    for _ in 0..6 {
+        refuse(&loaded)?;
+    }
+    let sent = drain(&mut events).len() as u64;
+    let skipped = loaded.trace_skipped() - skipped_before;
+    ensure(sent + skipped == 6 && sent <= 4 && skipped >= 2, || {
+        format!("{sent} sent, {skipped} skipped")
+    })
 }
 
 /// Both CPUs hammer one bucket with 5000 packets each. Exactly the burst's worth may pass: a
