@@ -9,7 +9,7 @@
 //!   the commands' operations on the engine (`cgroup_limit::set`, `net_rules::add`, ...),
 //!   and its datapath (pinned maps and links), which the datapath tests and the benchmarks
 //!   drive directly.
-//! - [`run`] (`rein run`), [`doctor`], and the value types: [`units`], [`limit`].
+//! - [`run`] (`rein run`), [`trace`] (`rein trace`), [`doctor`], and the value types: [`units`], [`limit`].
 //! - [`platform`]: the operating system as rein uses it (BPF objects, cgroups, netns), for
 //!   tests and benchmarks that load the programs themselves.
 pub mod capabilities;
@@ -22,6 +22,7 @@ pub mod limit;
 pub mod platform;
 pub mod run;
 pub mod store;
+pub mod trace;
 pub mod units;
 
 pub use engine::{Desired, Engine, Plan};

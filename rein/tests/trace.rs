@@ -1,0 +1,164 @@
+//! `rein trace` end to end: a trace started with a filter sees the UDP packets a cgroup limit
+//! refuses, with the limit, direction and 5-tuple, and not another cgroup's; an unfiltered trace
+//! sees both; and a trace ended by SIGINT leaves the datapath's lease cleared, so the programs
+//! stop building events.
+//!
+//! Runs its own instance and namespaces (removed on drop, on failure too). Needs root, a bpffs
+//! at /sys/fs/bpf, cgroup v2 and iperf3.
+// clippy.toml allows unwrap/expect in #[test] functions only; the helpers here panic on purpose
+// too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{path::Path, time::Duration};
+
+use aya::maps::{Array, Map, MapData};
+use rein_common::abi::trace::{TRACE_MAP, TraceControl};
+use rein_testkit::{
+    iperf::{self, ClientOptions, PORT as IPERF3_PORT, Server},
+    netns::HostPair,
+    process::{Cmd, Output, Running, wait_until},
+    rein_instance::ReinInstance,
+};
+
+/// The cgroup datapath's trace control, read from its pin.
+fn trace_control(rein: &ReinInstance) -> TraceControl {
+    let pin = rein.library_instance().maps_dir().join(TRACE_MAP);
+    let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
+    let control: Array<_, TraceControl> = Array::try_from(map).unwrap();
+    control.get(&0, 0).unwrap()
+}
+
+/// `rein trace ARGS`, until signalled; killed on drop.
+fn start_trace(rein: &ReinInstance, args: &[&str]) -> Running {
+    rein.command()
+        .arg("trace")
+        .args(args)
+        .timeout(Duration::from_secs(120))
+        .spawn()
+        .unwrap()
+}
+
+/// SIGINT, as Ctrl-C sends it, and the trace's output once it has exited.
+fn interrupt(trace: Running) -> Output {
+    // SAFETY: kill(2) with plain integers, to a child this test started and has not reaped.
+    unsafe { libc::kill(trace.pid() as libc::pid_t, libc::SIGINT) };
+    let output = trace.wait_within(Duration::from_secs(10)).unwrap();
+    assert!(
+        output.status.success(),
+        "rein trace did not exit cleanly:\n{output}"
+    );
+    output
+}
+
+/// 2 s of UDP at 50 Mbit/s from `cgroup` in the client namespace to the server.
+fn udp_flood(pair: &HostPair, cgroup: &Path) {
+    let opts = ClientOptions {
+        seconds: 2,
+        udp_bitrate: Some("50M".into()),
+        ..ClientOptions::default()
+    };
+    let argv = pair.client().exec(&iperf::client_argv(
+        &pair.link.server_addr,
+        IPERF3_PORT,
+        &opts,
+    ));
+    let cmd = Cmd::new(
+        ["sh", "-c", r#"echo $$ > "$0" && exec "$@""#],
+        opts.timeout(),
+    )
+    .arg(cgroup.join("cgroup.procs"))
+    .args(argv);
+    iperf::run_client(&cmd, true, false).unwrap();
+}
+
+#[test]
+fn a_trace_shows_its_cgroups_refused_udp_and_clears_its_lease_on_sigint() {
+    let rein = instance();
+    let pair = HostPair::create("rtr").unwrap();
+    let _server = Server::start(
+        pair.server(),
+        &pair.link.server_addr,
+        IPERF3_PORT,
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let traced = rein.cgroup("traced");
+    let other = rein.cgroup("other");
+    let (traced_name, other_name) = (rein.relative(&traced), rein.relative(&other));
+    for dir in [&traced, &other] {
+        rein.rein(&[
+            "set",
+            "--cgroup",
+            dir.to_str().unwrap(),
+            "--egress",
+            "5mbit",
+        ])
+        .ok();
+    }
+    assert_eq!(trace_control(&rein).until_ns, 0, "a lease before any trace");
+
+    let filtered = start_trace(&rein, &["--cgroup", &traced_name, "--json"]);
+    let everything = start_trace(&rein, &["--drops-only"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || trace_control(&rein).until_ns
+            != 0),
+        "rein trace never took the lease"
+    );
+    udp_flood(&pair, &traced);
+    udp_flood(&pair, &other);
+
+    // The unfiltered trace saw both cgroups' refusals: the filter had something to leave out.
+    let everything = interrupt(everything);
+    for name in [&traced_name, &other_name] {
+        let wanted = format!("refused egress cgroup {name} ");
+        assert!(
+            everything
+                .stdout
+                .lines()
+                .any(|line| line.contains(&wanted) && line.contains(" udp ")),
+            "no `{wanted}` line from the unfiltered trace:\n{everything}"
+        );
+    }
+    // The filtered trace renews the lease under its own pid within a second; its exit clears it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let filtered = interrupt(filtered);
+
+    for (what, output) in [("--drops-only", &everything), ("--json", &filtered)] {
+        let sample: Vec<&str> = output.stdout.lines().take(3).collect();
+        eprintln!("rein trace {what}:\n{}", sample.join("\n"));
+    }
+    let destination = format!("{}:{IPERF3_PORT}", pair.link.server_addr);
+    let mut refusals = 0;
+    for line in filtered.stdout.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n{filtered}"));
+        assert!(
+            !line.contains(&other_name),
+            "the --cgroup filter let another cgroup's event through: {line}"
+        );
+        if event["event"] == "refused" {
+            assert_eq!(event["cgroup"], traced_name.as_str(), "{line}");
+            assert_eq!(event["limit"], format!("cgroup {traced_name}"), "{line}");
+            assert_eq!(event["direction"], "egress", "{line}");
+            assert_eq!(event["protocol"], "udp", "{line}");
+            assert_eq!(event["destination"], destination.as_str(), "{line}");
+            let source = event["source"].as_str().unwrap();
+            assert!(
+                source.starts_with(&format!("{}:", pair.link.client_addr)),
+                "{line}"
+            );
+            assert!(event["bytes"].as_u64().unwrap() > 1000, "{line}");
+            refusals += 1;
+        }
+    }
+    assert!(refusals > 100, "{refusals} refusals traced:\n{filtered}");
+    assert_eq!(
+        trace_control(&rein),
+        TraceControl::default(),
+        "SIGINT left the lease set"
+    );
+}
+
+fn instance() -> ReinInstance {
+    ReinInstance::for_test(env!("CARGO_BIN_EXE_rein"))
+}
