@@ -15,7 +15,8 @@ pub struct TraceMaps<'a> {
 const SECOND_NS: u64 = 1_000_000_000;
 
 impl TraceMaps<'_> {
-    /// Whether a trace holds a live lease at `now`: the first thing every event checks.
+    /// Whether a trace holds a live lease at `now`: the first and, without a trace, only check,
+    /// made in line by the caller before it calls the function that builds the event.
     #[inline(always)]
     pub fn on(&self, now: u64) -> bool {
         self.control
@@ -23,29 +24,44 @@ impl TraceMaps<'_> {
             .is_some_and(|control| control.until_ns > now)
     }
 
-    /// Sends `event` if this CPU's budget for the current second has room and the ring buffer
-    /// takes it; otherwise counts it as skipped. Call only when [`Self::on`].
+    /// Whether to build an event at `now` under a live lease: this CPU's budget for the current
+    /// second has room, which this takes. Over the budget, the event is counted as skipped
+    /// before anything is built, so a flood costs a trace two lookups a packet.
     #[inline(always)]
-    pub fn send(&self, event: &TraceEvent) {
-        let cap = self
-            .control
-            .get(0)
-            .map_or(0, |control| control.events_per_second as u64);
+    pub fn admit(&self, now: u64) -> bool {
+        let Some(control) = self.control.get(0) else {
+            return false;
+        };
+        let cap = control.events_per_second as u64;
         let Some(budget) = self.budget.get_ptr_mut(0) else {
-            return;
+            return false;
         };
         // SAFETY: this CPU's entry of a per-CPU array, valid for the program's run; only
         // programs on this CPU touch it, by plain reads and writes (see `TraceBudget`).
         unsafe {
-            if event.time_ns.wrapping_sub((*budget).second_ns) >= SECOND_NS {
-                (*budget).second_ns = event.time_ns;
+            if now.wrapping_sub((*budget).second_ns) >= SECOND_NS {
+                (*budget).second_ns = now;
                 (*budget).emitted = 0;
             }
-            if (*budget).emitted >= cap || self.events.output::<TraceEvent>(event, 0).is_err() {
+            if (*budget).emitted >= cap {
                 (*budget).skipped += 1;
-                return;
+                return false;
             }
             (*budget).emitted += 1;
+        }
+        true
+    }
+
+    /// Sends an event [`Self::admit`] let through; counts it as skipped if the ring buffer is
+    /// full (the trace is not reading fast enough).
+    #[inline(always)]
+    pub fn send(&self, event: &TraceEvent) {
+        if self.events.output::<TraceEvent>(event, 0).is_ok() {
+            return;
+        }
+        if let Some(budget) = self.budget.get_ptr_mut(0) {
+            // SAFETY: as in `admit`.
+            unsafe { (*budget).skipped += 1 };
         }
     }
 }

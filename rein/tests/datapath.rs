@@ -765,7 +765,7 @@ fn every_program_keeps_half_the_verifier_limit(_ids: Ids) -> Result<(), Failed> 
 /// 100k runs each), for a packet under a rule on its cgroup, under rules on its cgroup and its
 /// parent, and at ingress; then with the socket three levels deeper (depth 5, where the walk
 /// goes past the levels it makes in line). Every packet passes (rules of 1 tbit/s with a 1 GB
-/// burst).
+/// burst); then refused packets with and without a trace (`measure_refusals`).
 fn per_packet_cost(ids: Ids) -> Result<(), Failed> {
     let cases: [(&str, Direction, &[u64]); 4] = [
         ("egress, no rule on the path", Direction::Egress, &[]),
@@ -788,6 +788,7 @@ fn per_packet_cost(ids: Ids) -> Result<(), Failed> {
     for (name, direction, cgroups) in cases {
         measure(&format!("depth 2, {name}"), direction, cgroups, ids)?;
     }
+    measure_refusals(ids)?;
     let deeper = Deeper::enter(3);
     let deepest = deeper.chain.last().unwrap().id().unwrap();
     measure(
@@ -834,6 +835,47 @@ fn measure(name: &str, direction: Direction, cgroups: &[u64], ids: Ids) -> Resul
         best = best.min(time);
     }
     eprintln!("{name}: {} ns per packet", best.as_nanos());
+    Ok(())
+}
+
+/// ns per refused packet at egress (rule on the cgroup): without a trace, with a trace whose
+/// every event is sent (2000 runs a call, which the ring buffer holds between drains), and with
+/// a trace over its budget, as under a flood (every event skipped and counted).
+fn measure_refusals(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(ids.inner, Direction::Egress, limit("1kbit", "1500"));
+    // Passes from the full bucket and leaves it 1500 bytes in debt: at 125 bytes a second,
+    // every packet after is refused for the rest of the run.
+    loaded.offer(Direction::Egress, &Packet::tcp(3000));
+    let mut events = RingBuf::try_from(loaded.ebpf.take_map(TRACE_EVENTS_MAP).unwrap()).unwrap();
+    let packet = Packet::tcp(1000);
+    let cases: [(&str, bool, u32, u32); 3] = [
+        ("no trace", false, 0, 100_000),
+        ("trace, every event sent", true, u32::MAX, 2000),
+        ("trace, over its budget", true, 0, 100_000),
+    ];
+    for (name, lease, cap, repeat) in cases {
+        let until = if lease {
+            rein::clock::Clock::now_ns(&MonotonicClock) + 60_000_000_000
+        } else {
+            0
+        };
+        loaded.set_trace(until, cap);
+        let mut best = Duration::MAX;
+        for _ in 0..7 {
+            drain(&mut events);
+            let (verdict, time) = loaded.run_repeated(Direction::Egress, &packet, repeat);
+            ensure(verdict == EGRESS_REFUSED, || {
+                format!("{name}: verdict {verdict}")
+            })?;
+            best = best.min(time);
+        }
+        let sent = drain(&mut events).len();
+        eprintln!(
+            "depth 2, egress, refused, {name}: {} ns per packet ({sent} events in the last call)",
+            best.as_nanos()
+        );
+    }
     Ok(())
 }
 

@@ -1,6 +1,6 @@
-//! The interface programs' trace events (`rein trace`): packets a rule refused. Emitted from one
-//! function, not in line, and only after the trace's lease is checked: without a trace a refusal
-//! costs a call and one array lookup.
+//! The interface programs' trace events (`rein trace`): packets a rule refused. Built in one
+//! function, not in line, called only after the trace's lease is checked in line: without a
+//! trace a refusal costs one array lookup.
 
 use aya_ebpf::{
     macros::map,
@@ -28,9 +28,16 @@ const MAPS: TraceMaps<'static> = TraceMaps {
 
 /// `packet`, of `bytes` IP bytes, refused by rule `rule` at `hook` (a `Direction` or
 /// `TRACE_HOOK_XDP`), at `now`.
-#[inline(never)]
+#[inline(always)]
 pub fn refusal(packet: &Packet, rule: u32, hook: u8, bytes: u64, now: u64) {
-    if !MAPS.on(now) {
+    if MAPS.on(now) {
+        send_refusal(packet, rule, hook, bytes, now);
+    }
+}
+
+#[inline(never)]
+fn send_refusal(packet: &Packet, rule: u32, hook: u8, bytes: u64, now: u64) {
+    if !MAPS.admit(now) {
         return;
     }
     let mut event = TraceEvent::EMPTY;

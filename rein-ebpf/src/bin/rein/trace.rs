@@ -1,8 +1,8 @@
 //! The cgroup programs' trace events (`rein trace`): refusals by a limit, and the pacing rates
 //! and window clamps the sock_ops program sets. Each is emitted from one function, not in line,
 //! so the verifier checks its body once per call site rather than along every path of the walk;
-//! and each first checks the trace's lease, so that without a trace an event costs a call and
-//! one array lookup.
+//! and each is called only after the trace's lease is checked in line, so that without a trace
+//! an event costs one array lookup.
 
 use core::ptr;
 
@@ -43,9 +43,16 @@ const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 
 /// A packet refused by the limit of `cgroup_id`, of `bytes` IP bytes, at `now`.
-#[inline(never)]
+#[inline(always)]
 pub(crate) fn refusal(skb: *mut __sk_buff, cgroup_id: u64, direction: u32, bytes: u64, now: u64) {
-    if !MAPS.on(now) {
+    if MAPS.on(now) {
+        send_refusal(skb, cgroup_id, direction, bytes, now);
+    }
+}
+
+#[inline(never)]
+fn send_refusal(skb: *mut __sk_buff, cgroup_id: u64, direction: u32, bytes: u64, now: u64) {
+    if !MAPS.admit(now) {
         return;
     }
     let mut event = TraceEvent::EMPTY;
@@ -60,9 +67,16 @@ pub(crate) fn refusal(skb: *mut __sk_buff, cgroup_id: u64, direction: u32, bytes
 
 /// The sock_ops program set `value` (an `EVENT_PACING` rate or `EVENT_WINDOW` clamp) on the
 /// flow of `ops`, under the rules of `direction`, at `now`.
-#[inline(never)]
+#[inline(always)]
 pub(crate) fn flow_change(ops: *mut bpf_sock_ops, kind: u32, direction: u32, value: u64, now: u64) {
-    if !MAPS.on(now) {
+    if MAPS.on(now) {
+        send_flow_change(ops, kind, direction, value, now);
+    }
+}
+
+#[inline(never)]
+fn send_flow_change(ops: *mut bpf_sock_ops, kind: u32, direction: u32, value: u64, now: u64) {
+    if !MAPS.admit(now) {
         return;
     }
     let mut event = TraceEvent::EMPTY;
