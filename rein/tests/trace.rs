@@ -1,7 +1,7 @@
 //! `rein trace` end to end: a trace started with a filter sees the UDP packets a cgroup limit
 //! refuses, with the limit, direction and 5-tuple, and not another cgroup's; an unfiltered trace
-//! sees both; and a trace ended by SIGINT leaves the datapath's lease cleared, so the programs
-//! stop building events.
+//! sees both; a trace ended by SIGINT leaves the datapath's lease cleared, so the programs stop
+//! building events; and a trace shows the pacing and window clamps set on limited TCP flows.
 //!
 //! Runs its own instance and namespaces (removed on drop, on failure too). Needs root, a bpffs
 //! at /sys/fs/bpf, cgroup v2 and iperf3.
@@ -157,6 +157,79 @@ fn a_trace_shows_its_cgroups_refused_udp_and_clears_its_lease_on_sigint() {
         TraceControl::default(),
         "SIGINT left the lease set"
     );
+}
+
+/// A limited TCP upload, then a download: the trace shows the pacing rate sock_ops sets on the
+/// upload and the window clamp it sets on the download, each with the flow's addresses and
+/// the limit's cgroup.
+#[test]
+fn a_trace_shows_pacing_and_window_changes_of_limited_tcp() {
+    let rein = instance();
+    let pair = HostPair::create("rtw").unwrap();
+    let _server = Server::start(
+        pair.server(),
+        &pair.link.server_addr,
+        IPERF3_PORT,
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let limited = rein.cgroup("tcp");
+    let name = rein.relative(&limited);
+    // In the client's namespace, where downloads arrive and their queue must be.
+    rein.command_in_ns(pair.client())
+        .args(["set", "--cgroup", limited.to_str().unwrap()])
+        .args(["--egress", "10mbit", "--ingress", "10mbit"])
+        .run()
+        .unwrap();
+    let trace = start_trace(&rein, &["--cgroup", &name, "--json"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || trace_control(&rein).until_ns
+            != 0),
+        "rein trace never took the lease"
+    );
+    for reverse in [false, true] {
+        let opts = ClientOptions {
+            seconds: 2,
+            reverse,
+            ..ClientOptions::default()
+        };
+        let argv = pair.client().exec(&iperf::client_argv(
+            &pair.link.server_addr,
+            IPERF3_PORT,
+            &opts,
+        ));
+        let cmd = Cmd::new(
+            ["sh", "-c", r#"echo $$ > "$0" && exec "$@""#],
+            opts.timeout(),
+        )
+        .arg(limited.join("cgroup.procs"))
+        .args(argv);
+        iperf::run_client(&cmd, false, reverse).unwrap();
+    }
+    let output = interrupt(trace);
+    let events: Vec<serde_json::Value> = output
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let destination = format!("{}:{IPERF3_PORT}", pair.link.server_addr);
+    let local = format!("{}:", pair.link.client_addr);
+    for (kind, value) in [("pacing", "rate"), ("window", "window")] {
+        let found: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|event| event["event"] == kind)
+            .collect();
+        eprintln!("{} {kind} events, first {:?}", found.len(), found.first());
+        assert!(
+            found.iter().any(|event| {
+                event["cgroup"] == name.as_str()
+                    && event["destination"] == destination.as_str()
+                    && event["source"].as_str().unwrap().starts_with(&local)
+                    && event[value].as_u64().unwrap() > 0
+            }),
+            "no {kind} event of the limited flows:\n{output}"
+        );
+    }
 }
 
 fn instance() -> ReinInstance {
