@@ -12,7 +12,7 @@
 use std::{path::Path, time::Duration};
 
 use aya::maps::{Array, Map, MapData};
-use rein_common::abi::trace::{TRACE_MAP, TraceControl};
+use rein_common::abi::trace::{TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_MAP, TraceControl};
 use rein_testkit::{
     iperf::{self, ClientOptions, PORT as IPERF3_PORT, Server},
     netns::HostPair,
@@ -230,6 +230,40 @@ fn a_trace_shows_pacing_and_window_changes_of_limited_tcp() {
             "no {kind} event of the limited flows:\n{output}"
         );
     }
+}
+
+/// A datapath installed by a rein from before `rein trace` has no trace maps: a trace says
+/// what to do, and after `rein reload` (which creates them and swaps in programs that use
+/// them) it runs. With nothing installed, a trace is refused and leaves nothing behind.
+#[test]
+fn a_datapath_without_trace_maps_gets_them_with_a_reload() {
+    let rein = instance();
+    rein.rein(&["trace"]).refused(&["nothing to trace"]);
+    rein.assert_no_trace("`rein trace` with nothing installed");
+    let app = rein.cgroup("app");
+    rein.rein(&[
+        "set",
+        "--cgroup",
+        app.to_str().unwrap(),
+        "--egress",
+        "10mbit",
+    ])
+    .ok();
+    let maps = rein.library_instance().maps_dir();
+    for name in [TRACE_MAP, TRACE_EVENTS_MAP, TRACE_BUDGET_MAP] {
+        std::fs::remove_file(maps.join(name)).unwrap();
+    }
+    rein.rein(&["trace"])
+        .refused(&["nothing to trace", "rein reload"]);
+    rein.rein(&["reload"]).ok();
+    let trace = start_trace(&rein, &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || trace_control(&rein).until_ns
+            != 0),
+        "rein trace never took the lease after the reload"
+    );
+    interrupt(trace);
+    assert_eq!(trace_control(&rein), TraceControl::default());
 }
 
 fn instance() -> ReinInstance {
