@@ -232,6 +232,96 @@ fn a_trace_shows_pacing_and_window_changes_of_limited_tcp() {
     }
 }
 
+/// A `rein net` rule at tc ingress refusing UDP: a `--rule` trace shows its refusals with the
+/// rule, the hook and the 5-tuple.
+#[test]
+fn a_trace_shows_a_net_rules_refusals() {
+    let rein = instance();
+    let pair = HostPair::create("rtn").unwrap();
+    let _server = Server::start(
+        pair.server(),
+        &pair.link.server_addr,
+        IPERF3_PORT,
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let port = IPERF3_PORT.to_string();
+    let added = rein.rein_in(
+        pair.server().name(),
+        &[
+            "net",
+            "add",
+            "--dev",
+            &pair.link.server_if,
+            "--dir",
+            "ingress",
+            "--dst",
+            &pair.link.server_addr,
+            "--proto",
+            "udp",
+            "--dport",
+            &port,
+            "--rate",
+            "5mbit",
+        ],
+    );
+    let id: u32 = added
+        .ok()
+        .trim()
+        .strip_prefix("added rule ")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no rule id:\n{added}"));
+    let trace = start_trace(&rein, &["--rule", &id.to_string(), "--json"]);
+    let pin = rein
+        .library_instance()
+        .maps_dir()
+        .join(rein_common::abi::trace::NET_TRACE_MAP);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
+            let control: Array<_, TraceControl> = Array::try_from(map).unwrap();
+            control.get(&0, 0).unwrap().until_ns != 0
+        }),
+        "rein trace never took the lease"
+    );
+    let opts = ClientOptions {
+        seconds: 2,
+        udp_bitrate: Some("50M".into()),
+        ..ClientOptions::default()
+    };
+    let cmd = Cmd::new(
+        pair.client().exec(&iperf::client_argv(
+            &pair.link.server_addr,
+            IPERF3_PORT,
+            &opts,
+        )),
+        opts.timeout(),
+    );
+    iperf::run_client(&cmd, true, false).unwrap();
+    let output = interrupt(trace);
+    let destination = format!("{}:{IPERF3_PORT}", pair.link.server_addr);
+    let refusals = output
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| event["event"] == "refused")
+        .inspect(|event| {
+            assert_eq!(event["rule"], id, "{event}");
+            assert_eq!(event["limit"], format!("rule {id}"), "{event}");
+            assert_eq!(event["direction"], "ingress", "{event}");
+            assert_eq!(event["protocol"], "udp", "{event}");
+            assert_eq!(event["destination"], destination.as_str(), "{event}");
+            let source = event["source"].as_str().unwrap();
+            assert!(
+                source.starts_with(&format!("{}:", pair.link.client_addr)),
+                "{event}"
+            );
+        })
+        .count();
+    assert!(refusals > 100, "{refusals} refusals traced:\n{output}");
+}
+
 /// A datapath installed by a rein from before `rein trace` has no trace maps: a trace says
 /// what to do, and after `rein reload` (which creates them and swaps in programs that use
 /// them) it runs. With nothing installed, a trace is refused and leaves nothing behind.
