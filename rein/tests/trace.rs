@@ -232,6 +232,81 @@ fn a_trace_shows_pacing_and_window_changes_of_limited_tcp() {
     }
 }
 
+/// A flood of small UDP datagrams (64-byte payloads at 50 Mbit/s: about 97,000 packets a second
+/// offered, nearly all refused) is more than the per-CPU budget of 10,000 events a second: the
+/// trace prints at most that many refusals a second per CPU and says how many it skipped.
+#[test]
+fn a_flood_is_sampled_and_the_skipped_events_counted() {
+    let rein = instance();
+    let pair = HostPair::create("rtf").unwrap();
+    let _server = Server::start(
+        pair.server(),
+        &pair.link.server_addr,
+        IPERF3_PORT,
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let flooder = rein.cgroup("flood");
+    rein.rein(&[
+        "set",
+        "--cgroup",
+        flooder.to_str().unwrap(),
+        "--egress",
+        "1mbit",
+    ])
+    .ok();
+    let trace = start_trace(&rein, &["--json", "--drops-only"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || trace_control(&rein).until_ns
+            != 0),
+        "rein trace never took the lease"
+    );
+    let started = std::time::Instant::now();
+    let opts = ClientOptions {
+        seconds: 3,
+        udp_bitrate: Some("50M".into()),
+        length: Some(64),
+        ..ClientOptions::default()
+    };
+    let argv = pair.client().exec(&iperf::client_argv(
+        &pair.link.server_addr,
+        IPERF3_PORT,
+        &opts,
+    ));
+    let cmd = Cmd::new(
+        ["sh", "-c", r#"echo $$ > "$0" && exec "$@""#],
+        opts.timeout(),
+    )
+    .arg(flooder.join("cgroup.procs"))
+    .args(argv);
+    let sent = iperf::run_client(&cmd, true, false).unwrap();
+    // Past the next report of the skipped count (once a second).
+    std::thread::sleep(Duration::from_millis(1500));
+    let output = interrupt(trace);
+    let seconds = started.elapsed().as_secs_f64();
+    let (mut refused, mut skipped) = (0u64, 0u64);
+    for line in output.stdout.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        match event["event"].as_str() {
+            Some("refused") => refused += 1,
+            Some("skipped") => skipped += event["events"].as_u64().unwrap(),
+            _ => panic!("an event --drops-only should leave out: {line}"),
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let most = 10_000.0 * cpus * (seconds + 1.0);
+    eprintln!(
+        "{refused} refusals traced and {skipped} skipped in {seconds:.1} s (at most {most:.0} \
+         traced); iperf3: {sent:?}"
+    );
+    assert!(refused > 1000, "{refused} refusals traced");
+    assert!(skipped > 0, "a flood with nothing skipped:\n{output}");
+    assert!(
+        (refused as f64) <= most,
+        "{refused} refusals traced in {seconds:.1} s, over the budget"
+    );
+}
+
 /// A `rein net` rule at tc ingress refusing UDP: a `--rule` trace shows its refusals with the
 /// rule, the hook and the 5-tuple.
 #[test]
