@@ -83,6 +83,12 @@ pub enum Error {
     #[error("rein's kernel programs are not installed; nothing to reload")]
     NotInstalled,
 
+    #[error(
+        "nothing to trace: no datapath with trace maps is installed (set a limit or add a net \
+         rule first; a datapath from an older rein gets them with `rein reload`)"
+    )]
+    NothingToTrace,
+
     #[error("failed to load rein's kernel programs: {0}")]
     Load(String),
 

@@ -10,7 +10,7 @@
 //!   and its datapath (pinned maps and links), which the datapath tests and the benchmarks
 //!   drive directly.
 //! - [`declarative`]: resources in YAML files, applied through the engine (`rein apply`).
-//! - [`run`] (`rein run`), [`doctor`], and the value types: [`units`], [`limit`].
+//! - [`run`] (`rein run`), [`trace`] (`rein trace`), [`doctor`], and the value types: [`units`], [`limit`].
 //! - [`observe`]: what an instance does, read without its lock: Prometheus metrics and their
 //!   HTTP server, and `rein top`'s live view.
 //! - [`platform`]: the operating system as rein uses it (BPF objects, cgroups, netns), for
@@ -27,6 +27,7 @@ pub mod observe;
 pub mod platform;
 pub mod run;
 pub mod store;
+pub mod trace;
 pub mod units;
 
 pub use engine::{Desired, Engine, Plan};

@@ -1,6 +1,10 @@
 //! The `rein` command: parse, resolve, call the library, print; the only place that decides
 //! exit codes.
-use std::process::ExitCode;
+use std::{
+    io::Write as _,
+    process::ExitCode,
+    sync::{Arc, atomic::AtomicBool},
+};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -8,7 +12,9 @@ use rein::{
     Engine, Instance,
     capabilities::{cgroup_limit, net_rules},
     declarative::{self, LoadOptions, Mode},
-    doctor, observe, run,
+    doctor, observe,
+    platform::cgroupfs::CgroupFs,
+    run, trace,
 };
 
 mod cli;
@@ -153,6 +159,38 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
         HiCommand::Schema => {
             let schema = declarative::json_schema();
             println!("{}", serde_json::to_string_pretty(&schema).context("json")?);
+        }
+        HiCommand::Trace {
+            cgroup,
+            rule,
+            drops_only,
+            json,
+        } => {
+            let cgroup = match cgroup {
+                Some(path) => Some(CgroupFs::discover()?.resolve(&path)?.id()?),
+                None => None,
+            };
+            let filter = trace::TraceFilter {
+                cgroup,
+                rule,
+                drops_only,
+            };
+            // SIGINT and SIGTERM end the trace through its loop, which clears the lease.
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(signal, Arc::clone(&stop))
+                    .context("cannot install signal handlers")?;
+            }
+            let mut out = std::io::stdout().lock();
+            trace::run(&instance, &filter, &stop, |record| {
+                if json {
+                    serde_json::to_writer(&mut out, record)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{record}")?;
+                }
+                out.flush()
+            })?;
         }
         HiCommand::Doctor { json } => {
             let checks = doctor::diagnose(&instance);

@@ -39,6 +39,13 @@ pub enum HiCommand {
     Doctor {
         json: bool,
     },
+    Trace {
+        /// The cgroup as given; resolved when the trace starts.
+        cgroup: Option<std::path::PathBuf>,
+        rule: Option<u32>,
+        drops_only: bool,
+        json: bool,
+    },
     NetAdd(NetRuleSpec),
     NetDel(u32),
     NetList {
@@ -128,18 +135,32 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
             },
         },
         LowCommand::Schema => HiCommand::Schema,
+        LowCommand::Trace {
+            cgroup,
+            rule,
+            drops_only,
+            json,
+        } => HiCommand::Trace {
+            cgroup,
+            rule: rule.map(|id| rule_id(&id)).transpose()?,
+            drops_only,
+            json,
+        },
         LowCommand::Net { command } => match command {
             LowNetCommand::Add(add) => HiCommand::NetAdd(net_rule(&add)?),
-            LowNetCommand::Del { id } => HiCommand::NetDel(
-                id.trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|&id| id > 0)
-                    .ok_or(ArgError::BadRuleId(id))?,
-            ),
+            LowNetCommand::Del { id } => HiCommand::NetDel(rule_id(&id)?),
             LowNetCommand::List { json } => HiCommand::NetList { json },
         },
     })
+}
+
+/// A net rule's id, as `rein net list` shows it.
+fn rule_id(id: &str) -> Result<u32, ArgError> {
+    id.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|&id| id > 0)
+        .ok_or_else(|| ArgError::BadRuleId(id.to_owned()))
 }
 
 fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {

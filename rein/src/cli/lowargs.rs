@@ -90,6 +90,22 @@ pub enum LowCommand {
     },
     /// Print the JSON Schema of the resources in YAML files.
     Schema,
+    /// Stream the datapath's verdicts as they happen: refused packets, TCP pacing and window
+    /// changes. Runs until interrupted.
+    Trace {
+        /// Only the limit of this cgroup (a directory or a path from the v2 root).
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<PathBuf>,
+        /// Only refusals by this net rule.
+        #[arg(long, value_name = "ID", allow_hyphen_values = true)]
+        rule: Option<String>,
+        /// Only refused packets.
+        #[arg(long)]
+        drops_only: bool,
+        /// Print one JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the kernel features rein needs and say how to fix what is missing.
     Doctor {
         /// Print JSON instead of text.

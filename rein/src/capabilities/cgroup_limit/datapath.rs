@@ -19,6 +19,7 @@ use rein_common::{
     COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, FLOWS_MAP, GENERATION_MAP,
     INGRESS_FLOWS_MAP, INGRESS_PROGRAM, LEVELS_SCRATCH_MAP, MAX_RULES, QUEUES_MAP, RULE_COUNTS_MAP,
     RULE_LEVELS_MAP, RULES_MAP, Rule, RuleKey, SOCK_OPS_PROGRAM,
+    abi::trace::{TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_MAP},
 };
 
 use crate::{
@@ -35,7 +36,7 @@ pub const DIRECTIONS: [Direction; 2] = [Direction::Egress, Direction::Ingress];
 
 /// Every map of the cgroup object, pinned by these names (the ingress queue's program shares
 /// the object and its flow storage).
-const MAPS: [&str; 9] = [
+const MAPS: [&str; 12] = [
     RULES_MAP,
     COUNTERS_MAP,
     FLOWS_MAP,
@@ -45,6 +46,9 @@ const MAPS: [&str; 9] = [
     RULE_LEVELS_MAP,
     GENERATION_MAP,
     LEVELS_SCRATCH_MAP,
+    TRACE_MAP,
+    TRACE_EVENTS_MAP,
+    TRACE_BUDGET_MAP,
 ];
 
 /// Loads the cgroup object with its maps bound to the instance's pins (created if missing).
