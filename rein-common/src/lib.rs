@@ -59,4 +59,10 @@ mod pod {
     unsafe impl aya::Pod for crate::abi::net::SourceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::abi::net::SourceState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::abi::trace::TraceControl {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::abi::trace::TraceBudget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::abi::trace::TraceEvent {}
 }

@@ -13,3 +13,4 @@
 pub mod atomic;
 pub mod parse;
 pub mod take;
+pub mod trace;

@@ -16,6 +16,7 @@ use crate::{
     capabilities::{
         Context, REGISTRY,
         cgroup_limit::{self, RuleRecord, RuleView},
+        ingress_queue::{self, QueueView},
         net_rules::{self, NetRuleView, WantedNetRule},
     },
     error::{Error, Result},
@@ -45,6 +46,7 @@ impl Desired {
                 .map(|record| WantedNetRule {
                     id: Some(record.id),
                     spec: record.spec.clone(),
+                    declared_by: record.declared_by.clone(),
                 })
                 .collect(),
         }
@@ -109,6 +111,30 @@ pub struct PurgeReport {
 pub struct Status {
     pub cgroups: Vec<RuleView>,
     pub net: Vec<NetRuleView>,
+    /// The ingress limits' download queues in the reader's network namespace.
+    pub queues: Vec<QueueView>,
+}
+
+impl Status {
+    fn of(cx: &Context, state: &State) -> Result<Self> {
+        Ok(Self {
+            cgroups: cgroup_limit::status(cx, state)?,
+            net: net_rules::status(cx, state)?,
+            queues: ingress_queue::status(cx, state),
+        })
+    }
+
+    /// Every limit with its counters, read without the instance's lock, so that metrics and
+    /// `rein top` never wait for (or hold up) a command or the agent. Safe beside a writer:
+    /// the state file is replaced by a rename, so it is read whole, old or new; the maps are
+    /// only read (never the rule counts a datapath's `open` rewrites); and a datapath removed
+    /// while it is read reads as none. Nothing stale is tidied: that is for the writers.
+    pub fn read(instance: Instance) -> Result<Self> {
+        check_prerequisites(&instance)?;
+        let cx = crate::capabilities::context(instance)?;
+        let state = State::load(&state_path(&cx.instance))?;
+        Self::of(&cx, &state)
+    }
 }
 
 /// An instance of rein, locked for the lifetime of the value.
@@ -141,8 +167,14 @@ impl Engine {
         &self.cx.instance
     }
 
+    /// What capabilities' operations work with (the cgroup v2 mount, the instance), e.g. to
+    /// expand a `CgroupLimit` glob.
+    pub fn context(&self) -> &Context {
+        &self.cx
+    }
+
     fn state_path(&self) -> PathBuf {
-        self.cx.instance.state_dir().join("state.json")
+        state_path(&self.cx.instance)
     }
 
     /// The state file as it is.
@@ -179,11 +211,7 @@ impl Engine {
 
     /// Every limit with its counters.
     pub fn status(&self) -> Result<Status> {
-        let state = self.state()?;
-        Ok(Status {
-            cgroups: cgroup_limit::status(&self.cx, &state)?,
-            net: net_rules::status(&self.cx, &state)?,
-        })
+        Status::of(&self.cx, &self.state()?)
     }
 
     /// Swaps in this build's programs, keeping links, rules, bucket state and queues; rules
@@ -352,6 +380,10 @@ fn save_or_tidy(cx: &Context, state: &State, path: &std::path::Path) -> Result<(
         remove_state_dir(&cx.instance);
     }
     Ok(())
+}
+
+fn state_path(instance: &Instance) -> PathBuf {
+    instance.state_dir().join("state.json")
 }
 
 fn remove_state_dir(instance: &Instance) {

@@ -51,6 +51,9 @@ pub enum Error {
     #[error("invalid cgroup path {0:?}: it must not contain `..`")]
     BadCgroupPath(String),
 
+    #[error("invalid cgroup glob {pattern:?}: {reason}")]
+    BadCgroupGlob { pattern: String, reason: String },
+
     #[error("no process with pid {0}")]
     NoSuchProcess(u32),
 
@@ -83,6 +86,12 @@ pub enum Error {
 
     #[error("rein's kernel programs are not installed; nothing to reload")]
     NotInstalled,
+
+    #[error(
+        "nothing to trace: no datapath with trace maps is installed (set a limit or add a net \
+         rule first; a datapath from an older rein gets them with `rein reload`)"
+    )]
+    NothingToTrace,
 
     #[error("failed to load rein's kernel programs: {0}")]
     Load(String),
@@ -128,6 +137,42 @@ pub enum Error {
          sketch rule or choose a smaller sketch"
     )]
     SketchFull { needed: u32, free: u32, total: u32 },
+
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("{at}: {message}")]
+    BadConfig { at: String, message: String },
+
+    #[error("{at}: {kind} {name} is declared twice (first at {first})")]
+    DuplicateResource {
+        at: String,
+        kind: &'static str,
+        name: String,
+        first: String,
+    },
+
+    #[error(
+        "refusing {path}: {reason}; a config file and its directory must be root's and \
+         writable by root only"
+    )]
+    InsecureConfig { path: PathBuf, reason: String },
+
+    #[error("{at}: {kind} {name}: {source}")]
+    InResource {
+        at: String,
+        kind: &'static str,
+        name: String,
+        source: Box<Error>,
+    },
+
+    #[error(
+        "cgroup {0} has a limit set by hand; `rein unset --cgroup {0}` first, or leave it out \
+         of the file"
+    )]
+    LimitedByHand(String),
+
+    #[error("cgroup {cgroup} is already limited by CgroupLimit {owner}")]
+    DeclaredElsewhere { cgroup: String, owner: String },
 
     #[error("{context}: {source}")]
     Io {

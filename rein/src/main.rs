@@ -1,19 +1,26 @@
 //! The `rein` command: parse, resolve, call the library, print; the only place that decides
 //! exit codes.
-use std::process::ExitCode;
+use std::{
+    io::Write as _,
+    process::ExitCode,
+    sync::{Arc, atomic::AtomicBool},
+};
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use rein::{
     Engine, Instance,
     capabilities::{cgroup_limit, net_rules},
-    doctor, run,
+    declarative::{self, LoadOptions, Mode},
+    doctor, observe,
+    platform::cgroupfs::CgroupFs,
+    run, trace,
 };
 
 mod cli;
 
 use cli::{
-    hiargs::{self, HiCommand},
+    hiargs::{self, Format, HiCommand},
     lowargs::LowArgs,
     output,
 };
@@ -84,6 +91,8 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
                 print!("{}", output::net_list(&views));
             }
         }
+        HiCommand::Metrics => print!("{}", observe::metrics::gather(&instance)?),
+        HiCommand::Top => observe::top::run(&instance)?,
         HiCommand::Reload => {
             let restored = Engine::open(instance)?.reload()?;
             println!("reloaded the kernel programs; limits and bucket state kept");
@@ -104,6 +113,84 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
                     "were not attached"
                 }
             );
+        }
+        HiCommand::Apply(files) => {
+            let resources = declarative::load(&files, &LoadOptions::default())?;
+            let mut engine = Engine::open(instance)?;
+            let plan = declarative::apply(&mut engine, &resources, Mode::Merge)?;
+            print!("{}", output::plan(&plan));
+        }
+        HiCommand::Diff(files) => {
+            // kubectl's codes: 1 says there are changes, so an error is 2.
+            let plan = declarative::load(&files, &LoadOptions::default()).and_then(|resources| {
+                declarative::plan(&Engine::open(instance)?, &resources, Mode::Merge)
+            });
+            return Ok(match plan {
+                Ok(plan) if plan.is_empty() => ExitCode::SUCCESS,
+                Ok(plan) => {
+                    print!("{plan}");
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    eprintln!("rein: {error}");
+                    ExitCode::from(2)
+                }
+            });
+        }
+        HiCommand::Delete(files) => {
+            let resources = declarative::load(&files, &LoadOptions::default())?;
+            let plan = declarative::delete(&mut Engine::open(instance)?, &resources)?;
+            print!("{}", output::plan(&plan));
+        }
+        HiCommand::Get { kind, format } => {
+            let listed = declarative::get(&Engine::open(instance)?, kind)?;
+            match format {
+                Format::Table => print!("{}", output::resources(&listed)),
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&listed).context("json")?);
+                }
+                Format::Yaml => {
+                    for item in &listed {
+                        print!("---\n{}", serde_norway::to_string(item).context("yaml")?);
+                    }
+                }
+            }
+        }
+        HiCommand::Schema => {
+            let schema = declarative::json_schema();
+            println!("{}", serde_json::to_string_pretty(&schema).context("json")?);
+        }
+        HiCommand::Trace {
+            cgroup,
+            rule,
+            drops_only,
+            json,
+        } => {
+            let cgroup = match cgroup {
+                Some(path) => Some(CgroupFs::discover()?.resolve(&path)?.id()?),
+                None => None,
+            };
+            let filter = trace::TraceFilter {
+                cgroup,
+                rule,
+                drops_only,
+            };
+            // SIGINT and SIGTERM end the trace through its loop, which clears the lease.
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(signal, Arc::clone(&stop))
+                    .context("cannot install signal handlers")?;
+            }
+            let mut out = std::io::stdout().lock();
+            trace::run(&instance, &filter, &stop, |record| {
+                if json {
+                    serde_json::to_writer(&mut out, record)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{record}")?;
+                }
+                out.flush()
+            })?;
         }
         HiCommand::Doctor { json } => {
             let checks = doctor::diagnose(&instance);

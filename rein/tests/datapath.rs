@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{CgroupSkb, TestRun, TestRunOptions},
 };
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -31,6 +31,10 @@ use rein::{
 use rein_common::{
     Action, COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, GENERATION_MAP, INGRESS_PROGRAM,
     RULE_COUNTS_MAP, RULES_MAP, Rule, RuleKey,
+    abi::trace::{
+        EVENT_CGROUP_REFUSED, TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_FAMILY_IPV4, TRACE_MAP,
+        TraceBudget, TraceControl, TraceEvent,
+    },
 };
 use rein_testkit::model::{TokenBucketModel, Xorshift};
 
@@ -124,6 +128,10 @@ fn main() {
             "every_program_keeps_half_the_verifier_limit",
             every_program_keeps_half_the_verifier_limit,
         ),
+        (
+            "a_refusal_is_traced_only_while_a_trace_holds_the_lease",
+            a_refusal_is_traced_only_while_a_trace_holds_the_lease,
+        ),
     ];
     let mut trials: Vec<Trial> = tests
         .into_iter()
@@ -198,6 +206,25 @@ impl Loaded {
             .map(|values| values.iter().fold(Counters::default(), |a, c| a.plus(*c)))
     }
 
+    /// Writes the trace control: a lease until `until_ns`, `cap` events per second and CPU.
+    fn set_trace(&mut self, until_ns: u64, cap: u32) {
+        let mut control: Array<_, TraceControl> =
+            Array::try_from(self.ebpf.map_mut(TRACE_MAP).unwrap()).unwrap();
+        let value = TraceControl {
+            until_ns,
+            events_per_second: cap,
+            pid: std::process::id(),
+        };
+        control.set(0, value, 0).unwrap();
+    }
+
+    /// Events skipped, summed over the CPUs.
+    fn trace_skipped(&self) -> u64 {
+        let budget: PerCpuArray<_, TraceBudget> =
+            PerCpuArray::try_from(self.ebpf.map(TRACE_BUDGET_MAP).unwrap()).unwrap();
+        budget.get(&0, 0).unwrap().iter().map(|b| b.skipped).sum()
+    }
+
     fn program(&self, direction: Direction) -> &CgroupSkb {
         let name = match direction {
             Direction::Egress => EGRESS_PROGRAM,
@@ -266,6 +293,26 @@ impl Packet {
         self.context = Some(context);
         self
     }
+}
+
+impl Packet {
+    /// With ports in its TCP header.
+    fn with_ports(mut self, source: u16, destination: u16) -> Self {
+        self.frame[34..36].copy_from_slice(&source.to_be_bytes());
+        self.frame[36..38].copy_from_slice(&destination.to_be_bytes());
+        self
+    }
+}
+
+/// Every event waiting in the ring buffer.
+fn drain(events: &mut RingBuf<MapData>) -> Vec<TraceEvent> {
+    let mut drained = Vec::new();
+    while let Some(item) = events.next() {
+        assert_eq!(item.len(), std::mem::size_of::<TraceEvent>());
+        // SAFETY: a whole TraceEvent of plain integers, read unaligned.
+        drained.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    drained
 }
 
 const PASS: u32 = 1;
@@ -521,6 +568,69 @@ fn a_packet_larger_than_the_burst_passes_from_a_full_bucket(ids: Ids) -> Result<
     )
 }
 
+/// A refused packet becomes an event only while the trace control holds a live lease: not with
+/// none, not with one that ran out (a trace that died without clearing it); and past the
+/// per-CPU budget, events are counted as skipped, not sent.
+fn a_refusal_is_traced_only_while_a_trace_holds_the_lease(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(ids.inner, Direction::Egress, limit("8kbit", "1500"));
+    let mut events = RingBuf::try_from(loaded.ebpf.take_map(TRACE_EVENTS_MAP).unwrap()).unwrap();
+    let packet = Packet::tcp(1000).with_ports(40000, 5201);
+    // The first packet empties the bucket; at a byte a millisecond, the next ones are refused.
+    loaded.offer(Direction::Egress, &packet);
+    let refuse = |loaded: &Loaded| {
+        let verdict = loaded.offer(Direction::Egress, &packet);
+        ensure(verdict == EGRESS_REFUSED, || format!("verdict {verdict}"))
+    };
+    refuse(&loaded)?;
+    ensure(drain(&mut events).is_empty(), || {
+        "an event without a trace".into()
+    })?;
+
+    let now = rein::clock::Clock::now_ns(&MonotonicClock);
+    loaded.set_trace(now + 10_000_000_000, 1000);
+    refuse(&loaded)?;
+    let traced = drain(&mut events);
+    ensure(traced.len() == 1, || format!("{} events", traced.len()))?;
+    let event = traced[0];
+    ensure(
+        event.kind == EVENT_CGROUP_REFUSED
+            && event.cgroup_id == ids.inner
+            && event.hook == Direction::Egress as u8
+            && event.value == 1000
+            && event.family == TRACE_FAMILY_IPV4
+            && event.protocol == 6
+            && event.source[..4] == [198, 18, 0, 1]
+            && event.destination[..4] == [198, 18, 0, 2]
+            && event.source_port == 40000
+            && event.destination_port == 5201
+            && event.time_ns >= now,
+        || format!("{event:?}"),
+    )?;
+
+    loaded.set_trace(now - 1, 1000);
+    refuse(&loaded)?;
+    ensure(drain(&mut events).is_empty(), || {
+        "an event after the lease ran out".into()
+    })?;
+
+    // A budget of 2 a second: of 6 refusals, most are skipped (2 more may pass if a second
+    // begins halfway), and every one is either sent or counted.
+    loaded.set_trace(
+        rein::clock::Clock::now_ns(&MonotonicClock) + 10_000_000_000,
+        2,
+    );
+    let skipped_before = loaded.trace_skipped();
+    for _ in 0..6 {
+        refuse(&loaded)?;
+    }
+    let sent = drain(&mut events).len() as u64;
+    let skipped = loaded.trace_skipped() - skipped_before;
+    ensure(sent + skipped == 6 && sent <= 4 && skipped >= 2, || {
+        format!("{sent} sent, {skipped} skipped")
+    })
+}
+
 /// Both CPUs hammer one bucket with 5000 packets each. Exactly the burst's worth may pass: a
 /// lost update between the CPUs would let more through.
 fn both_cores_at_once_never_overdraw(ids: Ids) -> Result<(), Failed> {
@@ -655,7 +765,7 @@ fn every_program_keeps_half_the_verifier_limit(_ids: Ids) -> Result<(), Failed> 
 /// 100k runs each), for a packet under a rule on its cgroup, under rules on its cgroup and its
 /// parent, and at ingress; then with the socket three levels deeper (depth 5, where the walk
 /// goes past the levels it makes in line). Every packet passes (rules of 1 tbit/s with a 1 GB
-/// burst).
+/// burst); then refused packets with and without a trace (`measure_refusals`).
 fn per_packet_cost(ids: Ids) -> Result<(), Failed> {
     let cases: [(&str, Direction, &[u64]); 4] = [
         ("egress, no rule on the path", Direction::Egress, &[]),
@@ -678,6 +788,7 @@ fn per_packet_cost(ids: Ids) -> Result<(), Failed> {
     for (name, direction, cgroups) in cases {
         measure(&format!("depth 2, {name}"), direction, cgroups, ids)?;
     }
+    measure_refusals(ids)?;
     let deeper = Deeper::enter(3);
     let deepest = deeper.chain.last().unwrap().id().unwrap();
     measure(
@@ -724,6 +835,47 @@ fn measure(name: &str, direction: Direction, cgroups: &[u64], ids: Ids) -> Resul
         best = best.min(time);
     }
     eprintln!("{name}: {} ns per packet", best.as_nanos());
+    Ok(())
+}
+
+/// ns per refused packet at egress (rule on the cgroup): without a trace, with a trace whose
+/// every event is sent (2000 runs a call, which the ring buffer holds between drains), and with
+/// a trace over its budget, as under a flood (every event skipped and counted).
+fn measure_refusals(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(ids.inner, Direction::Egress, limit("1kbit", "1500"));
+    // Passes from the full bucket and leaves it 1500 bytes in debt: at 125 bytes a second,
+    // every packet after is refused for the rest of the run.
+    loaded.offer(Direction::Egress, &Packet::tcp(3000));
+    let mut events = RingBuf::try_from(loaded.ebpf.take_map(TRACE_EVENTS_MAP).unwrap()).unwrap();
+    let packet = Packet::tcp(1000);
+    let cases: [(&str, bool, u32, u32); 3] = [
+        ("no trace", false, 0, 100_000),
+        ("trace, every event sent", true, u32::MAX, 2000),
+        ("trace, over its budget", true, 0, 100_000),
+    ];
+    for (name, lease, cap, repeat) in cases {
+        let until = if lease {
+            rein::clock::Clock::now_ns(&MonotonicClock) + 60_000_000_000
+        } else {
+            0
+        };
+        loaded.set_trace(until, cap);
+        let mut best = Duration::MAX;
+        for _ in 0..7 {
+            drain(&mut events);
+            let (verdict, time) = loaded.run_repeated(Direction::Egress, &packet, repeat);
+            ensure(verdict == EGRESS_REFUSED, || {
+                format!("{name}: verdict {verdict}")
+            })?;
+            best = best.min(time);
+        }
+        let sent = drain(&mut events).len();
+        eprintln!(
+            "depth 2, egress, refused, {name}: {} ns per packet ({sent} events in the last call)",
+            best.as_nanos()
+        );
+    }
     Ok(())
 }
 

@@ -26,6 +26,7 @@ fn limit(cgroup: &std::path::Path, rate: &str) -> RuleRecord {
         }),
         ingress: None,
         origin: Origin::Cgroup,
+        declared_by: None,
     }
 }
 
@@ -101,6 +102,7 @@ fn a_plan_that_fails_midway_changes_nothing() {
             },
             sources: Sources::Shared,
         },
+        declared_by: None,
     });
     let plan = engine.plan(&desired).unwrap();
     assert_eq!(plan.changes().count(), 2, "{plan}");

@@ -5,10 +5,11 @@
 
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use rein::{
@@ -20,6 +21,10 @@ use rein::{
 };
 use rein_common::{
     Counters, Direction,
+    abi::trace::{
+        EVENT_NET_REFUSED, NET_TRACE_BUDGET_MAP, NET_TRACE_EVENTS_MAP, NET_TRACE_MAP,
+        TRACE_FAMILY_IPV4, TraceBudget, TraceControl, TraceEvent,
+    },
     net::{NET_TC_EGRESS_PROGRAM, NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM},
 };
 use rein_testkit::{
@@ -113,6 +118,43 @@ impl Loaded {
             .test_run(opts)
             .expect("BPF_PROG_TEST_RUN")
             .return_value
+    }
+
+    /// Runs tc ingress `repeat` times on `frame`: the last verdict and the kernel's mean time.
+    fn tc_repeated(&self, frame: &Frame, repeat: u32) -> (u32, Duration) {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(NET_TC_INGRESS_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame.bytes);
+        opts.repeat = repeat;
+        let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        (result.return_value, result.duration)
+    }
+
+    /// Writes the trace control: a lease until `until_ns`, `cap` events per second and CPU.
+    fn set_trace(&mut self, until_ns: u64, cap: u32) {
+        let mut control: Array<_, TraceControl> =
+            Array::try_from(self.ebpf.map_mut(NET_TRACE_MAP).unwrap()).unwrap();
+        let value = TraceControl {
+            until_ns,
+            events_per_second: cap,
+            pid: std::process::id(),
+        };
+        control.set(0, value, 0).unwrap();
+    }
+
+    fn trace_skipped(&self) -> u64 {
+        let budget: PerCpuArray<_, TraceBudget> =
+            PerCpuArray::try_from(self.ebpf.map(NET_TRACE_BUDGET_MAP).unwrap()).unwrap();
+        budget.get(&0, 0).unwrap().iter().map(|b| b.skipped).sum()
+    }
+
+    fn trace_events(&mut self) -> RingBuf<MapData> {
+        RingBuf::try_from(self.ebpf.take_map(NET_TRACE_EVENTS_MAP).unwrap()).unwrap()
     }
 
     /// Offers `frame` at tc ingress: true when it passes.
@@ -753,4 +795,114 @@ fn a_token_bucket_decides_as_its_model() {
         loaded.counters(6).dropped_packets > 0,
         "the bucket never ran dry"
     );
+}
+
+/// Every event waiting in the ring buffer.
+fn drain(events: &mut RingBuf<MapData>) -> Vec<TraceEvent> {
+    let mut drained = Vec::new();
+    while let Some(item) = events.next() {
+        assert_eq!(item.len(), std::mem::size_of::<TraceEvent>());
+        // SAFETY: a whole TraceEvent of plain integers, read unaligned.
+        drained.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    drained
+}
+
+/// A rule that refuses every packet after the first (a byte a second, a 100-byte burst).
+fn refusing_rule(loaded: &mut Loaded) -> Frame {
+    let limit = NetLimit::TokenBucket {
+        per: Per::Bytes,
+        rate: 1,
+        burst: 100,
+    };
+    loaded.add(3, matching(None, Some("198.18.0.2"), None, None), limit);
+    let frame = packet("198.18.0.1", "198.18.0.2", 17, 9, 1000).frame();
+    loaded.passes(&frame);
+    frame
+}
+
+#[test]
+fn a_net_refusal_is_traced_with_its_rule_and_tuple_only_under_a_lease() {
+    let mut loaded = Loaded::new();
+    let frame = refusing_rule(&mut loaded);
+    let mut events = loaded.trace_events();
+    assert!(!loaded.passes(&frame));
+    assert!(drain(&mut events).is_empty(), "an event without a trace");
+
+    let now = monotonic_ns();
+    loaded.set_trace(now + 10_000_000_000, 1000);
+    assert!(!loaded.passes(&frame));
+    let traced = drain(&mut events);
+    assert_eq!(traced.len(), 1);
+    let event = traced[0];
+    assert_eq!(
+        (event.kind, event.rule, event.hook, event.value),
+        (EVENT_NET_REFUSED, 3, Direction::Ingress as u8, 1000)
+    );
+    assert_eq!((event.family, event.protocol), (TRACE_FAMILY_IPV4, 17));
+    assert_eq!(event.source[..4], [198, 18, 0, 1]);
+    assert_eq!(event.destination[..4], [198, 18, 0, 2]);
+    assert_eq!((event.source_port, event.destination_port), (40_000, 9));
+
+    loaded.set_trace(now - 1, 1000);
+    assert!(!loaded.passes(&frame));
+    assert!(
+        drain(&mut events).is_empty(),
+        "an event after the lease ran out"
+    );
+    assert_eq!(loaded.trace_skipped(), 0);
+}
+
+/// ns per packet at tc ingress (BPF_PROG_TEST_RUN, best of 7 calls): a passed packet, then
+/// refused ones without a trace, with one sending every event, and with one over its budget (a
+/// flood: every event skipped).
+/// A measurement, not a check: `cargo test --release -p rein --test net_datapath -- --ignored
+/// refusal_cost --nocapture`.
+#[test]
+#[ignore]
+fn refusal_cost_with_and_without_a_trace() {
+    let mut loaded = Loaded::new();
+    let frame = refusing_rule(&mut loaded);
+    let mut events = loaded.trace_events();
+    // (name, lease, budget, runs per call): 2000 events fit in the ring buffer between drains.
+    let cases: [(&str, bool, u32, u32); 3] = [
+        ("no trace", false, 0, 100_000),
+        ("trace, every event sent", true, u32::MAX, 2000),
+        ("trace, over its budget", true, 0, 100_000),
+    ];
+    // A packet under a rule with room: the path a trace never touches.
+    let roomy = NetLimit::TokenBucket {
+        per: Per::Bytes,
+        rate: 1 << 40,
+        burst: 1 << 40,
+    };
+    loaded.add(4, matching(None, Some("198.18.0.3"), None, None), roomy);
+    let passing = packet("198.18.0.1", "198.18.0.3", 17, 9, 1000).frame();
+    let best_pass = (0..7)
+        .map(|_| loaded.tc_repeated(&passing, 100_000))
+        .inspect(|(verdict, _)| assert_eq!(*verdict, TC_OK))
+        .map(|(_, time)| time)
+        .min()
+        .unwrap();
+    eprintln!("tc ingress, passed: {} ns per packet", best_pass.as_nanos());
+    for (name, lease, cap, repeat) in cases {
+        let until = if lease {
+            monotonic_ns() + 60_000_000_000
+        } else {
+            0
+        };
+        loaded.set_trace(until, cap);
+        let mut best = Duration::MAX;
+        for _ in 0..7 {
+            drain(&mut events);
+            let (verdict, time) = loaded.tc_repeated(&frame, repeat);
+            assert_eq!(verdict, TC_SHOT, "{name}");
+            best = best.min(time);
+        }
+        let sent = drain(&mut events).len();
+        eprintln!(
+            "tc ingress, refused, {name}: {} ns per packet ({sent} events in the last call)",
+            best.as_nanos()
+        );
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod net;
+pub mod trace;
 
 /// Which way a packet crosses the socket.
 #[repr(u32)]

@@ -30,6 +30,8 @@ pub struct Packet {
     pub protocol: u8,
     /// Destination port, for TCP and UDP in a first (or only) fragment; else `PORT_ANY`.
     pub port: u16,
+    /// Source port, likewise (only traced: no rule matches on it).
+    pub source_port: u16,
     /// Bytes before the IP header.
     pub l2_bytes: u64,
     /// IP and transport header bytes, which each segment of a GSO packet repeats.
@@ -83,7 +85,8 @@ impl Packet {
         let mut destination = [0u8; ADDR_BYTES];
         source[..4].copy_from_slice(&ip[12..16]);
         destination[..4].copy_from_slice(&ip[16..20]);
-        let (port, transport) = transport(data, end, l2 + header, protocol, fragment_offset == 0);
+        let (source_port, port, transport) =
+            transport(data, end, l2 + header, protocol, fragment_offset == 0);
         Some(Self {
             family: FAMILY_IPV4,
             address_bits: 32,
@@ -91,6 +94,7 @@ impl Packet {
             destination,
             protocol,
             port,
+            source_port,
             l2_bytes: l2 as u64,
             header_bytes: (header + transport) as u64,
         })
@@ -129,7 +133,7 @@ impl Packet {
             }
             seen += 1;
         }
-        let (port, transport) = transport(data, end, offset, next, first_fragment);
+        let (source_port, port, transport) = transport(data, end, offset, next, first_fragment);
         Some(Self {
             family: FAMILY_IPV6,
             address_bits: 128,
@@ -137,31 +141,43 @@ impl Packet {
             destination,
             protocol: next,
             port,
+            source_port,
             l2_bytes: l2 as u64,
             header_bytes: (offset - l2 + transport) as u64,
         })
     }
 }
 
-/// The destination port and the transport header's length, for TCP and UDP whose header is in
-/// this fragment; `PORT_ANY` and 0 otherwise.
+/// The source and destination ports and the transport header's length, for TCP and UDP whose
+/// header is in this fragment; `PORT_ANY`s and 0 otherwise.
 #[inline(always)]
-fn transport(data: usize, end: usize, offset: usize, protocol: u8, first: bool) -> (u16, usize) {
+fn transport(
+    data: usize,
+    end: usize,
+    offset: usize,
+    protocol: u8,
+    first: bool,
+) -> (u16, u16, usize) {
     if !first || (protocol != PROTOCOL_TCP && protocol != PROTOCOL_UDP) {
-        return (PORT_ANY, 0);
+        return (PORT_ANY, PORT_ANY, 0);
     }
     if protocol == PROTOCOL_UDP {
         return match read::<[u8; 4]>(data, end, offset) {
-            Some(ports) => (u16::from_be_bytes([ports[2], ports[3]]), 8),
-            None => (PORT_ANY, 0),
+            Some(ports) => (
+                u16::from_be_bytes([ports[0], ports[1]]),
+                u16::from_be_bytes([ports[2], ports[3]]),
+                8,
+            ),
+            None => (PORT_ANY, PORT_ANY, 0),
         };
     }
     // TCP: the ports, and the data offset (header length in words) in byte 12.
     match read::<[u8; 13]>(data, end, offset) {
         Some(tcp) => (
+            u16::from_be_bytes([tcp[0], tcp[1]]),
             u16::from_be_bytes([tcp[2], tcp[3]]),
             (tcp[12] >> 4) as usize * 4,
         ),
-        None => (PORT_ANY, 0),
+        None => (PORT_ANY, PORT_ANY, 0),
     }
 }

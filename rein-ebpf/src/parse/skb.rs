@@ -1,5 +1,6 @@
 //! How many IP-layer bytes a packet puts on the wire.
 use aya_ebpf::programs::SkBuffContext;
+use rein_common::abi::trace::{TRACE_FAMILY_IPV4, TRACE_FAMILY_IPV6, TraceEvent};
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -66,4 +67,47 @@ pub fn tcp_flags(ctx: &SkBuffContext) -> u8 {
 #[inline(always)]
 pub fn tcp_fin(ctx: &SkBuffContext) -> bool {
     tcp_flags(ctx) & TCP_FIN != 0
+}
+
+/// Writes the packet's family, protocol, addresses and ports (TCP and UDP, in a first or only
+/// fragment) into a trace event; what cannot be read stays as it was.
+#[inline(always)]
+pub fn fill_tuple(ctx: &SkBuffContext, event: &mut TraceEvent) {
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return;
+    };
+    let transport = match first >> 4 {
+        4 => {
+            let Ok(ip) = ctx.load::<[u8; 20]>(0) else {
+                return;
+            };
+            event.family = TRACE_FAMILY_IPV4;
+            event.protocol = ip[9];
+            event.source[..4].copy_from_slice(&ip[12..16]);
+            event.destination[..4].copy_from_slice(&ip[16..20]);
+            // A later fragment carries no ports.
+            if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+                return;
+            }
+            (ip[0] & 0x0f) as usize * 4
+        }
+        6 => {
+            let Ok(ip) = ctx.load::<[u8; 40]>(0) else {
+                return;
+            };
+            event.family = TRACE_FAMILY_IPV6;
+            // Extension headers are not followed, as in `header_bytes`.
+            event.protocol = ip[6];
+            event.source.copy_from_slice(&ip[8..24]);
+            event.destination.copy_from_slice(&ip[24..40]);
+            40
+        }
+        _ => return,
+    };
+    if (event.protocol == IPPROTO_TCP || event.protocol == IPPROTO_UDP)
+        && let Ok(ports) = ctx.load::<[u8; 4]>(transport)
+    {
+        event.source_port = u16::from_be_bytes([ports[0], ports[1]]);
+        event.destination_port = u16::from_be_bytes([ports[2], ports[3]]);
+    }
 }

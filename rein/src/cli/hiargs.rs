@@ -1,23 +1,20 @@
 //! The command line resolved into typed requests: every value parsed, every combination checked.
-use std::ffi::OsString;
+use std::{ffi::OsString, path::PathBuf};
 
 use rein::{
     capabilities::{
         cgroup_limit::{LimitChange, Target},
-        net_rules::spec::{
-            Cidr, NetError, NetHook, NetLimit, NetRuleSpec, Per, Protocol, SketchSize, Sources,
+        net_rules::{
+            request::{Algorithm, MAX_PPS, NetRuleRequest, OptionNames, RequestError},
+            spec::{NetError, NetRuleSpec, Protocol},
         },
     },
-    limit::default_burst,
-    units::{Period, Rate, Size, UnitError},
+    declarative::Kind,
+    units::UnitError,
 };
+use rein_common::Direction;
 
 use super::lowargs::{LowArgs, LowCommand, LowLimits, LowNetAdd, LowNetCommand, LowTarget};
-
-/// Default burst of a packet-rate bucket: 10 ms at the rate, at least 16 packets.
-const MIN_DEFAULT_BURST_PACKETS: u64 = 16;
-/// Largest packet rate: far beyond what one host's XDP path drops.
-const MAX_PPS: u64 = 1_000_000_000;
 
 #[derive(Debug)]
 pub enum HiCommand {
@@ -36,8 +33,17 @@ pub enum HiCommand {
         json: bool,
     },
     Reload,
+    Metrics,
+    Top,
     Purge,
     Doctor {
+        json: bool,
+    },
+    Trace {
+        /// The cgroup as given; resolved when the trace starts.
+        cgroup: Option<std::path::PathBuf>,
+        rule: Option<u32>,
+        drops_only: bool,
         json: bool,
     },
     NetAdd(NetRuleSpec),
@@ -45,6 +51,22 @@ pub enum HiCommand {
     NetList {
         json: bool,
     },
+    Apply(Vec<PathBuf>),
+    Diff(Vec<PathBuf>),
+    Delete(Vec<PathBuf>),
+    Get {
+        kind: Option<Kind>,
+        format: Format,
+    },
+    Schema,
+}
+
+/// How `get` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +85,8 @@ pub enum ArgError {
     },
     #[error("{0:?} is not a rule id (see rein net list)")]
     BadRuleId(String),
-    #[error("{0}")]
-    Conflict(&'static str),
-    #[error("{0}")]
-    Rule(NetError),
+    #[error(transparent)]
+    Rule(#[from] RequestError),
     #[error("--{flag}: {source}")]
     Unit {
         flag: &'static str,
@@ -75,6 +95,8 @@ pub enum ArgError {
     },
     #[error("--pid: {0:?} is not a process id")]
     BadPid(String),
+    #[error("{0:?} is not a kind: CgroupLimit or NetRule")]
+    BadKind(String),
 }
 
 pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
@@ -90,34 +112,63 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
         LowCommand::Unset { target: t } => HiCommand::Unset { target: target(t)? },
         LowCommand::List { json } => HiCommand::List { json },
         LowCommand::Reload => HiCommand::Reload,
+        LowCommand::Metrics => HiCommand::Metrics,
+        LowCommand::Top => HiCommand::Top,
         LowCommand::Purge => HiCommand::Purge,
         LowCommand::Doctor { json } => HiCommand::Doctor { json },
+        LowCommand::Apply { files } => HiCommand::Apply(files.files),
+        LowCommand::Diff { files } => HiCommand::Diff(files.files),
+        LowCommand::Delete { files } => HiCommand::Delete(files.files),
+        LowCommand::Get { kind: k, output } => HiCommand::Get {
+            kind: k.map(|k| kind(&k)).transpose()?,
+            format: match output.as_deref().map(str::trim) {
+                None => Format::Table,
+                Some("json") => Format::Json,
+                Some("yaml") => Format::Yaml,
+                Some(other) => {
+                    return Err(ArgError::Bad {
+                        flag: "output",
+                        value: other.to_owned(),
+                        expected: "json or yaml",
+                    });
+                }
+            },
+        },
+        LowCommand::Schema => HiCommand::Schema,
+        LowCommand::Trace {
+            cgroup,
+            rule,
+            drops_only,
+            json,
+        } => HiCommand::Trace {
+            cgroup,
+            rule: rule.map(|id| rule_id(&id)).transpose()?,
+            drops_only,
+            json,
+        },
         LowCommand::Net { command } => match command {
             LowNetCommand::Add(add) => HiCommand::NetAdd(net_rule(&add)?),
-            LowNetCommand::Del { id } => HiCommand::NetDel(
-                id.trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|&id| id > 0)
-                    .ok_or(ArgError::BadRuleId(id))?,
-            ),
+            LowNetCommand::Del { id } => HiCommand::NetDel(rule_id(&id)?),
             LowNetCommand::List { json } => HiCommand::NetList { json },
         },
     })
 }
 
+/// A net rule's id, as `rein net list` shows it.
+fn rule_id(id: &str) -> Result<u32, ArgError> {
+    id.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|&id| id > 0)
+        .ok_or_else(|| ArgError::BadRuleId(id.to_owned()))
+}
+
 fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
     let unit = |flag: &'static str| move |source: UnitError| ArgError::Unit { flag, source };
     let net = |flag: &'static str| move |source: NetError| ArgError::Net { flag, source };
-    let hook = match (add.dir.trim().to_ascii_lowercase().as_str(), add.xdp) {
-        ("ingress", false) => NetHook::TcIngress,
-        ("ingress", true) => NetHook::Xdp,
-        ("egress", false) => NetHook::TcEgress,
-        ("egress", true) => {
-            return Err(ArgError::Conflict(
-                "--xdp applies to ingress only: XDP sees the packets a device receives",
-            ));
-        }
+    let direction = match add.dir.trim().to_ascii_lowercase().as_str() {
+        "ingress" => Direction::Ingress,
+        "egress" => Direction::Egress,
         _ => {
             return Err(ArgError::Bad {
                 flag: "dir",
@@ -126,8 +177,6 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
             });
         }
     };
-    let source = add.src.as_deref().map(str::parse::<Cidr>).transpose();
-    let destination = add.dst.as_deref().map(str::parse::<Cidr>).transpose();
     let protocol = match add.proto.as_deref().map(|p| p.trim().to_ascii_lowercase()) {
         None => None,
         Some(p) if p == "tcp" => Some(Protocol::Tcp),
@@ -155,99 +204,67 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
                 })
         })
         .transpose()?;
-    let algorithm = add
-        .algo
-        .as_deref()
-        .map(|a| a.trim().to_ascii_lowercase())
-        .unwrap_or_else(|| "token-bucket".into());
-    let window = add
-        .window
-        .as_deref()
-        .map(str::parse::<Period>)
-        .transpose()
-        .map_err(unit("window"))?;
-    let (per, amount) = match (&add.rate, &add.pps) {
-        (Some(_), Some(_)) => {
-            return Err(ArgError::Conflict(
-                "give --rate (bytes) or --pps (packets), not both",
-            ));
-        }
-        (None, None) => return Err(ArgError::Conflict("give --rate or --pps")),
-        (Some(rate), None) => (
-            Per::Bytes,
-            rate.parse::<Rate>()
-                .map_err(unit("rate"))?
-                .bytes_per_second(),
-        ),
-        (None, Some(pps)) => (
-            Per::Packets,
-            packets(pps, "pps", "a packet rate from 1 to 1000000000")?,
-        ),
+    let algorithm = match add.algo.as_deref().map(|a| a.trim().to_ascii_lowercase()) {
+        None => Algorithm::TokenBucket,
+        Some(name) => [
+            Algorithm::TokenBucket,
+            Algorithm::FixedWindow,
+            Algorithm::SlidingWindow,
+        ]
+        .into_iter()
+        .find(|algorithm| algorithm.name() == name)
+        .ok_or(ArgError::Bad {
+            flag: "algo",
+            value: name,
+            expected: "token-bucket, fixed-window or sliding-window",
+        })?,
     };
-    let limit = match algorithm.as_str() {
-        "token-bucket" => {
-            if window.is_some() {
-                return Err(ArgError::Conflict(
-                    "--window belongs to --algo fixed-window or sliding-window",
-                ));
-            }
-            let burst = match (per, add.burst.as_deref()) {
-                (Per::Bytes, Some(burst)) => burst.parse::<Size>().map_err(unit("burst"))?.bytes(),
-                (Per::Bytes, None) => {
-                    // The rate came from a `Rate`, so it converts back.
-                    Rate::from_bits(amount * 8)
-                        .map(default_burst)
-                        .map_err(unit("rate"))?
-                        .bytes()
-                }
-                (Per::Packets, Some(burst)) => {
-                    packets(burst, "burst", "a number of packets (with --pps)")?
-                }
-                (Per::Packets, None) => (amount / 100).max(MIN_DEFAULT_BURST_PACKETS),
-            };
-            NetLimit::token_bucket(per, amount, burst).map_err(ArgError::Rule)?
-        }
-        "fixed-window" | "sliding-window" => {
-            if add.burst.is_some() {
-                return Err(ArgError::Conflict(
-                    "--burst belongs to the token bucket; a window holds the rate times --window",
-                ));
-            }
-            let window = window.unwrap_or(Period::SECOND).nanos();
-            let capacity = (u128::from(amount) * u128::from(window) / 1_000_000_000) as u64;
-            NetLimit::window(algorithm == "sliding-window", per, capacity, window)
-                .map_err(ArgError::Rule)?
-        }
-        _ => {
-            return Err(ArgError::Bad {
-                flag: "algo",
-                value: algorithm,
-                expected: "token-bucket, fixed-window or sliding-window",
-            });
-        }
-    };
-    let sources = match (add.per_source, add.sketch.as_deref()) {
-        (false, None) => Sources::Shared,
-        (false, Some(_)) => return Err(ArgError::Conflict("--sketch needs --per-source")),
-        (true, None) => Sources::Exact,
-        (true, Some(size)) => Sources::Sketch {
-            size: size.parse::<SketchSize>().map_err(net("sketch"))?,
-        },
-    };
-    let spec = NetRuleSpec {
+    let request = NetRuleRequest {
         device: add.dev.clone(),
-        hook,
-        source: source.map_err(net("src"))?,
-        destination: destination.map_err(net("dst"))?,
+        direction,
+        xdp: add.xdp,
+        source: add
+            .src
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(net("src"))?,
+        destination: add
+            .dst
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(net("dst"))?,
         protocol,
         port,
-        limit,
-        sources,
+        rate: add
+            .rate
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(unit("rate"))?,
+        pps: add
+            .pps
+            .as_deref()
+            .map(|pps| packets(pps, "pps", "a packet rate from 1 to 1000000000"))
+            .transpose()?,
+        burst: add.burst.clone(),
+        algorithm,
+        window: add
+            .window
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(unit("window"))?,
+        per_source: add.per_source,
+        sketch: add
+            .sketch
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(net("sketch"))?,
     };
-    // The combination (a pair of prefixes, mixed families) is checked here too, before any
-    // device is looked at.
-    spec.matching(0).map_err(ArgError::Rule)?;
-    Ok(spec)
+    Ok(request.resolve(&OptionNames::FLAGS)?)
 }
 
 /// A count of packets from 1 to `MAX_PPS`.
@@ -281,6 +298,18 @@ fn change(limits: &LowLimits) -> Result<LimitChange, ArgError> {
     })
 }
 
+/// A kind as kubectl takes it: any case, singular or plural.
+fn kind(name: &str) -> Result<Kind, ArgError> {
+    let wanted = name.trim().to_ascii_lowercase();
+    Kind::ALL
+        .into_iter()
+        .find(|kind| {
+            let kind = kind.name().to_ascii_lowercase();
+            wanted == kind || wanted == format!("{kind}s")
+        })
+        .ok_or_else(|| ArgError::BadKind(name.to_owned()))
+}
+
 fn target(low: LowTarget) -> Result<Target, ArgError> {
     match (low.pid, low.cgroup) {
         (Some(pid), _) => match pid.trim().parse::<u32>() {
@@ -296,6 +325,7 @@ fn target(low: LowTarget) -> Result<Target, ArgError> {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+    use rein::capabilities::net_rules::spec::{NetHook, NetLimit, Per};
 
     use super::*;
 
@@ -419,6 +449,30 @@ mod tests {
             let error = net_add(extra).unwrap_err().to_string();
             assert!(error.contains(needle), "{extra:?}: {error}");
         }
+    }
+
+    #[test]
+    fn get_takes_kinds_as_kubectl_does() {
+        for (args, kind) in [
+            (&["rein", "get"][..], None),
+            (&["rein", "get", "cgrouplimits"], Some(Kind::CgroupLimit)),
+            (
+                &["rein", "get", "NetRule", "-o", "yaml"],
+                Some(Kind::NetRule),
+            ),
+        ] {
+            match parse(args).unwrap() {
+                HiCommand::Get { kind: k, .. } => assert_eq!(k, kind, "{args:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let error = parse(&["rein", "get", "pods"]).unwrap_err().to_string();
+        assert!(error.contains("not a kind"), "{error}");
+        let error = parse(&["rein", "get", "-o", "xml"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("json or yaml"), "{error}");
+        assert!(LowArgs::try_parse_from(["rein", "apply"]).is_err());
     }
 
     #[test]

@@ -59,12 +59,72 @@ pub enum LowCommand {
         #[command(subcommand)]
         command: LowNetCommand,
     },
+    /// Print every limit's counters and settings once, in the Prometheus text format.
+    Metrics,
+    /// A live view of every limit: rate against the limit, drops, TCP flows (q quits).
+    Top,
+    /// Make the limits match what YAML files declare: adds and changes their resources, leaves
+    /// other resources and limits set by hand alone.
+    Apply {
+        #[command(flatten)]
+        files: LowFiles,
+    },
+    /// Show what `apply` would change; exits 1 if anything would, 0 if nothing, 2 on error.
+    Diff {
+        #[command(flatten)]
+        files: LowFiles,
+    },
+    /// Remove the resources YAML files declare (limits set by hand stay).
+    Delete {
+        #[command(flatten)]
+        files: LowFiles,
+    },
+    /// List resources: declared ones and limits set by hand, each with its origin.
+    Get {
+        /// CgroupLimit or NetRule (default: every kind).
+        #[arg(value_name = "KIND")]
+        kind: Option<String>,
+        /// json or yaml (default: a table).
+        #[arg(short, long, value_name = "FORMAT")]
+        output: Option<String>,
+    },
+    /// Print the JSON Schema of the resources in YAML files.
+    Schema,
+    /// Stream the datapath's verdicts as they happen: refused packets, TCP pacing and window
+    /// changes. Runs until interrupted.
+    Trace {
+        /// Only the limit of this cgroup (a directory or a path from the v2 root).
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<PathBuf>,
+        /// Only refusals by this net rule.
+        #[arg(long, value_name = "ID", allow_hyphen_values = true)]
+        rule: Option<String>,
+        /// Only refused packets.
+        #[arg(long)]
+        drops_only: bool,
+        /// Print one JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the kernel features rein needs and say how to fix what is missing.
     Doctor {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct LowFiles {
+    /// A YAML file of resources (several documents allowed), or a directory of them (*.yaml and
+    /// *.yml, read in name order); repeat for more.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE|DIR",
+        required = true
+    )]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

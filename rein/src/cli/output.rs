@@ -2,6 +2,7 @@
 use std::fmt::Write as _;
 
 use rein::{
+    Plan,
     capabilities::{
         cgroup_limit::{DirectionView, LimitSpec, Origin, RuleView, SetOutcome},
         net_rules::{
@@ -9,6 +10,7 @@ use rein::{
             spec::{NetLimit, NetRuleSpec, Per, Sources},
         },
     },
+    declarative::{DirectionLimit, Listed, ListedSpec},
     doctor::Check,
     units::{Period, Rate, Size},
 };
@@ -76,10 +78,11 @@ pub fn list(views: &[RuleView]) -> String {
         .map(String::from),
     ];
     for view in views {
-        let origin = match &view.origin {
-            Origin::Run { owner } => format!("run by {owner}"),
-            Origin::Pid { pid, .. } => format!("pid {pid}"),
-            Origin::Cgroup => "cgroup".into(),
+        let origin = match (&view.origin, &view.declared_by) {
+            (_, Some(name)) => format!("declared {name}"),
+            (Origin::Run { owner }, None) => format!("run by {owner}"),
+            (Origin::Pid { pid, .. }, None) => format!("pid {pid}"),
+            (Origin::Cgroup, None) => "cgroup".into(),
         };
         let pids = if view.processes.is_empty() {
             "-".into()
@@ -110,6 +113,67 @@ pub fn list(views: &[RuleView]) -> String {
                 pids.clone(),
             ]);
         }
+    }
+    table(&rows)
+}
+
+/// What an apply or a delete changed, a line each.
+pub fn plan(plan: &Plan) -> String {
+    if plan.is_empty() {
+        "nothing to change\n".into()
+    } else {
+        plan.to_string()
+    }
+}
+
+/// `rein get`'s table: a resource a line, with where it came from.
+pub fn resources(listed: &[Listed]) -> String {
+    if listed.is_empty() {
+        return "no resources\n".into();
+    }
+    let mut rows = vec![["KIND", "NAME", "ORIGIN", "TARGET", "LIMIT"].map(String::from)];
+    let direction = |name: &str, limit: Option<DirectionLimit>| {
+        limit.map(|l| match l.burst {
+            Some(burst) => format!("{name} {} burst {burst}", l.rate),
+            None => format!("{name} {}", l.rate),
+        })
+    };
+    for item in listed {
+        let (target, limit) = match &item.spec {
+            ListedSpec::CgroupLimit(spec) => {
+                let mut target = spec.cgroup.as_str().to_owned();
+                if spec.cgroup.is_glob() {
+                    let _ = write!(target, " ({} cgroups)", item.status.cgroups.len());
+                }
+                let limits: Vec<String> = [
+                    direction("egress", spec.egress),
+                    direction("ingress", spec.ingress),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (target, limits.join(", "))
+            }
+            ListedSpec::NetRule(spec) => {
+                let rule = spec.rule();
+                (
+                    format!("{} {}", rule.device, rule.hook.name()),
+                    format!(
+                        "{}: {}{}",
+                        net_match(rule),
+                        net_limit(&rule.limit),
+                        net_sources(rule.sources)
+                    ),
+                )
+            }
+        };
+        rows.push([
+            item.kind.name().to_owned(),
+            item.metadata.name.clone(),
+            item.status.origin.name().to_owned(),
+            target,
+            limit,
+        ]);
     }
     table(&rows)
 }

@@ -1,6 +1,7 @@
-//! The few rtnetlink requests an ingress queue needs: create and delete an ifb device, and give
-//! it a tbf qdisc. Written out here rather than taken from netlink-packet-route, which has no
-//! encoding of tbf's options or of a size table, and these are four fixed messages.
+//! The few rtnetlink requests an ingress queue needs: create and delete an ifb device, give it a
+//! tbf qdisc, and read that qdisc's statistics. Written out here rather than taken from
+//! netlink-packet-route, which has no encoding of tbf's options or of a size table, and these are
+//! a few fixed messages.
 use std::{io, mem::size_of, os::fd::AsRawFd};
 
 use super::netns;
@@ -8,12 +9,14 @@ use super::netns;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_ECHO: u16 = 0x8;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_NEWQDISC: u16 = 36;
+const RTM_GETQDISC: u16 = 38;
 
 const IFLA_IFNAME: u16 = 3;
 const IFLA_LINKINFO: u16 = 18;
@@ -22,7 +25,11 @@ const IFF_UP: u32 = 1;
 
 const TCA_KIND: u16 = 1;
 const TCA_OPTIONS: u16 = 2;
+const TCA_STATS2: u16 = 7;
 const TCA_STAB: u16 = 8;
+const TCA_STATS_BASIC: u16 = 1;
+const TCA_STATS_QUEUE: u16 = 3;
+const TCA_STATS_PKT64: u16 = 8;
 const TCA_STAB_BASE: u16 = 1;
 const TCA_STAB_DATA: u16 = 2;
 const TCA_TBF_PARMS: u16 = 1;
@@ -31,6 +38,9 @@ const TCA_TBF_BURST: u16 = 6;
 const TC_H_ROOT: u32 = 0xffff_ffff;
 const TC_LINKLAYER_ETHERNET: u8 = 1;
 const NLA_F_NESTED: u16 = 1 << 15;
+const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | (1 << 14));
+const NLMSG_HEADER: usize = 16;
+const TCMSG: usize = 20;
 
 /// A tbf qdisc's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +166,29 @@ fn ifinfomsg(index: i32, flags: u32, change: u32) -> Vec<u8> {
 /// Sends one request on a fresh rtnetlink socket (in the caller's network namespace) and waits
 /// for the kernel's answer.
 fn request(message: Message) -> io::Result<()> {
+    let answer = exchange(message)?;
+    let kind = u16::from_ne_bytes([answer[4], answer[5]]);
+    if kind != NLMSG_ERROR {
+        return Err(io::Error::other(format!(
+            "unexpected netlink answer {kind}"
+        )));
+    }
+    error_of(&answer)
+}
+
+/// The error an NLMSG_ERROR answer carries: 16 bytes of header, then the error number (0 for
+/// success).
+fn error_of(answer: &[u8]) -> io::Result<()> {
+    let error = i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]]);
+    if error == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(-error))
+    }
+}
+
+/// Sends one request and returns the first message of the answer (at least 20 bytes).
+fn exchange(message: Message) -> io::Result<Vec<u8>> {
     let bytes = message.finish();
     // SAFETY: a plain socket(2) call; the fd is owned below.
     let fd = unsafe {
@@ -183,7 +216,8 @@ fn request(message: Message) -> io::Result<()> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut answer = vec![0u8; 8192];
+    // A qdisc's answer carries its size table (8.7 KB for a queue's): room for that and more.
+    let mut answer = vec![0u8; 64 * 1024];
     // SAFETY: writes at most the buffer's length.
     let received = unsafe {
         libc::recv(
@@ -197,23 +231,12 @@ fn request(message: Message) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     let received = received as usize;
-    // The answer to an ACKed request is one NLMSG_ERROR: 16 bytes of header, then the error
-    // number (0 for success).
     if received < 20 {
         return Err(io::Error::other("short netlink answer"));
     }
-    let kind = u16::from_ne_bytes([answer[4], answer[5]]);
-    if kind != NLMSG_ERROR {
-        return Err(io::Error::other(format!(
-            "unexpected netlink answer {kind}"
-        )));
-    }
-    let error = i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]]);
-    if error == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(-error))
-    }
+    let length = u32::from_ne_bytes([answer[0], answer[1], answer[2], answer[3]]) as usize;
+    answer.truncate(length.clamp(20, received));
+    Ok(answer)
 }
 
 /// Creates an ifb device named `name`, up.
@@ -249,12 +272,22 @@ pub fn delete_link(name: &str) -> io::Result<bool> {
 /// Gives the device `ifindex` a root tbf qdisc (replacing none: the device must have no root
 /// qdisc of its own yet, as a new ifb has not).
 pub fn add_tbf(ifindex: u32, tbf: Tbf) -> io::Result<()> {
+    request(tbf_message(ifindex, tbf, NLM_F_CREATE | NLM_F_EXCL))
+}
+
+/// Changes the rate, burst and limit of the root tbf qdisc of `ifindex` in place (`tc qdisc
+/// change`): the packets it holds stay queued (tbf resizes its queue, it does not replace it).
+pub fn change_tbf(ifindex: u32, tbf: Tbf) -> io::Result<()> {
+    request(tbf_message(ifindex, tbf, 0))
+}
+
+fn tbf_message(ifindex: u32, tbf: Tbf, flags: u16) -> Message {
     let mut tcmsg = vec![0u8; 4]; // family, padding
     tcmsg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
     tcmsg.extend_from_slice(&0x0001_0000u32.to_ne_bytes()); // handle 1:
     tcmsg.extend_from_slice(&TC_H_ROOT.to_ne_bytes());
     tcmsg.extend_from_slice(&0u32.to_ne_bytes()); // info
-    let mut message = Message::new(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, &tcmsg);
+    let mut message = Message::new(RTM_NEWQDISC, flags, &tcmsg);
 
     // struct tc_ratespec: cell_log, linklayer, overhead, cell_align, mpu, rate (u32, or
     // TCA_TBF_RATE64 beyond). An Ethernet link layer needs no rate table.
@@ -293,7 +326,101 @@ pub fn add_tbf(ifindex: u32, tbf: Tbf) -> io::Result<()> {
         .attribute(TCA_TBF_RATE64, &tbf.rate_bytes_per_second.to_ne_bytes())
         .attribute(TCA_TBF_BURST, &tbf.burst_bytes.to_ne_bytes())
         .end();
-    request(message)
+    message
+}
+
+/// What a qdisc has sent, holds and dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QdiscStats {
+    pub sent_bytes: u64,
+    pub sent_packets: u64,
+    /// Bytes and packets waiting in the queue now.
+    pub backlog_bytes: u32,
+    pub backlog_packets: u32,
+    pub dropped_packets: u32,
+    /// Times a packet had to wait for tokens.
+    pub overlimits: u32,
+}
+
+/// The statistics of the root qdisc of device `ifindex`; `None` when the device is gone.
+pub fn root_qdisc_stats(ifindex: u32) -> io::Result<Option<QdiscStats>> {
+    let mut tcmsg = vec![0u8; 4]; // family, padding
+    tcmsg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    tcmsg.extend_from_slice(&0u32.to_ne_bytes()); // handle: whichever is the root
+    tcmsg.extend_from_slice(&TC_H_ROOT.to_ne_bytes());
+    tcmsg.extend_from_slice(&0u32.to_ne_bytes());
+    // Older kernels answer a get only to a request that asks for an echo; newer ones ignore it.
+    let answer = exchange(Message::new(RTM_GETQDISC, NLM_F_ECHO, &tcmsg))?;
+    let kind = u16::from_ne_bytes([answer[4], answer[5]]);
+    if kind == NLMSG_ERROR {
+        return match error_of(&answer) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+            Ok(()) => Err(io::Error::other("the kernel sent no qdisc")),
+        };
+    }
+    if kind != RTM_NEWQDISC {
+        return Err(io::Error::other(format!(
+            "unexpected netlink answer {kind}"
+        )));
+    }
+    Ok(Some(parse_qdisc_stats(
+        answer.get(NLMSG_HEADER + TCMSG..).unwrap_or_default(),
+    )))
+}
+
+/// The attributes of a netlink message part, as (type, value).
+fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let length = usize::from(u16::from_ne_bytes([*bytes.first()?, *bytes.get(1)?]));
+        let kind = u16::from_ne_bytes([*bytes.get(2)?, *bytes.get(3)?]) & NLA_TYPE_MASK;
+        let value = bytes.get(4..length)?;
+        bytes = bytes.get(length.next_multiple_of(4)..).unwrap_or_default();
+        Some((kind, value))
+    })
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    bytes
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_ne_bytes)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_ne_bytes)
+}
+
+/// Reads TCA_STATS2 from a qdisc's attributes: struct gnet_stats_basic (bytes u64, packets
+/// u32), struct gnet_stats_queue (qlen, backlog, drops, requeues, overlimits, u32 each), and
+/// the 64-bit packet count where the kernel gives one.
+fn parse_qdisc_stats(attrs: &[u8]) -> QdiscStats {
+    let mut stats = QdiscStats::default();
+    for (kind, value) in attributes(attrs) {
+        if kind != TCA_STATS2 {
+            continue;
+        }
+        for (kind, value) in attributes(value) {
+            match kind {
+                TCA_STATS_BASIC => {
+                    stats.sent_bytes = u64_at(value, 0);
+                    stats.sent_packets = stats.sent_packets.max(u64::from(u32_at(value, 8)));
+                }
+                TCA_STATS_PKT64 => stats.sent_packets = u64_at(value, 0),
+                TCA_STATS_QUEUE => {
+                    stats.backlog_packets = u32_at(value, 0);
+                    stats.backlog_bytes = u32_at(value, 4);
+                    stats.dropped_packets = u32_at(value, 8);
+                    stats.overlimits = u32_at(value, 16);
+                }
+                _ => {}
+            }
+        }
+    }
+    stats
 }
 
 #[cfg(test)]
@@ -341,5 +468,38 @@ mod tests {
             u16::from_ne_bytes([bytes[nest + 2], bytes[nest + 3]]),
             IFLA_LINKINFO | NLA_F_NESTED
         );
+    }
+
+    #[test]
+    fn qdisc_stats_are_read_from_their_nested_attributes() {
+        let mut message = Message::new(RTM_NEWQDISC, 0, &[0u8; TCMSG]);
+        let mut basic = 123_456_789u64.to_ne_bytes().to_vec();
+        basic.extend_from_slice(&42u32.to_ne_bytes());
+        basic.extend_from_slice(&[0u8; 4]);
+        let queue: Vec<u8> = [3u32, 4500, 7, 0, 11]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        message
+            .attribute(TCA_KIND, b"tbf\0")
+            .begin(TCA_STATS2)
+            .attribute(TCA_STATS_BASIC, &basic)
+            .attribute(TCA_STATS_QUEUE, &queue)
+            .end();
+        let bytes = message.finish();
+        let stats = parse_qdisc_stats(&bytes[NLMSG_HEADER + TCMSG..]);
+        assert_eq!(
+            stats,
+            QdiscStats {
+                sent_bytes: 123_456_789,
+                sent_packets: 42,
+                backlog_bytes: 4500,
+                backlog_packets: 3,
+                dropped_packets: 7,
+                overlimits: 11,
+            }
+        );
+        // Truncated input yields what could be read, never a panic.
+        let _ = parse_qdisc_stats(&bytes[NLMSG_HEADER + TCMSG..bytes.len() - 3]);
     }
 }

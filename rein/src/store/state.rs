@@ -100,6 +100,20 @@ mod tests {
     use super::*;
     use crate::capabilities::cgroup_limit::{LimitSpec, Origin, RuleRecord};
 
+    /// A file written before declarative limits (no `declared_by` anywhere) loads, its
+    /// limits set by hand.
+    #[test]
+    fn a_state_from_before_declarative_limits_loads() {
+        let json = r#"{"version":2,"rules":[{"cgroup":"/app","cgroup_id":7,
+            "egress":{"rate":10000000,"burst":null},"ingress":null,"origin":{"kind":"cgroup"}}],
+            "net":[{"id":1,"device":"eth0","hook":"tc-ingress","limit":{"algorithm":
+            "token-bucket","per":"bytes","rate":1250000,"burst":65536},"sources":{"kind":
+            "shared"},"ifindex":2,"netns":4026531840,"link_id":9}],"next_net_id":2}"#;
+        let state: State = serde_json::from_str(json).unwrap();
+        assert_eq!(state.cgroup_limits.rules[0].declared_by, None);
+        assert_eq!(state.net_rules.net[0].declared_by, None);
+    }
+
     #[test]
     fn state_round_trips_and_rejects_garbage() {
         let dir = std::env::temp_dir().join(format!("rein-state-test-{}", std::process::id()));
@@ -118,10 +132,16 @@ mod tests {
                 pid: 1,
                 home: "/".into(),
             },
+            declared_by: None,
         });
         state.save(&path).unwrap();
         let loaded = State::load(&path).unwrap();
         assert_eq!(loaded.cgroup_limits.rules, state.cgroup_limits.rules);
+
+        // A limit set by hand is written as before declarative limits: a file an older rein
+        // reads as its own.
+        let json = fs::read_to_string(&path).unwrap();
+        assert!(!json.contains("declared_by"), "{json}");
 
         fs::write(&path, "{not json").unwrap();
         let error = State::load(&path).unwrap_err().to_string();

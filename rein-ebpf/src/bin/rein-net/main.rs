@@ -1,5 +1,6 @@
 //! rein's address-aware limits on interfaces (`rein net`): tc programs for ingress and egress
-//! and an XDP program for ingress (`rules`), whose per-source sketch mode is `sketch`.
+//! and an XDP program for ingress (`rules`), whose per-source sketch mode is `sketch`; the
+//! events `rein trace` reads while one runs (`trace`).
 //!
 //! A separate object from the cgroup programs, so hosts that only limit cgroups never create
 //! these maps.
@@ -10,6 +11,7 @@
 
 mod rules;
 mod sketch;
+mod trace;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -33,7 +33,7 @@ use rein_ebpf::{
     take,
 };
 
-use crate::sketch::charge_sketch;
+use crate::{sketch::charge_sketch, trace};
 
 // Rules and prefixes a host may hold (userspace sizes the tables at most this large): flat
 // lookups keep the cost independent of the count.
@@ -184,6 +184,9 @@ fn admit(packet: &Packet, ifindex: u32, hook: u8, amount: Amount) -> bool {
     };
     if let Some(counters) = counters(found.rule) {
         count(counters, passed, amount);
+    }
+    if !passed {
+        trace::refusal(packet, found.rule, hook, amount.bytes, now);
     }
     passed
 }

@@ -26,6 +26,7 @@ use aya_ebpf::{
 };
 use rein_common::{
     Direction, EpochCount, FlowState, IngressFlowState,
+    abi::trace::{EVENT_PACING, EVENT_WINDOW},
     share::{
         EPOCH_NS, FLOW_FINISHED, FLOW_REGISTERED_BEFORE, PURE_ACK_MAX_BYTES, UNCLAMPED,
         UNCLAMPED_WINDOW, cwnd_clamp, epoch_of, notsent_lowat, other_units, pacing_rate,
@@ -34,7 +35,7 @@ use rein_common::{
 };
 use rein_ebpf::{atomic::Word, parse::skb};
 
-use crate::limit::RuleRef;
+use crate::{limit::RuleRef, trace};
 
 /// Per-socket flow state: written by the egress program, applied by the sock_ops program.
 #[btf_map]
@@ -425,7 +426,8 @@ fn apply_window(ctx: &SockOpsContext) {
         // A copy, and writes through the pointer: the cgroup and tc programs may use the
         // storage at once on other CPUs, so no reference to it is made.
         let flow = ptr::read(state);
-        let share = flow.share_at(epoch_of(bpf_ktime_get_ns()));
+        let now = bpf_ktime_get_ns();
+        let share = flow.share_at(epoch_of(now));
         if share == 0 && (flow.applied == 0 || flow.applied == UNCLAMPED_WINDOW) {
             return;
         }
@@ -434,6 +436,16 @@ fn apply_window(ctx: &SockOpsContext) {
         let mut window = receive_window(share, (*ctx.ops).mss_cache);
         if set_option(ctx, SOL_TCP, TCP_WINDOW_CLAMP, &mut window) {
             (*state).applied = window;
+            // Traced when it changes, not on every segment.
+            if window != flow.applied {
+                trace::flow_change(
+                    ctx.ops,
+                    EVENT_WINDOW as u32,
+                    Direction::Ingress as u32,
+                    window as u64,
+                    now,
+                );
+            }
         }
     }
 }
@@ -458,7 +470,8 @@ fn apply_pacing(ctx: &SockOpsContext) {
         }
         // A copy, and writes through the pointer, as in `apply_window`.
         let flow = ptr::read(state);
-        let share = flow.share_at(epoch_of(bpf_ktime_get_ns()));
+        let now = bpf_ktime_get_ns();
+        let share = flow.share_at(epoch_of(now));
         let mss = (*ctx.ops).mss_cache;
         // Nothing to lift on a socket that was never capped.
         let pacing = pacing_rate(share, mss, ctx.family() == AF_INET6);
@@ -466,6 +479,13 @@ fn apply_pacing(ctx: &SockOpsContext) {
             let mut value = pacing;
             if set_option(ctx, SOL_SOCKET, SO_MAX_PACING_RATE, &mut value) {
                 (*state).applied = pacing;
+                trace::flow_change(
+                    ctx.ops,
+                    EVENT_PACING as u32,
+                    Direction::Egress as u32,
+                    pacing as u64,
+                    now,
+                );
                 // Paced, the flow's backlog waits in its socket: keep it short (see
                 // `notsent_lowat`). 0 restores the system's default.
                 let mut lowat = notsent_lowat(share);

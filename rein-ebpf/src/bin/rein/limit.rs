@@ -25,7 +25,7 @@ use rein_ebpf::{
     take,
 };
 
-use crate::flows;
+use crate::{flows, trace};
 
 #[map(name = "REIN_RULES")]
 static REIN_RULES: HashMap<RuleKey, Rule> = HashMap::with_max_entries(2 * MAX_RULES, 0);
@@ -40,7 +40,7 @@ static REIN_RULE_COUNTS: Array<u32> = Array::with_max_entries(2, 0);
 
 /// Which of each socket's cgroup levels have rules (`rule_levels`).
 #[btf_map]
-static REIN_RULE_LEVELS: SkStorage<SocketRuleLevels> = SkStorage::new();
+pub(crate) static REIN_RULE_LEVELS: SkStorage<SocketRuleLevels> = SkStorage::new();
 
 /// The rules' generation: userspace bumps it after every change to `REIN_RULES`.
 #[map(name = "REIN_GENERATION")]
@@ -180,6 +180,7 @@ fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
     if let Some(counters) = counters(refused, direction) {
         counters.add(false, 1, bytes);
     }
+    trace::refusal(skb, refused, direction as u32, bytes, now);
     DROP
 }
 

@@ -4,7 +4,8 @@
 //! - `flows`: the TCP flows under a limit, which the sock_ops program paces at their share
 //!   (see `rein_common::share`), or, for a download, whose receive window it keeps there;
 //! - `queue`: a tc program on the devices that sends limited downloads through their rule's
-//!   queue.
+//!   queue;
+//! - `trace`: the events `rein trace` reads, while one runs.
 #![no_std]
 // Every unsafe block says why it is sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -13,6 +14,7 @@
 mod flows;
 mod limit;
 mod queue;
+mod trace;
 
 #[cfg(not(test))]
 #[panic_handler]

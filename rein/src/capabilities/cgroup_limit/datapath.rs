@@ -19,6 +19,7 @@ use rein_common::{
     COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, FLOWS_MAP, GENERATION_MAP,
     INGRESS_FLOWS_MAP, INGRESS_PROGRAM, LEVELS_SCRATCH_MAP, MAX_RULES, QUEUES_MAP, RULE_COUNTS_MAP,
     RULE_LEVELS_MAP, RULES_MAP, Rule, RuleKey, SOCK_OPS_PROGRAM,
+    abi::trace::{TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_MAP},
 };
 
 use crate::{
@@ -35,7 +36,7 @@ pub const DIRECTIONS: [Direction; 2] = [Direction::Egress, Direction::Ingress];
 
 /// Every map of the cgroup object, pinned by these names (the ingress queue's program shares
 /// the object and its flow storage).
-const MAPS: [&str; 9] = [
+const MAPS: [&str; 12] = [
     RULES_MAP,
     COUNTERS_MAP,
     FLOWS_MAP,
@@ -45,6 +46,9 @@ const MAPS: [&str; 9] = [
     RULE_LEVELS_MAP,
     GENERATION_MAP,
     LEVELS_SCRATCH_MAP,
+    TRACE_MAP,
+    TRACE_EVENTS_MAP,
+    TRACE_BUDGET_MAP,
 ];
 
 /// Loads the cgroup object with its maps bound to the instance's pins (created if missing).
@@ -147,8 +151,16 @@ impl Datapath {
             .all(|hook| instance.link_pin(hook.link_name()).exists())
     }
 
-    /// Opens the pinned maps of an installed datapath.
+    /// Opens the pinned maps of an installed datapath, putting right the rule counts.
     pub fn open(instance: &Instance) -> Result<Self> {
+        let mut datapath = Self::open_to_read(instance)?;
+        datapath.sync_rule_counts()?;
+        Ok(datapath)
+    }
+
+    /// Opens the pinned maps to read them only: without the instance's lock, rewriting the
+    /// rule counts could put back a count a command has just changed.
+    pub fn open_to_read(instance: &Instance) -> Result<Self> {
         let open = |name: &str| bpf::open_pinned_map(instance, name);
         let rules = HashMap::try_from(open(RULES_MAP)?).map_err(|e| bpf_error("rule map")(&e))?;
         let counters = PerCpuHashMap::try_from(open(COUNTERS_MAP)?)
@@ -157,14 +169,12 @@ impl Datapath {
             Array::try_from(open(RULE_COUNTS_MAP)?).map_err(|e| bpf_error("rule count map")(&e))?;
         let generation =
             Array::try_from(open(GENERATION_MAP)?).map_err(|e| bpf_error("generation map")(&e))?;
-        let mut datapath = Self {
+        Ok(Self {
             rules,
             counters,
             rule_counts,
             generation,
-        };
-        datapath.sync_rule_counts()?;
-        Ok(datapath)
+        })
     }
 
     /// Loads the programs, attaches them at `root` and pins links and maps. On failure nothing

@@ -15,7 +15,7 @@ use serde::Serialize;
 pub mod datapath;
 mod spec;
 
-pub use spec::{LimitChange, LimitSpec, Origin, RuleRecord, Section, Target};
+pub use spec::{DeclaredBy, LimitChange, LimitSpec, Origin, RuleRecord, Section, Target};
 
 use self::datapath::{DIRECTIONS, Datapath};
 use super::{Capability, Context, PreparedReload};
@@ -48,6 +48,9 @@ pub struct RuleView {
     pub cgroup: String,
     pub cgroup_id: u64,
     pub origin: Origin,
+    /// The declarative resource the limit belongs to (`rein apply`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declared_by: Option<String>,
     pub processes: Vec<u32>,
     pub egress: Option<DirectionView>,
     pub ingress: Option<DirectionView>,
@@ -241,11 +244,13 @@ pub fn finish_run(engine: &mut Engine, run: &RunCgroup) -> Result<()> {
 }
 
 /// Every limited cgroup with its processes, limits and counters.
+/// Only reads: it may run without the instance's lock (see `Status::read`).
 pub fn status(cx: &Context, state: &State) -> Result<Vec<RuleView>> {
-    let datapath = if Datapath::is_installed(&cx.instance) {
-        Some(Datapath::open(&cx.instance)?)
-    } else {
-        None
+    let datapath = match Datapath::open_to_read(&cx.instance) {
+        Ok(datapath) => Some(datapath),
+        // Not installed, or uninstalled by a command while this reads.
+        Err(_) if !Datapath::is_installed(&cx.instance) => None,
+        Err(error) => return Err(error),
     };
     let now = cx.now_ns();
     let view_of = |record: &RuleRecord, direction: Direction| {
@@ -286,6 +291,7 @@ pub fn status(cx: &Context, state: &State) -> Result<Vec<RuleView>> {
                 cgroup: record.cgroup.clone(),
                 cgroup_id: record.cgroup_id,
                 origin: record.origin.clone(),
+                declared_by: record.declared_by.as_ref().map(|by| by.name.clone()),
                 processes,
                 egress: view_of(record, Direction::Egress),
                 ingress: view_of(record, Direction::Ingress),

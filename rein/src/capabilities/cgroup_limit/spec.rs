@@ -47,6 +47,18 @@ pub struct RuleRecord {
     pub egress: Option<LimitSpec>,
     pub ingress: Option<LimitSpec>,
     pub origin: Origin,
+    /// The declarative resource the limit belongs to (`rein apply`); none for a limit set by
+    /// hand. Absent from files written before declarative limits; older rein ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_by: Option<DeclaredBy>,
+}
+
+/// The `CgroupLimit` resource a limit was declared by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclaredBy {
+    pub name: String,
+    /// The resource's cgroup path or glob, as written.
+    pub cgroup: String,
 }
 
 impl RuleRecord {
@@ -94,6 +106,9 @@ impl RuleRecord {
             egress,
             ingress,
             origin,
+            // A change by hand of a declared limit keeps it declared: the next apply of its
+            // file decides.
+            declared_by: existing.and_then(|r| r.declared_by.clone()),
         })
     }
 }

@@ -130,6 +130,18 @@ fn try_set(instance: &Instance, cgroup_id: u64, rule: &Rule) -> Result<()> {
     attach(instance)
 }
 
+/// Changes the rate and burst of the queue of `cgroup_id` in this network namespace, keeping
+/// the device and what waits in it.
+pub fn change(instance: &Instance, cgroup_id: u64, rule: &Rule) -> Result<()> {
+    let name = device_name(instance, cgroup_id);
+    let ifindex = netns::device(&name)
+        .context(|| format!("cannot find {name}"))?
+        .ok_or_else(|| Error::NoSuchDevice(name.clone()))?
+        .ifindex;
+    netlink::change_tbf(ifindex, tbf_for(rule))
+        .context(|| format!("cannot change the tbf qdisc of the queue device {name}"))
+}
+
 /// Whether the queue of `cgroup_id` is in place in this network namespace: its device there,
 /// and the map sending the rule's downloads to it.
 pub fn is_set(instance: &Instance, cgroup_id: u64) -> bool {

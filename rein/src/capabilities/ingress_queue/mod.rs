@@ -7,6 +7,7 @@
 use std::fmt;
 
 use rein_common::{Direction, Rule};
+use serde::Serialize;
 
 pub mod datapath;
 
@@ -27,7 +28,50 @@ fn ingress_rule(record: &RuleRecord) -> Option<Rule> {
         .map(|spec| spec.effective().rule(0))
 }
 
-/// Makes (or re-makes, at a new rate) the queue of a cgroup's ingress rule.
+/// The download queue of a cgroup's ingress limit, as its qdisc counts.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueueView {
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub device: String,
+    /// Bytes and packets waiting now.
+    pub backlog_bytes: u64,
+    pub backlog_packets: u64,
+    /// Packets the queue dropped because it was full.
+    pub dropped_packets: u64,
+}
+
+/// The queues of the ingress limits that are in this network namespace (a queue lives where
+/// the `rein` that set its limit ran; the others cannot be read from here).
+pub fn status(cx: &Context, state: &State) -> Vec<QueueView> {
+    state
+        .cgroup_limits
+        .rules
+        .iter()
+        .filter(|record| record.ingress.is_some())
+        .filter_map(|record| {
+            let device = device_name(&cx.instance, record.cgroup_id);
+            let ifindex = netns::device(&device).ok()??.ifindex;
+            let stats = match netlink::root_qdisc_stats(ifindex) {
+                Ok(stats) => stats?,
+                Err(error) => {
+                    tracing::debug!("cannot read the queue {device}: {error}");
+                    return None;
+                }
+            };
+            Some(QueueView {
+                cgroup: record.cgroup.clone(),
+                cgroup_id: record.cgroup_id,
+                device,
+                backlog_bytes: u64::from(stats.backlog_bytes),
+                backlog_packets: u64::from(stats.backlog_packets),
+                dropped_packets: u64::from(stats.dropped_packets),
+            })
+        })
+        .collect()
+}
+
+/// Makes the queue of a cgroup's ingress rule, or changes its rate in place.
 struct SetQueue {
     cgroup: String,
     cgroup_id: u64,
@@ -38,9 +82,14 @@ struct SetQueue {
 impl fmt::Display for SetQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tbf = tbf_for(&self.rule);
+        let (verb, preposition) = if self.previous.is_some() {
+            ("change the download queue of", "to")
+        } else {
+            ("queue the downloads of", "at")
+        };
         write!(
             f,
-            "queue the downloads of cgroup {} at {} bytes/s, burst {} bytes",
+            "{verb} cgroup {} {preposition} {} bytes/s, burst {} bytes",
             self.cgroup, tbf.rate_bytes_per_second, tbf.burst_bytes
         )
     }
@@ -48,7 +97,12 @@ impl fmt::Display for SetQueue {
 
 impl Step for SetQueue {
     fn apply(&self, cx: &Context, _state: &mut State, undo: &mut Undo) -> Result<()> {
-        datapath::set(&cx.instance, self.cgroup_id, &self.rule)?;
+        // A queue re-made would drop what waits in it: one in place only changes its rate.
+        if self.previous.is_some() && datapath::is_set(&cx.instance, self.cgroup_id) {
+            datapath::change(&cx.instance, self.cgroup_id, &self.rule)?;
+        } else {
+            datapath::set(&cx.instance, self.cgroup_id, &self.rule)?;
+        }
         let (instance, cgroup_id, previous) = (cx.instance.clone(), self.cgroup_id, self.previous);
         undo.push(move || restore_queue(&instance, cgroup_id, previous));
         Ok(())
@@ -80,6 +134,9 @@ impl Step for RemoveQueue {
 
 fn restore_queue(instance: &Instance, cgroup_id: u64, previous: Option<Rule>) {
     match previous {
+        Some(rule) if datapath::is_set(instance, cgroup_id) => {
+            let _ = datapath::change(instance, cgroup_id, &rule);
+        }
         Some(rule) => {
             let _ = datapath::set(instance, cgroup_id, &rule);
         }

@@ -13,6 +13,7 @@ use aya::{
 };
 use rein_common::{
     Counters,
+    abi::trace::{NET_TRACE_BUDGET_MAP, NET_TRACE_EVENTS_MAP, NET_TRACE_MAP},
     net::{
         FLAG_PER_SOURCE, MAX_SKETCH_CELLS, MAX_TRACKED_SOURCES, NET_COUNTERS_MAP,
         NET_DESTINATIONS_MAP, NET_HEAVY_MAP, NET_PAIRS_MAP, NET_PER_SOURCE_MAP, NET_RULES_MAP,
@@ -31,7 +32,7 @@ use crate::{
 };
 
 /// Every map of the object, pinned by these names.
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 12] = [
     NET_RULES_MAP,
     NET_COUNTERS_MAP,
     NET_SOURCES_MAP,
@@ -41,6 +42,9 @@ pub const MAPS: [&str; 9] = [
     NET_SKETCH_MAP,
     NET_HEAVY_MAP,
     NET_SHAPES_MAP,
+    NET_TRACE_MAP,
+    NET_TRACE_EVENTS_MAP,
+    NET_TRACE_BUDGET_MAP,
 ];
 
 /// The maps that hold an entry per rule; the others are allocated whole and shared by all rules.

@@ -13,6 +13,7 @@ use rein_common::{
 use serde::{Deserialize, Serialize};
 
 pub mod datapath;
+pub mod request;
 pub mod spec;
 
 use self::{
@@ -46,6 +47,11 @@ pub struct NetRuleRecord {
     /// Sketch rules: the first of their cells in the sketch map.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sketch_offset: Option<u32>,
+    /// The name of the declarative `NetRule` the rule belongs to (`rein apply`); none for a
+    /// rule added by hand. Absent from files written before declarative limits; older rein
+    /// ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_by: Option<String>,
 }
 
 /// The `rein net` section of the state file.
@@ -81,6 +87,7 @@ impl Section {
 pub struct WantedNetRule {
     pub id: Option<u32>,
     pub spec: NetRuleSpec,
+    pub declared_by: Option<String>,
 }
 
 /// One `rein net` rule as `list` shows it.
@@ -116,7 +123,11 @@ pub struct SourceView {
 pub fn add(engine: &mut Engine, spec: NetRuleSpec) -> Result<NetRuleRecord> {
     let mut tx = engine.begin()?;
     let mut desired = tx.desired();
-    desired.net_rules.push(WantedNetRule { id: None, spec });
+    desired.net_rules.push(WantedNetRule {
+        id: None,
+        spec,
+        declared_by: None,
+    });
     let plan = tx.plan(&desired)?;
     let id = tx.state().net_rules.next_id();
     tx.apply(&plan)?;
@@ -143,12 +154,14 @@ pub fn delete(engine: &mut Engine, id: u32) -> Result<NetRuleRecord> {
 }
 
 /// Every `rein net` rule with its counters and, for per-source rules, its top sources.
+/// Only reads: it may run without the instance's lock (see `Status::read`).
 pub fn status(cx: &Context, state: &State) -> Result<Vec<NetRuleView>> {
     let rules = &state.net_rules.net;
-    let datapath = if NetDatapath::is_installed(&cx.instance) {
-        Some(NetDatapath::open(&cx.instance)?)
-    } else {
-        None
+    let datapath = match NetDatapath::open(&cx.instance) {
+        Ok(datapath) => Some(datapath),
+        // Not installed, or uninstalled by a command while this reads.
+        Err(_) if !NetDatapath::is_installed(&cx.instance) => None,
+        Err(error) => return Err(error),
     };
     let per_source = |sketch: bool| {
         let wanted = rules.iter().any(|r| match r.spec.sources {
@@ -190,6 +203,7 @@ pub fn status(cx: &Context, state: &State) -> Result<Vec<NetRuleView>> {
 struct AddRule {
     id: u32,
     spec: NetRuleSpec,
+    declared_by: Option<String>,
 }
 
 impl fmt::Display for AddRule {
@@ -241,6 +255,7 @@ impl Step for AddRule {
             netns,
             link_id: 0,
             sketch_offset,
+            declared_by: self.declared_by.clone(),
         };
 
         if !NetDatapath::is_installed(&cx.instance) {
@@ -428,7 +443,9 @@ impl Capability for NetRules {
         for wanted in &desired.net_rules {
             if let Some(id) = wanted.id {
                 let record = by_id.get(&id).ok_or(Error::NoSuchNetRule(id))?;
-                wanted_by_id.insert(id, (record.spec != wanted.spec).then_some(&wanted.spec));
+                let changed =
+                    record.spec != wanted.spec || record.declared_by != wanted.declared_by;
+                wanted_by_id.insert(id, changed.then_some(wanted));
             }
         }
         for record in &held.net {
@@ -441,10 +458,11 @@ impl Capability for NetRules {
             }
         }
         for record in &held.net {
-            if let Some(Some(spec)) = wanted_by_id.get(&record.id) {
+            if let Some(Some(wanted)) = wanted_by_id.get(&record.id) {
                 plan.push(AddRule {
                     id: record.id,
-                    spec: (*spec).clone(),
+                    spec: wanted.spec.clone(),
+                    declared_by: wanted.declared_by.clone(),
                 });
             }
         }
@@ -453,6 +471,7 @@ impl Capability for NetRules {
             plan.push(AddRule {
                 id,
                 spec: wanted.spec.clone(),
+                declared_by: wanted.declared_by.clone(),
             });
         }
         Ok(())

@@ -1,0 +1,111 @@
+//! Tracing verdicts (`rein trace`): a ring buffer of events each object's programs write while a
+//! trace runs, the one-entry control a trace keeps alive, and the per-CPU budget that caps the
+//! events and counts what it skipped. Each object (cgroup programs, interface programs) has its
+//! own three maps, pinned with its others, so a trace attaches to whichever datapath runs.
+
+/// Name of the cgroup object's one-entry [`TraceControl`] array.
+pub const TRACE_MAP: &str = "REIN_TRACE";
+/// Name of the cgroup object's ring buffer of [`TraceEvent`]s.
+pub const TRACE_EVENTS_MAP: &str = "REIN_TRACE_EVENTS";
+/// Name of the cgroup object's per-CPU [`TraceBudget`] array.
+pub const TRACE_BUDGET_MAP: &str = "REIN_TRACE_BUDGET";
+/// The same three maps of the interface object.
+pub const NET_TRACE_MAP: &str = "REIN_NET_TRACE";
+pub const NET_TRACE_EVENTS_MAP: &str = "REIN_NET_TRACE_EVENTS";
+pub const NET_TRACE_BUDGET_MAP: &str = "REIN_NET_TRACE_BUDGET";
+
+/// Bytes of each ring buffer (a power of two of pages): about 3,000 events.
+pub const TRACE_RING_BYTES: u32 = 256 * 1024;
+
+/// Events each CPU may emit per second while a trace runs; past that they are counted as
+/// skipped. Bounds what a trace adds to the datapath under a flood.
+pub const TRACE_EVENTS_PER_SECOND: u32 = 10_000;
+
+/// How long a trace's lease lasts: `rein trace` renews it every second, so a trace killed
+/// without a chance to clear it stops costing anything this long after.
+pub const TRACE_LEASE_NS: u64 = 3_000_000_000;
+
+/// The control entry: programs emit events only while `until_ns` (CLOCK_MONOTONIC, as
+/// `bpf_ktime_get_ns`) is in the future. 0 when no trace runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceControl {
+    pub until_ns: u64,
+    /// The events each CPU may emit per second.
+    pub events_per_second: u32,
+    /// The process of the trace that last renewed the lease (for its exit to clear only its
+    /// own).
+    pub pid: u32,
+}
+const _: () = assert!(core::mem::size_of::<TraceControl>() == 16);
+
+/// One CPU's budget: the events emitted in the second that began at `second_ns`, and every
+/// event skipped (over the budget, or the ring buffer full). Updated without atomics: only
+/// programs on its own CPU write it, and a count lost to an interrupting program is a count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceBudget {
+    pub second_ns: u64,
+    pub emitted: u64,
+    pub skipped: u64,
+}
+const _: () = assert!(core::mem::size_of::<TraceBudget>() == 24);
+
+/// `TraceEvent::kind`: a cgroup limit refused a packet (`cgroup_id` is the limit's cgroup).
+pub const EVENT_CGROUP_REFUSED: u8 = 1;
+/// A net rule refused a packet (`rule` is its id).
+pub const EVENT_NET_REFUSED: u8 = 2;
+/// The sock_ops program set a flow's pacing rate (`value`, bytes/s; 0 lifts it).
+pub const EVENT_PACING: u8 = 3;
+/// The sock_ops program changed a flow's receive window clamp (`value`, bytes).
+pub const EVENT_WINDOW: u8 = 4;
+
+/// `TraceEvent::hook`: a `Direction` (0 egress, 1 ingress), or this for XDP (ingress).
+pub const TRACE_HOOK_XDP: u8 = 2;
+
+/// `TraceEvent::family`.
+pub const TRACE_FAMILY_IPV4: u8 = 4;
+pub const TRACE_FAMILY_IPV6: u8 = 6;
+
+/// One event. Addresses are in network order (an IPv4 address in the first 4 bytes), ports in
+/// host order; 0 where unknown (no socket, not TCP or UDP, a later fragment).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    pub time_ns: u64,
+    /// The limit's cgroup (refusals by a cgroup limit), or the deepest limit over the flow's
+    /// socket (pacing, window); 0 when not known.
+    pub cgroup_id: u64,
+    /// Refusals: the packet's IP bytes; pacing and window: the value set.
+    pub value: u64,
+    /// The net rule that refused; 0 for other events.
+    pub rule: u32,
+    pub kind: u8,
+    pub hook: u8,
+    pub family: u8,
+    pub protocol: u8,
+    pub source: [u8; 16],
+    pub destination: [u8; 16],
+    pub source_port: u16,
+    pub destination_port: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 72);
+
+impl TraceEvent {
+    pub const EMPTY: Self = Self {
+        time_ns: 0,
+        cgroup_id: 0,
+        value: 0,
+        rule: 0,
+        kind: 0,
+        hook: 0,
+        family: 0,
+        protocol: 0,
+        source: [0; 16],
+        destination: [0; 16],
+        source_port: 0,
+        destination_port: 0,
+        _pad: 0,
+    };
+}

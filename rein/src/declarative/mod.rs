@@ -1,0 +1,403 @@
+//! Declarative limits: resources in YAML files ([`resource`]), read all-or-nothing ([`load`]),
+//! and applied through the engine like any command, as one plan under one undo list.
+//!
+//! What a file declares belongs to the declarative owner: each record it makes carries the
+//! resource's name (`declared_by`). Limits set by hand (`rein set`, `rein run`, `rein net
+//! add`) carry none, and [`apply`] and [`delete`] never touch them.
+//!
+//! For the agent: [`load`] with [`LoadOptions::require_root_owned`], then [`apply`] with
+//! [`Mode::Exact`] on every change of the files and whenever cgroups come and go; a
+//! `CgroupLimit` glob is expanded anew on each apply ([`expand`]).
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+pub mod load;
+pub mod resource;
+
+pub use load::{Declared, LoadOptions, Resources, SourceLocation, load};
+pub use resource::{
+    API_VERSION, ApiVersion, CgroupLimitSpec, CgroupPattern, DirectionLimit, Kind, Manifest,
+    NetRuleResourceSpec, Resource, ResourceName, json_schema,
+};
+
+use crate::{
+    capabilities::{
+        Context,
+        cgroup_limit::{DeclaredBy, LimitSpec, Origin, RuleRecord},
+        net_rules::WantedNetRule,
+    },
+    engine::{Desired, Engine, Plan},
+    error::{Error, Result},
+    platform::{cgroupfs::Cgroup, netns},
+};
+
+/// How the files relate to what was declared before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `rein apply`: the files' resources are added or changed; other declared resources
+    /// stay.
+    Merge,
+    /// The agent's: the files are the whole of what is declared; declared resources no longer
+    /// in them are removed.
+    Exact,
+}
+
+/// Makes the instance hold what `resources` declare, all-or-nothing; returns what changed.
+pub fn apply(engine: &mut Engine, resources: &Resources, mode: Mode) -> Result<Plan> {
+    let mut tx = engine.begin()?;
+    let desired = declare(tx.context(), tx.desired(), resources, mode)?;
+    let plan = tx.plan(&desired)?;
+    tx.apply(&plan)?;
+    tx.commit()?;
+    Ok(plan)
+}
+
+/// What [`apply`] would change; nothing changes.
+pub fn plan(engine: &Engine, resources: &Resources, mode: Mode) -> Result<Plan> {
+    let desired = declare(engine.context(), engine.desired()?, resources, mode)?;
+    engine.plan(&desired)
+}
+
+/// Removes what `resources` declared (by kind and name), all-or-nothing; returns what changed.
+/// Limits set by hand stay, whatever the files say.
+pub fn delete(engine: &mut Engine, resources: &Resources) -> Result<Plan> {
+    let mut tx = engine.begin()?;
+    let desired = undeclare(tx.desired(), resources);
+    let plan = tx.plan(&desired)?;
+    tx.apply(&plan)?;
+    tx.commit()?;
+    Ok(plan)
+}
+
+/// What [`delete`] would change; nothing changes.
+pub fn plan_delete(engine: &Engine, resources: &Resources) -> Result<Plan> {
+    engine.plan(&undeclare(engine.desired()?, resources))
+}
+
+/// The cgroups `pattern` names now: the one at its path (which must exist), or every existing
+/// cgroup its glob matches, except the instance's own (`rein run` and `set --pid` cgroups).
+pub fn expand(cx: &Context, pattern: &CgroupPattern) -> Result<Vec<Cgroup>> {
+    if !pattern.is_glob() {
+        let cgroup = cx.cgroups.at(pattern.as_str())?;
+        if !cgroup.path().is_dir() {
+            return Err(Error::NoSuchCgroup(pattern.as_str().to_owned()));
+        }
+        cgroup.check_depth()?;
+        return Ok(vec![cgroup]);
+    }
+    let mount = cx.cgroups.mount().to_string_lossy().into_owned();
+    let full = format!("{}{}", glob::Pattern::escape(&mount), pattern.as_str());
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    let paths = glob::glob_with(&full, options).map_err(|error| Error::BadCgroupGlob {
+        pattern: pattern.as_str().to_owned(),
+        reason: error.to_string(),
+    })?;
+    let own = format!("/{}", cx.instance.cgroup_subtree());
+    let mut cgroups = Vec::new();
+    // A directory that vanished while the glob read it is a cgroup that went: skipped.
+    for path in paths.flatten().filter(|path| path.is_dir()) {
+        let Ok(relative) = path.strip_prefix(cx.cgroups.mount()) else {
+            continue;
+        };
+        let cgroup = cx.cgroups.at(&relative.to_string_lossy())?;
+        let relative = cgroup.relative();
+        if relative == own || relative.starts_with(&format!("{own}/")) || cgroup.is_root() {
+            continue;
+        }
+        cgroup.check_depth()?;
+        cgroups.push(cgroup);
+    }
+    Ok(cgroups)
+}
+
+/// `desired` with `resources` declared.
+fn declare(
+    cx: &Context,
+    mut desired: Desired,
+    resources: &Resources,
+    mode: Mode,
+) -> Result<Desired> {
+    let named = |kind: Kind| -> HashSet<&str> {
+        resources
+            .items
+            .iter()
+            .filter(|d| d.resource.kind() == kind)
+            .map(|d| d.resource.name().as_str())
+            .collect()
+    };
+    let (limits_named, rules_named) = (named(Kind::CgroupLimit), named(Kind::NetRule));
+    // What the files declare is made anew below; what else was declared stays in a merge.
+    let keeps = |declared_by: Option<&str>, named: &HashSet<&str>| match declared_by {
+        None => true,
+        Some(name) => mode == Mode::Merge && !named.contains(name),
+    };
+    desired.cgroup_limits.retain(|r| {
+        keeps(
+            r.declared_by.as_ref().map(|d| d.name.as_str()),
+            &limits_named,
+        )
+    });
+    // A rule declared again keeps its id, so an unchanged rule is left as it is.
+    let held_rules: HashMap<String, WantedNetRule> = desired
+        .net_rules
+        .iter()
+        .filter_map(|w| Some((w.declared_by.clone()?, w.clone())))
+        .collect();
+    desired
+        .net_rules
+        .retain(|w| keeps(w.declared_by.as_deref(), &rules_named));
+
+    let mut claimed: HashMap<u64, &str> = HashMap::new();
+    for declared in &resources.items {
+        let in_resource = |source: Error| Error::InResource {
+            at: declared.location.to_string(),
+            kind: declared.resource.kind().name(),
+            name: declared.resource.name().to_string(),
+            source: Box::new(source),
+        };
+        match &declared.resource {
+            Resource::CgroupLimit(manifest) => {
+                let name = manifest.metadata.name.as_str();
+                let spec = &manifest.spec;
+                for cgroup in expand(cx, &spec.cgroup).map_err(in_resource)? {
+                    let id = cgroup.id().map_err(in_resource)?;
+                    let relative = cgroup.relative().to_owned();
+                    if let Some(existing) = desired.cgroup_limits.iter().find(|r| r.cgroup_id == id)
+                    {
+                        match &existing.declared_by {
+                            // A glob leaves a limit set by hand alone; a path names it on
+                            // purpose, and is refused.
+                            None if spec.cgroup.is_glob() => {
+                                tracing::info!("{name}: leaving the hand-set limit of {relative}");
+                                continue;
+                            }
+                            None => return Err(in_resource(Error::LimitedByHand(relative))),
+                            Some(other) => {
+                                return Err(in_resource(Error::DeclaredElsewhere {
+                                    cgroup: relative,
+                                    owner: other.name.clone(),
+                                }));
+                            }
+                        }
+                    }
+                    if let Some(first) = claimed.insert(id, name) {
+                        return Err(in_resource(Error::DeclaredElsewhere {
+                            cgroup: relative,
+                            owner: first.to_owned(),
+                        }));
+                    }
+                    let limit = |limit: Option<DirectionLimit>| {
+                        limit.map(|l| LimitSpec {
+                            rate: l.rate,
+                            burst: l.burst,
+                        })
+                    };
+                    desired.cgroup_limits.push(RuleRecord {
+                        cgroup: relative,
+                        cgroup_id: id,
+                        egress: limit(spec.egress),
+                        ingress: limit(spec.ingress),
+                        origin: Origin::Cgroup,
+                        declared_by: Some(DeclaredBy {
+                            name: name.to_owned(),
+                            cgroup: spec.cgroup.as_str().to_owned(),
+                        }),
+                    });
+                }
+            }
+            Resource::NetRule(manifest) => {
+                let name = manifest.metadata.name.as_str();
+                let spec = manifest.spec.rule();
+                let held = held_rules.get(name);
+                // Checked here too, so the error names the resource; a rule in place whose
+                // device went away is left as it is.
+                if held.is_none_or(|held| held.spec != *spec)
+                    && !netns::device(&spec.device).is_ok_and(|device| device.is_some())
+                {
+                    return Err(in_resource(Error::NoSuchDevice(spec.device.clone())));
+                }
+                desired.net_rules.push(WantedNetRule {
+                    id: held.and_then(|held| held.id),
+                    spec: spec.clone(),
+                    declared_by: Some(name.to_owned()),
+                });
+            }
+        }
+    }
+    Ok(desired)
+}
+
+/// `desired` without what `resources` declared.
+fn undeclare(mut desired: Desired, resources: &Resources) -> Desired {
+    let named: HashSet<(Kind, &str)> = resources
+        .items
+        .iter()
+        .map(|d| (d.resource.kind(), d.resource.name().as_str()))
+        .collect();
+    desired.cgroup_limits.retain(|r| {
+        r.declared_by
+            .as_ref()
+            .is_none_or(|d| !named.contains(&(Kind::CgroupLimit, d.name.as_str())))
+    });
+    desired.net_rules.retain(|w| {
+        w.declared_by
+            .as_deref()
+            .is_none_or(|name| !named.contains(&(Kind::NetRule, name)))
+    });
+    desired
+}
+
+/// One entry of `rein get`: a resource in the files' shape, with where it came from.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listed {
+    pub api_version: ApiVersion,
+    pub kind: Kind,
+    pub metadata: ListedMetadata,
+    pub spec: ListedSpec,
+    pub status: ListedStatus,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ListedMetadata {
+    /// The resource's name; a limit set by hand is named after its cgroup, a rule by its id.
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum ListedSpec {
+    CgroupLimit(CgroupLimitSpec),
+    NetRule(NetRuleResourceSpec),
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedStatus {
+    pub origin: ListedOrigin,
+    /// The cgroups the limit applies to (a glob's, as expanded when it was applied).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<u32>,
+}
+
+/// How a listed item came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListedOrigin {
+    /// Applied from a file (`rein apply`, the agent).
+    Declared,
+    /// `rein set --cgroup`.
+    SetCgroup,
+    /// `rein set --pid`.
+    SetPid,
+    /// `rein run`.
+    Run,
+    /// `rein net add`.
+    NetAdd,
+}
+
+impl ListedOrigin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Declared => "declared",
+            Self::SetCgroup => "set-cgroup",
+            Self::SetPid => "set-pid",
+            Self::Run => "run",
+            Self::NetAdd => "net-add",
+        }
+    }
+}
+
+/// Every resource the instance holds, of `kind` or of every kind: declared ones and limits set
+/// by hand alike, in the files' shape.
+pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
+    let state = engine.state()?;
+    let wanted = |k: Kind| kind.is_none_or(|kind| kind == k);
+    let mut listed = Vec::new();
+    if wanted(Kind::CgroupLimit) {
+        let direction = |spec: Option<LimitSpec>| {
+            spec.map(|s| DirectionLimit {
+                rate: s.rate,
+                burst: s.burst,
+            })
+        };
+        let mut declared: BTreeMap<&str, Listed> = BTreeMap::new();
+        for record in &state.cgroup_limits.rules {
+            let (name, pattern, origin) = match (&record.declared_by, &record.origin) {
+                (Some(by), _) => (by.name.clone(), by.cgroup.clone(), ListedOrigin::Declared),
+                (None, Origin::Cgroup) => (
+                    record.cgroup.clone(),
+                    record.cgroup.clone(),
+                    ListedOrigin::SetCgroup,
+                ),
+                (None, Origin::Pid { .. }) => (
+                    record.cgroup.clone(),
+                    record.cgroup.clone(),
+                    ListedOrigin::SetPid,
+                ),
+                (None, Origin::Run { .. }) => (
+                    record.cgroup.clone(),
+                    record.cgroup.clone(),
+                    ListedOrigin::Run,
+                ),
+            };
+            // Written by rein from a valid pattern; a hand-edited state file is shown as is.
+            let Ok(cgroup) = CgroupPattern::try_from(pattern) else {
+                continue;
+            };
+            let item = Listed {
+                api_version: ApiVersion::V1Alpha1,
+                kind: Kind::CgroupLimit,
+                metadata: ListedMetadata { name },
+                spec: ListedSpec::CgroupLimit(CgroupLimitSpec {
+                    cgroup,
+                    egress: direction(record.egress),
+                    ingress: direction(record.ingress),
+                }),
+                status: ListedStatus {
+                    origin,
+                    cgroups: vec![record.cgroup.clone()],
+                    rule_id: None,
+                },
+            };
+            match &record.declared_by {
+                Some(by) => declared
+                    .entry(by.name.as_str())
+                    .and_modify(|l| l.status.cgroups.push(record.cgroup.clone()))
+                    .or_insert(item),
+                None => {
+                    listed.push(item);
+                    continue;
+                }
+            };
+        }
+        listed.extend(declared.into_values());
+    }
+    if wanted(Kind::NetRule) {
+        for record in &state.net_rules.net {
+            let (name, origin) = match &record.declared_by {
+                Some(name) => (name.clone(), ListedOrigin::Declared),
+                None => (format!("rule-{}", record.id), ListedOrigin::NetAdd),
+            };
+            listed.push(Listed {
+                api_version: ApiVersion::V1Alpha1,
+                kind: Kind::NetRule,
+                metadata: ListedMetadata { name },
+                spec: ListedSpec::NetRule(NetRuleResourceSpec::of_rule(&record.spec)),
+                status: ListedStatus {
+                    origin,
+                    cgroups: Vec::new(),
+                    rule_id: Some(record.id),
+                },
+            });
+        }
+    }
+    Ok(listed)
+}

@@ -1,0 +1,606 @@
+//! The resources of a declarative file, Kubernetes-style: `apiVersion`, `kind`, `metadata.name`
+//! and a `spec` per capability. These types are the schema: the JSON Schema is generated from
+//! them ([`json_schema`]), and a value of them is valid (units, addresses and combinations are
+//! checked while the file is read, so an error points at its line and column).
+use std::{fmt, num::NonZeroU16};
+
+use rein_common::Direction;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    capabilities::net_rules::{
+        request::{Algorithm, MAX_PPS, NetRuleRequest, OptionNames},
+        spec::{Cidr, NetRuleSpec, Protocol, SketchSize},
+    },
+    units::{Period, Rate, Size},
+};
+
+pub const API_VERSION: &str = "rein.dev/v1alpha1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ApiVersion {
+    #[serde(rename = "rein.dev/v1alpha1")]
+    V1Alpha1,
+}
+
+/// One kind per capability.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+pub enum Kind {
+    CgroupLimit,
+    NetRule,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::CgroupLimit, Kind::NetRule];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::CgroupLimit => "CgroupLimit",
+            Kind::NetRule => "NetRule",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A resource's name: unique per kind, a DNS label-like word (lower-case letters, digits, `-`
+/// and `.`, starting and ending with a letter or digit, at most 253 characters), as in
+/// Kubernetes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ResourceName(String);
+
+impl ResourceName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ResourceName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        let edge_ok =
+            |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let valid = name.len() <= 253
+            && edge_ok(name.chars().next())
+            && edge_ok(name.chars().last())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if valid {
+            Ok(Self(name))
+        } else {
+            Err(format!(
+                "{name:?} is not a resource name: use lower-case letters, digits, `-` and `.`, \
+                 starting and ending with a letter or digit"
+            ))
+        }
+    }
+}
+
+impl From<ResourceName> for String {
+    fn from(name: ResourceName) -> String {
+        name.0
+    }
+}
+
+impl fmt::Display for ResourceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl JsonSchema for ResourceName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ResourceName".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "maxLength": 253,
+            "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: ResourceName,
+}
+
+/// A resource as a file declares it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind")]
+pub enum Resource {
+    /// Limits of a cgroup, or of every cgroup a glob matches.
+    CgroupLimit(Manifest<CgroupLimitSpec>),
+    /// A `rein net` rule: a limit on an interface by address, service and source.
+    NetRule(Manifest<NetRuleResourceSpec>),
+}
+
+impl Resource {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::CgroupLimit(_) => Kind::CgroupLimit,
+            Resource::NetRule(_) => Kind::NetRule,
+        }
+    }
+
+    pub fn name(&self) -> &ResourceName {
+        match self {
+            Resource::CgroupLimit(m) => &m.metadata.name,
+            Resource::NetRule(m) => &m.metadata.name,
+        }
+    }
+}
+
+/// Everything of a resource but its kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Manifest<S> {
+    pub api_version: ApiVersion,
+    pub metadata: Metadata,
+    pub spec: S,
+}
+
+/// A document as read: its kind too, so that a misspelt field next to it is refused, and the
+/// `status` that `rein get -o yaml` shows, which says what is and is ignored, as kubectl does.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct Document<S> {
+    pub api_version: ApiVersion,
+    #[serde(rename = "kind")]
+    _kind: Kind,
+    pub metadata: Metadata,
+    pub spec: S,
+    #[serde(default, rename = "status")]
+    _status: Option<serde::de::IgnoredAny>,
+}
+
+impl<S> From<Document<S>> for Manifest<S> {
+    fn from(document: Document<S>) -> Self {
+        Manifest {
+            api_version: document.api_version,
+            metadata: document.metadata,
+            spec: document.spec,
+        }
+    }
+}
+
+/// What a first reading of a document takes: which kind to read the rest as.
+#[derive(Deserialize)]
+pub(super) struct Header {
+    pub kind: Kind,
+}
+
+/// A cgroup path from the cgroup v2 root (`/system.slice/nginx.service`), or a glob of them
+/// (`/system.slice/*.service`: `*`, `?` and `[...]` within a component).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CgroupPattern(String);
+
+impl CgroupPattern {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it names cgroups by a glob rather than one by its path.
+    pub fn is_glob(&self) -> bool {
+        self.0.contains(['*', '?', '['])
+    }
+}
+
+impl TryFrom<String> for CgroupPattern {
+    type Error = String;
+    fn try_from(path: String) -> Result<Self, String> {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "{path:?} is not a cgroup path: write it from the cgroup v2 root, e.g. \
+                 /system.slice/nginx.service"
+            ));
+        }
+        if path.split('/').any(|component| component == "..") {
+            return Err(format!("{path:?} must not contain `..`"));
+        }
+        if path.split('/').all(str::is_empty) {
+            return Err(
+                "refusing to limit the cgroup v2 root: that would limit the whole machine".into(),
+            );
+        }
+        glob::Pattern::new(&path).map_err(|error| format!("{path:?} is not a glob: {error}"))?;
+        Ok(Self(path))
+    }
+}
+
+impl From<CgroupPattern> for String {
+    fn from(pattern: CgroupPattern) -> String {
+        pattern.0
+    }
+}
+
+impl JsonSchema for CgroupPattern {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CgroupPattern".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^/",
+            "description": "A cgroup path from the cgroup v2 root, or a glob of them (*, ? and [...] within a component)",
+        })
+    }
+}
+
+/// `CgroupLimit`'s spec: a cgroup (or a glob of them) and the limit of each direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, try_from = "CgroupLimitFields")]
+#[schemars(with = "CgroupLimitFields")]
+pub struct CgroupLimitSpec {
+    pub cgroup: CgroupPattern,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<DirectionLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<DirectionLimit>,
+}
+
+/// `CgroupLimitSpec` before the check that it limits something.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CgroupLimitFields {
+    /// A cgroup path from the cgroup v2 root, or a glob of them.
+    cgroup: CgroupPattern,
+    /// Limit of the traffic the cgroup's processes send.
+    #[serde(default)]
+    egress: Option<DirectionLimit>,
+    /// Limit of the traffic the cgroup's processes receive.
+    #[serde(default)]
+    ingress: Option<DirectionLimit>,
+}
+
+impl TryFrom<CgroupLimitFields> for CgroupLimitSpec {
+    type Error = &'static str;
+    fn try_from(fields: CgroupLimitFields) -> Result<Self, Self::Error> {
+        if fields.egress.is_none() && fields.ingress.is_none() {
+            return Err("a CgroupLimit limits egress, ingress or both: give at least one");
+        }
+        Ok(Self {
+            cgroup: fields.cgroup,
+            egress: fields.egress,
+            ingress: fields.ingress,
+        })
+    }
+}
+
+/// A direction's limit, in tc(8) units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectionLimit {
+    /// A rate in tc(8) units: 10mbit, 1gbit, 500kbps (a bare number is bit/s).
+    #[serde(with = "tc")]
+    #[schemars(with = "TcValue")]
+    pub rate: Rate,
+    /// Burst above the rate, in tc(8) sizes: 64k, 1m (default: the larger of 64k and 10 ms at
+    /// the rate).
+    #[serde(default, with = "tc::option", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<TcValue>")]
+    pub burst: Option<Size>,
+}
+
+/// A value in tc(8) notation: a string with a unit, or a bare number.
+#[derive(JsonSchema)]
+#[schemars(untagged)]
+#[allow(dead_code)]
+enum TcValue {
+    Text(String),
+    Number(u64),
+}
+
+/// Which way a `NetRule` looks at packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NetDirection {
+    Ingress,
+    Egress,
+}
+
+/// `NetRule`'s spec: what `rein net add` takes, a field per flag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "NetRuleFields", into = "NetRuleFields")]
+#[schemars(with = "NetRuleFields")]
+pub struct NetRuleResourceSpec {
+    fields: NetRuleFields,
+    rule: NetRuleSpec,
+}
+
+impl NetRuleResourceSpec {
+    /// The rule as `rein net add` would add it.
+    pub fn rule(&self) -> &NetRuleSpec {
+        &self.rule
+    }
+
+    /// The resource spec of a rule, in the fields a file would give (for `rein get`).
+    pub fn of_rule(rule: &NetRuleSpec) -> Self {
+        let request = NetRuleRequest::of_rule(rule);
+        Self {
+            fields: NetRuleFields {
+                device: request.device,
+                direction: match request.direction {
+                    Direction::Ingress => NetDirection::Ingress,
+                    Direction::Egress => NetDirection::Egress,
+                },
+                xdp: request.xdp,
+                source: request.source,
+                destination: request.destination,
+                protocol: request.protocol,
+                port: request.port.and_then(NonZeroU16::new),
+                rate: request.rate,
+                pps: request.pps,
+                burst: request.burst.map(BurstValue),
+                algorithm: (request.algorithm != Algorithm::TokenBucket)
+                    .then_some(request.algorithm),
+                window: request.window,
+                per_source: request.per_source,
+                sketch: request.sketch,
+            },
+            rule: rule.clone(),
+        }
+    }
+}
+
+/// A `NetRule`'s fields as a file gives them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NetRuleFields {
+    /// The network device, in rein's network namespace.
+    device: String,
+    direction: NetDirection,
+    /// Run on XDP instead of tc (ingress only).
+    #[serde(default, skip_serializing_if = "is_false")]
+    xdp: bool,
+    /// Source address or prefix (10.0.0.0/8, 2001:db8::/32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    source: Option<Cidr>,
+    /// Destination address or prefix; with a source, both must be single addresses (a pair).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    destination: Option<Cidr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    protocol: Option<Protocol>,
+    /// Destination port (a service: with a destination, ip:port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<NonZeroU16>,
+    /// A rate in tc(8) units (10mbit; a bare number is bit/s), counted in IP bytes.
+    #[serde(default, with = "tc::option", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<TcValue>")]
+    rate: Option<Rate>,
+    /// Packets per second (instead of a rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_PPS))]
+    pps: Option<u64>,
+    /// Token bucket burst: a size with `rate` (default max(64k, 10 ms)), packets with `pps`
+    /// (default max(16, 10 ms)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    burst: Option<BurstValue>,
+    /// token-bucket (default), fixed-window or sliding-window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    algorithm: Option<Algorithm>,
+    /// Window length of the window algorithms (default 1s): 100ms, 1s, 1m.
+    #[serde(default, with = "tc::option", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    window: Option<Period>,
+    /// One bucket (or window) per source address: "each client gets the rate".
+    #[serde(default, skip_serializing_if = "is_false")]
+    per_source: bool,
+    /// With perSource: estimate sources in a count-min sketch of WIDTHxDEPTH cells (4096x4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    sketch: Option<SketchSize>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
+/// A burst as written: a size with a rate, a count of packets with pps; which one is only
+/// known once the whole rule is read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(transparent)]
+struct BurstValue(#[schemars(with = "TcValue")] String);
+
+impl<'de> Deserialize<'de> for BurstValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        tc::text(deserializer).map(BurstValue)
+    }
+}
+
+impl TryFrom<NetRuleFields> for NetRuleResourceSpec {
+    type Error = String;
+    fn try_from(fields: NetRuleFields) -> Result<Self, String> {
+        let request = NetRuleRequest {
+            device: fields.device.clone(),
+            direction: match fields.direction {
+                NetDirection::Ingress => Direction::Ingress,
+                NetDirection::Egress => Direction::Egress,
+            },
+            xdp: fields.xdp,
+            source: fields.source,
+            destination: fields.destination,
+            protocol: fields.protocol,
+            port: fields.port.map(NonZeroU16::get),
+            rate: fields.rate,
+            pps: fields.pps,
+            burst: fields.burst.as_ref().map(|BurstValue(burst)| burst.clone()),
+            algorithm: fields.algorithm.unwrap_or_default(),
+            window: fields.window,
+            per_source: fields.per_source,
+            sketch: fields.sketch,
+        };
+        let rule = request
+            .resolve(&OptionNames::FIELDS)
+            .map_err(|error| format!("NetRule: {error}"))?;
+        Ok(Self { fields, rule })
+    }
+}
+
+impl From<NetRuleResourceSpec> for NetRuleFields {
+    fn from(spec: NetRuleResourceSpec) -> Self {
+        spec.fields
+    }
+}
+
+/// tc(8) notation in files: a value is written as a string with a unit, or a bare number.
+mod tc {
+    use std::{fmt, str::FromStr};
+
+    use serde::{Deserializer, Serializer, de};
+
+    pub fn serialize<T: fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub fn deserialize<'de, T, D>(deserializer: D) -> Result<T, D::Error>
+    where
+        T: FromStr<Err: fmt::Display>,
+        D: Deserializer<'de>,
+    {
+        text(deserializer)?.parse().map_err(de::Error::custom)
+    }
+
+    /// A scalar, string or number, as its text.
+    pub fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+        struct Text;
+        impl de::Visitor<'_> for Text {
+            type Value = String;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value in tc(8) notation, e.g. 10mbit or 64k")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<String, E> {
+                Ok(value.to_owned())
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<String, E> {
+                Ok(value.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<String, E> {
+                Ok(value.to_string())
+            }
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<String, E> {
+                Ok(value.to_string())
+            }
+        }
+        deserializer.deserialize_any(Text)
+    }
+
+    pub mod option {
+        use std::{fmt, str::FromStr};
+
+        use serde::{Deserialize, Deserializer, Serializer, de};
+
+        pub fn serialize<T: fmt::Display, S: Serializer>(
+            value: &Option<T>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(value) => s.collect_str(value),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// A null is no value, as for any optional field.
+        pub fn deserialize<'de, T, D>(deserializer: D) -> Result<Option<T>, D::Error>
+        where
+            T: FromStr<Err: fmt::Display>,
+            D: Deserializer<'de>,
+        {
+            struct Text(String);
+            impl<'de> Deserialize<'de> for Text {
+                fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    super::text(deserializer).map(Text)
+                }
+            }
+            Option::<Text>::deserialize(deserializer)?
+                .map(|Text(text)| text.parse().map_err(de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+/// The JSON Schema of a file's documents: one of the kinds.
+pub fn json_schema() -> schemars::Schema {
+    let mut schema = schemars::schema_for!(Resource);
+    schema.insert(
+        "$id".into(),
+        format!("https://{API_VERSION}/resources.schema.json").into(),
+    );
+    schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::net_rules::spec::{NetHook, NetLimit, Per};
+
+    /// The committed schema is what editors and the agent's custom resources use: it must be
+    /// what these types generate.
+    #[test]
+    fn the_committed_schema_is_the_generated_one() {
+        let committed = include_str!("../../../schema/v1alpha1.json");
+        let generated = serde_json::to_string_pretty(&json_schema()).unwrap() + "\n";
+        assert!(
+            committed == generated,
+            "schema/v1alpha1.json is stale: run `cargo run -p rein -- schema > \
+             schema/v1alpha1.json`"
+        );
+    }
+
+    #[test]
+    fn net_rules_take_what_rein_net_add_takes() {
+        let spec: NetRuleResourceSpec = serde_norway::from_str(
+            "device: eth0\ndirection: ingress\nxdp: true\npps: 5000\nperSource: true\n\
+             sketch: 1024x2\nburst: null\n",
+        )
+        .unwrap();
+        let rule = spec.rule();
+        assert_eq!(rule.hook, NetHook::Xdp);
+        assert_eq!(
+            rule.limit,
+            NetLimit::TokenBucket {
+                per: Per::Packets,
+                rate: 5000,
+                burst: 50
+            }
+        );
+        // `rein get` shows a rule in fields that declare it again.
+        let shown = serde_norway::to_string(&NetRuleResourceSpec::of_rule(rule)).unwrap();
+        let again: NetRuleResourceSpec = serde_norway::from_str(&shown).unwrap();
+        assert_eq!(again.rule(), rule, "{shown}");
+
+        for (text, needle) in [
+            ("rate: 1mbit\nwindow: 1s\n", "window belongs"),
+            (
+                "rate: 1mbit\nalgorithm: fixed-window\nburst: 9k\n",
+                "burst belongs",
+            ),
+            ("pps: 30\n", "at least 60"),
+            (
+                "rate: 1mbit\nsource: 10.0.0.0/8\ndestination: 10.0.0.1\n",
+                "single",
+            ),
+            ("rate: 1mbit\nsketch: 1024x2\n", "sketch needs perSource"),
+        ] {
+            let text = format!("device: eth0\ndirection: ingress\n{text}");
+            let error = serde_norway::from_str::<NetRuleResourceSpec>(&text)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(needle), "{text}: {error}");
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Every limit's counters and settings in the Prometheus (OpenMetrics) text format, and a small
+//! HTTP server for `/metrics`.
+//!
+//! The text is made afresh from a [`Status`] at each scrape: the kernel maps hold the counters,
+//! so rein keeps no metric of its own, and a limit gone from the status is gone from the text.
+//! Labels name limits only (`cgroup`, `rule`, `direction`, and a rule's `device` and `hook`; up
+//! to [`crate::capabilities::net_rules`]' five top sources per per-source rule): as many series
+//! as limits, never one per flow or packet.
+use std::{
+    fmt,
+    net::{SocketAddr, TcpListener},
+    sync::atomic::AtomicU64,
+};
+
+use prometheus_client::{
+    encoding::{EncodeMetric, text},
+    metrics::{TypedMetric, counter::Counter, family::Family, gauge::Gauge},
+    registry::{Metric, Registry, Unit},
+};
+
+use crate::{
+    capabilities::{
+        cgroup_limit::DirectionView,
+        net_rules::{
+            NetRuleView,
+            spec::{NetHook, NetLimit, Per},
+        },
+    },
+    engine::Status,
+    error::{Error, Result},
+    instance::Instance,
+};
+
+/// Where the agent serves `/metrics` unless told otherwise: this machine only.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9810";
+
+/// The content type of what [`render`] returns.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The families of one scrape, registered under `rein_`.
+struct Families {
+    registry: Registry,
+}
+
+impl Families {
+    fn counter(&mut self, name: &str, help: &str, unit: Option<Unit>) -> Family<Labels, Counter> {
+        let family = Family::<Labels, Counter>::default();
+        match unit {
+            Some(unit) => self
+                .registry
+                .register_with_unit(name, help, unit, family.clone()),
+            None => self.registry.register(name, help, family.clone()),
+        }
+        family
+    }
+
+    fn gauge<G: Metric + TypedMetric + EncodeMetric + Default + Clone>(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+    ) -> Family<Labels, G> {
+        let family = Family::<Labels, G>::default();
+        match unit {
+            Some(unit) => self
+                .registry
+                .register_with_unit(name, help, unit, family.clone()),
+            None => self.registry.register(name, help, family.clone()),
+        }
+        family
+    }
+}
+
+/// Passed and dropped bytes and packets, one counter family each.
+struct Traffic {
+    passed_bytes: Family<Labels, Counter>,
+    passed_packets: Family<Labels, Counter>,
+    dropped_bytes: Family<Labels, Counter>,
+    dropped_packets: Family<Labels, Counter>,
+}
+
+impl Traffic {
+    fn new(families: &mut Families, prefix: &str, what: &str) -> Self {
+        let mut counter = |name: &str, help: &str, unit| {
+            families.counter(&format!("{prefix}_{name}"), &format!("{help} {what}"), unit)
+        };
+        Self {
+            passed_bytes: counter("passed", "IP bytes passed by", Some(Unit::Bytes)),
+            passed_packets: counter("passed_packets", "Packets passed by", None),
+            dropped_bytes: counter("dropped", "IP bytes dropped by", Some(Unit::Bytes)),
+            dropped_packets: counter("dropped_packets", "Packets dropped by", None),
+        }
+    }
+
+    fn record(&self, labels: &Labels, counts: [u64; 4]) {
+        let [passed_bytes, passed_packets, dropped_bytes, dropped_packets] = counts;
+        self.passed_bytes.get_or_create(labels).inc_by(passed_bytes);
+        self.passed_packets
+            .get_or_create(labels)
+            .inc_by(passed_packets);
+        self.dropped_bytes
+            .get_or_create(labels)
+            .inc_by(dropped_bytes);
+        self.dropped_packets
+            .get_or_create(labels)
+            .inc_by(dropped_packets);
+    }
+}
+
+fn gauge_value(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The OpenMetrics text of `status` (see the README for every metric).
+pub fn render(status: &Status) -> Result<String> {
+    let mut families = Families {
+        registry: Registry::with_prefix("rein"),
+    };
+
+    let cgroup = Traffic::new(&mut families, "cgroup", "a cgroup limit");
+    let cgroup_rate: Family<Labels, Gauge> = families.gauge(
+        "cgroup_rate_bytes_per_second",
+        "Rate of a cgroup limit (IP bytes per second)",
+        None,
+    );
+    let cgroup_burst: Family<Labels, Gauge> =
+        families.gauge("cgroup_burst", "Burst of a cgroup limit", Some(Unit::Bytes));
+    let cgroup_flows: Family<Labels, Gauge> = families.gauge(
+        "cgroup_tcp_flows",
+        "TCP flows sharing a cgroup limit now (sent in the last 100-200 ms)",
+        None,
+    );
+    for rule in &status.cgroups {
+        for (direction, view) in [("egress", &rule.egress), ("ingress", &rule.ingress)] {
+            let Some(view) = view else { continue };
+            let labels = vec![
+                ("cgroup", rule.cgroup.clone()),
+                ("direction", direction.into()),
+            ];
+            let DirectionView {
+                passed_bytes,
+                passed_packets,
+                dropped_bytes,
+                dropped_packets,
+                ..
+            } = *view;
+            cgroup.record(
+                &labels,
+                [passed_bytes, passed_packets, dropped_bytes, dropped_packets],
+            );
+            cgroup_rate
+                .get_or_create(&labels)
+                .set(gauge_value(view.rate_bits_per_second / 8));
+            cgroup_burst
+                .get_or_create(&labels)
+                .set(gauge_value(view.burst_bytes));
+            cgroup_flows
+                .get_or_create(&labels)
+                .set(i64::from(view.tcp_flows));
+        }
+    }
+
+    let backlog: Family<Labels, Gauge> = families.gauge(
+        "ingress_queue_backlog",
+        "Bytes waiting in an ingress limit's download queue",
+        Some(Unit::Bytes),
+    );
+    let backlog_packets: Family<Labels, Gauge> = families.gauge(
+        "ingress_queue_backlog_packets",
+        "Packets waiting in an ingress limit's download queue",
+        None,
+    );
+    let queue_drops = families.counter(
+        "ingress_queue_dropped_packets",
+        "Packets an ingress limit's download queue dropped, full",
+        None,
+    );
+    for queue in &status.queues {
+        let labels = vec![("cgroup", queue.cgroup.clone())];
+        backlog
+            .get_or_create(&labels)
+            .set(gauge_value(queue.backlog_bytes));
+        backlog_packets
+            .get_or_create(&labels)
+            .set(gauge_value(queue.backlog_packets));
+        queue_drops
+            .get_or_create(&labels)
+            .inc_by(queue.dropped_packets);
+    }
+
+    render_net(&mut families, &status.net);
+
+    let mut out = String::new();
+    text::encode(&mut out, &families.registry)
+        .map_err(|error| Error::Metrics(error.to_string()))?;
+    Ok(out)
+}
+
+fn render_net(families: &mut Families, rules: &[NetRuleView]) {
+    let traffic = Traffic::new(families, "net", "a net rule");
+    let attached: Family<Labels, Gauge> = families.gauge(
+        "net_attached",
+        "1 while a net rule's program is on its device",
+        None,
+    );
+    let rate_bytes: Family<Labels, Gauge> = families.gauge(
+        "net_rate_bytes_per_second",
+        "Rate of a net rule's token bucket (IP bytes per second)",
+        None,
+    );
+    let rate_packets: Family<Labels, Gauge> = families.gauge(
+        "net_rate_packets_per_second",
+        "Rate of a net rule's token bucket in packets per second",
+        None,
+    );
+    let burst_bytes: Family<Labels, Gauge> = families.gauge(
+        "net_burst",
+        "Burst of a net rule's token bucket",
+        Some(Unit::Bytes),
+    );
+    let burst_packets: Family<Labels, Gauge> = families.gauge(
+        "net_burst_packets",
+        "Burst of a net rule's token bucket in packets",
+        None,
+    );
+    let window_bytes: Family<Labels, Gauge> = families.gauge(
+        "net_window_capacity",
+        "What a net rule's window passes",
+        Some(Unit::Bytes),
+    );
+    let window_packets: Family<Labels, Gauge> = families.gauge(
+        "net_window_capacity_packets",
+        "Packets a net rule's window passes",
+        None,
+    );
+    let window_seconds: Family<Labels, Gauge<f64, AtomicU64>> = families.gauge(
+        "net_window",
+        "Length of a net rule's window",
+        Some(Unit::Seconds),
+    );
+    let sources = Traffic::new(
+        families,
+        "net_source",
+        "a net rule for one of its top sources",
+    );
+    for view in rules {
+        let spec = &view.record.spec;
+        let direction = match spec.hook {
+            NetHook::TcEgress => "egress",
+            NetHook::TcIngress | NetHook::Xdp => "ingress",
+        };
+        let labels = vec![
+            ("rule", view.record.id.to_string()),
+            ("device", spec.device.clone()),
+            ("hook", spec.hook.name().into()),
+            ("direction", direction.into()),
+        ];
+        traffic.record(
+            &labels,
+            [
+                view.passed_bytes,
+                view.passed_packets,
+                view.dropped_bytes,
+                view.dropped_packets,
+            ],
+        );
+        attached
+            .get_or_create(&labels)
+            .set(i64::from(view.attached));
+        let set = |family: &Family<Labels, Gauge>, value: u64| {
+            family.get_or_create(&labels).set(gauge_value(value));
+        };
+        match spec.limit {
+            NetLimit::TokenBucket { per, rate, burst } => {
+                let (rate_family, burst_family) = match per {
+                    Per::Bytes => (&rate_bytes, &burst_bytes),
+                    Per::Packets => (&rate_packets, &burst_packets),
+                };
+                set(rate_family, rate);
+                set(burst_family, burst);
+            }
+            NetLimit::FixedWindow {
+                per,
+                capacity,
+                window_ns,
+            }
+            | NetLimit::SlidingWindow {
+                per,
+                capacity,
+                window_ns,
+            } => {
+                match per {
+                    Per::Bytes => set(&window_bytes, capacity),
+                    Per::Packets => set(&window_packets, capacity),
+                }
+                window_seconds
+                    .get_or_create(&labels)
+                    .set(window_ns as f64 / 1e9);
+            }
+        }
+        for source in &view.top_sources {
+            let labels = vec![
+                ("rule", view.record.id.to_string()),
+                ("source", source.address.to_string()),
+            ];
+            sources.record(
+                &labels,
+                [
+                    source.passed_bytes,
+                    source.passed_packets,
+                    source.dropped_bytes,
+                    source.dropped_packets,
+                ],
+            );
+        }
+    }
+}
+
+/// The metrics of `instance` now, read without its lock (see [`Status::read`]).
+pub fn gather(instance: &Instance) -> Result<String> {
+    render(&Status::read(instance.clone())?)
+}
+
+/// An HTTP server of `/metrics` for one instance. Synchronous, one scrape at a time: a scrape
+/// reads a few maps, and its scrapers are a Prometheus or two.
+pub struct Server {
+    http: tiny_http::Server,
+    instance: Instance,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.local_addr())
+            .field("instance", &self.instance.name())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Listens on `addr` (see [`DEFAULT_ADDR`]).
+    pub fn bind(addr: SocketAddr, instance: Instance) -> Result<Self> {
+        let listener = TcpListener::bind(addr).map_err(|source| Error::Io {
+            context: format!("cannot listen on {addr} for metrics"),
+            source,
+        })?;
+        Self::from_listener(listener, instance)
+    }
+
+    /// Serves on a listener the caller made (a free port, a socket handed over by systemd).
+    pub fn from_listener(listener: TcpListener, instance: Instance) -> Result<Self> {
+        let http = tiny_http::Server::from_listener(listener, None)
+            .map_err(|error| Error::Metrics(format!("cannot serve metrics: {error}")))?;
+        Ok(Self { http, instance })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.http.server_addr().to_ip()
+    }
+
+    /// Answers requests until [`Server::stop`]: `/metrics` with the metrics, anything else with
+    /// 404. A status that cannot be read answers 500 with the reason (Prometheus then records
+    /// the scrape as failed, `up` 0).
+    pub fn run(&self) {
+        for request in self.http.incoming_requests() {
+            let path = request.url().split('?').next().unwrap_or_default();
+            let response = if path != "/metrics" {
+                text_response(404, "rein serves /metrics only\n".into(), "text/plain")
+            } else {
+                match gather(&self.instance) {
+                    Ok(body) => text_response(200, body, CONTENT_TYPE),
+                    Err(error) => {
+                        tracing::warn!("cannot read the metrics: {error}");
+                        text_response(500, format!("{error}\n"), "text/plain")
+                    }
+                }
+            };
+            if let Err(error) = request.respond(response) {
+                tracing::debug!("cannot answer a metrics request: {error}");
+            }
+        }
+    }
+
+    /// Makes [`Server::run`] return (from another thread).
+    pub fn stop(&self) {
+        self.http.unblock();
+    }
+}
+
+fn text_response(
+    status: u16,
+    body: String,
+    content_type: &str,
+) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let response = tiny_http::Response::from_string(body).with_status_code(status);
+    match tiny_http::Header::from_bytes("Content-Type", content_type) {
+        Ok(header) => response.with_header(header),
+        Err(()) => response,
+    }
+}

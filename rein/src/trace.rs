@@ -1,0 +1,538 @@
+//! `rein trace`: the verdicts of the running datapath as they happen, read from the ring
+//! buffers its programs write while a trace holds a lease on them.
+//!
+//! Each object (cgroup programs, interface programs) has a one-entry control array, a ring
+//! buffer and a per-CPU budget, pinned with its other maps. The programs check the control's
+//! lease (`until_ns`, on CLOCK_MONOTONIC) before building any event: a trace renews it every
+//! second and clears it on its way out, and one that dies without clearing stops costing
+//! anything [`TRACE_LEASE_NS`] later. Filters are applied here, not in the kernel, so that two
+//! traces with different filters see what each asked for.
+use std::{
+    collections::HashMap,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use rein_common::{
+    Direction,
+    abi::trace::{
+        EVENT_CGROUP_REFUSED, EVENT_NET_REFUSED, EVENT_PACING, EVENT_WINDOW, NET_TRACE_BUDGET_MAP,
+        NET_TRACE_EVENTS_MAP, NET_TRACE_MAP, TRACE_BUDGET_MAP, TRACE_EVENTS_MAP,
+        TRACE_EVENTS_PER_SECOND, TRACE_FAMILY_IPV4, TRACE_FAMILY_IPV6, TRACE_HOOK_XDP,
+        TRACE_LEASE_NS, TRACE_MAP, TraceBudget, TraceControl, TraceEvent,
+    },
+};
+use serde::Serialize;
+
+use crate::{
+    clock::{Clock, MonotonicClock},
+    error::{Error, Result, bpf_error},
+    instance::Instance,
+    platform::{bpf, cgroupfs::CgroupFs},
+};
+
+/// How often the lease is renewed, the skipped count read and the stop flag checked.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+const POLL_MS: i32 = 200;
+
+/// Which events a trace prints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceFilter {
+    /// Only events of the limit of this cgroup (its id).
+    pub cgroup: Option<u64>,
+    /// Only refusals by this net rule.
+    pub rule: Option<u32>,
+    /// Only refused packets (no pacing or window changes).
+    pub drops_only: bool,
+}
+
+impl TraceFilter {
+    pub fn keeps(&self, event: &TraceEvent) -> bool {
+        let refusal = matches!(event.kind, EVENT_CGROUP_REFUSED | EVENT_NET_REFUSED);
+        if self.drops_only && !refusal {
+            return false;
+        }
+        if let Some(cgroup) = self.cgroup
+            && (event.kind == EVENT_NET_REFUSED || event.cgroup_id != cgroup)
+        {
+            return false;
+        }
+        if let Some(rule) = self.rule
+            && (event.kind != EVENT_NET_REFUSED || event.rule != rule)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// What a trace reports: an event, or how many events the kernel skipped since the last report
+/// (over its per-CPU budget, or with the ring buffer full).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TraceRecord {
+    Refused {
+        /// Seconds since boot (CLOCK_MONOTONIC), as the kernel stamped it.
+        time: String,
+        /// `cgroup PATH` or `rule ID`.
+        limit: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cgroup: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rule: Option<u32>,
+        direction: &'static str,
+        bytes: u64,
+        protocol: String,
+        source: String,
+        destination: String,
+    },
+    Pacing {
+        time: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cgroup: Option<String>,
+        /// Bytes per second; 0 lifts the cap.
+        rate: u64,
+        source: String,
+        destination: String,
+    },
+    Window {
+        time: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cgroup: Option<String>,
+        /// The receive window clamp, bytes.
+        window: u64,
+        source: String,
+        destination: String,
+    },
+    Skipped {
+        events: u64,
+    },
+}
+
+impl std::fmt::Display for TraceRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let flow = |f: &mut std::fmt::Formatter<'_>, source: &str, destination: &str| {
+            write!(f, "{source} -> {destination}")
+        };
+        let cgroup_of = |cgroup: &Option<String>| match cgroup {
+            Some(cgroup) => format!("cgroup {cgroup}"),
+            None => "cgroup ?".to_owned(),
+        };
+        match self {
+            TraceRecord::Refused {
+                time,
+                limit,
+                direction,
+                bytes,
+                protocol,
+                source,
+                destination,
+                ..
+            } => {
+                write!(f, "{time} refused {direction} {limit} {bytes}B {protocol} ")?;
+                flow(f, source, destination)
+            }
+            TraceRecord::Pacing {
+                time,
+                cgroup,
+                rate,
+                source,
+                destination,
+            } => {
+                let rate = if *rate == 0 {
+                    "lifted".to_owned()
+                } else {
+                    format!("{rate}B/s")
+                };
+                write!(f, "{time} pacing egress {} {rate} tcp ", cgroup_of(cgroup))?;
+                flow(f, source, destination)
+            }
+            TraceRecord::Window {
+                time,
+                cgroup,
+                window,
+                source,
+                destination,
+            } => {
+                write!(
+                    f,
+                    "{time} window ingress {} {window}B tcp ",
+                    cgroup_of(cgroup)
+                )?;
+                flow(f, source, destination)
+            }
+            TraceRecord::Skipped { events } => write!(
+                f,
+                "skipped {events} events (over {TRACE_EVENTS_PER_SECOND}/s per CPU, or the ring \
+                 buffer full)"
+            ),
+        }
+    }
+}
+
+/// One object's trace maps, opened from their pins.
+struct Source {
+    control: Array<MapData, TraceControl>,
+    budget: PerCpuArray<MapData, TraceBudget>,
+    events: RingBuf<MapData>,
+    /// The skipped count already reported (the counters outlive traces).
+    skipped: u64,
+}
+
+impl Source {
+    fn open(instance: &Instance, names: [&str; 3]) -> Result<Option<Self>> {
+        let [control, budget, events] = names;
+        if !instance.maps_dir().join(control).exists() {
+            return Ok(None);
+        }
+        let open = |name: &str| bpf::open_pinned_map(instance, name);
+        let mut source = Self {
+            control: Array::try_from(open(control)?).map_err(|e| bpf_error(control)(&e))?,
+            budget: PerCpuArray::try_from(open(budget)?).map_err(|e| bpf_error(budget)(&e))?,
+            events: RingBuf::try_from(open(events)?).map_err(|e| bpf_error(events)(&e))?,
+            skipped: 0,
+        };
+        source.skipped = source.skipped_total();
+        Ok(Some(source))
+    }
+
+    fn skipped_total(&self) -> u64 {
+        self.budget
+            .get(&0, 0)
+            .map(|values| values.iter().map(|budget| budget.skipped).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// A running trace: holds the lease of every datapath there is, and clears it when dropped.
+pub struct Tracer {
+    sources: Vec<Source>,
+    pid: u32,
+}
+
+impl Tracer {
+    /// Opens the trace maps of the installed datapaths and takes the lease.
+    pub fn attach(instance: &Instance) -> Result<Self> {
+        let mut sources = Vec::new();
+        for names in [
+            [TRACE_MAP, TRACE_BUDGET_MAP, TRACE_EVENTS_MAP],
+            [NET_TRACE_MAP, NET_TRACE_BUDGET_MAP, NET_TRACE_EVENTS_MAP],
+        ] {
+            sources.extend(Source::open(instance, names)?);
+        }
+        if sources.is_empty() {
+            return Err(Error::NothingToTrace);
+        }
+        let mut tracer = Self {
+            sources,
+            pid: std::process::id(),
+        };
+        tracer.renew()?;
+        Ok(tracer)
+    }
+
+    /// Moves the lease on to [`TRACE_LEASE_NS`] from now.
+    pub fn renew(&mut self) -> Result<()> {
+        let control = TraceControl {
+            until_ns: MonotonicClock.now_ns() + TRACE_LEASE_NS,
+            events_per_second: TRACE_EVENTS_PER_SECOND,
+            pid: self.pid,
+        };
+        for source in &mut self.sources {
+            source
+                .control
+                .set(0, control, 0)
+                .map_err(|e| bpf_error("cannot write the trace control")(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for events, and adds every event waiting to `out`.
+    pub fn read(&mut self, timeout: Duration, out: &mut Vec<TraceEvent>) -> Result<()> {
+        let mut fds: Vec<libc::pollfd> = self
+            .sources
+            .iter()
+            .map(|source| libc::pollfd {
+                fd: source.events.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds, alive for the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if ready < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::Io {
+                    context: "cannot wait for trace events".into(),
+                    source: error,
+                });
+            }
+        }
+        for source in &mut self.sources {
+            while let Some(item) = source.events.next() {
+                if item.len() >= size_of::<TraceEvent>() {
+                    // SAFETY: the kernel wrote a whole `TraceEvent`, plain integers for which
+                    // every bit pattern is valid; the item may be unaligned, hence the read.
+                    out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Events the kernel skipped since the last call.
+    pub fn skipped(&mut self) -> u64 {
+        let mut skipped = 0;
+        for source in &mut self.sources {
+            let total = source.skipped_total();
+            skipped += total.saturating_sub(source.skipped);
+            source.skipped = total;
+        }
+        skipped
+    }
+
+    /// Ends the lease, unless another trace has taken it since.
+    pub fn clear(&mut self) {
+        for source in &mut self.sources {
+            if source.control.get(&0, 0).is_ok_and(|c| c.pid == self.pid) {
+                let _ = source.control.set(0, TraceControl::default(), 0);
+            }
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// Traces until `stop` is set, passing `emit` each record the filter keeps and, once a second,
+/// how many events the kernel skipped. The lease is cleared on the way out, on error too.
+pub fn run(
+    instance: &Instance,
+    filter: &TraceFilter,
+    stop: &AtomicBool,
+    mut emit: impl FnMut(&TraceRecord) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut tracer = Tracer::attach(instance)?;
+    let mut names = CgroupNames::discover();
+    let mut events = Vec::new();
+    let mut renewed = Instant::now();
+    let write_error = |source| Error::Io {
+        context: "cannot write the trace".into(),
+        source,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        events.clear();
+        tracer.read(Duration::from_millis(POLL_MS as u64), &mut events)?;
+        for event in events.iter().filter(|event| filter.keeps(event)) {
+            if let Some(record) = decode(event, &mut names) {
+                emit(&record).map_err(write_error)?;
+            }
+        }
+        if renewed.elapsed() >= RENEW_EVERY {
+            tracer.renew()?;
+            renewed = Instant::now();
+            let skipped = tracer.skipped();
+            if skipped > 0 {
+                emit(&TraceRecord::Skipped { events: skipped }).map_err(write_error)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The record of a raw event; None for a kind this build does not know.
+pub fn decode(event: &TraceEvent, names: &mut CgroupNames) -> Option<TraceRecord> {
+    let time = format!(
+        "{}.{:06}",
+        event.time_ns / 1_000_000_000,
+        event.time_ns % 1_000_000_000 / 1000
+    );
+    let source = endpoint(event.family, &event.source, event.source_port);
+    let destination = endpoint(event.family, &event.destination, event.destination_port);
+    let cgroup = (event.cgroup_id != 0).then(|| names.name(event.cgroup_id));
+    Some(match event.kind {
+        EVENT_CGROUP_REFUSED | EVENT_NET_REFUSED => {
+            let net = event.kind == EVENT_NET_REFUSED;
+            let limit = if net {
+                format!("rule {}", event.rule)
+            } else {
+                format!("cgroup {}", cgroup.clone().unwrap_or_else(|| "?".into()))
+            };
+            TraceRecord::Refused {
+                time,
+                limit,
+                cgroup: if net { None } else { cgroup },
+                rule: net.then_some(event.rule),
+                direction: match event.hook {
+                    hook if hook == Direction::Egress as u8 => "egress",
+                    TRACE_HOOK_XDP => "ingress-xdp",
+                    _ => "ingress",
+                },
+                bytes: event.value,
+                protocol: protocol(event.protocol),
+                source,
+                destination,
+            }
+        }
+        EVENT_PACING => TraceRecord::Pacing {
+            time,
+            cgroup,
+            rate: event.value,
+            source,
+            destination,
+        },
+        EVENT_WINDOW => TraceRecord::Window {
+            time,
+            cgroup,
+            window: event.value,
+            source,
+            destination,
+        },
+        _ => return None,
+    })
+}
+
+fn protocol(number: u8) -> String {
+    match number {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        other => format!("proto-{other}"),
+    }
+}
+
+/// `address:port` (`[address]:port` for IPv6), the port left out when unknown.
+fn endpoint(family: u8, address: &[u8; 16], port: u16) -> String {
+    let ip = match family {
+        TRACE_FAMILY_IPV4 => IpAddr::V4(Ipv4Addr::new(
+            address[0], address[1], address[2], address[3],
+        )),
+        TRACE_FAMILY_IPV6 => IpAddr::V6(Ipv6Addr::from(*address)),
+        _ => return "?".into(),
+    };
+    match (ip, port) {
+        (ip, 0) => ip.to_string(),
+        (IpAddr::V4(ip), port) => format!("{ip}:{port}"),
+        (IpAddr::V6(ip), port) => format!("[{ip}]:{port}"),
+    }
+}
+
+/// Cgroup paths by id (the inode of the cgroup's directory), found by a walk of the v2 tree the
+/// first time an id is seen, and kept.
+pub struct CgroupNames {
+    mount: Option<PathBuf>,
+    names: HashMap<u64, String>,
+}
+
+impl CgroupNames {
+    pub fn discover() -> Self {
+        Self {
+            mount: CgroupFs::discover().ok().map(|fs| fs.mount().to_owned()),
+            names: HashMap::new(),
+        }
+    }
+
+    /// The cgroup's path from the v2 root, or `id N` if it cannot be found.
+    pub fn name(&mut self, id: u64) -> String {
+        if let Some(name) = self.names.get(&id) {
+            return name.clone();
+        }
+        let name = self
+            .mount
+            .as_deref()
+            .and_then(|mount| find_inode(mount, mount, id, 0))
+            .unwrap_or_else(|| format!("id {id}"));
+        self.names.insert(id, name.clone());
+        name
+    }
+}
+
+/// The path from `mount` of the directory below `dir` with inode `id`.
+fn find_inode(mount: &Path, dir: &Path, id: u64, depth: u32) -> Option<String> {
+    if fs::metadata(dir).ok()?.ino() == id {
+        let relative = dir.strip_prefix(mount).ok()?;
+        return Some(format!("/{}", relative.display()));
+    }
+    if depth >= rein_common::MAX_CGROUP_DEPTH {
+        return None;
+    }
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|entry| find_inode(mount, &entry.path(), id, depth + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(cgroup_id: u64) -> TraceEvent {
+        let mut event = TraceEvent::EMPTY;
+        event.time_ns = 12_345_678_901;
+        event.kind = EVENT_CGROUP_REFUSED;
+        event.cgroup_id = cgroup_id;
+        event.hook = Direction::Egress as u8;
+        event.value = 1228;
+        event.family = TRACE_FAMILY_IPV4;
+        event.protocol = 17;
+        event.source[..4].copy_from_slice(&[10, 0, 0, 1]);
+        event.destination[..4].copy_from_slice(&[10, 0, 0, 2]);
+        event.source_port = 40000;
+        event.destination_port = 5201;
+        event
+    }
+
+    #[test]
+    fn a_refusal_reads_as_one_line_with_limit_direction_size_and_tuple() {
+        let mut names = CgroupNames {
+            mount: None,
+            names: HashMap::from([(7, "/app".to_owned())]),
+        };
+        let record = decode(&refusal(7), &mut names).unwrap();
+        assert_eq!(
+            record.to_string(),
+            "12.345678 refused egress cgroup /app 1228B udp 10.0.0.1:40000 -> 10.0.0.2:5201"
+        );
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["event"], "refused");
+        assert_eq!(json["cgroup"], "/app");
+        assert_eq!(json["destination"], "10.0.0.2:5201");
+    }
+
+    #[test]
+    fn filters_keep_their_cgroup_rule_and_drops() {
+        let mut net = refusal(0);
+        net.kind = EVENT_NET_REFUSED;
+        net.rule = 3;
+        let mut pacing = refusal(7);
+        pacing.kind = EVENT_PACING;
+        let cgroup = TraceFilter {
+            cgroup: Some(7),
+            ..TraceFilter::default()
+        };
+        assert!(cgroup.keeps(&refusal(7)) && cgroup.keeps(&pacing));
+        assert!(!cgroup.keeps(&refusal(8)) && !cgroup.keeps(&net));
+        let rule = TraceFilter {
+            rule: Some(3),
+            ..TraceFilter::default()
+        };
+        assert!(rule.keeps(&net) && !rule.keeps(&refusal(7)));
+        let drops = TraceFilter {
+            drops_only: true,
+            ..TraceFilter::default()
+        };
+        assert!(drops.keeps(&refusal(7)) && drops.keeps(&net) && !drops.keeps(&pacing));
+    }
+}

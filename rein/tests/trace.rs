@@ -1,0 +1,436 @@
+//! `rein trace` end to end: a trace started with a filter sees the UDP packets a cgroup limit
+//! refuses, with the limit, direction and 5-tuple, and not another cgroup's; an unfiltered trace
+//! sees both; a trace ended by SIGINT leaves the datapath's lease cleared, so the programs stop
+//! building events; and a trace shows the pacing and window clamps set on limited TCP flows.
+//!
+//! Runs its own instance and namespaces (removed on drop, on failure too). Needs root, a bpffs
+//! at /sys/fs/bpf, cgroup v2 and iperf3.
+// clippy.toml allows unwrap/expect in #[test] functions only; the helpers here panic on purpose
+// too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{path::Path, time::Duration};
+
+use aya::maps::{Array, Map, MapData};
+use rein_common::abi::trace::{TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_MAP, TraceControl};
+use rein_testkit::{
+    iperf::{self, ClientOptions, PORT as IPERF3_PORT, Server},
+    netns::HostPair,
+    process::{Cmd, Output, Running, wait_until},
+    rein_instance::ReinInstance,
+};
+
+/// The cgroup datapath's trace control, read from its pin.
+fn trace_control(rein: &ReinInstance) -> TraceControl {
+    let pin = rein.library_instance().maps_dir().join(TRACE_MAP);
+    let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
+    let control: Array<_, TraceControl> = Array::try_from(map).unwrap();
+    control.get(&0, 0).unwrap()
+}
+
+/// `rein trace ARGS`, until signalled; killed on drop.
+fn start_trace(rein: &ReinInstance, args: &[&str]) -> Running {
+    rein.command()
+        .arg("trace")
+        .args(args)
+        .timeout(Duration::from_secs(120))
+        .spawn()
+        .unwrap()
+}
+
+/// SIGINT, as Ctrl-C sends it, and the trace's output once it has exited.
+fn interrupt(trace: Running) -> Output {
+    // SAFETY: kill(2) with plain integers, to a child this test started and has not reaped.
+    unsafe { libc::kill(trace.pid() as libc::pid_t, libc::SIGINT) };
+    let output = trace.wait_within(Duration::from_secs(10)).unwrap();
+    assert!(
+        output.status.success(),
+        "rein trace did not exit cleanly:\n{output}"
+    );
+    output
+}
+
+/// 2 s of UDP at 50 Mbit/s from `cgroup` in the client namespace to the server.
+fn udp_flood(pair: &HostPair, cgroup: &Path) {
+    let opts = ClientOptions {
+        seconds: 2,
+        udp_bitrate: Some("50M".into()),
+        ..ClientOptions::default()
+    };
+    let argv = pair.client().exec(&iperf::client_argv(
+        &pair.link.server_addr,
+        IPERF3_PORT,
+        &opts,
+    ));
+    let cmd = Cmd::new(
+        ["sh", "-c", r#"echo $$ > "$0" && exec "$@""#],
+        opts.timeout(),
+    )
+    .arg(cgroup.join("cgroup.procs"))
+    .args(argv);
+    iperf::run_client(&cmd, true, false).unwrap();
+}
+
+#[test]
+fn a_trace_shows_its_cgroups_refused_udp_and_clears_its_lease_on_sigint() {
+    let rein = instance();
+    let pair = HostPair::create("rtr").unwrap();
+    let _server = Server::start(
+        pair.server(),
+        &pair.link.server_addr,
+        IPERF3_PORT,
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let traced = rein.cgroup("traced");
+    let other = rein.cgroup("other");
+    let (traced_name, other_name) = (rein.relative(&traced), rein.relative(&other));
+    for dir in [&traced, &other] {
+        rein.rein(&[
+            "set",
+            "--cgroup",
+            dir.to_str().unwrap(),
+            "--egress",
+            "5mbit",
+        ])
+        .ok();
+    }
+    assert_eq!(trace_control(&rein).until_ns, 0, "a lease before any trace");
+
+    let filtered = start_trace(&rein, &["--cgroup", &traced_name, "--json"]);
+    let everything = start_trace(&rein, &["--drops-only"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || trace_control(&rein).until_ns
+            != 0),
+        "rein trace never took the lease"
+    );
+    udp_flood(&pair, &traced);
+    udp_flood(&pair, &other);
+
+    // The unfiltered trace saw both cgroups' refusals: the filter had something to leave out.
+    let everything = interrupt(everything);
+    for name in [&traced_name, &other_name] {
+        let wanted = format!("refused egress cgroup {name} ");
+        assert!(
+            everything
+                .stdout
+                .lines()
+                .any(|line| line.contains(&wanted) && line.contains(" udp ")),
+            "no `{wanted}` line from the unfiltered trace:\n{everything}"
+        );
+    }
+    // The filtered trace renews the lease under its own pid within a second; its exit clears it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let filtered = interrupt(filtered);
+
+    for (what, output) in [("--drops-only", &everything), ("--json", &filtered)] {
+        let sample: Vec<&str> = output.stdout.lines().take(3).collect();
+        eprintln!("rein trace {what}:\n{}", sample.join("\n"));
+    }
+    let destination = format!("{}:{IPERF3_PORT}", pair.link.server_addr);
+    let mut refusals = 0;
+    for line in filtered.stdout.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n{filtered}"));
+        assert!(
+            !line.contains(&other_name),
+            "the --cgroup filter let another cgroup's event through: {line}"
+        );
+        if event["event"] == "refused" {
+            assert_eq!(event["cgroup"], traced_name.as_str(), "{line}");
+            assert_eq!(event["limit"], format!("cgroup {traced_name}"), "{line}");
+            assert_eq!(event["direction"], "egress", "{line}");
+            assert_eq!(event["protocol"], "udp", "{line}");
+            assert_eq!(event["destination"], destination.as_str(), "{line}");
+            let source = event["source"].as_str().unwrap();
+            assert!(
+                source.starts_with(&format!("{}:", pair.link.client_addr)),
+                "{line}"
+            );
+            assert!(event["bytes"].as_u64().unwrap() > 1000, "{line}");
+            refusals += 1;
+        }
+    }
+    assert!(refusals > 100, "{refusals} refusals traced:\n{filtered}");
+    assert_eq!(
+        trace_control(&rein),
+        TraceControl::default(),
+        "SIGINT left the lease set"
+    );
+}
+
+/// A limited TCP upload, then a download: the trace shows the pacing rate sock_ops sets on the
+/// upload and the window clamp it sets on the download, each with the flow's addresses and
+/// the limit's cgroup.
+#[test]
+fn a_trace_shows_pacing_and_window_changes_of_limited_tcp() {
+    let rein = instance();
+    let pair = HostPair::create("rtw").unwrap();
+    let _server = Server::start(
+        pair.server(),
+        &pair.link.server_addr,
+        IPERF3_PORT,
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let limited = rein.cgroup("tcp");
+    let name = rein.relative(&limited);
+    // In the client's namespace, where downloads arrive and their queue must be.
+    rein.command_in_ns(pair.client())
+        .args(["set", "--cgroup", limited.to_str().unwrap()])
+        .args(["--egress", "10mbit", "--ingress", "10mbit"])
+        .run()
+        .unwrap();
+    let trace = start_trace(&rein, &["--cgroup", &name, "--json"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || trace_control(&rein).until_ns
+            != 0),
+        "rein trace never took the lease"
+    );
+    for reverse in [false, true] {
+        let opts = ClientOptions {
+            seconds: 2,
+            reverse,
+            ..ClientOptions::default()
+        };
+        let argv = pair.client().exec(&iperf::client_argv(
+            &pair.link.server_addr,
+            IPERF3_PORT,
+            &opts,
+        ));
+        let cmd = Cmd::new(
+            ["sh", "-c", r#"echo $$ > "$0" && exec "$@""#],
+            opts.timeout(),
+        )
+        .arg(limited.join("cgroup.procs"))
+        .args(argv);
+        iperf::run_client(&cmd, false, reverse).unwrap();
+    }
+    let output = interrupt(trace);
+    let events: Vec<serde_json::Value> = output
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let destination = format!("{}:{IPERF3_PORT}", pair.link.server_addr);
+    let local = format!("{}:", pair.link.client_addr);
+    for (kind, value) in [("pacing", "rate"), ("window", "window")] {
+        let found: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|event| event["event"] == kind)
+            .collect();
+        eprintln!("{} {kind} events, first {:?}", found.len(), found.first());
+        assert!(
+            found.iter().any(|event| {
+                event["cgroup"] == name.as_str()
+                    && event["destination"] == destination.as_str()
+                    && event["source"].as_str().unwrap().starts_with(&local)
+                    && event[value].as_u64().unwrap() > 0
+            }),
+            "no {kind} event of the limited flows:\n{output}"
+        );
+    }
+}
+
+/// A flood of small UDP datagrams (64-byte payloads at 50 Mbit/s: about 97,000 packets a second
+/// offered, nearly all refused) is more than the per-CPU budget of 10,000 events a second: the
+/// trace prints at most that many refusals a second per CPU and says how many it skipped.
+#[test]
+fn a_flood_is_sampled_and_the_skipped_events_counted() {
+    let rein = instance();
+    let pair = HostPair::create("rtf").unwrap();
+    let _server = Server::start(
+        pair.server(),
+        &pair.link.server_addr,
+        IPERF3_PORT,
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let flooder = rein.cgroup("flood");
+    rein.rein(&[
+        "set",
+        "--cgroup",
+        flooder.to_str().unwrap(),
+        "--egress",
+        "1mbit",
+    ])
+    .ok();
+    let trace = start_trace(&rein, &["--json", "--drops-only"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || trace_control(&rein).until_ns
+            != 0),
+        "rein trace never took the lease"
+    );
+    let started = std::time::Instant::now();
+    let opts = ClientOptions {
+        seconds: 3,
+        udp_bitrate: Some("50M".into()),
+        length: Some(64),
+        ..ClientOptions::default()
+    };
+    let argv = pair.client().exec(&iperf::client_argv(
+        &pair.link.server_addr,
+        IPERF3_PORT,
+        &opts,
+    ));
+    let cmd = Cmd::new(
+        ["sh", "-c", r#"echo $$ > "$0" && exec "$@""#],
+        opts.timeout(),
+    )
+    .arg(flooder.join("cgroup.procs"))
+    .args(argv);
+    let sent = iperf::run_client(&cmd, true, false).unwrap();
+    // Past the next report of the skipped count (once a second).
+    std::thread::sleep(Duration::from_millis(1500));
+    let output = interrupt(trace);
+    let seconds = started.elapsed().as_secs_f64();
+    let (mut refused, mut skipped) = (0u64, 0u64);
+    for line in output.stdout.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        match event["event"].as_str() {
+            Some("refused") => refused += 1,
+            Some("skipped") => skipped += event["events"].as_u64().unwrap(),
+            _ => panic!("an event --drops-only should leave out: {line}"),
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let most = 10_000.0 * cpus * (seconds + 1.0);
+    eprintln!(
+        "{refused} refusals traced and {skipped} skipped in {seconds:.1} s (at most {most:.0} \
+         traced); iperf3: {sent:?}"
+    );
+    assert!(refused > 1000, "{refused} refusals traced");
+    assert!(skipped > 0, "a flood with nothing skipped:\n{output}");
+    assert!(
+        (refused as f64) <= most,
+        "{refused} refusals traced in {seconds:.1} s, over the budget"
+    );
+}
+
+/// A `rein net` rule at tc ingress refusing UDP: a `--rule` trace shows its refusals with the
+/// rule, the hook and the 5-tuple.
+#[test]
+fn a_trace_shows_a_net_rules_refusals() {
+    let rein = instance();
+    let pair = HostPair::create("rtn").unwrap();
+    let _server = Server::start(
+        pair.server(),
+        &pair.link.server_addr,
+        IPERF3_PORT,
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let port = IPERF3_PORT.to_string();
+    let added = rein.rein_in(
+        pair.server().name(),
+        &[
+            "net",
+            "add",
+            "--dev",
+            &pair.link.server_if,
+            "--dir",
+            "ingress",
+            "--dst",
+            &pair.link.server_addr,
+            "--proto",
+            "udp",
+            "--dport",
+            &port,
+            "--rate",
+            "5mbit",
+        ],
+    );
+    let id: u32 = added
+        .ok()
+        .trim()
+        .strip_prefix("added rule ")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no rule id:\n{added}"));
+    let trace = start_trace(&rein, &["--rule", &id.to_string(), "--json"]);
+    let pin = rein
+        .library_instance()
+        .maps_dir()
+        .join(rein_common::abi::trace::NET_TRACE_MAP);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
+            let control: Array<_, TraceControl> = Array::try_from(map).unwrap();
+            control.get(&0, 0).unwrap().until_ns != 0
+        }),
+        "rein trace never took the lease"
+    );
+    let opts = ClientOptions {
+        seconds: 2,
+        udp_bitrate: Some("50M".into()),
+        ..ClientOptions::default()
+    };
+    let cmd = Cmd::new(
+        pair.client().exec(&iperf::client_argv(
+            &pair.link.server_addr,
+            IPERF3_PORT,
+            &opts,
+        )),
+        opts.timeout(),
+    );
+    iperf::run_client(&cmd, true, false).unwrap();
+    let output = interrupt(trace);
+    let destination = format!("{}:{IPERF3_PORT}", pair.link.server_addr);
+    let refusals = output
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| event["event"] == "refused")
+        .inspect(|event| {
+            assert_eq!(event["rule"], id, "{event}");
+            assert_eq!(event["limit"], format!("rule {id}"), "{event}");
+            assert_eq!(event["direction"], "ingress", "{event}");
+            assert_eq!(event["protocol"], "udp", "{event}");
+            assert_eq!(event["destination"], destination.as_str(), "{event}");
+            let source = event["source"].as_str().unwrap();
+            assert!(
+                source.starts_with(&format!("{}:", pair.link.client_addr)),
+                "{event}"
+            );
+        })
+        .count();
+    assert!(refusals > 100, "{refusals} refusals traced:\n{output}");
+}
+
+/// A datapath installed by a rein from before `rein trace` has no trace maps: a trace says
+/// what to do, and after `rein reload` (which creates them and swaps in programs that use
+/// them) it runs. With nothing installed, a trace is refused and leaves nothing behind.
+#[test]
+fn a_datapath_without_trace_maps_gets_them_with_a_reload() {
+    let rein = instance();
+    rein.rein(&["trace"]).refused(&["nothing to trace"]);
+    rein.assert_no_trace("`rein trace` with nothing installed");
+    let app = rein.cgroup("app");
+    rein.rein(&[
+        "set",
+        "--cgroup",
+        app.to_str().unwrap(),
+        "--egress",
+        "10mbit",
+    ])
+    .ok();
+    let maps = rein.library_instance().maps_dir();
+    for name in [TRACE_MAP, TRACE_EVENTS_MAP, TRACE_BUDGET_MAP] {
+        std::fs::remove_file(maps.join(name)).unwrap();
+    }
+    rein.rein(&["trace"])
+        .refused(&["nothing to trace", "rein reload"]);
+    rein.rein(&["reload"]).ok();
+    let trace = start_trace(&rein, &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || trace_control(&rein).until_ns
+            != 0),
+        "rein trace never took the lease after the reload"
+    );
+    interrupt(trace);
+    assert_eq!(trace_control(&rein), TraceControl::default());
+}
+
+fn instance() -> ReinInstance {
+    ReinInstance::for_test(env!("CARGO_BIN_EXE_rein"))
+}
