@@ -39,7 +39,8 @@ pub enum Mode {
     /// stay.
     Merge,
     /// The agent's: the files are the whole of what is declared; declared resources no longer
-    /// in them are removed.
+    /// in them are removed. A resource whose cgroup or device is not there yet declares
+    /// nothing until it is (the agent applies again every second).
     Exact,
 }
 
@@ -48,6 +49,10 @@ pub fn apply(engine: &mut Engine, resources: &Resources, mode: Mode) -> Result<P
     let mut tx = engine.begin()?;
     let desired = declare(tx.context(), tx.desired(), resources, mode)?;
     let plan = tx.plan(&desired)?;
+    // The agent applies twice a second: when nothing changes, nothing is written.
+    if plan.is_empty() {
+        return Ok(plan);
+    }
     tx.apply(&plan)?;
     tx.commit()?;
     Ok(plan)
@@ -164,7 +169,16 @@ fn declare(
             Resource::CgroupLimit(manifest) => {
                 let name = manifest.metadata.name.as_str();
                 let spec = &manifest.spec;
-                for cgroup in expand(cx, &spec.cgroup).map_err(in_resource)? {
+                let cgroups = match expand(cx, &spec.cgroup) {
+                    // The agent waits for a cgroup that is not there yet (a service not
+                    // started); a command refuses it.
+                    Err(Error::NoSuchCgroup(path)) if mode == Mode::Exact => {
+                        tracing::info!("{name}: cgroup {path} is not there (yet)");
+                        continue;
+                    }
+                    expanded => expanded.map_err(in_resource)?,
+                };
+                for cgroup in cgroups {
                     let id = cgroup.id().map_err(in_resource)?;
                     let relative = cgroup.relative().to_owned();
                     if let Some(existing) = desired.cgroup_limits.iter().find(|r| r.cgroup_id == id)
@@ -219,6 +233,11 @@ fn declare(
                 if held.is_none_or(|held| held.spec != *spec)
                     && !netns::device(&spec.device).is_ok_and(|device| device.is_some())
                 {
+                    // As a missing cgroup: the agent waits for the device.
+                    if mode == Mode::Exact {
+                        tracing::info!("{name}: device {} is not there (yet)", spec.device);
+                        continue;
+                    }
                     return Err(in_resource(Error::NoSuchDevice(spec.device.clone())));
                 }
                 desired.net_rules.push(WantedNetRule {
