@@ -10,6 +10,7 @@
 pub mod cgroup;
 mod clock;
 pub mod error;
+pub mod http;
 pub mod iperf;
 pub mod model;
 pub mod netns;

@@ -10,8 +10,7 @@
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
@@ -21,6 +20,7 @@ use std::{
 
 use rein::observe::metrics;
 use rein_testkit::{
+    http,
     iperf::{self, ClientOptions, Measured, PORT as IPERF3_PORT, Server, TCP_PAYLOAD_SHARE},
     netns::{HostPair, unique_suffix},
     process::{Cmd, Running, wait_until},
@@ -128,31 +128,6 @@ impl Drop for MetricsServer {
     }
 }
 
-/// A free port of 127.0.0.1 (free when asked: the caller binds it soon after).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A GET to 127.0.0.1 over HTTP/1.0; the status code and the body.
-fn http_get(addr: SocketAddr, target: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {target} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, body.to_owned()))
-}
-
 fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
@@ -185,7 +160,9 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", http::free_port().unwrap())
+            .parse()
+            .unwrap();
         let process = Cmd::new(["prometheus"], Duration::from_secs(300))
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -201,7 +178,7 @@ impl Prometheus {
             _dir: dir,
         };
         let ready = wait_until(Duration::from_secs(30), || {
-            http_get(addr, "/-/ready").is_ok_and(|(code, _)| code == 200)
+            http::get(addr, "/-/ready").is_ok_and(|(code, _)| code == 200)
         });
         assert!(ready, "prometheus did not become ready on {addr}");
         prometheus
@@ -210,7 +187,7 @@ impl Prometheus {
     /// The instant vector of `query` at unix time `at`: each series' labels and value.
     fn query(&self, query: &str, at: f64) -> Vec<(Value, f64)> {
         let target = format!("/api/v1/query?query={}&time={at:.3}", url_encode(query));
-        let (code, body) = http_get(self.addr, &target).unwrap();
+        let (code, body) = http::get(self.addr, &target).unwrap();
         let answer: Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("prometheus answered {code} {body:?}: {e}"));
         assert_eq!(answer["status"], "success", "{query}: {answer}");
@@ -233,7 +210,7 @@ fn metrics_are_served_on_metrics_only() {
     rein.rein(&["set", "--cgroup", app.to_str().unwrap(), "--egress", LIMIT])
         .ok();
     let server = MetricsServer::start(rein.library_instance());
-    let (code, body) = http_get(server.addr(), "/metrics").unwrap();
+    let (code, body) = http::get(server.addr(), "/metrics").unwrap();
     assert_eq!(code, 200, "{body}");
     let relative = rein.relative(&app);
     for line in [
@@ -254,7 +231,7 @@ fn metrics_are_served_on_metrics_only() {
     assert!(printed.contains(&format!(
         "rein_cgroup_rate_bytes_per_second{{cgroup=\"{relative}\""
     )));
-    assert_eq!(http_get(server.addr(), "/other").unwrap().0, 404);
+    assert_eq!(http::get(server.addr(), "/other").unwrap().0, 404);
 
     // Metrics never wait for the lock that a command (or the agent) holds.
     let lock = fs::OpenOptions::new()
@@ -269,7 +246,7 @@ fn metrics_are_served_on_metrics_only() {
         .refused(&["another rein command is running"]);
     let printed = rein.rein(&["metrics"]).ok().to_owned();
     assert!(printed.contains(&relative), "{printed}");
-    assert_eq!(http_get(server.addr(), "/metrics").unwrap().0, 200);
+    assert_eq!(http::get(server.addr(), "/metrics").unwrap().0, 200);
     drop(lock);
     drop(server);
     rein.rein(&["unset", "--cgroup", app.to_str().unwrap()])

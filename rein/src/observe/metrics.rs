@@ -115,9 +115,18 @@ fn gauge_value(value: u64) -> i64 {
 
 /// The OpenMetrics text of `status` (see the README for every metric).
 pub fn render(status: &Status) -> Result<String> {
+    render_with(status, &|_| {})
+}
+
+/// Metrics a server adds to every scrape (the agent's own), registered under `rein_`.
+pub type Extra = dyn Fn(&mut Registry) + Send + Sync;
+
+/// [`render`], with `extra`'s metrics too.
+pub fn render_with(status: &Status, extra: &Extra) -> Result<String> {
     let mut families = Families {
         registry: Registry::with_prefix("rein"),
     };
+    extra(&mut families.registry);
 
     let cgroup = Traffic::new(&mut families, "cgroup", "a cgroup limit");
     let cgroup_rate: Family<Labels, Gauge> = families.gauge(
@@ -323,11 +332,14 @@ pub fn gather(instance: &Instance) -> Result<String> {
     render(&Status::read(instance.clone())?)
 }
 
+fn no_extra(_: &mut Registry) {}
+
 /// An HTTP server of `/metrics` for one instance. Synchronous, one scrape at a time: a scrape
 /// reads a few maps, and its scrapers are a Prometheus or two.
 pub struct Server {
     http: tiny_http::Server,
     instance: Instance,
+    extra: Box<Extra>,
 }
 
 impl fmt::Debug for Server {
@@ -353,7 +365,17 @@ impl Server {
     pub fn from_listener(listener: TcpListener, instance: Instance) -> Result<Self> {
         let http = tiny_http::Server::from_listener(listener, None)
             .map_err(|error| Error::Metrics(format!("cannot serve metrics: {error}")))?;
-        Ok(Self { http, instance })
+        Ok(Self {
+            http,
+            instance,
+            extra: Box::new(no_extra),
+        })
+    }
+
+    /// Adds metrics of the server's owner to every scrape.
+    pub fn with_extra(mut self, extra: impl Fn(&mut Registry) + Send + Sync + 'static) -> Self {
+        self.extra = Box::new(extra);
+        self
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -369,7 +391,8 @@ impl Server {
             let response = if path != "/metrics" {
                 text_response(404, "rein serves /metrics only\n".into(), "text/plain")
             } else {
-                match gather(&self.instance) {
+                let status = Status::read(self.instance.clone());
+                match status.and_then(|status| render_with(&status, &*self.extra)) {
                     Ok(body) => text_response(200, body, CONTENT_TYPE),
                     Err(error) => {
                         tracing::warn!("cannot read the metrics: {error}");
