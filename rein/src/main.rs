@@ -31,7 +31,9 @@ fn main() -> ExitCode {
     // SAFETY: setting a signal's disposition to the default before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let low = LowArgs::parse();
-    init_logging(low.verbose);
+    // A service's log is how it says what it did: the agent tells what it changes unasked.
+    let service = matches!(low.command, cli::lowargs::LowCommand::Agent { .. });
+    init_logging(low.verbose + u8::from(service));
     match execute(low) {
         Ok(code) => code,
         Err(error) => {
@@ -93,6 +95,7 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
         }
         HiCommand::Metrics => print!("{}", observe::metrics::gather(&instance)?),
         HiCommand::Top => observe::top::run(&instance)?,
+        HiCommand::Agent(options) => rein::agent::run(instance, &options)?,
         HiCommand::Reload => {
             let restored = Engine::open(instance)?.reload()?;
             println!("reloaded the kernel programs; limits and bucket state kept");
@@ -215,9 +218,11 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REIN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colours only for a person at a terminal: a journal or a log file would keep the codes.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
 }

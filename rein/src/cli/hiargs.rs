@@ -35,6 +35,7 @@ pub enum HiCommand {
     Reload,
     Metrics,
     Top,
+    Agent(rein::agent::Options),
     Purge,
     Doctor {
         json: bool,
@@ -114,6 +115,19 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
         LowCommand::Reload => HiCommand::Reload,
         LowCommand::Metrics => HiCommand::Metrics,
         LowCommand::Top => HiCommand::Top,
+        LowCommand::Agent {
+            config,
+            metrics_addr,
+            remove_on_exit,
+        } => HiCommand::Agent(rein::agent::Options {
+            config,
+            metrics_addr: metrics_addr.trim().parse().map_err(|_| ArgError::Bad {
+                flag: "metrics-addr",
+                value: metrics_addr.clone(),
+                expected: "an address and port such as 127.0.0.1:9810",
+            })?,
+            remove_on_exit,
+        }),
         LowCommand::Purge => HiCommand::Purge,
         LowCommand::Doctor { json } => HiCommand::Doctor { json },
         LowCommand::Apply { files } => HiCommand::Apply(files.files),

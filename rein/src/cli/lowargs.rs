@@ -63,6 +63,19 @@ pub enum LowCommand {
     Metrics,
     /// A live view of every limit: rate against the limit, drops, TCP flows (q quits).
     Top,
+    /// Run as a service: apply the configuration, keep the kernel matching it (on file
+    /// changes, SIGHUP, and every second for drift), serve /metrics. Runs until SIGTERM.
+    Agent {
+        /// A file or a directory of resources.
+        #[arg(long, value_name = "PATH", default_value = "/etc/rein")]
+        config: PathBuf,
+        /// Where to serve /metrics.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9810")]
+        metrics_addr: String,
+        /// On SIGTERM, remove what the agent applied (by default it stays enforced).
+        #[arg(long)]
+        remove_on_exit: bool,
+    },
     /// Make the limits match what YAML files declare: adds and changes their resources, leaves
     /// other resources and limits set by hand alone.
     Apply {
