@@ -7,6 +7,7 @@
 //!
 //! Everything that can fail returns [`Result`] with the one [`Error`]; helpers meant only for
 //! tests say that they panic.
+pub mod agent;
 pub mod cgroup;
 mod clock;
 pub mod error;

@@ -10,9 +10,8 @@
 
 use std::{
     fs,
-    net::SocketAddr,
     os::unix::{fs::PermissionsExt, net::UnixDatagram},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -20,10 +19,10 @@ use std::{
 use rein::capabilities::cgroup_limit::datapath::Datapath;
 use rein_common::{Direction, RuleKey};
 use rein_testkit::{
-    http,
+    agent::{Agent, Config, cgroup_limit},
     iperf::{self, ClientOptions, PORT as IPERF3_PORT, Server},
-    netns::{HostPair, unique_suffix},
-    process::{Cmd, Output, Running, wait_until},
+    netns::HostPair,
+    process::{Cmd, wait_until},
     rein_instance::ReinInstance,
 };
 
@@ -36,120 +35,6 @@ fn traffic() -> MutexGuard<'static, ()> {
 
 fn instance() -> ReinInstance {
     ReinInstance::for_test(env!("CARGO_BIN_EXE_rein"))
-}
-
-/// A configuration directory of the test's own, root's and not writable by others (the agent
-/// refuses anything else); removed on drop.
-struct Config {
-    dir: PathBuf,
-}
-
-impl Config {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("rein-agent-{}", unique_suffix()));
-        fs::create_dir(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        Self { dir }
-    }
-
-    /// Writes `file` as an editor does: a new file renamed over the old.
-    fn write(&self, file: &str, text: &str) {
-        let new = self.dir.join(format!(".{file}.new"));
-        fs::write(&new, text).unwrap();
-        fs::set_permissions(&new, fs::Permissions::from_mode(0o644)).unwrap();
-        fs::rename(&new, self.dir.join(file)).unwrap();
-    }
-
-    fn remove(&self, file: &str) {
-        fs::remove_file(self.dir.join(file)).unwrap();
-    }
-}
-
-impl Drop for Config {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn cgroup_limit(name: &str, cgroup: &str, egress: &str) -> String {
-    format!(
-        "apiVersion: rein.dev/v1alpha1\nkind: CgroupLimit\nmetadata:\n  name: {name}\nspec:\n  \
-         cgroup: {cgroup}\n  egress:\n    rate: {egress}\n"
-    )
-}
-
-/// A running `rein agent`; killed on drop.
-struct Agent {
-    running: Option<Running>,
-    metrics: SocketAddr,
-}
-
-impl Agent {
-    fn start(rein: &ReinInstance, config: &Path, extra: &[&str]) -> Self {
-        Self::start_with(rein.command(), config, extra)
-    }
-
-    fn start_with(command: Cmd, config: &Path, extra: &[&str]) -> Self {
-        let metrics: SocketAddr = format!("127.0.0.1:{}", http::free_port().unwrap())
-            .parse()
-            .unwrap();
-        let running = command
-            .args(["agent", "--config"])
-            .arg(config)
-            .args(["--metrics-addr", &metrics.to_string()])
-            .args(extra)
-            .timeout(Duration::from_secs(120))
-            .spawn()
-            .unwrap();
-        let agent = Self {
-            running: Some(running),
-            metrics,
-        };
-        assert!(
-            wait_until(Duration::from_secs(10), || agent.metrics_text().is_some()),
-            "the agent did not serve its metrics"
-        );
-        agent
-    }
-
-    fn metrics_text(&self) -> Option<String> {
-        match http::get(self.metrics, "/metrics") {
-            Ok((200, body)) => Some(body),
-            _ => None,
-        }
-    }
-
-    fn sample(&self, series: &str) -> Option<f64> {
-        http::sample(&self.metrics_text()?, series)
-    }
-
-    fn pid(&self) -> u32 {
-        self.running.as_ref().unwrap().pid()
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.pid()).unwrap();
-        // SAFETY: kill(2) with plain integers, to the agent this test started.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    /// Stops the agent with `signal` and returns what it printed.
-    fn stop(mut self, signal: libc::c_int) -> Output {
-        self.signal(signal);
-        self.running
-            .take()
-            .unwrap()
-            .wait_within(Duration::from_secs(10))
-            .unwrap()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            drop(running);
-        }
-    }
 }
 
 /// The egress rate (bit/s) `rein list` shows for `cgroup`, if it is limited.

@@ -20,6 +20,7 @@ use std::{
 
 use rein::observe::metrics;
 use rein_testkit::{
+    agent::{Agent, Config, cgroup_limit},
     http,
     iperf::{self, ClientOptions, Measured, PORT as IPERF3_PORT, Server, TCP_PAYLOAD_SHARE},
     netns::{HostPair, unique_suffix},
@@ -411,10 +412,15 @@ fn prometheus_sees_the_rate_iperf3_measures() {
     let _traffic = traffic();
     let rein = instance();
     let app = rein.cgroup("app");
-    rein.rein(&["set", "--cgroup", app.to_str().unwrap(), "--egress", LIMIT])
-        .ok();
-    let server = MetricsServer::start(rein.library_instance());
-    let prometheus = Prometheus::start(server.addr());
+    // As an operator runs it: the limit declared in the agent's configuration, and Prometheus
+    // scraping the agent.
+    let config = Config::new();
+    config.write(
+        "app.yaml",
+        &cgroup_limit("app", &rein.relative(&app), LIMIT),
+    );
+    let agent = Agent::start(&rein, &config.dir, &["--remove-on-exit"]);
+    let prometheus = Prometheus::start(agent.metrics);
     let scraped = wait_until(Duration::from_secs(15), || {
         prometheus
             .query("up{job=\"rein\"}", unix_now())
@@ -472,10 +478,9 @@ fn prometheus_sees_the_rate_iperf3_measures() {
     );
 
     drop(prometheus);
-    drop(server);
-    rein.rein(&["unset", "--cgroup", app.to_str().unwrap()])
-        .ok();
-    rein.assert_no_trace("`rein unset` after the Prometheus scrape");
+    let out = agent.stop(libc::SIGTERM);
+    assert!(out.status.success(), "{out}");
+    rein.assert_no_trace("the agent's --remove-on-exit after the Prometheus scrape");
 }
 
 // ---------------------------------------------------------------------------
