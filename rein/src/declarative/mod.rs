@@ -158,6 +158,13 @@ fn declare(
         .retain(|w| keeps(w.declared_by.as_deref(), &rules_named));
 
     let mut claimed: HashMap<u64, &str> = HashMap::new();
+    // Who holds each cgroup now (limits set by hand, and declared ones a merge keeps), by id:
+    // the agent declares 10,000 limits every few seconds.
+    let held: HashMap<u64, Option<String>> = desired
+        .cgroup_limits
+        .iter()
+        .map(|r| (r.cgroup_id, r.declared_by.as_ref().map(|d| d.name.clone())))
+        .collect();
     for declared in &resources.items {
         let in_resource = |source: Error| Error::InResource {
             at: declared.location.to_string(),
@@ -181,9 +188,8 @@ fn declare(
                 for cgroup in cgroups {
                     let id = cgroup.id().map_err(in_resource)?;
                     let relative = cgroup.relative().to_owned();
-                    if let Some(existing) = desired.cgroup_limits.iter().find(|r| r.cgroup_id == id)
-                    {
-                        match &existing.declared_by {
+                    if let Some(existing) = held.get(&id) {
+                        match existing {
                             // A glob leaves a limit set by hand alone; a path names it on
                             // purpose, and is refused.
                             None if spec.cgroup.is_glob() => {
@@ -194,7 +200,7 @@ fn declare(
                             Some(other) => {
                                 return Err(in_resource(Error::DeclaredElsewhere {
                                     cgroup: relative,
-                                    owner: other.name.clone(),
+                                    owner: other.clone(),
                                 }));
                             }
                         }

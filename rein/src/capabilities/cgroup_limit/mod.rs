@@ -4,7 +4,7 @@
 //! `set`, `unset` and `rein run` are transactions on the engine: a cgroup made or a process
 //! moved, and the plan from the state to the state with the changed record.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt, fs, thread,
     time::{Duration, Instant},
 };
@@ -246,7 +246,7 @@ pub fn finish_run(engine: &mut Engine, run: &RunCgroup) -> Result<()> {
 /// Every limited cgroup with its processes, limits and counters.
 /// Only reads: it may run without the instance's lock (see `Status::read`).
 pub fn status(cx: &Context, state: &State) -> Result<Vec<RuleView>> {
-    let datapath = match Datapath::open_to_read(&cx.instance) {
+    let datapath = match Datapath::open(&cx.instance) {
         Ok(datapath) => Some(datapath),
         // Not installed, or uninstalled by a command while this reads.
         Err(_) if !Datapath::is_installed(&cx.instance) => None,
@@ -486,8 +486,11 @@ impl Capability for CgroupLimits {
                 });
             }
         }
+        // By id: the agent plans 10,000 limits every few seconds.
+        let by_id: HashMap<u64, &RuleRecord> =
+            held.rules.iter().map(|r| (r.cgroup_id, r)).collect();
         for record in &desired.cgroup_limits {
-            let before = held.find(record.cgroup_id);
+            let before = by_id.get(&record.cgroup_id).copied();
             if before != Some(record) {
                 plan.push(SetLimit {
                     before: before.cloned(),
@@ -560,12 +563,20 @@ impl Capability for CgroupLimits {
         }
         if Datapath::is_installed(&cx.instance) {
             let mut datapath = Datapath::open(&cx.instance)?;
+            let limited: HashSet<u64> = state
+                .cgroup_limits
+                .rules
+                .iter()
+                .map(|r| r.cgroup_id)
+                .collect();
             for key in datapath.rule_keys() {
-                if state.cgroup_limits.find(key.cgroup_id).is_none() {
+                if !limited.contains(&key.cgroup_id) {
                     tracing::info!("removing the orphaned rule of cgroup {}", key.cgroup_id);
                     datapath.remove_rule(key);
                 }
             }
+            // Once a command, from the map itself: a count a crash left wrong is put right.
+            datapath.sync_rule_counts()?;
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 //!
 //! The queues follow the cgroup limits' ingress rules: this capability has no section of its
 //! own in the state, it plans from the cgroup limits' records what queues there must be.
-use std::fmt;
+use std::{collections::HashMap, fmt};
 
 use rein_common::{Direction, Rule};
 use serde::Serialize;
@@ -154,12 +154,18 @@ impl Capability for IngressQueues {
 
     fn plan(&self, cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
         let held = &state.cgroup_limits;
+        // By id: the agent plans 10,000 limits every few seconds.
+        let wanted_by_id: HashMap<u64, &RuleRecord> = desired
+            .cgroup_limits
+            .iter()
+            .map(|r| (r.cgroup_id, r))
+            .collect();
+        let held_by_id: HashMap<u64, &RuleRecord> =
+            held.rules.iter().map(|r| (r.cgroup_id, r)).collect();
         for record in &held.rules {
-            let wanted = desired
-                .cgroup_limits
-                .iter()
-                .find(|r| r.cgroup_id == record.cgroup_id)
-                .and_then(ingress_rule);
+            let wanted = wanted_by_id
+                .get(&record.cgroup_id)
+                .and_then(|r| ingress_rule(r));
             if let (Some(previous), None) = (ingress_rule(record), wanted) {
                 plan.push(RemoveQueue {
                     cgroup: record.cgroup.clone(),
@@ -172,7 +178,9 @@ impl Capability for IngressQueues {
             let Some(rule) = ingress_rule(record) else {
                 continue;
             };
-            let previous = held.find(record.cgroup_id).and_then(ingress_rule);
+            let previous = held_by_id
+                .get(&record.cgroup_id)
+                .and_then(|r| ingress_rule(r));
             // A queue re-made would lose what waits in it: only a new rate or burst, or a
             // missing queue, re-makes it (a change of the egress limit does not).
             let same = previous.is_some_and(|p| tbf_for(&p) == tbf_for(&rule));
