@@ -113,7 +113,7 @@ fn the_agent_applies_follows_edits_and_keeps_the_last_good_configuration() {
     let mut datapath = Datapath::open(&rein.library_instance()).unwrap();
     datapath.remove_rule(key);
     assert!(
-        wait_until(Duration::from_secs(5), || datapath.rule(key).is_some()),
+        wait_until(Duration::from_secs(10), || datapath.rule(key).is_some()),
         "the last good configuration was not kept in force"
     );
     // SIGHUP reads the same bad file again: still refused, still in force.
@@ -177,7 +177,7 @@ fn a_glob_covers_new_cgroups_within_a_second_and_drift_is_repaired() {
     assert!(datapath.rule(key).is_some());
     datapath.remove_rule(key);
     assert!(
-        wait_until(Duration::from_secs(5), || datapath.rule(key).is_some()),
+        wait_until(Duration::from_secs(10), || datapath.rule(key).is_some()),
         "the rule removed by hand was not written back"
     );
 

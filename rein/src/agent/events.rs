@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{
+    EventKind, RecommendedWatcher, RecursiveMode, Watcher,
+    event::{CreateKind, RemoveKind},
+};
 use signal_hook::{
     consts::{SIGHUP, SIGINT, SIGTERM},
     iterator::{Handle, Signals},
@@ -21,6 +24,8 @@ pub enum Event {
     ConfigChanged,
     /// SIGHUP: read the configuration again.
     Reload,
+    /// A cgroup was made or removed where the configuration's resources point.
+    CgroupsChanged,
     /// SIGTERM or SIGINT.
     Stop,
     /// Nothing happened for a tick.
@@ -30,8 +35,10 @@ pub enum Event {
 /// The agent's event sources, stopped on drop.
 pub struct Events {
     receiver: Receiver<Event>,
-    // Held for their effect: dropping the watcher stops it.
+    sender: Sender<Event>,
+    // Held for their effect: dropping a watcher stops it.
     _watcher: RecommendedWatcher,
+    cgroups: Option<RecommendedWatcher>,
     signals: Handle,
 }
 
@@ -42,6 +49,7 @@ impl Events {
     /// a file by renaming a new one over it, which a watch on the file itself stops seeing.
     pub fn start(config: &Path) -> Result<Self> {
         let (sender, receiver) = mpsc::channel();
+        let sender_for_cgroups = sender.clone();
         let watcher = watch(config, sender.clone())?;
         let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])
             .map_err(|e| Error::Agent(format!("cannot catch signals: {e}")))?;
@@ -63,24 +71,75 @@ impl Events {
             .map_err(|e| Error::Agent(format!("cannot start the signal thread: {e}")))?;
         Ok(Self {
             receiver,
+            sender: sender_for_cgroups,
             _watcher: watcher,
+            cgroups: None,
             signals: handle,
         })
+    }
+
+    /// Watches `dirs` (each with whether its subdirectories are watched too) for cgroups made
+    /// or removed, instead of what was watched before. Only directories count: cgroupfs also
+    /// reports every change of files such as `memory.events`, which must not wake the agent.
+    pub fn watch_cgroups(&mut self, dirs: &[(PathBuf, bool)]) {
+        self.cgroups = None;
+        if dirs.is_empty() {
+            return;
+        }
+        let sender = self.sender.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let relevant = match event {
+                Ok(event) => matches!(
+                    event.kind,
+                    EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder)
+                ),
+                // An overflowed queue may have lost a cgroup.
+                Err(_) => true,
+            };
+            if relevant {
+                let _ = sender.send(Event::CgroupsChanged);
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                tracing::warn!("cannot watch cgroups ({error}); they are looked at every tick");
+                return;
+            }
+        };
+        for (dir, recursive) in dirs {
+            let mode = if *recursive {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
+            // A directory not there yet is found by the periodic reconciliation.
+            if let Err(error) = watcher.watch(dir, mode) {
+                tracing::debug!("not watching {}: {error}", dir.display());
+            }
+        }
+        self.cgroups = Some(watcher);
     }
 
     /// The next event, or [`Event::Tick`] after `tick` without one. Changes that come in a
     /// burst (an editor writes, renames and touches) arrive as one.
     pub fn next(&self, tick: Duration) -> Event {
         match self.receiver.recv_timeout(tick) {
-            Ok(Event::ConfigChanged) => {
+            Ok(first @ (Event::ConfigChanged | Event::CgroupsChanged)) => {
                 // Let the writer finish, then take what it did as one change. A signal that
                 // came meanwhile wins: a stop must not wait for the next change.
                 thread::sleep(SETTLE);
-                let mut event = Event::ConfigChanged;
+                let mut event = first;
                 while let Ok(next) = self.receiver.try_recv() {
-                    if next != Event::ConfigChanged {
-                        event = next;
-                    }
+                    event = match (event, next) {
+                        // A stop or a reload wins; a change of the files covers cgroups too.
+                        (Event::Stop, _) | (_, Event::Stop) => Event::Stop,
+                        (Event::Reload, _) | (_, Event::Reload) => Event::Reload,
+                        (Event::ConfigChanged, _) | (_, Event::ConfigChanged) => {
+                            Event::ConfigChanged
+                        }
+                        _ => event,
+                    };
                 }
                 event
             }

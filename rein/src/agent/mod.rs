@@ -12,10 +12,10 @@ pub mod systemd;
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use prometheus_client::{
@@ -28,11 +28,12 @@ use self::{
     systemd::Systemd,
 };
 use crate::{
-    declarative::{self, LoadOptions, Mode, Resources},
+    declarative::{self, LoadOptions, Mode, Resource, Resources},
     engine::Engine,
     error::{Error, Result},
     instance::Instance,
     observe::metrics::Server,
+    platform::cgroupfs::CgroupFs,
 };
 
 /// How `rein agent` runs.
@@ -49,9 +50,14 @@ pub struct Options {
 /// The configuration's default place.
 pub const DEFAULT_CONFIG: &str = "/etc/rein";
 
-/// How often the agent repairs drift and expands globs again: a cgroup created for a new
-/// service or container is limited within a second, however the tick falls.
+/// How often the agent looks whether a reconciliation is due.
 const TICK: Duration = Duration::from_millis(500);
+
+/// How often the agent reconciles with nothing to tell it to: repairs what drifted in the
+/// kernel (a rule removed by hand), and finds cgroups its watches cannot see (made under a
+/// directory that did not exist when the configuration was read). New cgroups where the
+/// resources point are seen at once, through inotify.
+const DRIFT_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a reconciliation waits for a command that holds the instance. A tick that finds
 /// it busy is skipped (the next comes soon); a change of the files waits longer,
@@ -143,6 +149,8 @@ struct Agent {
     declared: Option<Resources>,
     /// A change of the files that could not be applied yet (the instance was busy).
     pending: bool,
+    /// When the last reconciliation ran.
+    last: Instant,
     health: Arc<Mutex<Health>>,
 }
 
@@ -200,6 +208,7 @@ impl Agent {
         } else {
             TICK_PATIENCE
         };
+        self.last = Instant::now();
         let mut engine = match Engine::open_waiting(self.instance.clone(), patience) {
             Ok(engine) => engine,
             Err(Error::Busy(_)) if !self.pending => return,
@@ -242,6 +251,30 @@ impl Agent {
         health.last_error = Some(format!("cannot apply: {error}"));
     }
 
+    /// The cgroup directories to watch for the resources in force, each with whether its
+    /// subdirectories are watched too: a path's parent; a glob's directory above its first
+    /// wildcard, and all below it when the wildcard is not in the last component.
+    fn cgroup_dirs(&self) -> Vec<(PathBuf, bool)> {
+        let Some(resources) = &self.declared else {
+            return Vec::new();
+        };
+        let Ok(cgroupfs) = CgroupFs::discover() else {
+            return Vec::new();
+        };
+        let mut dirs: Vec<(PathBuf, bool)> = resources
+            .items
+            .iter()
+            .filter_map(|declared| match &declared.resource {
+                Resource::CgroupLimit(manifest) => Some(manifest.spec.cgroup.as_str()),
+                Resource::NetRule(_) => None,
+            })
+            .map(|pattern| watch_dir(cgroupfs.mount(), pattern))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
     /// Removes everything the configuration declared (`--remove-on-exit`).
     fn remove_declared(&mut self) -> Result<()> {
         let mut engine = Engine::open_waiting(self.instance.clone(), CHANGE_PATIENCE)?;
@@ -251,6 +284,21 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// Where cgroups matching `pattern` (a path from the cgroup v2 root, maybe a glob) appear.
+fn watch_dir(mount: &Path, pattern: &str) -> (PathBuf, bool) {
+    let components: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
+    let wildcard = components.iter().position(|c| c.contains(['*', '?', '[']));
+    let (fixed, recursive) = match wildcard {
+        None => (components.len().saturating_sub(1), false),
+        Some(at) => (at, at + 1 < components.len()),
+    };
+    let dir = components
+        .iter()
+        .take(fixed)
+        .fold(mount.to_path_buf(), |dir, c| dir.join(c));
+    (dir, recursive)
 }
 
 fn resources_count(count: usize) -> String {
@@ -298,10 +346,13 @@ pub fn run(instance: Instance, options: &Options) -> Result<()> {
         config: options.config.clone(),
         declared: None,
         pending: false,
+        last: Instant::now(),
         health,
     };
+    let mut events = events;
     let mut systemd = Systemd::from_env();
     agent.read_config();
+    events.watch_cgroups(&agent.cgroup_dirs());
     agent.reconcile();
     systemd.ready(&agent.health().status_line());
     loop {
@@ -313,10 +364,16 @@ pub fn run(instance: Instance, options: &Options) -> Result<()> {
                     systemd.reloading();
                 }
                 agent.read_config();
+                events.watch_cgroups(&agent.cgroup_dirs());
                 agent.reconcile();
                 systemd.ready(&agent.health().status_line());
             }
-            Event::Tick => agent.reconcile(),
+            Event::CgroupsChanged => agent.reconcile(),
+            Event::Tick => {
+                if agent.pending || agent.last.elapsed() >= DRIFT_EVERY {
+                    agent.reconcile();
+                }
+            }
             Event::Stop => break,
         }
         systemd.keep_alive();
@@ -331,4 +388,29 @@ pub fn run(instance: Instance, options: &Options) -> Result<()> {
     server.stop();
     let _ = serving.join();
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroups_are_watched_where_they_can_appear() {
+        let mount = Path::new("/sys/fs/cgroup");
+        let dir = |pattern| watch_dir(mount, pattern);
+        assert_eq!(
+            dir("/system.slice/nginx.service"),
+            ("/sys/fs/cgroup/system.slice".into(), false)
+        );
+        assert_eq!(
+            dir("/system.slice/batch-*.service"),
+            ("/sys/fs/cgroup/system.slice".into(), false)
+        );
+        assert_eq!(
+            dir("/kubepods/*/pod*"),
+            ("/sys/fs/cgroup/kubepods".into(), true)
+        );
+        assert_eq!(dir("/app"), ("/sys/fs/cgroup".into(), false));
+        assert_eq!(dir("/*"), ("/sys/fs/cgroup".into(), false));
+    }
 }
