@@ -9,7 +9,10 @@
 use std::{fs, path::PathBuf, process::Command};
 
 use rein::{
-    capabilities::{cgroup_limit::datapath::Datapath, ingress_queue::datapath::device_name},
+    capabilities::{
+        cgroup_limit::datapath::Datapath, ingress_queue::datapath::device_name,
+        net_rules::datapath::NetDatapath,
+    },
     clock::{Clock, MonotonicClock},
 };
 use rein_common::{Direction, RuleKey};
@@ -511,18 +514,37 @@ fn net_rules_are_applied_changed_and_deleted_beside_hand_added_ones() {
     assert_eq!(hand["spec"]["pps"], 1000);
     assert_eq!(hand["spec"]["port"], 5201);
 
-    // A change keeps the rule's id; the hand-added rule stays as it was.
+    // A change of the rate keeps the rule's id and, in place, what its bucket owes (here put
+    // there by hand: a fresh bucket owes nothing); the hand-added rule stays as it was.
+    let clock = || rein::clock::Clock::now_ns(&rein::clock::MonotonicClock);
+    let net_datapath = || NetDatapath::open(&rein.library_instance()).unwrap();
+    let mut owing = net_datapath().rule(2).unwrap();
+    owing.bucket.tat = clock() + 10_000_000_000;
+    net_datapath().change_limit(2, owing).unwrap();
     let file = files.write(
         "net.yaml",
         &net_rule(
             "clients",
             dev,
-            "  source: 198.18.0.0/15\n  rate: 20mbit\n  perSource: true\n",
+            "  source: 198.18.0.0/15\n  rate: 20mbit\n  burst: 10m\n  perSource: true\n",
         ),
     );
     let out = rein.rein_in(ns, &["diff", "-f", &file]);
     assert_eq!(code(&out), 1, "{out}");
-    rein.rein_in(ns, &["apply", "-f", &file]).ok();
+    let out = rein.rein_in(ns, &["apply", "-f", &file]);
+    assert!(
+        out.ok().contains("change net rule 2"),
+        "not changed in place: {out}"
+    );
+    let changed = net_datapath().rule(2).unwrap();
+    // The debt is kept, cut to the new burst (10 MiB at 20 Mbit/s: 4.2 s).
+    assert!(
+        changed.bucket.tat > clock() + 1_000_000_000,
+        "the bucket's debt was not kept: tat {} at {}",
+        changed.bucket.tat,
+        clock()
+    );
+    assert!(changed.bucket.tat <= clock() + 4_200_000_000);
     let listed = get(&rein);
     assert_eq!(item(&listed, "clients")["status"]["ruleId"], 2);
     assert_eq!(item(&listed, "clients")["spec"]["rate"], "20mbit");

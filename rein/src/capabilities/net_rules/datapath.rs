@@ -270,6 +270,13 @@ impl NetDatapath {
         self.rules.get(&id, 0).ok()
     }
 
+    /// Rewrites the limit of rule `id`, which is in place (its counters and lookups stay).
+    pub fn change_limit(&mut self, id: u32, rule: NetRule) -> Result<()> {
+        self.rules
+            .insert(id, rule, 0)
+            .map_err(|e| bpf_error("cannot change the rule's limit")(&e))
+    }
+
     /// Writes rule `id`: its limit, zero counters, and its lookup entries. On failure the
     /// entries written so far are removed again.
     pub fn put(&mut self, id: u32, matching: &NetMatch, rule: NetRule) -> Result<()> {

@@ -199,6 +199,78 @@ pub fn status(cx: &Context, state: &State) -> Result<Vec<NetRuleView>> {
         .collect())
 }
 
+/// Whether `after` differs from `before` in its limit's numbers only: the same packets, the
+/// same kind of limit (token bucket, fixed or sliding window) of the same unit.
+fn only_the_limit_changed(before: &NetRuleSpec, after: &NetRuleSpec) -> bool {
+    let same_kind = std::mem::discriminant(&before.limit) == std::mem::discriminant(&after.limit)
+        && before.limit.per() == after.limit.per();
+    let with_new_limit = NetRuleSpec {
+        limit: after.limit,
+        ..before.clone()
+    };
+    same_kind && with_new_limit == *after
+}
+
+/// Changes a rule's limit in place: its rate and burst (or capacity), keeping what the bucket
+/// owes (at most the new burst) or what the window counted, its counters, its per-source
+/// state and its place in the lookups.
+struct ChangeLimit {
+    record: NetRuleRecord,
+    spec: NetRuleSpec,
+    declared_by: Option<String>,
+}
+
+impl fmt::Display for ChangeLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "change net rule {} on {}",
+            self.record.id, self.record.spec.device
+        )
+    }
+}
+
+impl Step for ChangeLimit {
+    fn apply(&self, cx: &Context, state: &mut State, undo: &mut Undo) -> Result<()> {
+        let id = self.record.id;
+        if NetDatapath::is_installed(&cx.instance) {
+            let mut datapath = NetDatapath::open(&cx.instance)?;
+            if let Some(previous) = datapath.rule(id) {
+                let now = cx.now_ns();
+                let mut rule = self.spec.rule(now, self.record.sketch_offset.unwrap_or(0));
+                carry_state(&mut rule, &previous, now);
+                datapath.change_limit(id, rule)?;
+                let cx = cx.clone();
+                undo.push(move || {
+                    if let Ok(mut datapath) = NetDatapath::open(&cx.instance) {
+                        let _ = datapath.change_limit(id, previous);
+                    }
+                });
+            }
+        }
+        if let Some(record) = state.net_rules.net.iter_mut().find(|r| r.id == id) {
+            record.spec = self.spec.clone();
+            record.declared_by = self.declared_by.clone();
+        }
+        Ok(())
+    }
+}
+
+/// What a rule's kernel state owes or counted, carried into its new limit: a bucket's debt up
+/// to the new burst (as a cgroup limit's), a window's counts when its length is the same.
+fn carry_state(
+    rule: &mut rein_common::net::NetRule,
+    previous: &rein_common::net::NetRule,
+    now: u64,
+) {
+    if rule.algorithm == rein_common::net::ALGORITHM_TOKEN_BUCKET {
+        rule.bucket.tat = previous.bucket.tat.clamp(now, now + rule.bucket.burst_ns);
+    } else if rule.window_ns == previous.window_ns {
+        rule.window = previous.window;
+        rule.last_pass_ns = previous.last_pass_ns;
+    }
+}
+
 /// Adds a rule: its program on its interface, its entries in the maps.
 struct AddRule {
     id: u32,
@@ -448,10 +520,15 @@ impl Capability for NetRules {
                 wanted_by_id.insert(id, changed.then_some(wanted));
             }
         }
+        // A rule whose limit alone changed (its rate, burst, capacity, not its kind) is changed
+        // in place, keeping its bucket or window; any other change removes it and adds it
+        // again under its id.
+        let in_place = |record: &NetRuleRecord| match wanted_by_id.get(&record.id) {
+            Some(Some(wanted)) => only_the_limit_changed(&record.spec, &wanted.spec),
+            _ => false,
+        };
         for record in &held.net {
-            // Gone from the desired state, or changed: a changed rule is removed and added
-            // again under its id.
-            if !matches!(wanted_by_id.get(&record.id), Some(None)) {
+            if !matches!(wanted_by_id.get(&record.id), Some(None)) && !in_place(record) {
                 plan.push(RemoveRule {
                     record: record.clone(),
                 });
@@ -459,11 +536,19 @@ impl Capability for NetRules {
         }
         for record in &held.net {
             if let Some(Some(wanted)) = wanted_by_id.get(&record.id) {
-                plan.push(AddRule {
-                    id: record.id,
-                    spec: wanted.spec.clone(),
-                    declared_by: wanted.declared_by.clone(),
-                });
+                if in_place(record) {
+                    plan.push(ChangeLimit {
+                        record: record.clone(),
+                        spec: wanted.spec.clone(),
+                        declared_by: wanted.declared_by.clone(),
+                    });
+                } else {
+                    plan.push(AddRule {
+                        id: record.id,
+                        spec: wanted.spec.clone(),
+                        declared_by: wanted.declared_by.clone(),
+                    });
+                }
             }
         }
         let added = desired.net_rules.iter().filter(|w| w.id.is_none());

@@ -510,6 +510,15 @@ pub const MIN_BUCKET_PACKET_RATE: u64 = (1_000_000_000u64 << rein_common::bucket
 pub const MAX_WINDOW_SECONDS: u64 = 3600;
 
 impl NetLimit {
+    /// What the limit counts: bytes or packets.
+    pub fn per(&self) -> Per {
+        match *self {
+            Self::TokenBucket { per, .. }
+            | Self::FixedWindow { per, .. }
+            | Self::SlidingWindow { per, .. } => per,
+        }
+    }
+
     /// A token bucket of `rate` bytes (or packets) per second and `burst` of them, checked.
     pub fn token_bucket(per: Per, rate: u64, burst: u64) -> Result<Self, NetError> {
         if per == Per::Packets && rate < MIN_BUCKET_PACKET_RATE {
