@@ -65,4 +65,6 @@ mod pod {
     unsafe impl aya::Pod for crate::abi::trace::TraceBudget {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::abi::trace::TraceEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::abi::trace::OverflowConfig {}
 }

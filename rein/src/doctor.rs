@@ -227,6 +227,14 @@ pub fn verified_instructions() -> Result<Vec<ProgramSize>, String> {
         .map_err(|e| e.to_string())?;
     cgroup_limit::datapath::load_programs(&mut ebpf).map_err(|e| e.to_string())?;
     ingress_queue::datapath::load(&mut ebpf).map_err(|e| e.to_string())?;
+    // Loaded only by a running trace, never attached otherwise.
+    crate::platform::bpf::program_mut::<aya::programs::RawTracePoint>(
+        &mut ebpf,
+        rein_common::abi::trace::QUEUE_OVERFLOW_PROGRAM,
+    )
+    .map_err(|e| e.to_string())?
+    .load()
+    .map_err(|e| e.to_string())?;
     let mut net = EbpfLoader::new()
         .load(bpf::net_object())
         .map_err(|e| e.to_string())?;

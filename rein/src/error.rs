@@ -183,6 +183,9 @@ pub enum Error {
 
     #[error("{context}: {message}")]
     Bpf { context: String, message: String },
+
+    #[error("the kernel's BTF ({path}): {reason}")]
+    KernelBtf { path: PathBuf, reason: String },
 }
 
 /// Attaches what was being done to an I/O error.

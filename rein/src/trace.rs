@@ -7,6 +7,11 @@
 //! second and clears it on its way out, and one that dies without clearing stops costing
 //! anything [`TRACE_LEASE_NS`] later. Filters are applied here, not in the kernel, so that two
 //! traces with different filters see what each asked for.
+//!
+//! Queue overflows (the tbf qdisc of an ingress limit's queue dropping a packet) happen in no
+//! rein program: a trace loads a program of its own on the `kfree_skb` tracepoint, which
+//! reports drops by a qdisc on rein's queue devices into the same ring buffer. Only the trace
+//! holds its link, so it is in the kernel only while a trace runs.
 use std::{
     collections::HashMap,
     fs,
@@ -17,23 +22,34 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::RawTracePoint,
+};
 use rein_common::{
     Direction,
     abi::trace::{
-        EVENT_CGROUP_REFUSED, EVENT_NET_REFUSED, EVENT_PACING, EVENT_WINDOW, NET_TRACE_BUDGET_MAP,
-        NET_TRACE_EVENTS_MAP, NET_TRACE_MAP, TRACE_BUDGET_MAP, TRACE_EVENTS_MAP,
-        TRACE_EVENTS_PER_SECOND, TRACE_FAMILY_IPV4, TRACE_FAMILY_IPV6, TRACE_HOOK_XDP,
-        TRACE_LEASE_NS, TRACE_MAP, TraceBudget, TraceControl, TraceEvent,
+        EVENT_CGROUP_REFUSED, EVENT_NET_REFUSED, EVENT_PACING, EVENT_QUEUE_OVERFLOW, EVENT_WINDOW,
+        NET_TRACE_BUDGET_MAP, NET_TRACE_EVENTS_MAP, NET_TRACE_MAP, OVERFLOW_CONFIG_MAP,
+        OverflowConfig, QUEUE_DEVICES_MAP, QUEUE_OVERFLOW_PROGRAM, QUEUE_OVERFLOW_TRACEPOINT,
+        TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_EVENTS_PER_SECOND, TRACE_FAMILY_IPV4,
+        TRACE_FAMILY_IPV6, TRACE_HOOK_XDP, TRACE_LEASE_NS, TRACE_MAP, TraceBudget, TraceControl,
+        TraceEvent,
     },
 };
 use serde::Serialize;
 
 use crate::{
+    capabilities::{cgroup_limit::datapath::load_object, ingress_queue::datapath as queues},
     clock::{Clock, MonotonicClock},
     error::{Error, Result, bpf_error},
     instance::Instance,
-    platform::{bpf, cgroupfs::CgroupFs},
+    platform::{
+        bpf::{self, load_error, program_mut},
+        btf::Btf,
+        cgroupfs::CgroupFs,
+    },
 };
 
 /// How often the lease is renewed, the skipped count read and the stop flag checked.
@@ -47,14 +63,17 @@ pub struct TraceFilter {
     pub cgroup: Option<u64>,
     /// Only refusals by this net rule.
     pub rule: Option<u32>,
-    /// Only refused packets (no pacing or window changes).
+    /// Only dropped packets: refusals and queue overflows (no pacing or window changes).
     pub drops_only: bool,
 }
 
 impl TraceFilter {
     pub fn keeps(&self, event: &TraceEvent) -> bool {
-        let refusal = matches!(event.kind, EVENT_CGROUP_REFUSED | EVENT_NET_REFUSED);
-        if self.drops_only && !refusal {
+        let drop = matches!(
+            event.kind,
+            EVENT_CGROUP_REFUSED | EVENT_NET_REFUSED | EVENT_QUEUE_OVERFLOW
+        );
+        if self.drops_only && !drop {
             return false;
         }
         if let Some(cgroup) = self.cgroup
@@ -106,6 +125,20 @@ pub enum TraceRecord {
         cgroup: Option<String>,
         /// The receive window clamp, bytes.
         window: u64,
+        source: String,
+        destination: String,
+    },
+    /// The queue of an ingress limit was full: its tbf qdisc dropped the packet.
+    #[serde(rename = "queue-overflow")]
+    QueueOverflow {
+        time: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cgroup: Option<String>,
+        /// The queue device.
+        device: String,
+        /// The packet's IP bytes.
+        bytes: u64,
+        protocol: String,
         source: String,
         destination: String,
     },
@@ -166,6 +199,22 @@ impl std::fmt::Display for TraceRecord {
                 )?;
                 flow(f, source, destination)
             }
+            TraceRecord::QueueOverflow {
+                time,
+                cgroup,
+                device,
+                bytes,
+                protocol,
+                source,
+                destination,
+            } => {
+                write!(
+                    f,
+                    "{time} queue-overflow ingress {} {device} {bytes}B {protocol} ",
+                    cgroup_of(cgroup)
+                )?;
+                flow(f, source, destination)
+            }
             TraceRecord::Skipped { events } => write!(
                 f,
                 "skipped {events} events (over {TRACE_EVENTS_PER_SECOND}/s per CPU, or the ring \
@@ -209,16 +258,112 @@ impl Source {
     }
 }
 
+/// The queue overflow program, loaded and attached by one trace for its life: its link and
+/// maps are this process's only, so they go when it exits, however it exits.
+struct OverflowWatch {
+    ebpf: Ebpf,
+    instance: Instance,
+    /// The queue devices the program knows.
+    devices: Vec<[u8; 16]>,
+}
+
+impl OverflowWatch {
+    /// Loads the program with the cgroup object's pinned maps (so it writes to the ring buffer
+    /// the trace reads), tells it this kernel's offsets, and attaches it.
+    fn attach(instance: &Instance, pid: u32) -> Result<Self> {
+        let btf = Btf::kernel()?;
+        let reason = |name: &str| {
+            btf.enum_value("skb_drop_reason", name)
+                .and_then(|value| u32::try_from(value).ok())
+                .unwrap_or(u32::MAX)
+        };
+        let config = OverflowConfig {
+            reasons: [
+                reason("SKB_DROP_REASON_QDISC_DROP"),
+                reason("SKB_DROP_REASON_QDISC_OVERLIMIT"),
+                reason("SKB_DROP_REASON_QDISC_CONGESTED"),
+            ],
+            pid,
+            skb_dev: btf.field_offset("sk_buff", "dev")?,
+            skb_len: btf.field_offset("sk_buff", "len")?,
+            skb_head: btf.field_offset("sk_buff", "head")?,
+            skb_data: btf.field_offset("sk_buff", "data")?,
+            skb_network_header: btf.field_offset("sk_buff", "network_header")?,
+            dev_name: btf.field_offset("net_device", "name")?,
+        };
+        let mut ebpf = load_object(instance)?;
+        let map = ebpf
+            .map_mut(OVERFLOW_CONFIG_MAP)
+            .ok_or_else(|| bpf::missing_map(OVERFLOW_CONFIG_MAP))?;
+        Array::<_, OverflowConfig>::try_from(map)
+            .map_err(|e| bpf_error(OVERFLOW_CONFIG_MAP)(&e))?
+            .set(0, config, 0)
+            .map_err(|e| bpf_error("cannot configure the queue overflow program")(&e))?;
+        let mut watch = Self {
+            ebpf,
+            instance: instance.clone(),
+            devices: Vec::new(),
+        };
+        watch.refresh()?;
+        let program = program_mut::<RawTracePoint>(&mut watch.ebpf, QUEUE_OVERFLOW_PROGRAM)?;
+        program
+            .load()
+            .map_err(|e| load_error(QUEUE_OVERFLOW_PROGRAM, &e))?;
+        program
+            .attach(QUEUE_OVERFLOW_TRACEPOINT)
+            .map_err(|e| bpf_error("cannot attach to the kfree_skb tracepoint")(&e))?;
+        Ok(watch)
+    }
+
+    /// Tells the program the queue devices there are now (of every namespace: a device's name
+    /// says its instance and cgroup).
+    fn refresh(&mut self) -> Result<()> {
+        let wanted: HashMap<[u8; 16], u64> = queues::entries(&self.instance)
+            .into_iter()
+            .map(|key| {
+                let name = queues::device_name(&self.instance, key.cgroup_id);
+                let mut padded = [0u8; 16];
+                let length = name.len().min(15);
+                padded[..length].copy_from_slice(&name.as_bytes()[..length]);
+                (padded, key.cgroup_id)
+            })
+            .collect();
+        let map = self
+            .ebpf
+            .map_mut(QUEUE_DEVICES_MAP)
+            .ok_or_else(|| bpf::missing_map(QUEUE_DEVICES_MAP))?;
+        let mut devices = BpfHashMap::<_, [u8; 16], u64>::try_from(map)
+            .map_err(|e| bpf_error(QUEUE_DEVICES_MAP)(&e))?;
+        for gone in self
+            .devices
+            .iter()
+            .filter(|name| !wanted.contains_key(*name))
+        {
+            let _ = devices.remove(gone);
+        }
+        for (name, cgroup_id) in &wanted {
+            devices
+                .insert(name, cgroup_id, 0)
+                .map_err(|e| bpf_error("cannot write the queue devices")(&e))?;
+        }
+        self.devices = wanted.into_keys().collect();
+        Ok(())
+    }
+}
+
 /// A running trace: holds the lease of every datapath there is, and clears it when dropped.
 pub struct Tracer {
     sources: Vec<Source>,
     pid: u32,
+    /// None without a cgroup datapath, or when the program cannot go on this kernel.
+    overflows: Option<OverflowWatch>,
 }
 
 impl Tracer {
     /// Opens the trace maps of the installed datapaths and takes the lease.
     pub fn attach(instance: &Instance) -> Result<Self> {
         let mut sources = Vec::new();
+        let cgroups = instance.maps_dir().join(TRACE_MAP).exists();
         for names in [
             [TRACE_MAP, TRACE_BUDGET_MAP, TRACE_EVENTS_MAP],
             [NET_TRACE_MAP, NET_TRACE_BUDGET_MAP, NET_TRACE_EVENTS_MAP],
@@ -228,16 +373,31 @@ impl Tracer {
         if sources.is_empty() {
             return Err(Error::NothingToTrace);
         }
+        let pid = std::process::id();
+        // Overflows are of the queues of cgroup limits, and go to the cgroup object's ring
+        // buffer. A kernel that refuses the program still gets the other events.
+        let overflows = if cgroups {
+            OverflowWatch::attach(instance, pid)
+                .inspect_err(|e| tracing::warn!("queue overflows are not traced: {e}"))
+                .ok()
+        } else {
+            None
+        };
         let mut tracer = Self {
             sources,
-            pid: std::process::id(),
+            pid,
+            overflows,
         };
         tracer.renew()?;
         Ok(tracer)
     }
 
-    /// Moves the lease on to [`TRACE_LEASE_NS`] from now.
+    /// Moves the lease on to [`TRACE_LEASE_NS`] from now, and tells the overflow program of
+    /// queues made or removed since.
     pub fn renew(&mut self) -> Result<()> {
+        if let Some(watch) = &mut self.overflows {
+            watch.refresh()?;
+        }
         let control = TraceControl {
             until_ns: MonotonicClock.now_ns() + TRACE_LEASE_NS,
             events_per_second: TRACE_EVENTS_PER_SECOND,
@@ -324,6 +484,7 @@ pub fn run(
 ) -> Result<()> {
     let mut tracer = Tracer::attach(instance)?;
     let mut names = CgroupNames::discover();
+    names.instance = Some(instance.clone());
     let mut events = Vec::new();
     let mut renewed = Instant::now();
     let write_error = |source| Error::Io {
@@ -398,6 +559,18 @@ pub fn decode(event: &TraceEvent, names: &mut CgroupNames) -> Option<TraceRecord
             source,
             destination,
         },
+        EVENT_QUEUE_OVERFLOW => TraceRecord::QueueOverflow {
+            time,
+            device: match &names.instance {
+                Some(instance) => queues::device_name(instance, event.cgroup_id),
+                None => "?".into(),
+            },
+            cgroup,
+            bytes: event.value,
+            protocol: protocol(event.protocol),
+            source,
+            destination,
+        },
         _ => return None,
     })
 }
@@ -429,10 +602,11 @@ fn endpoint(family: u8, address: &[u8; 16], port: u16) -> String {
 }
 
 /// Cgroup paths by id (the inode of the cgroup's directory), found by a walk of the v2 tree the
-/// first time an id is seen, and kept.
+/// first time an id is seen, and kept; and the instance whose queue devices overflow.
 pub struct CgroupNames {
     mount: Option<PathBuf>,
     names: HashMap<u64, String>,
+    instance: Option<Instance>,
 }
 
 impl CgroupNames {
@@ -440,6 +614,7 @@ impl CgroupNames {
         Self {
             mount: CgroupFs::discover().ok().map(|fs| fs.mount().to_owned()),
             names: HashMap::new(),
+            instance: None,
         }
     }
 
@@ -499,6 +674,7 @@ mod tests {
         let mut names = CgroupNames {
             mount: None,
             names: HashMap::from([(7, "/app".to_owned())]),
+            instance: None,
         };
         let record = decode(&refusal(7), &mut names).unwrap();
         assert_eq!(
@@ -534,5 +710,40 @@ mod tests {
             ..TraceFilter::default()
         };
         assert!(drops.keeps(&refusal(7)) && drops.keeps(&net) && !drops.keeps(&pacing));
+        // A queue overflow is a drop, of its limit's cgroup, and of no rule.
+        let mut overflow = refusal(7);
+        overflow.kind = EVENT_QUEUE_OVERFLOW;
+        overflow.hook = Direction::Ingress as u8;
+        assert!(drops.keeps(&overflow) && cgroup.keeps(&overflow) && !rule.keeps(&overflow));
+        overflow.cgroup_id = 8;
+        assert!(!cgroup.keeps(&overflow));
+    }
+
+    #[test]
+    fn a_queue_overflow_reads_as_one_line_with_its_cgroup_device_and_tuple() {
+        let instance = Instance::new("rein").unwrap();
+        let mut names = CgroupNames {
+            mount: None,
+            names: HashMap::from([(7, "/app".to_owned())]),
+            instance: Some(instance.clone()),
+        };
+        let mut event = refusal(7);
+        event.kind = EVENT_QUEUE_OVERFLOW;
+        event.hook = Direction::Ingress as u8;
+        event.protocol = 6;
+        let device = queues::device_name(&instance, 7);
+        let record = decode(&event, &mut names).unwrap();
+        assert_eq!(
+            record.to_string(),
+            format!(
+                "12.345678 queue-overflow ingress cgroup /app {device} 1228B tcp \
+                 10.0.0.1:40000 -> 10.0.0.2:5201"
+            )
+        );
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["event"], "queue-overflow");
+        assert_eq!(json["cgroup"], "/app");
+        assert_eq!(json["device"], device.as_str());
+        assert_eq!(json["bytes"], 1228);
     }
 }

@@ -732,6 +732,7 @@ fn every_program_keeps_half_the_verifier_limit(_ids: Ids) -> Result<(), Failed> 
         INGRESS_PROGRAM,
         "rein_sock_ops",
         "rein_queue",
+        "rein_queue_overflow",
     ] {
         ensure(names.contains(&wanted), || {
             format!("{wanted} missing: {names:?}")

@@ -59,6 +59,41 @@ pub const EVENT_NET_REFUSED: u8 = 2;
 pub const EVENT_PACING: u8 = 3;
 /// The sock_ops program changed a flow's receive window clamp (`value`, bytes).
 pub const EVENT_WINDOW: u8 = 4;
+/// An ingress limit's queue (its tbf qdisc) was full and dropped a packet (`cgroup_id` is the
+/// limit's cgroup, `value` the packet's IP bytes).
+pub const EVENT_QUEUE_OVERFLOW: u8 = 5;
+
+/// The program that sees queue overflows, on the `kfree_skb` raw tracepoint. Unlike the others
+/// it is attached only while a trace runs, by the trace itself (its link dies with the trace).
+pub const QUEUE_OVERFLOW_PROGRAM: &str = "rein_queue_overflow";
+/// The tracepoint it is attached to.
+pub const QUEUE_OVERFLOW_TRACEPOINT: &str = "kfree_skb";
+/// Name of its one-entry [`OverflowConfig`] array (each trace's own, never pinned).
+pub const OVERFLOW_CONFIG_MAP: &str = "REIN_OVERFLOW_CONFIG";
+/// Name of its hash of queue device names (`[u8; 16]`, NUL-padded) to their limit's cgroup.
+pub const QUEUE_DEVICES_MAP: &str = "REIN_QUEUE_DEVICES";
+/// Entries of that hash.
+pub const MAX_QUEUE_DEVICES: u32 = 4096;
+
+/// What the overflow program needs from the running kernel, which the trace reads from its BTF
+/// (`/sys/kernel/btf/vmlinux`) as it starts: the drop reasons a qdisc gives a packet it drops
+/// (`u32::MAX` for one this kernel lacks), and the byte offsets of the few fields it reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverflowConfig {
+    pub reasons: [u32; 3],
+    /// The trace that attached this program: it emits only while that trace holds the lease,
+    /// so that two traces at once do not report each overflow twice.
+    pub pid: u32,
+    /// `sk_buff.dev`, `.len`, `.head`, `.data`, `.network_header`; `net_device.name`.
+    pub skb_dev: u32,
+    pub skb_len: u32,
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_network_header: u32,
+    pub dev_name: u32,
+}
+const _: () = assert!(core::mem::size_of::<OverflowConfig>() == 40);
 
 /// `TraceEvent::hook`: a `Direction` (0 egress, 1 ingress), or this for XDP (ingress).
 pub const TRACE_HOOK_XDP: u8 = 2;

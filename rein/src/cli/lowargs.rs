@@ -104,7 +104,7 @@ pub enum LowCommand {
     /// Print the JSON Schema of the resources in YAML files.
     Schema,
     /// Stream the datapath's verdicts as they happen: refused packets, TCP pacing and window
-    /// changes. Runs until interrupted.
+    /// changes, download queue overflows. Runs until interrupted.
     Trace {
         /// Only the limit of this cgroup (a directory or a path from the v2 root).
         #[arg(long, value_name = "PATH")]
@@ -112,7 +112,7 @@ pub enum LowCommand {
         /// Only refusals by this net rule.
         #[arg(long, value_name = "ID", allow_hyphen_values = true)]
         rule: Option<String>,
-        /// Only refused packets.
+        /// Only dropped packets: refusals and queue overflows.
         #[arg(long)]
         drops_only: bool,
         /// Print one JSON object per line instead of text.

@@ -89,6 +89,10 @@ pub fn missing_program(name: &str) -> Error {
     Error::Load(format!("program {name} is missing from the object"))
 }
 
+pub fn missing_map(name: &str) -> Error {
+    Error::Load(format!("map {name} is missing from the object"))
+}
+
 /// What loading program `name` failed with, the verifier's log included.
 pub fn load_error(name: &str, error: &ProgramError) -> Error {
     let message = match error {

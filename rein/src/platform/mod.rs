@@ -1,8 +1,9 @@
 //! What rein needs of the operating system, each in one place: BPF objects, pins, links and
-//! maps; rtnetlink; the cgroup v2 filesystem; network namespaces; /proc.
+//! maps; the kernel's BTF; rtnetlink; the cgroup v2 filesystem; network namespaces; /proc.
 use std::{io, path::Path};
 
 pub mod bpf;
+pub mod btf;
 pub mod cgroupfs;
 pub mod netlink;
 pub mod netns;

@@ -3,21 +3,25 @@
 //! so the verifier checks its body once per call site rather than along every path of the walk;
 //! and each is called only after the trace's lease is checked in line, so that without a trace
 //! an event costs one array lookup.
+//!
+//! Queue overflows are seen by a program of their own, on the `kfree_skb` tracepoint, which only
+//! a running trace attaches: without a trace it is not in the kernel at all.
 
 use core::ptr;
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock_ops},
-    helpers::generated::bpf_sk_storage_get,
-    macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
-    programs::SkBuffContext,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_sk_storage_get},
+    macros::{map, raw_tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{RawTracePointContext, SkBuffContext},
 };
 use rein_common::{
-    KEPT_CGROUPS, SocketRuleLevels,
+    Direction, KEPT_CGROUPS, SocketRuleLevels,
     abi::trace::{
-        EVENT_CGROUP_REFUSED, TRACE_FAMILY_IPV4, TRACE_FAMILY_IPV6, TRACE_RING_BYTES, TraceBudget,
-        TraceControl, TraceEvent,
+        EVENT_CGROUP_REFUSED, EVENT_QUEUE_OVERFLOW, MAX_QUEUE_DEVICES, OverflowConfig,
+        TRACE_FAMILY_IPV4, TRACE_FAMILY_IPV6, TRACE_RING_BYTES, TraceBudget, TraceControl,
+        TraceEvent,
     },
 };
 use rein_ebpf::{parse::skb, trace::TraceMaps};
@@ -134,4 +138,106 @@ fn send_flow_change(ops: *mut bpf_sock_ops, kind: u32, direction: u32, value: u6
         }
     }
     MAPS.send(&event);
+}
+
+/// The kernel's drop reasons and field offsets, written by the trace that loaded this program.
+#[map(name = "REIN_OVERFLOW_CONFIG")]
+static REIN_OVERFLOW_CONFIG: Array<OverflowConfig> = Array::with_max_entries(1, 0);
+
+/// The queue devices' names (NUL-padded), each to the cgroup of its limit, kept by the trace.
+#[map(name = "REIN_QUEUE_DEVICES")]
+static REIN_QUEUE_DEVICES: HashMap<[u8; 16], u64> = HashMap::with_max_entries(MAX_QUEUE_DEVICES, 0);
+
+/// A packet freed as dropped (`kfree_skb(skb, location, reason, rx_sk)`): a queue overflow if a
+/// qdisc dropped it on one of rein's queue devices. Attached only while a trace runs.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn rein_queue_overflow(ctx: RawTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let reason: u64 = ctx.arg(2);
+    queue_overflow(skb as *const u8, reason as u32);
+    0
+}
+
+#[inline(always)]
+fn queue_overflow(skb: *const u8, reason: u32) -> Option<()> {
+    let config = REIN_OVERFLOW_CONFIG.get(0)?;
+    if reason != config.reasons[0] && reason != config.reasons[1] && reason != config.reasons[2] {
+        return None;
+    }
+    // SAFETY: reads of kernel memory through the helper, which checks them; the offsets are
+    // those of this kernel's BTF.
+    let name: [u8; 16] = unsafe {
+        let dev: *const u8 = bpf_probe_read_kernel(skb.add(config.skb_dev as usize).cast()).ok()?;
+        if dev.is_null() {
+            return None;
+        }
+        bpf_probe_read_kernel(dev.add(config.dev_name as usize).cast()).ok()?
+    };
+    // SAFETY: a plain value read from the map.
+    let cgroup_id = unsafe { *REIN_QUEUE_DEVICES.get(name)? };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Only the program of the trace holding the lease reports, so each overflow is seen once.
+    if !MAPS.on(now) || MAPS.control.get(0)?.pid != config.pid || !MAPS.admit(now) {
+        return None;
+    }
+    let mut event = TraceEvent::EMPTY;
+    event.time_ns = now;
+    event.kind = EVENT_QUEUE_OVERFLOW;
+    event.cgroup_id = cgroup_id;
+    event.hook = Direction::Ingress as u8;
+    fill_dropped(skb, config, &mut event);
+    MAPS.send(&event);
+    Some(())
+}
+
+/// The IP bytes and the 5-tuple of a dropped packet, read from its linear part (where its
+/// headers are); left 0 where they cannot be read.
+#[inline(always)]
+fn fill_dropped(skb: *const u8, config: &OverflowConfig, event: &mut TraceEvent) -> Option<()> {
+    // SAFETY: reads of kernel memory through the helper, which checks them; the offsets are
+    // those of this kernel's BTF.
+    unsafe {
+        let len: u32 = bpf_probe_read_kernel(skb.add(config.skb_len as usize).cast()).ok()?;
+        let head: u64 = bpf_probe_read_kernel(skb.add(config.skb_head as usize).cast()).ok()?;
+        let data: u64 = bpf_probe_read_kernel(skb.add(config.skb_data as usize).cast()).ok()?;
+        let network: u16 =
+            bpf_probe_read_kernel(skb.add(config.skb_network_header as usize).cast()).ok()?;
+        let ip = head + network as u64;
+        // The link header in front of the IP header (the queue sees Ethernet frames).
+        let link = ip.wrapping_sub(data);
+        event.value = if link < 256 && link <= len as u64 {
+            len as u64 - link
+        } else {
+            len as u64
+        };
+        let header: [u8; 40] = bpf_probe_read_kernel(ip as *const [u8; 40]).ok()?;
+        let ports_at = match header[0] >> 4 {
+            4 => {
+                event.family = TRACE_FAMILY_IPV4;
+                event.protocol = header[9];
+                event.source[..4].copy_from_slice(&header[12..16]);
+                event.destination[..4].copy_from_slice(&header[16..20]);
+                // A later fragment has no ports.
+                if u16::from_be_bytes([header[6], header[7]]) & 0x1fff != 0 {
+                    return None;
+                }
+                ((header[0] & 0x0f) as u64) * 4
+            }
+            6 => {
+                event.family = TRACE_FAMILY_IPV6;
+                event.protocol = header[6];
+                event.source.copy_from_slice(&header[8..24]);
+                event.destination.copy_from_slice(&header[24..40]);
+                40
+            }
+            _ => return None,
+        };
+        if event.protocol == 6 || event.protocol == 17 {
+            let ports: [u8; 4] = bpf_probe_read_kernel((ip + ports_at) as *const [u8; 4]).ok()?;
+            event.source_port = u16::from_be_bytes([ports[0], ports[1]]);
+            event.destination_port = u16::from_be_bytes([ports[2], ports[3]]);
+        }
+    }
+    Some(())
 }
