@@ -96,7 +96,9 @@ fn map_data(map: &Map) -> Option<&MapData> {
         | Map::HashMap(m)
         | Map::LpmTrie(m)
         | Map::LruHashMap(m)
-        | Map::PerCpuHashMap(m) => Some(m),
+        | Map::PerCpuArray(m)
+        | Map::PerCpuHashMap(m)
+        | Map::RingBuf(m) => Some(m),
         _ => None,
     }
 }
