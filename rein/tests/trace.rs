@@ -72,17 +72,24 @@ fn udp_flood(pair: &HostPair, cgroup: &Path) {
     iperf::run_client(&cmd, true, false).unwrap();
 }
 
-#[test]
-fn a_trace_shows_its_cgroups_refused_udp_and_clears_its_lease_on_sigint() {
-    let rein = instance();
-    let pair = HostPair::create("rtr").unwrap();
-    let _server = Server::start(
+/// Two namespaces of the test's own joined by a veth pair, and an iperf3 server in the server's;
+/// the server goes first on drop, then the namespaces.
+fn pair_with_server(prefix: &str) -> (HostPair, Server) {
+    let pair = HostPair::create(prefix).unwrap();
+    let server = Server::start(
         pair.server(),
         &pair.link.server_addr,
         IPERF3_PORT,
         Duration::from_secs(120),
     )
     .unwrap();
+    (pair, server)
+}
+
+#[test]
+fn a_trace_shows_its_cgroups_refused_udp_and_clears_its_lease_on_sigint() {
+    let rein = instance();
+    let (pair, _server) = pair_with_server("rtr");
     let traced = rein.cgroup("traced");
     let other = rein.cgroup("other");
     let (traced_name, other_name) = (rein.relative(&traced), rein.relative(&other));
@@ -166,14 +173,7 @@ fn a_trace_shows_its_cgroups_refused_udp_and_clears_its_lease_on_sigint() {
 #[test]
 fn a_trace_shows_pacing_and_window_changes_of_limited_tcp() {
     let rein = instance();
-    let pair = HostPair::create("rtw").unwrap();
-    let _server = Server::start(
-        pair.server(),
-        &pair.link.server_addr,
-        IPERF3_PORT,
-        Duration::from_secs(120),
-    )
-    .unwrap();
+    let (pair, _server) = pair_with_server("rtw");
     let limited = rein.cgroup("tcp");
     let name = rein.relative(&limited);
     // In the client's namespace, where downloads arrive and their queue must be.
@@ -239,14 +239,7 @@ fn a_trace_shows_pacing_and_window_changes_of_limited_tcp() {
 #[test]
 fn a_flood_is_sampled_and_the_skipped_events_counted() {
     let rein = instance();
-    let pair = HostPair::create("rtf").unwrap();
-    let _server = Server::start(
-        pair.server(),
-        &pair.link.server_addr,
-        IPERF3_PORT,
-        Duration::from_secs(120),
-    )
-    .unwrap();
+    let (pair, _server) = pair_with_server("rtf");
     let flooder = rein.cgroup("flood");
     rein.rein(&[
         "set",
@@ -313,14 +306,7 @@ fn a_flood_is_sampled_and_the_skipped_events_counted() {
 #[test]
 fn a_trace_shows_a_net_rules_refusals() {
     let rein = instance();
-    let pair = HostPair::create("rtn").unwrap();
-    let _server = Server::start(
-        pair.server(),
-        &pair.link.server_addr,
-        IPERF3_PORT,
-        Duration::from_secs(120),
-    )
-    .unwrap();
+    let (pair, _server) = pair_with_server("rtn");
     let port = IPERF3_PORT.to_string();
     let added = rein.rein_in(
         pair.server().name(),
@@ -470,14 +456,7 @@ fn queue_drops(ns: &rein_testkit::netns::Netns, device: &str) -> u64 {
 fn a_trace_shows_queue_overflows_of_its_cgroups_ingress_limit() {
     const QUEUE_STREAMS: u32 = 64;
     let rein = instance();
-    let pair = HostPair::create("rtq").unwrap();
-    let _server = Server::start(
-        pair.server(),
-        &pair.link.server_addr,
-        IPERF3_PORT,
-        Duration::from_secs(120),
-    )
-    .unwrap();
+    let (pair, _server) = pair_with_server("rtq");
     let other_port = IPERF3_PORT + 1;
     let _other_server = Server::start(
         pair.server(),
