@@ -8,8 +8,16 @@ use std::{
 
 use crate::{
     error::{Error, Result},
-    process::wait_until,
+    process::{Cmd, wait_until},
 };
+
+/// `argv`, started by a shell that first moves itself into `cgroup` (so all of its traffic is
+/// the cgroup's), bounded by `timeout`.
+pub fn in_cgroup<S: AsRef<std::ffi::OsStr>>(cgroup: &Path, argv: &[S], timeout: Duration) -> Cmd {
+    Cmd::new(["sh", "-c", r#"echo $$ > "$0" && exec "$@""#], timeout)
+        .arg(cgroup.join("cgroup.procs"))
+        .args(argv)
+}
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo (on hybrid systems it is not
 /// /sys/fs/cgroup).

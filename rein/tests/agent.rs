@@ -20,9 +20,10 @@ use rein::capabilities::cgroup_limit::datapath::Datapath;
 use rein_common::{Direction, RuleKey};
 use rein_testkit::{
     agent::{Agent, Config, cgroup_limit},
+    cgroup::in_cgroup,
     iperf::{self, ClientOptions, PORT as IPERF3_PORT, Server},
     netns::HostPair,
-    process::{Cmd, wait_until},
+    process::wait_until,
     rein_instance::ReinInstance,
 };
 
@@ -233,14 +234,9 @@ fn sigkill_under_traffic_leaves_the_limit_and_a_restart_adopts_it() {
         ..ClientOptions::default()
     };
     let argv = iperf::client_argv(&pair.link.server_addr, IPERF3_PORT, &opts);
-    let client = Cmd::new(
-        ["sh", "-c", r#"echo $$ > "$0" && exec "$@""#],
-        Duration::from_secs(30),
-    )
-    .arg(app.join("cgroup.procs"))
-    .args(pair.client().exec(&argv))
-    .spawn()
-    .unwrap();
+    let client = in_cgroup(&app, &pair.client().exec(&argv), Duration::from_secs(30))
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let killed = agent.stop(libc::SIGKILL);
     assert!(!killed.status.success());

@@ -18,7 +18,7 @@ use std::{
 };
 
 use rein_testkit::{
-    cgroup::{cgroup_of, move_to, procs_of},
+    cgroup::{cgroup_of, in_cgroup, move_to, procs_of},
     iperf::{self, ClientOptions, Measured, PORT as IPERF3_PORT, Server, UDP_PAYLOAD_SHARE},
     netns::{self, HostPair, QUICK, unique_suffix},
     process::{Cmd, Output, Running, impossible_pid, is_zombie, wait_until},
@@ -50,14 +50,6 @@ fn iperf_server(pair: &HostPair, port: u16) -> Server {
         Duration::from_secs(120),
     )
     .unwrap()
-}
-
-/// `argv`, started by a shell that first moves itself into `cgroup` (so all of its traffic is
-/// the cgroup's), bounded by `timeout`.
-fn in_cgroup(cgroup: &Path, argv: &[String], timeout: Duration) -> Cmd {
-    Cmd::new(["sh", "-c", r#"echo $$ > "$0" && exec "$@""#], timeout)
-        .arg(cgroup.join("cgroup.procs"))
-        .args(argv)
 }
 
 /// The sender's TCP retransmissions, which iperf3 always reports for TCP.

@@ -21,6 +21,7 @@ use std::{
 use rein::observe::metrics;
 use rein_testkit::{
     agent::{Agent, Config, cgroup_limit},
+    cgroup::in_cgroup,
     http,
     iperf::{self, ClientOptions, Measured, PORT as IPERF3_PORT, Server, TCP_PAYLOAD_SHARE},
     netns::{HostPair, unique_suffix},
@@ -42,14 +43,6 @@ fn instance() -> ReinInstance {
 
 const LIMIT: &str = "20mbit";
 const LIMIT_BITS: f64 = 20e6;
-
-/// `argv`, started by a shell that first moves itself into `cgroup` (so all of its traffic is
-/// the cgroup's), bounded by `timeout`.
-fn in_cgroup(cgroup: &Path, argv: &[String], timeout: Duration) -> Cmd {
-    Cmd::new(["sh", "-c", r#"echo $$ > "$0" && exec "$@""#], timeout)
-        .arg(cgroup.join("cgroup.procs"))
-        .args(argv)
-}
 
 /// An iperf3 client in the client namespace of `pair` and in `cgroup`, uploading to the
 /// server.
@@ -255,12 +248,6 @@ fn metrics_are_served_on_metrics_only() {
     rein.assert_no_trace("`rein unset` after the metrics");
 }
 
-/// The value of the series `series` (name and labels exactly) in a metrics text.
-fn value_of(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[test]
 fn an_ingress_queue_is_measured_where_rein_runs() {
     let rein = instance();
@@ -279,14 +266,14 @@ fn an_ingress_queue_is_measured_where_rein_runs() {
     ] {
         let series = format!("{series}{{cgroup=\"{relative}\"}}");
         assert_eq!(
-            value_of(&there, &series),
+            http::sample(&there, &series),
             Some(0.0),
             "{series} in:\n{there}"
         );
     }
     let ingress = format!("{{cgroup=\"{relative}\",direction=\"ingress\"}}");
     assert_eq!(
-        value_of(
+        http::sample(
             &there,
             &format!("rein_cgroup_rate_bytes_per_second{ingress}")
         ),
@@ -336,7 +323,7 @@ fn a_net_rule_and_its_top_sources_are_in_the_metrics() {
     let text = metrics::gather(&rein.library_instance()).unwrap();
     let labels =
         format!("{{rule=\"1\",device=\"{dev}\",hook=\"tc-ingress\",direction=\"ingress\"}}");
-    let value = |name: &str| value_of(&text, &format!("{name}{labels}"));
+    let value = |name: &str| http::sample(&text, &format!("{name}{labels}"));
     assert_eq!(
         value("rein_net_rate_bytes_per_second"),
         Some(1_250_000.0),
@@ -348,7 +335,7 @@ fn a_net_rule_and_its_top_sources_are_in_the_metrics() {
     let passed = value("rein_net_passed_packets_total").unwrap_or_default();
     assert!(passed >= 5.0, "{passed} packets passed:\n{text}");
     let source = format!("{{rule=\"1\",source=\"{}\"}}", pair.link.client_addr);
-    let from_client = value_of(
+    let from_client = http::sample(
         &text,
         &format!("rein_net_source_passed_packets_total{source}"),
     );

@@ -15,6 +15,7 @@ use std::{path::Path, time::Duration};
 use aya::maps::{Array, Map, MapData};
 use rein_common::abi::trace::{TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_MAP, TraceControl};
 use rein_testkit::{
+    cgroup::in_cgroup,
     iperf::{self, ClientOptions, PORT as IPERF3_PORT, Server},
     netns::HostPair,
     process::{Cmd, Output, Running, wait_until},
@@ -63,12 +64,7 @@ fn udp_flood(pair: &HostPair, cgroup: &Path) {
         IPERF3_PORT,
         &opts,
     ));
-    let cmd = Cmd::new(
-        ["sh", "-c", r#"echo $$ > "$0" && exec "$@""#],
-        opts.timeout(),
-    )
-    .arg(cgroup.join("cgroup.procs"))
-    .args(argv);
+    let cmd = in_cgroup(cgroup, &argv, opts.timeout());
     iperf::run_client(&cmd, true, false).unwrap();
 }
 
@@ -199,12 +195,7 @@ fn a_trace_shows_pacing_and_window_changes_of_limited_tcp() {
             IPERF3_PORT,
             &opts,
         ));
-        let cmd = Cmd::new(
-            ["sh", "-c", r#"echo $$ > "$0" && exec "$@""#],
-            opts.timeout(),
-        )
-        .arg(limited.join("cgroup.procs"))
-        .args(argv);
+        let cmd = in_cgroup(&limited, &argv, opts.timeout());
         iperf::run_client(&cmd, false, reverse).unwrap();
     }
     let output = interrupt(trace);
@@ -267,12 +258,7 @@ fn a_flood_is_sampled_and_the_skipped_events_counted() {
         IPERF3_PORT,
         &opts,
     ));
-    let cmd = Cmd::new(
-        ["sh", "-c", r#"echo $$ > "$0" && exec "$@""#],
-        opts.timeout(),
-    )
-    .arg(flooder.join("cgroup.procs"))
-    .args(argv);
+    let cmd = in_cgroup(&flooder, &argv, opts.timeout());
     let sent = iperf::run_client(&cmd, true, false).unwrap();
     // Past the next report of the skipped count (once a second).
     std::thread::sleep(Duration::from_millis(1500));
@@ -529,14 +515,9 @@ fn a_trace_shows_queue_overflows_of_its_cgroups_ingress_limit() {
             let argv = pair
                 .client()
                 .exec(&iperf::client_argv(&pair.link.server_addr, port, &opts));
-            Cmd::new(
-                ["sh", "-c", r#"echo $$ > "$0" && exec "$@""#],
-                Duration::from_secs(60),
-            )
-            .arg(dir.join("cgroup.procs"))
-            .args(argv)
-            .spawn()
-            .unwrap()
+            in_cgroup(dir, &argv, Duration::from_secs(60))
+                .spawn()
+                .unwrap()
         })
         .collect();
     for download in downloads {
