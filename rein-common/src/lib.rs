@@ -28,6 +28,11 @@ pub mod share {
     };
 }
 
+/// New-connection limits on local callers (`rein conn`): the keys, rules and buckets.
+pub mod conn {
+    pub use crate::{abi::conn::*, algo::conn::*};
+}
+
 /// Limits on interfaces (`rein net`): the keys and rules, and where the sketch puts a source.
 pub mod net {
     pub use crate::{abi::net::*, algo::sketch::sketch_column};
@@ -59,6 +64,18 @@ mod pod {
     unsafe impl aya::Pod for crate::abi::net::SourceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::abi::net::SourceState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::abi::conn::ConnKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::abi::conn::ConnShapes {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::abi::conn::ConnRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::abi::conn::ConnCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::abi::conn::CallerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::abi::conn::CallerState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::abi::trace::TraceControl {}
     // SAFETY: as above.

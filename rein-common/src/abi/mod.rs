@@ -5,6 +5,7 @@
 //! byte for byte, and implicit padding is uninitialised memory in a map key.
 
 pub mod cgroup;
+pub mod conn;
 pub mod net;
 pub mod trace;
 

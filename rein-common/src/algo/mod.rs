@@ -2,6 +2,7 @@
 //! userspace tests it (and holds it to independent models in `rein::model`).
 
 pub mod bucket;
+pub mod conn;
 pub mod share;
 pub mod sketch;
 pub mod take;
