@@ -299,6 +299,105 @@ impl fmt::Display for Period {
     }
 }
 
+/// A rate of events (new connections): `100/s`, `30/min`, `1/h`. At most one a nanosecond.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EventRate {
+    count: u64,
+    period_ns: u64,
+}
+
+const EVENT_PERIODS: &str = "s, min, h (e.g. 100/s, 30/min)";
+
+impl EventRate {
+    /// Events per second, at least this many over one second (rounded up).
+    pub fn per_second_ceil(self) -> u64 {
+        (u128::from(self.count) * 1_000_000_000)
+            .div_ceil(u128::from(self.period_ns))
+            .try_into()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The time one event costs at this rate, in ns, rounded up: a bucket at this cost never
+    /// lets more through than the rate.
+    pub fn cost_ns(self) -> u64 {
+        self.period_ns.div_ceil(self.count)
+    }
+
+    pub fn count(self) -> u64 {
+        self.count
+    }
+
+    pub fn period_ns(self) -> u64 {
+        self.period_ns
+    }
+}
+
+impl FromStr for EventRate {
+    type Err = UnitError;
+    fn from_str(input: &str) -> Result<Self, UnitError> {
+        let (count, period) =
+            input
+                .trim()
+                .split_once('/')
+                .ok_or_else(|| UnitError::UnknownUnit {
+                    input: input.to_owned(),
+                    unit: String::new(),
+                    expected: EVENT_PERIODS,
+                })?;
+        let count: u64 = count
+            .trim()
+            .parse()
+            .map_err(|_| UnitError::NotANumber(input.to_owned()))?;
+        if count == 0 {
+            return Err(UnitError::NotPositive(input.to_owned()));
+        }
+        let period_ns = match period.trim().to_ascii_lowercase().as_str() {
+            "s" | "sec" | "second" => 1_000_000_000,
+            "m" | "min" | "minute" => 60_000_000_000,
+            "h" | "hour" => 3_600_000_000_000,
+            unit => {
+                return Err(UnitError::UnknownUnit {
+                    input: input.to_owned(),
+                    unit: unit.to_owned(),
+                    expected: EVENT_PERIODS,
+                });
+            }
+        };
+        if count > period_ns {
+            return Err(UnitError::OutOfRange {
+                input: input.to_owned(),
+                limit: "at most 1000000000/s".to_owned(),
+            });
+        }
+        Ok(Self { count, period_ns })
+    }
+}
+
+impl fmt::Display for EventRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let period = match self.period_ns {
+            1_000_000_000 => "s",
+            60_000_000_000 => "min",
+            _ => "h",
+        };
+        write!(f, "{}/{period}", self.count)
+    }
+}
+
+impl Serialize for EventRate {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventRate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// Splits `12.5mbit` into `(12.5, "mbit")`.
 fn split_number(input: &str) -> Result<(f64, &str), UnitError> {
     let trimmed = input.trim();
@@ -361,6 +460,38 @@ fn bounded(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn event_rates_parse_with_their_period() {
+        let rate: EventRate = "100/s".parse().unwrap();
+        assert_eq!((rate.cost_ns(), rate.per_second_ceil()), (10_000_000, 100));
+        let slow: EventRate = "30/min".parse().unwrap();
+        assert_eq!(
+            (slow.cost_ns(), slow.per_second_ceil(), slow.to_string()),
+            (2_000_000_000, 1, "30/min".to_owned())
+        );
+        assert_eq!("7/hour".parse::<EventRate>().unwrap().to_string(), "7/h");
+        assert!(matches!(
+            "0/s".parse::<EventRate>(),
+            Err(UnitError::NotPositive(_))
+        ));
+        assert!(matches!(
+            "10".parse::<EventRate>(),
+            Err(UnitError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            "10/day".parse::<EventRate>(),
+            Err(UnitError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            "-1/s".parse::<EventRate>(),
+            Err(UnitError::NotANumber(_))
+        ));
+        assert!(matches!(
+            "2000000000/s".parse::<EventRate>(),
+            Err(UnitError::OutOfRange { .. })
+        ));
+    }
     use super::*;
 
     #[test]
