@@ -3,10 +3,12 @@
 //! unit tests hold the shared arithmetic to these models, and the datapath tests hold the
 //! kernel programs to them through `BPF_PROG_TEST_RUN`.
 mod bucket;
+mod conn;
 mod sketch;
 mod window;
 
 pub use bucket::TokenBucketModel;
+pub use conn::ConnBucketModel;
 pub use sketch::CountMinModel;
 pub use window::{FixedWindowModel, SlidingWindowModel};
 
