@@ -730,18 +730,23 @@ fn a_full_callers_table_reclaims_full_buckets_and_refuses_only_mid_burst() {
         protocol: 0,
         port: 0,
     };
-    // One connection per 300 ms, burst 1: a caller's bucket is mid-burst for 300 ms after it
-    // connects, then full again.
-    fixture.put(8, ALL, target, rate_rule(300 * MS, 1, CONN_FLAG_PER_CALLER));
+    // One connection per 1.5 s, burst 1: a caller's bucket is mid-burst for 1.5 s after it
+    // connects (long enough for the next two connects on a loaded machine), then full again.
+    let cost = 1_500 * MS;
+    fixture.put(8, ALL, target, rate_rule(cost, 1, CONN_FLAG_PER_CALLER));
     let one = [udp(SERVER4, 53)];
     let connect = |server: &Server| connects(&fixture.cgroup, &server.netns, &one)[0];
-    assert!(connect(&servers[0]).allowed());
+    let first = connect(&servers[0]);
+    assert!(first.allowed());
     assert!(connect(&servers[1]).allowed());
     // No room, and both entries mid-burst: refused, and counted as the table's fault.
-    let start = monotonic_ns();
     let refused = connect(&servers[2]);
+    assert!(
+        refused.before - first.after < cost,
+        "too slow to test this: {} ms between the connects",
+        (refused.before - first.after) / MS
+    );
     assert_eq!(refused.errno, i64::from(ECONNREFUSED));
-    assert!(monotonic_ns() - start < 300 * MS, "too slow to test this");
     let counters = fixture.datapath.counters(8);
     assert_eq!(
         (
@@ -752,7 +757,7 @@ fn a_full_callers_table_reclaims_full_buckets_and_refuses_only_mid_burst() {
         (2, 1, 1)
     );
     assert_eq!(fixture.datapath.callers(8).len(), 2);
-    thread::sleep(Duration::from_millis(350));
+    thread::sleep(Duration::from_nanos(cost + 50 * MS));
     // Both full again: reclaimed, and the third caller gets an entry.
     assert!(connect(&servers[2]).allowed());
     let callers = fixture.datapath.callers(8);
@@ -768,12 +773,12 @@ fn a_full_callers_table_reclaims_full_buckets_and_refuses_only_mid_burst() {
         ),
         (4, 1, 1)
     );
-    // Userspace's twin: nothing is full yet; in 350 ms both are.
+    // Userspace's twin: nothing is full yet; a connection's cost later, both are.
     assert_eq!(fixture.datapath.reclaim_full_callers(monotonic_ns()), 0);
     assert_eq!(
         fixture
             .datapath
-            .reclaim_full_callers(monotonic_ns() + 350 * MS),
+            .reclaim_full_callers(monotonic_ns() + cost + 50 * MS),
         2
     );
     assert!(fixture.datapath.callers(8).is_empty());
