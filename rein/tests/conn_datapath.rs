@@ -814,3 +814,84 @@ fn the_programs_stay_small_for_the_verifier_and_cannot_be_test_run() {
         assert_eq!((ret, errno), (-1, Some(524)), "{name}");
     }
 }
+
+#[test]
+fn the_datapath_reloads_changes_collects_and_leaves_nothing() {
+    let server = Server::new("cd");
+    let mut fixture = Fixture::new();
+    let target = Target {
+        prefix: "198.18.0.0/24",
+        protocol: 0,
+        port: 0,
+    };
+    fixture.put(9, ALL, target, rate_rule(100 * SECOND, 2, 0));
+    let one = [udp(SERVER4, 53)];
+    assert!(connects(&fixture.cgroup, &server.netns, &one)[0].allowed());
+    // Attaching again changes nothing; a reload swaps both programs under the same links and
+    // maps: the bucket keeps its one token.
+    let cgroup = fs::File::open(&fixture.cgroup).unwrap();
+    ConnDatapath::attach_to(&fixture.instance, &cgroup).unwrap();
+    let reload = ConnDatapath::prepare_reload(&fixture.instance)
+        .unwrap()
+        .expect("links to reload");
+    assert_eq!(reload.swap_programs().unwrap(), 2);
+    let allowed: Vec<bool> = connects(&fixture.cgroup, &server.netns, &[udp(SERVER4, 53); 2])
+        .iter()
+        .map(Outcome::allowed)
+        .collect();
+    assert_eq!(allowed, [true, false]);
+    // A changed limit keeps the bucket's state: still empty, at the new burst of 3 two are
+    // left.
+    fixture
+        .datapath
+        .change_rule(9, rate_rule(100 * SECOND, 4, 0))
+        .unwrap();
+    let allowed: Vec<bool> = connects(&fixture.cgroup, &server.netns, &[udp(SERVER4, 53); 3])
+        .iter()
+        .map(Outcome::allowed)
+        .collect();
+    assert_eq!(allowed, [true, true, false]);
+    // A rule whose trie entry the kernel refuses (a prefix longer than the key) leaves nothing.
+    let (family, addr, _) = address("198.18.1.0/24");
+    let bad = ConnKey {
+        scope: ConnScope::new(CONN_SCOPE_ALL, 0, family, 0, 0),
+        addr,
+    };
+    assert!(
+        fixture
+            .datapath
+            .put(
+                10,
+                &[(bad, CONN_SCOPE_BITS + 200)],
+                0,
+                rate_rule(SECOND, 1, 0)
+            )
+            .is_err()
+    );
+    assert_eq!(fixture.datapath.rule_ids(), [9]);
+    assert_eq!(fixture.datapath.counters(10), Default::default());
+    // Garbage: every rule no record holds goes, with its trie entry.
+    let held = std::collections::HashSet::from([9]);
+    assert_eq!(fixture.datapath.remove_rules_except(&held), 0);
+    assert_eq!(
+        fixture
+            .datapath
+            .remove_rules_except(&std::collections::HashSet::new()),
+        1
+    );
+    assert!(fixture.datapath.rule_ids().is_empty());
+    assert!(connects(&fixture.cgroup, &server.netns, &one)[0].allowed());
+    ConnDatapath::uninstall(&fixture.instance);
+    assert!(!ConnDatapath::is_installed(&fixture.instance));
+    assert!(!ConnDatapath::is_attached(&fixture.instance));
+    let left: Vec<_> = fs::read_dir(fixture.instance.pin_dir())
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // Detached: nothing limits the cgroup any more.
+    assert!(
+        connects(&fixture.cgroup, &server.netns, &[udp(SERVER4, 53); 3])
+            .iter()
+            .all(Outcome::allowed)
+    );
+}

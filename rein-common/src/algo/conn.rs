@@ -354,6 +354,26 @@ mod tests {
     }
 
     #[test]
+    fn fills_count_exactly_without_a_wide_multiply() {
+        // 10 used, 3 per fill: 1, 2, 3 intervals later 7, 4, 1 used; 4 later none.
+        let bucket = FillBucket {
+            anchor_ns: 0,
+            fill_ns: SECOND,
+            max_tokens: 10,
+            tokens_per_fill: 3,
+        };
+        let word = (5 << USED_BITS) | 10;
+        let used: [u64; 5] = core::array::from_fn(|i| bucket.used(word, 5 + i as u64));
+        assert_eq!(used, [10, 7, 4, 1, 0]);
+        // No fill at all.
+        let none = FillBucket {
+            tokens_per_fill: 0,
+            ..bucket
+        };
+        assert_eq!(none.used(word, 1 << 30), 10);
+    }
+
+    #[test]
     fn huge_idle_periods_and_fills_do_not_overflow() {
         let bucket = fill(MAX_FILL_TOKENS, u32::MAX, MIN_FILL_NS);
         let word = Plain(Cell::new(0));

@@ -396,6 +396,14 @@ pub struct Reload {
 
 impl PreparedReload for Reload {
     fn swap(self: Box<Self>) -> Result<usize> {
+        self.swap_programs()
+    }
+}
+
+impl Reload {
+    /// Swaps the programs into the pinned links (BPF_LINK_UPDATE: no connect meets a missing
+    /// program); returns how many links took a new one.
+    pub fn swap_programs(&self) -> Result<usize> {
         for (name, pin) in &self.pins {
             let program = self
                 .ebpf
