@@ -895,3 +895,53 @@ fn the_datapath_reloads_changes_collects_and_leaves_nothing() {
             .all(Outcome::allowed)
     );
 }
+
+/// The network namespace cookie of `netns`, as the programs read it (SO_NETNS_COOKIE).
+fn netns_cookie(netns: &Netns) -> u64 {
+    let path = netns.path();
+    thread::spawn(move || {
+        let ns = fs::File::open(path).unwrap();
+        // SAFETY: moves this thread only into the namespace.
+        let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(entered, 0);
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: a u64 and its length for the kernel to fill.
+        let ret = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                71, // SO_NETNS_COOKIE
+                std::ptr::from_mut(&mut cookie).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(ret, 0);
+        cookie
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_namespace_rule_limits_its_namespace_only() {
+    let (a, b) = (Server::new("cna"), Server::new("cnb"));
+    let mut fixture = Fixture::new();
+    let target = Target {
+        prefix: "198.18.0.1/32",
+        protocol: rein_common::net::PROTOCOL_UDP,
+        port: 53,
+    };
+    let scope = (rein_common::conn::CONN_SCOPE_NETNS, netns_cookie(&a.netns));
+    fixture.put(11, scope, target, rate_rule(100 * SECOND, 1, 0));
+    for (server, expected) in [(&a, [true, false]), (&b, [true, true])] {
+        let allowed: Vec<bool> = connects(&fixture.cgroup, &server.netns, &[udp(SERVER4, 53); 2])
+            .iter()
+            .map(Outcome::allowed)
+            .collect();
+        assert_eq!(allowed, expected, "{}", server.netns.name());
+    }
+    let counters = fixture.datapath.counters(11);
+    assert_eq!((counters.allowed, counters.refused), (1, 1));
+}
