@@ -851,6 +851,10 @@ fn the_datapath_reloads_changes_collects_and_leaves_nothing() {
         .map(Outcome::allowed)
         .collect();
     assert_eq!(allowed, [true, true, false]);
+    assert!(matches!(
+        fixture.datapath.change_rule(12, rate_rule(SECOND, 1, 0)),
+        Err(rein::Error::NoSuchConnRule(12))
+    ));
     // A rule whose trie entry the kernel refuses (a prefix longer than the key) leaves nothing.
     let (family, addr, _) = address("198.18.1.0/24");
     let bad = ConnKey {

@@ -264,7 +264,7 @@ impl ConnDatapath {
     pub fn change_rule(&mut self, id: u32, rule: ConnRule) -> Result<()> {
         let current = self.rules.get(&id, 0).map_err(|e| {
             if map_errno(&e) == Some(libc::ENOENT) || matches!(e, MapError::KeyNotFound) {
-                Error::Load(format!("connection rule {id} is not in the kernel"))
+                Error::NoSuchConnRule(id)
             } else {
                 bpf_error("cannot read the rule")(&e)
             }
