@@ -12,6 +12,7 @@ use crate::{
 };
 
 pub mod cgroup_limit;
+pub mod conn_limits;
 pub mod ingress_queue;
 pub mod net_rules;
 
