@@ -117,6 +117,9 @@ pub enum Error {
     )]
     NetRulesFull(u32),
 
+    #[error("the connection rule tables are full ({0} rules)")]
+    ConnRulesFull(u32),
+
     #[error("REIN_NET_MAX_RULES={0:?} is not a number of rules from 1 to 1048576")]
     BadNetMaxRules(String),
 

@@ -71,8 +71,17 @@ impl FillBucket {
         if interval <= last {
             return used;
         }
-        let filled = (interval - last).saturating_mul(self.tokens_per_fill as u64);
-        used.saturating_sub(filled)
+        if self.tokens_per_fill == 0 {
+            return used;
+        }
+        // Not `saturating_mul`: its overflow check is a 128-bit multiply, which BPF has no
+        // instruction for. `used` is below 2^24, so one fill per interval since `last` is
+        // enough to know the bucket is empty of use; below that, the product fits.
+        let fills = interval - last;
+        if fills >= used {
+            return 0;
+        }
+        used.saturating_sub(fills * self.tokens_per_fill as u64)
     }
 
     /// Tokens the bucket holds at `now`.

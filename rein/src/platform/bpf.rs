@@ -35,6 +35,9 @@ static CGROUP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 /// The object of the interface programs (`rein net`), rein-ebpf's `rein-net`.
 static NET_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rein-net"));
 
+/// The object of the new-connection limits (`rein conn`), rein-ebpf's `rein-conn`.
+static CONN_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rein-conn"));
+
 /// The embedded object of the cgroup programs, for loading without pins (doctor, tests).
 pub fn cgroup_object() -> &'static [u8] {
     CGROUP_OBJECT
@@ -43,6 +46,11 @@ pub fn cgroup_object() -> &'static [u8] {
 /// The embedded object of the interface programs.
 pub fn net_object() -> &'static [u8] {
     NET_OBJECT
+}
+
+/// The embedded object of the new-connection limits.
+pub fn conn_object() -> &'static [u8] {
+    CONN_OBJECT
 }
 
 /// Loads `object` with the maps named in `maps` bound to pins in the instance's maps
