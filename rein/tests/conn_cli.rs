@@ -764,3 +764,58 @@ fn net_and_conn_rules_share_their_ids() {
     rein.rein(&["reload"]).ok();
     assert_eq!(rules(&rein).len(), 2);
 }
+
+/// What the maps hold follows the state file: an entry no rule owns (a command that died
+/// between its map writes and its save) goes at the next command, and a rule missing from the
+/// maps (removed by hand) comes back with `reload`, limiting again.
+#[test]
+fn the_maps_follow_the_state_file() {
+    use rein::capabilities::conn_limits::{
+        datapath::ConnDatapath,
+        spec::{ConnLimit, ConnRuleSpec, ConnScopeSpec},
+    };
+    let _timed = timed();
+    let rein = instance();
+    let ns = namespace(&["198.18.13.249/32"]);
+    let server = Server::start(&ns, "198.18.13.249");
+    let id = add(
+        &rein,
+        &["--dst", "198.18.13.249", "--rate", "1/min", "--burst", "3"],
+    );
+    let library = rein.library_instance();
+    let orphan = ConnRuleSpec {
+        destination: "198.18.13.250".parse().unwrap(),
+        protocol: None,
+        scope: ConnScopeSpec::All,
+        limit: ConnLimit::rate("1/min".parse().unwrap(), Some(1)).unwrap(),
+        per_caller: false,
+    };
+    let mine = ConnRuleSpec {
+        destination: "198.18.13.249".parse().unwrap(),
+        limit: ConnLimit::rate("1/min".parse().unwrap(), Some(3)).unwrap(),
+        ..orphan.clone()
+    };
+    {
+        let mut datapath = ConnDatapath::open(&library).unwrap();
+        datapath
+            .put(9999, &[orphan.key()], orphan.specificity(), orphan.rule(0))
+            .unwrap();
+        // As if removed by hand.
+        datapath.remove(id, &[mine.key()]);
+        assert!(datapath.rule(id).is_none());
+    }
+    rein.rein(&["conn", "list"]).ok();
+    let datapath = ConnDatapath::open(&library).unwrap();
+    assert_eq!(
+        datapath.rule_ids(),
+        Vec::<u32>::new(),
+        "the orphan outlived a command"
+    );
+    let free = connect_n(&ns, server.addr, 5);
+    assert_eq!((free.allowed, free.refused), (5, 0), "{free:?}");
+    let out = rein.rein(&["reload"]);
+    assert!(out.ok().contains("restored 1 rule"), "{out}");
+    assert_eq!(datapath.rule_ids(), vec![id]);
+    let seen = connect_n(&ns, server.addr, 5);
+    assert_eq!((seen.allowed, seen.refused), (3, 2), "{seen:?}");
+}
