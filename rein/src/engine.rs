@@ -16,6 +16,7 @@ use crate::{
     capabilities::{
         Context, REGISTRY,
         cgroup_limit::{self, RuleRecord, RuleView},
+        conn_limits::{self, ConnRuleView, WantedConnRule},
         ingress_queue::{self, QueueView},
         net_rules::{self, NetRuleView, WantedNetRule},
     },
@@ -32,6 +33,8 @@ pub struct Desired {
     pub cgroup_limits: Vec<RuleRecord>,
     /// `rein net` rules; a rule without an id is new.
     pub net_rules: Vec<WantedNetRule>,
+    /// `rein conn` rules; a rule without an id is new.
+    pub conn_rules: Vec<WantedConnRule>,
 }
 
 impl Desired {
@@ -47,6 +50,15 @@ impl Desired {
                     id: Some(record.id),
                     spec: record.spec.clone(),
                     declared_by: record.declared_by.clone(),
+                })
+                .collect(),
+            conn_rules: state
+                .conn_limits
+                .rules
+                .iter()
+                .map(|record| WantedConnRule {
+                    id: Some(record.id),
+                    spec: record.spec.clone(),
                 })
                 .collect(),
         }
@@ -111,6 +123,8 @@ pub struct PurgeReport {
 pub struct Status {
     pub cgroups: Vec<RuleView>,
     pub net: Vec<NetRuleView>,
+    /// `rein conn` rules (outbound new-connection limits).
+    pub conn: Vec<ConnRuleView>,
     /// The ingress limits' download queues in the reader's network namespace.
     pub queues: Vec<QueueView>,
 }
@@ -120,6 +134,7 @@ impl Status {
         Ok(Self {
             cgroups: cgroup_limit::status(cx, state)?,
             net: net_rules::status(cx, state)?,
+            conn: conn_limits::status(cx, state)?,
             queues: ingress_queue::status(cx, state),
         })
     }

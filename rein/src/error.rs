@@ -144,6 +144,21 @@ pub enum Error {
     )]
     SketchFull { needed: u32, free: u32, total: u32 },
 
+    #[error(transparent)]
+    Conn(#[from] crate::capabilities::conn_limits::spec::ConnError),
+
+    #[error("no network namespace {0}")]
+    NoSuchNetns(PathBuf),
+
+    #[error("no rein conn rule {0}")]
+    NoSuchConnRule(u32),
+
+    #[error(
+        "rule {0} already limits exactly these connections (same destination, protocol, port \
+         and scope); delete it first"
+    )]
+    DuplicateConnRule(u32),
+
     #[error("metrics: {0}")]
     Metrics(String),
     #[error("{at}: {message}")]

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use rein::{
     Engine, Instance,
-    capabilities::{cgroup_limit, net_rules},
+    capabilities::{cgroup_limit, conn_limits, net_rules},
     declarative::{self, LoadOptions, Mode},
     doctor, observe,
     platform::cgroupfs::CgroupFs,
@@ -63,18 +63,23 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
         }
         HiCommand::List { json } => {
             let status = Engine::open(instance)?.status()?;
-            let (cgroups, net) = (status.cgroups, status.net);
+            let (cgroups, net, conn) = (status.cgroups, status.net, status.conn);
             if json {
-                let both = serde_json::json!({ "cgroups": cgroups, "net": net });
-                println!("{}", serde_json::to_string_pretty(&both).context("json")?);
+                let all = serde_json::json!({ "cgroups": cgroups, "net": net, "conn": conn });
+                println!("{}", serde_json::to_string_pretty(&all).context("json")?);
             } else {
-                match (cgroups.is_empty(), net.is_empty()) {
-                    (false, false) => {
-                        print!("{}\n{}", output::list(&cgroups), output::net_list(&net));
-                    }
-                    (true, false) => print!("{}", output::net_list(&net)),
-                    _ => print!("{}", output::list(&cgroups)),
+                // The cgroup table (or "no limits") unless only rules of the other kinds exist.
+                let mut tables = Vec::new();
+                if !cgroups.is_empty() || (net.is_empty() && conn.is_empty()) {
+                    tables.push(output::list(&cgroups));
                 }
+                if !net.is_empty() {
+                    tables.push(output::net_list(&net));
+                }
+                if !conn.is_empty() {
+                    tables.push(output::conn_list(&conn));
+                }
+                print!("{}", tables.join("\n"));
             }
         }
         HiCommand::NetAdd(spec) => {
@@ -91,6 +96,22 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&views).context("json")?);
             } else {
                 print!("{}", output::net_list(&views));
+            }
+        }
+        HiCommand::ConnAdd(rule) => {
+            let record = conn_limits::add(&mut Engine::open(instance)?, rule)?;
+            println!("added {}", output::conn_rule(&record));
+        }
+        HiCommand::ConnDel(id) => {
+            let record = conn_limits::delete(&mut Engine::open(instance)?, id)?;
+            println!("deleted {}", output::conn_rule(&record));
+        }
+        HiCommand::ConnList { json } => {
+            let views = Engine::open(instance)?.status()?.conn;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views).context("json")?);
+            } else {
+                print!("{}", output::conn_list(&views));
             }
         }
         HiCommand::Metrics => print!("{}", observe::metrics::gather(&instance)?),

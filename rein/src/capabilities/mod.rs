@@ -19,10 +19,11 @@ pub mod net_rules;
 /// Every capability, in the order the engine runs them: a later one may build on what an
 /// earlier one put in place (the ingress queues on the cgroup limits' maps), and on its
 /// section of the state, never the other way round.
-pub(crate) static REGISTRY: [&dyn Capability; 3] = [
+pub(crate) static REGISTRY: [&dyn Capability; 4] = [
     &cgroup_limit::CgroupLimits,
     &ingress_queue::IngressQueues,
     &net_rules::NetRules,
+    &conn_limits::ConnLimits,
 ];
 
 /// What the operations of every capability work with.

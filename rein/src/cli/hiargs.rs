@@ -4,6 +4,10 @@ use std::{ffi::OsString, path::PathBuf};
 use rein::{
     capabilities::{
         cgroup_limit::{LimitChange, Target},
+        conn_limits::{
+            request::{ConnRuleRequest, NewConnRule, RequestError as ConnRequestError},
+            spec::{ConnError, Destination, parse_port},
+        },
         net_rules::{
             request::{Algorithm, MAX_PPS, NetRuleRequest, OptionNames, RequestError},
             spec::{NetError, NetRuleSpec, Protocol},
@@ -14,7 +18,9 @@ use rein::{
 };
 use rein_common::Direction;
 
-use super::lowargs::{LowArgs, LowCommand, LowLimits, LowNetAdd, LowNetCommand, LowTarget};
+use super::lowargs::{
+    LowArgs, LowCommand, LowConnAdd, LowConnCommand, LowLimits, LowNetAdd, LowNetCommand, LowTarget,
+};
 
 #[derive(Debug)]
 pub enum HiCommand {
@@ -52,6 +58,11 @@ pub enum HiCommand {
     NetList {
         json: bool,
     },
+    ConnAdd(NewConnRule),
+    ConnDel(u32),
+    ConnList {
+        json: bool,
+    },
     Apply(Vec<PathBuf>),
     Diff(Vec<PathBuf>),
     Delete(Vec<PathBuf>),
@@ -84,10 +95,18 @@ pub enum ArgError {
         value: String,
         expected: &'static str,
     },
-    #[error("{0:?} is not a rule id (see rein net list)")]
+    #[error("{0:?} is not a rule id (see rein net list, rein conn list)")]
     BadRuleId(String),
     #[error(transparent)]
     Rule(#[from] RequestError),
+    #[error("--{flag}: {source}")]
+    Conn {
+        flag: &'static str,
+        #[source]
+        source: ConnError,
+    },
+    #[error(transparent)]
+    ConnRule(#[from] ConnRequestError),
     #[error("--{flag}: {source}")]
     Unit {
         flag: &'static str,
@@ -165,6 +184,11 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
             LowNetCommand::Del { id } => HiCommand::NetDel(rule_id(&id)?),
             LowNetCommand::List { json } => HiCommand::NetList { json },
         },
+        LowCommand::Conn { command } => match command {
+            LowConnCommand::Add(add) => HiCommand::ConnAdd(conn_rule(&add)?),
+            LowConnCommand::Del { id } => HiCommand::ConnDel(rule_id(&id)?),
+            LowConnCommand::List { json } => HiCommand::ConnList { json },
+        },
     })
 }
 
@@ -191,31 +215,16 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
             });
         }
     };
-    let protocol = match add.proto.as_deref().map(|p| p.trim().to_ascii_lowercase()) {
-        None => None,
-        Some(p) if p == "tcp" => Some(Protocol::Tcp),
-        Some(p) if p == "udp" => Some(Protocol::Udp),
-        Some(p) => {
-            return Err(ArgError::Bad {
-                flag: "proto",
-                value: p,
-                expected: "tcp or udp",
-            });
-        }
-    };
+    let protocol = protocol(add.proto.as_deref())?;
     let port = add
         .dport
         .as_deref()
         .map(|p| {
-            p.trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p > 0)
-                .ok_or(ArgError::Bad {
-                    flag: "dport",
-                    value: p.to_owned(),
-                    expected: "a port from 1 to 65535",
-                })
+            parse_port(p).map_err(|_| ArgError::Bad {
+                flag: "dport",
+                value: p.to_owned(),
+                expected: "a port from 1 to 65535",
+            })
         })
         .transpose()?;
     let algorithm = match add.algo.as_deref().map(|a| a.trim().to_ascii_lowercase()) {
@@ -279,6 +288,68 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
             .map_err(net("sketch"))?,
     };
     Ok(request.resolve(&OptionNames::FLAGS)?)
+}
+
+fn protocol(proto: Option<&str>) -> Result<Option<Protocol>, ArgError> {
+    match proto.map(|p| p.trim().to_ascii_lowercase()) {
+        None => Ok(None),
+        Some(p) if p == "tcp" => Ok(Some(Protocol::Tcp)),
+        Some(p) if p == "udp" => Ok(Some(Protocol::Udp)),
+        Some(p) => Err(ArgError::Bad {
+            flag: "proto",
+            value: p,
+            expected: "tcp or udp",
+        }),
+    }
+}
+
+/// An outbound conn rule (`rein conn add --dst ...`); inbound rules (`--dev`) will resolve
+/// here too.
+fn conn_rule(add: &LowConnAdd) -> Result<NewConnRule, ArgError> {
+    let unit = |flag: &'static str| move |source: UnitError| ArgError::Unit { flag, source };
+    let count = |flag: &'static str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| {
+                v.trim().parse::<u64>().map_err(|_| ArgError::Bad {
+                    flag,
+                    value: v.to_owned(),
+                    expected: "a whole number",
+                })
+            })
+            .transpose()
+    };
+    let request = ConnRuleRequest {
+        destination: add
+            .dst
+            .as_deref()
+            .map(str::parse::<Destination>)
+            .transpose()
+            .map_err(|source| ArgError::Conn {
+                flag: "dst",
+                source,
+            })?,
+        protocol: protocol(add.proto.as_deref())?,
+        rate: add
+            .rate
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(unit("rate"))?,
+        burst: count("burst", &add.burst)?,
+        max_tokens: count("max-tokens", &add.max_tokens)?,
+        tokens_per_fill: count("tokens-per-fill", &add.tokens_per_fill)?,
+        fill_interval: add
+            .fill_interval
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(unit("fill-interval"))?,
+        cgroup: add.cgroup.clone(),
+        netns: add.netns.clone(),
+        per_caller: add.per_caller,
+    };
+    Ok(request.resolve()?)
 }
 
 /// A count of packets from 1 to `MAX_PPS`.
@@ -461,6 +532,157 @@ mod tests {
             ),
         ] {
             let error = net_add(extra).unwrap_err().to_string();
+            assert!(error.contains(needle), "{extra:?}: {error}");
+        }
+    }
+
+    fn conn_add(extra: &[&str]) -> Result<NewConnRule, ArgError> {
+        let mut args = vec!["rein", "conn", "add"];
+        args.extend_from_slice(extra);
+        match parse(&args)? {
+            HiCommand::ConnAdd(rule) => Ok(rule),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn conn_rules_resolve_both_forms_and_refuse_bad_input() {
+        use rein::capabilities::conn_limits::{request::ScopeRequest, spec::ConnLimit};
+        let rule = conn_add(&[
+            "--dst",
+            "198.18.13.1:80",
+            "--rate",
+            "100/s",
+            "--burst",
+            "20",
+        ])
+        .unwrap();
+        assert_eq!(rule.destination.port, Some(80));
+        assert_eq!((rule.protocol, &rule.scope), (None, &ScopeRequest::All));
+        assert!(matches!(rule.limit, ConnLimit::Rate { burst: 20, .. }));
+        let rule = conn_add(&[
+            "--dst",
+            "[fd00:13::1]:443",
+            "--proto",
+            "tcp",
+            "--max-tokens",
+            "5",
+            "--tokens-per-fill",
+            "2",
+            "--fill-interval",
+            "1s",
+            "--netns",
+            "/run/netns/x",
+            "--per-caller",
+        ])
+        .unwrap();
+        assert_eq!(rule.scope, ScopeRequest::Netns("/run/netns/x".into()));
+        assert!(rule.per_caller);
+        assert_eq!(
+            rule.limit,
+            ConnLimit::Fill {
+                max_tokens: 5,
+                tokens_per_fill: 2,
+                fill_ns: 1_000_000_000
+            }
+        );
+        let fill = [
+            "--max-tokens",
+            "5",
+            "--tokens-per-fill",
+            "2",
+            "--fill-interval",
+        ];
+        for (extra, needle) in [
+            (&["--dst", "198.18.13.1", "--rate", "0/s"][..], "--rate"),
+            (
+                &["--dst", "198.18.13.1", "--rate", "5/s", "--burst", "0"],
+                "burst of 0",
+            ),
+            (
+                &["--dst", "198.18.13.1", "--rate", "5/s", "--burst", "-1"],
+                "--burst",
+            ),
+            (&["--dst", "198.18.13.1:0", "--rate", "5/s"], "port"),
+            (&["--dst", "198.18.13.1:70000", "--rate", "5/s"], "port"),
+            (&["--dst", "198.18.13.1/24", "--rate", "5/s"], "host bits"),
+            (
+                &["--dst", "198.18.13.1", "--rate", "5/s", "--proto", "icmp"],
+                "tcp or udp",
+            ),
+            (&["--dst", "198.18.13.1"], "give --rate"),
+            (&["--rate", "5/s"], "--dst"),
+            (
+                &["--dst", "198.18.13.1", "--rate", "5/s", "--max-tokens", "3"],
+                "not both",
+            ),
+            (
+                &[
+                    "--dst",
+                    "198.18.13.1",
+                    "--max-tokens",
+                    "0",
+                    "--tokens-per-fill",
+                    "1",
+                    "--fill-interval",
+                    "1s",
+                ],
+                "0 tokens",
+            ),
+            (
+                &[
+                    "--dst",
+                    "198.18.13.1",
+                    "--max-tokens",
+                    "16777216",
+                    "--tokens-per-fill",
+                    "1",
+                    "--fill-interval",
+                    "1s",
+                ],
+                "16777216 tokens",
+            ),
+            (
+                &[
+                    "--dst",
+                    "198.18.13.1",
+                    "--max-tokens",
+                    "5",
+                    "--tokens-per-fill",
+                    "0",
+                    "--fill-interval",
+                    "1s",
+                ],
+                "0 tokens per fill",
+            ),
+            (
+                &[
+                    "--dst",
+                    "198.18.13.1",
+                    fill[0],
+                    fill[1],
+                    fill[2],
+                    fill[3],
+                    fill[4],
+                    "0s",
+                ],
+                "--fill-interval",
+            ),
+            (
+                &[
+                    "--dst",
+                    "198.18.13.1",
+                    "--rate",
+                    "5/s",
+                    "--cgroup",
+                    "/a",
+                    "--netns",
+                    "/b",
+                ],
+                "not both",
+            ),
+        ] {
+            let error = conn_add(extra).unwrap_err().to_string();
             assert!(error.contains(needle), "{extra:?}: {error}");
         }
     }

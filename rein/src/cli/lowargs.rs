@@ -59,6 +59,12 @@ pub enum LowCommand {
         #[command(subcommand)]
         command: LowNetCommand,
     },
+    /// Limits on the new connections processes open (checked at connect(), refused with
+    /// ECONNREFUSED).
+    Conn {
+        #[command(subcommand)]
+        command: LowConnCommand,
+    },
     /// Print every limit's counters and settings once, in the Prometheus text format.
     Metrics,
     /// A live view of every limit: rate against the limit, drops, TCP flows (q quits).
@@ -228,4 +234,60 @@ pub struct LowNetAdd {
     /// Run on XDP instead of tc (ingress only).
     #[arg(long)]
     pub xdp: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LowConnCommand {
+    /// Add a rule; prints its id. Each rule whose destination and scope match a connect must
+    /// have room for it.
+    Add(Box<LowConnAdd>),
+    /// Delete a rule by id.
+    Del {
+        #[arg(value_name = "ID", allow_hyphen_values = true)]
+        id: String,
+    },
+    /// Show every rule with its counters, its tokens and its top callers.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `rein conn add`'s flags: outbound rules (connections local processes open).
+#[derive(Debug, Args)]
+pub struct LowConnAdd {
+    /// Destination address or prefix, with a port or not: 198.18.13.0/24, 198.18.13.1:443,
+    /// [2001:db8::1]:443.
+    #[arg(long, value_name = "IP[/PREFIX][:PORT]")]
+    pub dst: Option<String>,
+    /// tcp or udp (default: both).
+    #[arg(long, value_name = "PROTO")]
+    pub proto: Option<String>,
+    /// New connections per second or minute (e.g. 100/s, 30/min): a token bucket.
+    #[arg(long, value_name = "N/s|N/min", allow_hyphen_values = true)]
+    pub rate: Option<String>,
+    /// Connections allowed at once above the rate (default: one second at the rate, at least
+    /// 5).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub burst: Option<String>,
+    /// Fill form: the most tokens the bucket holds (it starts full).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_tokens: Option<String>,
+    /// Fill form: tokens added at each fill interval.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub tokens_per_fill: Option<String>,
+    /// Fill form: the fill interval (e.g. 1s, 100ms).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub fill_interval: Option<String>,
+    /// Only the processes in this cgroup v2 and below it (a directory or a path from the v2
+    /// root).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Only the processes of this network namespace (e.g. /run/netns/x).
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+    /// Each caller network namespace gets a bucket of its own.
+    #[arg(long)]
+    pub per_caller: bool,
 }

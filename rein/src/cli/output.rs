@@ -5,6 +5,7 @@ use rein::{
     Plan,
     capabilities::{
         cgroup_limit::{DirectionView, LimitSpec, Origin, RuleView, SetOutcome},
+        conn_limits::{ConnRuleRecord, ConnRuleView, spec::ConnRuleSpec},
         net_rules::{
             NetRuleRecord, NetRuleView,
             spec::{NetLimit, NetRuleSpec, Per, Sources},
@@ -356,6 +357,75 @@ pub fn net_list(views: &[NetRuleView]) -> String {
                     source.dropped_packets,
                     bytes(source.dropped_bytes)
                 ),
+            ]);
+        }
+    }
+    table(&rows)
+}
+
+/// One line about a conn rule: what it counts, whose, how many.
+pub fn conn_rule(record: &ConnRuleRecord) -> String {
+    let spec = &record.spec;
+    format!(
+        "rule {}: connections {} from {}: {}",
+        record.id,
+        conn_match(spec),
+        spec.scope,
+        conn_limit(spec)
+    )
+}
+
+fn conn_match(spec: &ConnRuleSpec) -> String {
+    let protocol = spec.protocol.map_or("tcp+udp", |p| p.name());
+    format!("to {} {protocol}", spec.destination)
+}
+
+fn conn_limit(spec: &ConnRuleSpec) -> String {
+    if spec.per_caller {
+        format!("{}, per caller netns", spec.limit)
+    } else {
+        spec.limit.to_string()
+    }
+}
+
+pub fn conn_list(views: &[ConnRuleView]) -> String {
+    if views.is_empty() {
+        return "no rein conn rules\n".into();
+    }
+    let mut rows = vec![
+        [
+            "ID", "MATCH", "SCOPE", "LIMIT", "ALLOWED", "REFUSED", "TOKENS",
+        ]
+        .map(String::from),
+    ];
+    for view in views {
+        let spec = &view.record.spec;
+        let refused = if view.refused_table_full > 0 {
+            format!(
+                "{} ({} callers table full)",
+                view.refused, view.refused_table_full
+            )
+        } else {
+            view.refused.to_string()
+        };
+        rows.push([
+            view.record.id.to_string(),
+            conn_match(spec),
+            spec.scope.to_string(),
+            conn_limit(spec),
+            view.allowed.to_string(),
+            refused,
+            view.tokens.map_or_else(|| "-".into(), |t| t.to_string()),
+        ]);
+        for caller in &view.top_callers {
+            rows.push([
+                String::new(),
+                format!("  caller netns {}", caller.netns),
+                String::new(),
+                String::new(),
+                caller.allowed.to_string(),
+                caller.refused.to_string(),
+                caller.tokens.to_string(),
             ]);
         }
     }

@@ -587,6 +587,7 @@ mod tests {
                 ingress: None,
             }],
             net: vec![],
+            conn: vec![],
             queues: vec![],
         };
         let readings = readings(&status);

@@ -104,3 +104,23 @@ pub fn cookie() -> io::Result<u64> {
     }
     Ok(cookie)
 }
+
+/// The cookie of the network namespace at `path` (e.g. /run/netns/x, /proc/PID/ns/net), from a
+/// socket made inside it by a thread of its own: entering a network namespace changes the
+/// calling thread only, and this one ends with it.
+pub fn cookie_of(path: &std::path::Path) -> io::Result<u64> {
+    let namespace = std::fs::File::open(path)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: a descriptor we own; CLONE_NEWNET refuses anything but a network
+                // namespace (EINVAL).
+                if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                cookie()
+            })
+            .join()
+            .map_err(|_| io::Error::other("the thread reading the namespace's cookie panicked"))?
+    })
+}

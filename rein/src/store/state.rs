@@ -11,13 +11,13 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    capabilities::{cgroup_limit, net_rules},
+    capabilities::{cgroup_limit, conn_limits, net_rules},
     error::{Error, IoContext, Result},
 };
 
-/// 2 added `rein net` rules: version 1 files still load; an older rein refuses version 2 rather
-/// than dropping the rules it does not know on its next save.
-const STATE_VERSION: u32 = 2;
+/// 2 added `rein net` rules, 3 `rein conn` rules: older files still load; an older rein refuses
+/// a newer version rather than dropping the rules it does not know on its next save.
+const STATE_VERSION: u32 = 3;
 const OLDEST_READABLE_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +30,9 @@ pub struct State {
     pub cgroup_limits: cgroup_limit::Section,
     #[serde(flatten)]
     pub net_rules: net_rules::Section,
+    /// Absent from files written before `rein conn` existed.
+    #[serde(default)]
+    pub conn_limits: conn_limits::Section,
 }
 
 impl State {
@@ -85,7 +88,13 @@ impl State {
 
     /// Whether the instance holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.cgroup_limits.is_empty() && self.net_rules.is_empty()
+        self.cgroup_limits.is_empty() && self.net_rules.is_empty() && self.conn_limits.is_empty()
+    }
+
+    /// The id of the next `rein net` or `rein conn` rule: one sequence for both, so an id names
+    /// exactly one rule of either kind, and none is reused while the instance lives.
+    pub fn next_rule_id(&self) -> u32 {
+        self.net_rules.next_id().max(self.conn_limits.next_id())
     }
 }
 
@@ -112,6 +121,9 @@ mod tests {
         let state: State = serde_json::from_str(json).unwrap();
         assert_eq!(state.cgroup_limits.rules[0].declared_by, None);
         assert_eq!(state.net_rules.net[0].declared_by, None);
+        // Nor `rein conn` rules: none, and the next id after the net rule's.
+        assert!(state.conn_limits.is_empty());
+        assert_eq!(state.next_rule_id(), 2);
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub fn add(engine: &mut Engine, spec: NetRuleSpec) -> Result<NetRuleRecord> {
         declared_by: None,
     });
     let plan = tx.plan(&desired)?;
-    let id = tx.state().net_rules.next_id();
+    let id = tx.state().next_rule_id();
     tx.apply(&plan)?;
     let record = tx.state().net_rules.find(id).cloned();
     tx.commit()?;
@@ -552,7 +552,7 @@ impl Capability for NetRules {
             }
         }
         let added = desired.net_rules.iter().filter(|w| w.id.is_none());
-        for (id, wanted) in (held.next_id()..).zip(added) {
+        for (id, wanted) in (state.next_rule_id()..).zip(added) {
             plan.push(AddRule {
                 id,
                 spec: wanted.spec.clone(),

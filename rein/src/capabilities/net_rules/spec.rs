@@ -88,14 +88,14 @@ impl Cidr {
         self.length() == self.max_length()
     }
 
-    fn family(&self) -> u8 {
+    pub(crate) fn family(&self) -> u8 {
         match self.0 {
             IpNet::V4(_) => FAMILY_IPV4,
             IpNet::V6(_) => FAMILY_IPV6,
         }
     }
 
-    fn bytes(&self) -> [u8; ADDR_BYTES] {
+    pub(crate) fn bytes(&self) -> [u8; ADDR_BYTES] {
         address_bytes(self.addr())
     }
 }
@@ -294,7 +294,7 @@ impl Protocol {
         }
     }
 
-    fn number(self) -> u8 {
+    pub(crate) fn number(self) -> u8 {
         match self {
             Self::Tcp => rein_common::net::PROTOCOL_TCP,
             Self::Udp => rein_common::net::PROTOCOL_UDP,
