@@ -120,9 +120,6 @@ pub enum Error {
     #[error("the connection rule tables are full ({0} rules)")]
     ConnRulesFull(u32),
 
-    #[error("connection rule {0} is not in the kernel")]
-    NoSuchConnRule(u32),
-
     #[error("REIN_NET_MAX_RULES={0:?} is not a number of rules from 1 to 1048576")]
     BadNetMaxRules(String),
 
