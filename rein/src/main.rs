@@ -93,6 +93,27 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
                 print!("{}", output::net_list(&views));
             }
         }
+        // --- rein conn: inbound rules (conn-inbound) ---
+        HiCommand::ConnAddInbound(spec) => {
+            let record = net_rules::conn::add_inbound(&mut Engine::open(instance)?, spec)?;
+            println!("added {}", output::net_rule(&record));
+        }
+        HiCommand::ConnDelInbound(id) => {
+            let record = net_rules::conn::delete_inbound(&mut Engine::open(instance)?, id)?;
+            println!("deleted {}", output::net_rule(&record));
+        }
+        HiCommand::ConnListInbound { json } => {
+            let inbound = net_rules::conn::inbound_views(Engine::open(instance)?.status()?.net);
+            if json {
+                let listed = serde_json::json!({ "inbound": inbound });
+                println!("{}", serde_json::to_string_pretty(&listed).context("json")?);
+            } else if inbound.is_empty() {
+                println!("no inbound connection limits");
+            } else {
+                print!("inbound:\n{}", output::net_list(&inbound));
+            }
+        }
+        // --- end rein conn (inbound) ---
         HiCommand::Metrics => print!("{}", observe::metrics::gather(&instance)?),
         HiCommand::Top => observe::top::run(&instance)?,
         HiCommand::Agent(options) => rein::agent::run(instance, &options)?,

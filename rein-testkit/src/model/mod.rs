@@ -4,10 +4,12 @@
 //! kernel programs to them through `BPF_PROG_TEST_RUN`.
 mod bucket;
 mod sketch;
+mod syn;
 mod window;
 
 pub use bucket::TokenBucketModel;
 pub use sketch::CountMinModel;
+pub use syn::SynBucketModel;
 pub use window::{FixedWindowModel, SlidingWindowModel};
 
 /// A small deterministic generator (xorshift64), so that randomised tests reproduce.

@@ -5,6 +5,7 @@ use rein::{
     capabilities::{
         cgroup_limit::{LimitChange, Target},
         net_rules::{
+            conn::InboundRequest,
             request::{Algorithm, MAX_PPS, NetRuleRequest, OptionNames, RequestError},
             spec::{NetError, NetRuleSpec, Protocol},
         },
@@ -14,7 +15,9 @@ use rein::{
 };
 use rein_common::Direction;
 
-use super::lowargs::{LowArgs, LowCommand, LowLimits, LowNetAdd, LowNetCommand, LowTarget};
+use super::lowargs::{
+    LowArgs, LowCommand, LowConnAdd, LowConnCommand, LowLimits, LowNetAdd, LowNetCommand, LowTarget,
+};
 
 #[derive(Debug)]
 pub enum HiCommand {
@@ -49,6 +52,13 @@ pub enum HiCommand {
     },
     NetAdd(NetRuleSpec),
     NetDel(u32),
+    // --- rein conn: inbound rules (conn-inbound) ---
+    ConnAddInbound(NetRuleSpec),
+    ConnDelInbound(u32),
+    ConnListInbound {
+        json: bool,
+    },
+    // --- end rein conn (inbound) ---
     NetList {
         json: bool,
     },
@@ -165,8 +175,76 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
             LowNetCommand::Del { id } => HiCommand::NetDel(rule_id(&id)?),
             LowNetCommand::List { json } => HiCommand::NetList { json },
         },
+        // --- rein conn: inbound rules (conn-inbound) ---
+        LowCommand::Conn { command } => match command {
+            LowConnCommand::Add(add) => HiCommand::ConnAddInbound(conn_inbound(&add)?),
+            LowConnCommand::Del { id } => HiCommand::ConnDelInbound(rule_id(&id)?),
+            LowConnCommand::List { json } => HiCommand::ConnListInbound { json },
+        },
+        // --- end rein conn (inbound) ---
     })
 }
+
+// --- rein conn: inbound rules (conn-inbound) ---
+fn conn_inbound(add: &LowConnAdd) -> Result<NetRuleSpec, ArgError> {
+    let port = add
+        .dport
+        .trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or(ArgError::Bad {
+            flag: "dport",
+            value: add.dport.clone(),
+            expected: "a port from 1 to 65535",
+        })?;
+    let burst = add
+        .burst
+        .as_deref()
+        .map(|b| {
+            b.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or(ArgError::Bad {
+                    flag: "burst",
+                    value: b.to_owned(),
+                    expected: "a number of connections, at least 1",
+                })
+        })
+        .transpose()?;
+    let request = InboundRequest {
+        device: add.dev.clone(),
+        port,
+        destination: add
+            .dst
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|source| ArgError::Net {
+                flag: "dst",
+                source,
+            })?,
+        rate: add.rate.parse().map_err(|source| ArgError::Unit {
+            flag: "rate",
+            source,
+        })?,
+        burst,
+        per_source: add.per_source,
+        sketch: add
+            .sketch
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|source| ArgError::Net {
+                flag: "sketch",
+                source,
+            })?,
+        xdp: add.xdp,
+    };
+    Ok(request.resolve()?)
+}
+// --- end rein conn (inbound) ---
 
 /// A net rule's id, as `rein net list` shows it.
 fn rule_id(id: &str) -> Result<u32, ArgError> {
@@ -262,6 +340,7 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
             .as_deref()
             .map(|pps| packets(pps, "pps", "a packet rate from 1 to 1000000000"))
             .transpose()?,
+        connections: None,
         burst: add.burst.clone(),
         algorithm,
         window: add

@@ -59,6 +59,13 @@ pub enum LowCommand {
         #[command(subcommand)]
         command: LowNetCommand,
     },
+    // --- rein conn: inbound rules (conn-inbound); the outbound rules join this command. ---
+    /// Limits on new TCP connections (inbound: SYNs a device receives, at tc or XDP).
+    Conn {
+        #[command(subcommand)]
+        command: LowConnCommand,
+    },
+    // --- end rein conn (inbound) ---
     /// Print every limit's counters and settings once, in the Prometheus text format.
     Metrics,
     /// A live view of every limit: rate against the limit, drops, TCP flows (q quits).
@@ -229,3 +236,51 @@ pub struct LowNetAdd {
     #[arg(long)]
     pub xdp: bool,
 }
+
+// --- rein conn: inbound rules (conn-inbound) ---
+#[derive(Debug, Subcommand)]
+pub enum LowConnCommand {
+    /// Add a limit on new connections to a service on a device; prints its id (a net rule id).
+    Add(Box<LowConnAdd>),
+    /// Delete an inbound connection limit by id.
+    Del {
+        #[arg(value_name = "ID", allow_hyphen_values = true)]
+        id: String,
+    },
+    /// Show the connection limits with their counters.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LowConnAdd {
+    /// The network device that receives the connections (of the current network namespace).
+    #[arg(long, value_name = "DEV")]
+    pub dev: String,
+    /// The service's TCP port.
+    #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
+    pub dport: String,
+    /// The service's address or prefix (default: every address on the device).
+    #[arg(long, value_name = "CIDR")]
+    pub dst: Option<String>,
+    /// New connections (TCP SYNs) per period: e.g. 100/s, 30/min, 10/h.
+    #[arg(long, value_name = "N/PERIOD", allow_hyphen_values = true)]
+    pub rate: String,
+    /// Connections allowed at once above the rate (default: one second at the rate, at
+    /// least 5).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub burst: Option<String>,
+    /// Each client address gets the rate on its own.
+    #[arg(long)]
+    pub per_source: bool,
+    /// With --per-source: estimate clients in a count-min sketch of WIDTHxDEPTH cells.
+    #[arg(long, value_name = "WxD")]
+    pub sketch: Option<String>,
+    /// Drop excess SYNs at XDP instead of tc ingress.
+    #[arg(long)]
+    pub xdp: bool,
+}
+// --- end rein conn (inbound) ---

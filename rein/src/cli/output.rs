@@ -273,6 +273,9 @@ fn net_amount(per: Per, amount: u64) -> String {
 
 fn net_limit(limit: &NetLimit) -> String {
     match *limit {
+        NetLimit::Connections { rate, burst } => {
+            format!("{rate} new connections (burst {burst})")
+        }
         NetLimit::TokenBucket { per, rate, burst } => {
             let rate = match per {
                 Per::Bytes => Rate::from_bits(rate * 8)
