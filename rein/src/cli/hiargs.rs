@@ -104,6 +104,11 @@ pub enum ArgError {
         #[source]
         source: UnitError,
     },
+    #[error("--{flag} is required: {what}")]
+    Missing {
+        flag: &'static str,
+        what: &'static str,
+    },
     #[error("--pid: {0:?} is not a process id")]
     BadPid(String),
     #[error("{0:?} is not a kind: CgroupLimit or NetRule")]
@@ -187,15 +192,18 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
 
 // --- rein conn: inbound rules (conn-inbound) ---
 fn conn_inbound(add: &LowConnAdd) -> Result<NetRuleSpec, ArgError> {
-    let port = add
-        .dport
+    let dport = add.dport.as_deref().ok_or(ArgError::Missing {
+        flag: "dport",
+        what: "the service's TCP port",
+    })?;
+    let port = dport
         .trim()
         .parse::<u16>()
         .ok()
         .filter(|&p| p > 0)
         .ok_or(ArgError::Bad {
             flag: "dport",
-            value: add.dport.clone(),
+            value: dport.to_owned(),
             expected: "a port from 1 to 65535",
         })?;
     let burst = add

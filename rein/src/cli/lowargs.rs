@@ -260,9 +260,9 @@ pub struct LowConnAdd {
     /// The network device that receives the connections (of the current network namespace).
     #[arg(long, value_name = "DEV")]
     pub dev: String,
-    /// The service's TCP port.
+    /// The service's TCP port (required; checked by rein, to say so in one line).
     #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
-    pub dport: String,
+    pub dport: Option<String>,
     /// The service's address or prefix (default: every address on the device).
     #[arg(long, value_name = "CIDR")]
     pub dst: Option<String>,
