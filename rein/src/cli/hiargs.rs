@@ -435,6 +435,60 @@ mod tests {
     }
 
     #[test]
+    fn conn_add_with_a_device_is_a_new_connection_net_rule() {
+        let add = |extra: &[&str]| {
+            let mut args = vec!["rein", "conn", "add", "--dev", "eth0"];
+            args.extend_from_slice(extra);
+            match parse(&args) {
+                Ok(HiCommand::ConnAddInbound(spec)) => Ok(spec),
+                Ok(other) => panic!("{other:?}"),
+                Err(error) => Err(error.to_string()),
+            }
+        };
+        let spec = add(&["--dport", "443", "--rate", "30/min", "--per-source"]).unwrap();
+        assert_eq!(
+            (spec.limit, spec.protocol, spec.port, spec.hook),
+            (
+                NetLimit::Connections {
+                    rate: "30/min".parse().unwrap(),
+                    burst: 5
+                },
+                Some(rein::capabilities::net_rules::spec::Protocol::Tcp),
+                Some(443),
+                NetHook::TcIngress
+            )
+        );
+        let spec = add(&["--dport", "22", "--rate", "200/s", "--xdp"]).unwrap();
+        assert_eq!(
+            (spec.limit, spec.hook),
+            (
+                NetLimit::Connections {
+                    rate: "200/s".parse().unwrap(),
+                    burst: 200
+                },
+                NetHook::Xdp
+            )
+        );
+        for (extra, needle) in [
+            (&["--dport", "1", "--rate", "0/s"][..], "--rate"),
+            (&["--dport", "1", "--rate", "5"], "--rate"),
+            (
+                &["--dport", "1", "--rate", "5/s", "--burst", "0"],
+                "--burst",
+            ),
+            (&["--dport", "65536", "--rate", "5/s"], "--dport"),
+            (&["--rate", "5/s"], "--dport is required"),
+            (
+                &["--dport", "1", "--rate", "5/s", "--sketch", "64x1"],
+                "--per-source",
+            ),
+        ] {
+            let error = add(extra).unwrap_err();
+            assert!(error.contains(needle), "{extra:?}: {error}");
+        }
+    }
+
+    #[test]
     fn run_takes_limits_and_a_command() {
         match parse(&[
             "rein", "run", "--egress", "10mbit", "--", "iperf3", "-c", "x",

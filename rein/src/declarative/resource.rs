@@ -572,6 +572,38 @@ mod tests {
     }
 
     #[test]
+    fn a_net_rule_may_limit_new_connections() {
+        let spec: NetRuleResourceSpec = serde_norway::from_str(
+            "device: eth0\ndirection: ingress\nport: 443\nconnections: 30/min\nperSource: true\n",
+        )
+        .unwrap();
+        let rule = spec.rule();
+        assert!(rule.limits_connections());
+        assert_eq!(rule.protocol, Some(Protocol::Tcp));
+        let shown = serde_norway::to_string(&NetRuleResourceSpec::of_rule(rule)).unwrap();
+        assert!(shown.contains("connections: 30/min"), "{shown}");
+        let again: NetRuleResourceSpec = serde_norway::from_str(&shown).unwrap();
+        assert_eq!(again.rule(), rule, "{shown}");
+        for (text, needle) in [
+            ("direction: egress\nconnections: 5/s\n", "ingress only"),
+            (
+                "direction: ingress\nconnections: 5/s\npps: 100\n",
+                "one of them",
+            ),
+            (
+                "direction: ingress\nconnections: 5/s\nprotocol: udp\n",
+                "TCP",
+            ),
+        ] {
+            let text = format!("device: eth0\n{text}");
+            let error = serde_norway::from_str::<NetRuleResourceSpec>(&text)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(needle), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn net_rules_take_what_rein_net_add_takes() {
         let spec: NetRuleResourceSpec = serde_norway::from_str(
             "device: eth0\ndirection: ingress\nxdp: true\npps: 5000\nperSource: true\n\

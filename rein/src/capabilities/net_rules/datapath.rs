@@ -28,7 +28,7 @@ use crate::{
     capabilities::PreparedReload,
     error::{Error, IoContext, Result, bpf_error, causes, map_errno},
     instance::Instance,
-    platform::bpf::{self, load_error, program_mut, remove_if_exists},
+    platform::bpf::{self, load_error, missing_map, program_mut, remove_if_exists},
 };
 
 /// Every map of the object, pinned by these names.
@@ -122,7 +122,9 @@ pub struct NetDatapath {
     sketch: Array<MapData, u64>,
     heavy: HashMap<MapData, SourceKey, SourceState>,
     shapes: Array<MapData, u32>,
-    syn_shapes: Array<MapData, u32>,
+    /// None in maps pinned by a build before new-connection rules, until a command that
+    /// writes rules pins it (`open_or_create`): reading such an instance still works.
+    syn_shapes: Option<Array<MapData, u32>>,
     /// How many rules the tables hold.
     capacity: u32,
 }
@@ -179,8 +181,10 @@ impl NetDatapath {
             sketch: Array::try_from(open(NET_SKETCH_MAP)?).map_err(typed(NET_SKETCH_MAP))?,
             heavy: HashMap::try_from(open(NET_HEAVY_MAP)?).map_err(typed(NET_HEAVY_MAP))?,
             shapes: Array::try_from(open(NET_SHAPES_MAP)?).map_err(typed(NET_SHAPES_MAP))?,
-            syn_shapes: Array::try_from(open(NET_SYN_SHAPES_MAP)?)
-                .map_err(typed(NET_SYN_SHAPES_MAP))?,
+            syn_shapes: match open(NET_SYN_SHAPES_MAP) {
+                Ok(map) => Some(Array::try_from(map).map_err(typed(NET_SYN_SHAPES_MAP))?),
+                Err(_) => None,
+            },
         })
     }
 
@@ -363,7 +367,11 @@ impl NetDatapath {
     pub fn shapes(&self) -> Shapes {
         Shapes {
             traffic: self.shapes.get(&0, 0).unwrap_or(0),
-            connections: self.syn_shapes.get(&0, 0).unwrap_or(0),
+            connections: self
+                .syn_shapes
+                .as_ref()
+                .and_then(|map| map.get(&0, 0).ok())
+                .unwrap_or(0),
         }
     }
 
@@ -374,9 +382,13 @@ impl NetDatapath {
         self.shapes
             .set(0, shapes.traffic, 0)
             .map_err(|e| bpf_error("cannot write the lookup shapes")(&e))?;
-        self.syn_shapes
-            .set(0, shapes.connections, 0)
-            .map_err(|e| bpf_error("cannot write the SYN lookup shapes")(&e))
+        match (&mut self.syn_shapes, shapes.connections) {
+            (Some(map), connections) => map
+                .set(0, connections, 0)
+                .map_err(|e| bpf_error("cannot write the SYN lookup shapes")(&e)),
+            (None, 0) => Ok(()),
+            (None, _) => Err(missing_map(NET_SYN_SHAPES_MAP)),
+        }
     }
 
     /// Removes rule `id`'s entries, limit, counters and per-source state; missing pieces are
