@@ -763,7 +763,9 @@ fn net_and_conn_rules_share_their_ids() {
     rein.rein(&["net", "del", &first.to_string()])
         .refused(&["no rein net rule"]);
     rein.rein(&["conn", "del", &net_id.to_string()])
-        .refused(&["no rein conn rule"]);
+        .refused(&["limits traffic, not new connections"]);
+    rein.rein(&["conn", "del", "9999"])
+        .refused(&["no rein conn rule 9999"]);
     // A reload keeps the rules and their programs.
     rein.rein(&["reload"]).ok();
     assert_eq!(rules(&rein).len(), 2);
