@@ -5,7 +5,7 @@ use aya::EbpfLoader;
 use serde::Serialize;
 
 use crate::{
-    capabilities::{cgroup_limit, ingress_queue, net_rules},
+    capabilities::{cgroup_limit, conn_limits, ingress_queue, net_rules},
     instance::Instance,
     platform::{self, bpf, cgroupfs::CgroupFs},
 };
@@ -184,7 +184,7 @@ pub fn diagnose(instance: &Instance) -> Vec<Check> {
         programs.is_ok(),
         match &programs {
             Ok(sizes) => format!(
-                "the cgroup, tc and XDP programs load and pass the verifier ({})",
+                "the cgroup, tc, XDP and connect programs load and pass the verifier ({})",
                 sizes
                     .iter()
                     .map(|size| format!("{} {}", size.program, size.verified_instructions))
@@ -239,8 +239,12 @@ pub fn verified_instructions() -> Result<Vec<ProgramSize>, String> {
         .load(bpf::net_object())
         .map_err(|e| e.to_string())?;
     net_rules::datapath::load_programs(&mut net).map_err(|e| e.to_string())?;
+    let mut conn = EbpfLoader::new()
+        .load(bpf::conn_object())
+        .map_err(|e| e.to_string())?;
+    conn_limits::datapath::load_programs(&mut conn).map_err(|e| e.to_string())?;
     let mut sizes = Vec::new();
-    for (name, program) in ebpf.programs().chain(net.programs()) {
+    for (name, program) in ebpf.programs().chain(net.programs()).chain(conn.programs()) {
         // The benchmark's pass-through baselines are never loaded by rein: no info to read.
         let Ok(info) = program.info() else {
             continue;

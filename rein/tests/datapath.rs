@@ -733,6 +733,8 @@ fn every_program_keeps_half_the_verifier_limit(_ids: Ids) -> Result<(), Failed> 
         "rein_sock_ops",
         "rein_queue",
         "rein_queue_overflow",
+        "rein_conn_connect4",
+        "rein_conn_connect6",
     ] {
         ensure(names.contains(&wanted), || {
             format!("{wanted} missing: {names:?}")
