@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rein_bench::{
     conn::{
-        args::{Args, Config},
-        latency, plot,
+        args::{Args, Config, Section},
+        flood, latency, plot,
         report::{self, Document},
     },
     font, stop,
@@ -46,20 +46,36 @@ fn bench() -> Result<ExitCode> {
             .unwrap_or_default(),
         cpus: std::thread::available_parallelism().map_or(0, usize::from),
         quick: config.quick,
+        sections: config.sections.clone(),
         settings: config.latency.clone(),
+        flood_settings: config.flood.clone(),
         wall_seconds: 0.0,
         fill_seconds: Vec::new(),
         latency: Vec::new(),
+        flood: Vec::new(),
+        legit: Vec::new(),
         errors: Vec::new(),
     };
     let mut interrupted = false;
-    match latency::run(&config.rein, &config.latency, &mut doc.fill_seconds) {
-        Ok(rows) => doc.latency = rows,
+    // A failed part is noted and the next one runs.
+    let mut outcome = |name: &str, result: Result<()>, doc: &mut Document| match result {
+        Ok(()) => {}
         Err(e) if stop::is_interruption(&e) => interrupted = true,
         Err(e) => {
-            eprintln!("rein-bench-conn: connect latency FAILED: {e:#}");
-            doc.errors.push(format!("connect latency: {e:#}"));
+            eprintln!("rein-bench-conn: {name} FAILED: {e:#}");
+            doc.errors.push(format!("{name}: {e:#}"));
         }
+    };
+    if config.runs(Section::Latency) {
+        let result = latency::run(&config.rein, &config.latency, &mut doc.fill_seconds)
+            .map(|rows| doc.latency = rows);
+        outcome("connect latency", result, &mut doc);
+    }
+    if config.runs(Section::Flood) && !process::interrupted() {
+        let (mut floods, mut legit) = (Vec::new(), Vec::new());
+        let result = flood::run(&config.rein, &config.flood, &mut floods, &mut legit);
+        (doc.flood, doc.legit) = (floods, legit);
+        outcome("SYN flood", result, &mut doc);
     }
     doc.wall_seconds = started.elapsed().as_secs_f64();
     doc.generated = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
@@ -73,7 +89,7 @@ fn bench() -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let title = format!(
-        "rein conn: connect() latency vs rules. Linux {}, {} CPUs, {}",
+        "rein conn: connect() latency and a SYN flood. Linux {}, {} CPUs, {}",
         doc.kernel, doc.cpus, doc.generated
     );
     let json = config.out.join("conn-latest.json");
@@ -100,6 +116,16 @@ fn preflight(config: &Config) -> Result<()> {
             "no rein binary at {} (cargo build --release -p rein, or give --rein)",
             config.rein.display()
         );
+    }
+    if config.runs(Section::Flood) {
+        for tool in ["ip", "nft"] {
+            let found = std::env::var_os("PATH").is_some_and(|path| {
+                std::env::split_paths(&path).any(|dir| dir.join(tool).is_file())
+            });
+            if !found {
+                bail!("`{tool}` is not installed (./scripts/setup installs what the bench needs)");
+            }
+        }
     }
     let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading mounts")?;
     if !mounts

@@ -14,7 +14,9 @@ use crate::{
     font::FONT,
 };
 
-const SIZE: (u32, u32) = (1200, 700);
+const SIZE: (u32, u32) = (1200, 1300);
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 fn plot_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
     anyhow!("drawing the plot: {e}")
@@ -32,10 +34,30 @@ fn x_of(row: &Row) -> Option<f64> {
 pub fn draw(path: &Path, title: &str, doc: &Document) -> Result<()> {
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
+    let (top, bottom) = root.split_vertically(SIZE.1 / 2);
+    latency_panel(&top, title, doc)?;
+    flood_panel(&bottom, doc)?;
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+/// A panel whose part did not run.
+fn empty_panel(area: &Area<'_>, title: &str) -> Result<()> {
+    let style = TextStyle::from((FONT, 16).into_font()).color(&BLACK);
+    area.draw_text(title, &style, (20, 10))
+        .map_err(plot_error)?;
+    area.draw_text("not measured in this run", &style, (20, 40))
+        .map_err(plot_error)
+}
+
+fn latency_panel(root: &Area<'_>, title: &str, doc: &Document) -> Result<()> {
     let rows = &doc.latency;
+    if rows.is_empty() {
+        return empty_panel(root, title);
+    }
     let top = rows.iter().map(|r| r.p99_ns.max).fold(100.0, f64::max);
     let x_end = rows.iter().filter_map(x_of).fold(10.0, f64::max) * 3.0;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption(title, (FONT, 16))
         .margin(15)
         .x_label_area_size(40)
@@ -132,6 +154,86 @@ pub fn draw(path: &Path, title: &str, doc: &Document) -> Result<()> {
         .label_font((FONT, 13))
         .draw()
         .map_err(plot_error)?;
-    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+/// Admitted SYNs per second over the limit (left bar) and the receiving softirq CPU in cores
+/// (right bar), per limiter.
+fn flood_panel(area: &Area<'_>, doc: &Document) -> Result<()> {
+    let rows = &doc.flood;
+    let title = "SYN flood: admitted/s over the limit, and softirq CPU (cores)";
+    if rows.is_empty() {
+        return empty_panel(area, title);
+    }
+    let top = rows
+        .iter()
+        .map(|r| r.admitted_over_limit.median.max(r.softirq_cores.median))
+        .fold(1.0, f64::max);
+    let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+    let x_format = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 {
+            labels.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 16))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5..rows.len() as f64 - 0.5, 0.0..top * 1.25)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(rows.len() + 1)
+        .x_label_formatter(&x_format)
+        .y_desc("admitted / limit;  cores")
+        .light_line_style(RGBColor(236, 236, 236))
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(plot_error)?;
+    type Pick = fn(&crate::conn::flood::FloodRow) -> f64;
+    let series: [(&str, RGBColor, Pick); 2] = [
+        ("admitted/s / limit", RGBColor(31, 119, 180), |r| {
+            r.admitted_over_limit.median
+        }),
+        ("softirq cores", RGBColor(214, 39, 40), |r| {
+            r.softirq_cores.median
+        }),
+    ];
+    let style = TextStyle::from((FONT, 12).into_font()).color(&BLACK);
+    for (j, (label, colour, pick)) in series.into_iter().enumerate() {
+        let bars: Vec<(f64, f64)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i as f64 - 0.4 + j as f64 * 0.4, pick(r)))
+            .collect();
+        chart
+            .draw_series(
+                bars.iter().map(|&(x, v)| {
+                    Text::new(format!("{v:.2}"), (x, v + top * 0.03), style.clone())
+                }),
+            )
+            .map_err(plot_error)?;
+        chart
+            .draw_series(
+                bars.iter()
+                    .map(|&(x, v)| Rectangle::new([(x, 0.0), (x + 0.38, v)], colour.filled())),
+            )
+            .map_err(plot_error)?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 13))
+        .draw()
+        .map_err(plot_error)?;
     Ok(())
 }

@@ -5,7 +5,11 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::conn::latency;
+use crate::conn::{
+    args::Section,
+    flood::{self, FloodRow, LegitRow},
+    latency,
+};
 
 /// The value at quantile `q` (0..=1) of ascending `sorted`, by nearest rank; 0 when empty.
 pub fn quantile(sorted: &[u64], q: f64) -> u64 {
@@ -121,11 +125,15 @@ pub struct Document {
     pub kernel: String,
     pub cpus: usize,
     pub quick: bool,
+    pub sections: Vec<Section>,
     pub settings: latency::Config,
+    pub flood_settings: flood::Config,
     pub wall_seconds: f64,
     /// Seconds spent writing the rules into the maps, per rule count.
     pub fill_seconds: Vec<(u32, f64)>,
     pub latency: Vec<Row>,
+    pub flood: Vec<FloodRow>,
+    pub legit: Vec<LegitRow>,
     /// What failed, with why.
     pub errors: Vec<String>,
 }
@@ -205,10 +213,95 @@ pub fn tables(doc: &Document) -> String {
             );
         }
     }
+    if !doc.flood.is_empty() {
+        flood_tables(doc, &mut out);
+    }
     for error in &doc.errors {
         let _ = writeln!(out, "FAILED: {error}");
     }
     out
+}
+
+fn flood_tables(doc: &Document, out: &mut String) {
+    let f = &doc.flood_settings;
+    let _ = writeln!(
+        out,
+        "\n2. Spoofed SYN flood, {} SYN/s offered for {} s from a client namespace over veth, \
+         aggregate limit {}/s burst {} (nft ct count: {} connections); admitted = SYNs past \
+         the limiter (an nftables counter after it); median (min-max) of {} rounds",
+        f.offered, f.seconds, f.limit, f.burst, f.limit, f.rounds
+    );
+    let rows: Vec<Vec<String>> = doc
+        .flood
+        .iter()
+        .map(|r| {
+            vec![
+                r.label.clone(),
+                format!("{:.0}", r.offered_per_second.median * f64::from(f.seconds)),
+                format!("{:.0}", r.admitted.median),
+                format!("{:.0}", r.dropped.median),
+                format!(
+                    "{:.0} ({:.0}-{:.0})",
+                    r.admitted_per_second.median,
+                    r.admitted_per_second.min,
+                    r.admitted_per_second.max
+                ),
+                format!("{:.3}", r.admitted_over_limit.median),
+                format!(
+                    "{:.2} ({:.2}-{:.2})",
+                    r.softirq_cores.median, r.softirq_cores.min, r.softirq_cores.max
+                ),
+                format!("{:.2}", r.busy_cores.median),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "limiter",
+            "offered",
+            "admitted",
+            "dropped",
+            "admitted/s",
+            "/limit",
+            "softirq cores",
+            "busy cores",
+        ],
+        1,
+        &rows,
+        out,
+    );
+    if doc.legit.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n   A legitimate client (its own address) connecting at {}/s beside the same flood, \
+         per-source limit {}/s burst {}: connections established in {} s (expected burst + \
+         rate x seconds)",
+        f.per_source_rate, f.per_source_rate, f.per_source_burst, f.seconds
+    );
+    let rows: Vec<Vec<String>> = doc
+        .legit
+        .iter()
+        .map(|r| {
+            vec![
+                r.label.clone(),
+                r.expected.to_string(),
+                format!(
+                    "{:.0} ({:.0}-{:.0})",
+                    r.established.median, r.established.min, r.established.max
+                ),
+                format!("{:.2}", r.ratio.median),
+                format!("{:.0}", r.flood_sent.median),
+            ]
+        })
+        .collect();
+    render(
+        &["limiter", "expected", "established", "ratio", "flood SYNs"],
+        1,
+        &rows,
+        out,
+    );
 }
 
 /// 1, 10k, 1M.
@@ -298,14 +391,40 @@ mod tests {
             kernel: String::new(),
             cpus: 2,
             quick: false,
+            sections: vec![Section::Latency],
             settings: latency::Config {
                 rounds: 1,
                 connects: 100,
                 rules: vec![1_000_000],
             },
+            flood_settings: flood::Config {
+                rounds: 1,
+                seconds: 3,
+                offered: 200_000,
+                limit: 1000,
+                burst: 100,
+                per_source_rate: 10,
+                per_source_burst: 5,
+            },
             wall_seconds: 0.0,
             fill_seconds: vec![(1_000_000, 9.5)],
             latency: rows,
+            flood: vec![FloodRow::new(
+                flood::Limiter::NftLimit,
+                3,
+                1000,
+                vec![flood::FloodRound {
+                    offered: 600_000,
+                    admitted: 3_150,
+                    softirq_seconds: 0.9,
+                    busy_seconds: 3.0,
+                }],
+            )],
+            legit: vec![LegitRow::new(
+                flood::PerSource::NftMeter,
+                35,
+                &[(34, 600_000)],
+            )],
             errors: vec!["x: y".into()],
         };
         let text = tables(&doc);
@@ -322,6 +441,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("1M rules written through ConnDatapath in 9.5 s"));
+        assert!(
+            text.contains(
+                "nft limit rate   600000      3150   596850  1050 (1050-1050)   1.050  0.30 (0.30-0.30)        1.00\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("nft meter ip saddr limit        35   34 (34-34)   0.97      600000\n"),
+            "{text}"
+        );
         assert!(text.ends_with("FAILED: x: y\n"));
     }
 
