@@ -110,6 +110,9 @@ impl PerSource {
 /// One flood against one limiter.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct FloodRound {
+    /// How long the flood took: its generator stops after the configured time, but a send the
+    /// receiving side holds up (it runs in the sender's softirq on a veth) can stretch it.
+    pub seconds: f64,
     pub offered: u64,
     pub admitted: u64,
     pub softirq_seconds: f64,
@@ -121,6 +124,7 @@ pub struct FloodRow {
     pub limiter: Limiter,
     pub label: String,
     pub rounds: Vec<FloodRound>,
+    pub offered: Spread,
     pub offered_per_second: Spread,
     pub admitted: Spread,
     pub admitted_per_second: Spread,
@@ -135,21 +139,22 @@ pub struct FloodRow {
 }
 
 impl FloodRow {
-    pub fn new(limiter: Limiter, seconds: u32, limit: u64, rounds: Vec<FloodRound>) -> Self {
-        let s = f64::from(seconds.max(1));
+    pub fn new(limiter: Limiter, limit: u64, rounds: Vec<FloodRound>) -> Self {
         let of = |f: &dyn Fn(&FloodRound) -> f64| {
             Spread::of(&rounds.iter().map(f).collect::<Vec<f64>>())
         };
+        let s = |r: &FloodRound| r.seconds.max(1e-3);
         Self {
             limiter,
             label: limiter.label().to_owned(),
-            offered_per_second: of(&|r| r.offered as f64 / s),
+            offered: of(&|r| r.offered as f64),
+            offered_per_second: of(&|r| r.offered as f64 / s(r)),
             admitted: of(&|r| r.admitted as f64),
-            admitted_per_second: of(&|r| r.admitted as f64 / s),
-            admitted_over_limit: of(&|r| r.admitted as f64 / s / limit.max(1) as f64),
+            admitted_per_second: of(&|r| r.admitted as f64 / s(r)),
+            admitted_over_limit: of(&|r| r.admitted as f64 / s(r) / limit.max(1) as f64),
             dropped: of(&|r| r.offered.saturating_sub(r.admitted) as f64),
-            softirq_cores: of(&|r| r.softirq_seconds / s),
-            busy_cores: of(&|r| r.busy_seconds / s),
+            softirq_cores: of(&|r| r.softirq_seconds / s(r)),
+            busy_cores: of(&|r| r.busy_seconds / s(r)),
             rounds,
         }
     }
@@ -437,11 +442,12 @@ impl<'a> Bench<'a> {
         let ns = self.pair.server();
         nft(ns, "reset counter inet rbench admitted")?;
         let before = read_cpu()?;
+        let started = std::time::Instant::now();
         let offered = self.flood(Duration::from_secs(u64::from(self.config.seconds)))?;
-        // What is still on its way through the veth.
-        thread::sleep(Duration::from_millis(100));
+        let seconds = started.elapsed().as_secs_f64();
         let after = read_cpu()?;
         Ok(FloodRound {
+            seconds,
             offered,
             admitted: admitted(ns)?,
             softirq_seconds: after.0 - before.0,
@@ -536,7 +542,7 @@ pub fn run(
         }
     }
     for (limiter, rounds) in Limiter::ALL.into_iter().zip(flood_rounds) {
-        floods.push(FloodRow::new(limiter, config.seconds, config.limit, rounds));
+        floods.push(FloodRow::new(limiter, config.limit, rounds));
     }
     let expected = config.per_source_burst + config.per_source_rate * u64::from(config.seconds);
     for (limiter, rounds) in PerSource::ALL.into_iter().zip(legit_rounds) {
@@ -574,6 +580,7 @@ mod tests {
     #[test]
     fn a_flood_row_is_per_second_and_against_the_limit() {
         let round = |offered, admitted| FloodRound {
+            seconds: 3.0,
             offered,
             admitted,
             softirq_seconds: 1.5,
@@ -581,7 +588,6 @@ mod tests {
         };
         let row = FloodRow::new(
             Limiter::ReinXdp,
-            3,
             1000,
             vec![
                 round(600_000, 3_000),
@@ -595,6 +601,15 @@ mod tests {
         assert_eq!(row.dropped.median, 597_000.0);
         assert_eq!(row.softirq_cores.median, 0.5);
         assert_eq!(row.busy_cores.median, 1.0);
+        // A flood the receiver held up is measured over the time it took.
+        let slow = FloodRound {
+            seconds: 6.0,
+            ..round(60_000, 6_000)
+        };
+        let row = FloodRow::new(Limiter::NftCtCount, 1000, vec![slow]);
+        assert_eq!(row.admitted_per_second.median, 1000.0);
+        assert_eq!(row.offered.median, 60_000.0);
+        assert_eq!(row.softirq_cores.median, 0.25);
     }
 
     #[test]

@@ -49,6 +49,9 @@ const REFUSED: [u8; 4] = [198, 18, 0, 3];
 /// A MAC no interface has: the SYN is dropped by the far end of the veth.
 const NOBODY: &str = "02:00:5e:00:53:01";
 const SECOND: u64 = 1_000_000_000;
+/// How often, and how long apart, a rule that failed for want of memory is written again.
+const ENOMEM_ATTEMPTS: u32 = 200;
+const ENOMEM_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 /// Untimed connects before each timed batch (also empties the refused rule's bucket).
 const WARMUP: u32 = 200;
 
@@ -134,13 +137,28 @@ impl Programs {
             scope: ConnScope::new(CONN_SCOPE_ALL, 0, FAMILY_IPV4, 0, 0),
             addr: bytes,
         };
-        self.datapath.put(
-            id,
-            &[(key, CONN_SCOPE_BITS + 32)],
-            specificity(32, false, false, true),
-            rule,
-        )?;
-        Ok(())
+        let mut retries = 0;
+        loop {
+            let put = self.datapath.put(
+                id,
+                &[(key, CONN_SCOPE_BITS + 32)],
+                specificity(32, false, false, true),
+                rule,
+            );
+            match put {
+                Ok(()) => return Ok(()),
+                // The per-CPU allocator behind the counters cannot grow inside a map update:
+                // rules written back to back run it dry until its worker adds memory (as in
+                // rein-bench-net).
+                Err(rein::Error::Bpf { message, .. })
+                    if message.contains("os error 12") && retries < ENOMEM_ATTEMPTS =>
+                {
+                    retries += 1;
+                    std::thread::sleep(ENOMEM_WAIT);
+                }
+                Err(e) => return Err(e).with_context(|| format!("writing rule {id}")),
+            }
+        }
     }
 
     /// `rules` rules with distinct destinations, the first for [`ADMITTED`] (and, when

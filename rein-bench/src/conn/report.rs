@@ -228,7 +228,9 @@ fn flood_tables(doc: &Document, out: &mut String) {
         out,
         "\n2. Spoofed SYN flood, {} SYN/s offered for {} s from a client namespace over veth, \
          aggregate limit {}/s burst {} (nft ct count: {} connections); admitted = SYNs past \
-         the limiter (an nftables counter after it); median (min-max) of {} rounds",
+         the limiter (an nftables counter after it); per second of the flood's own duration; \
+         cores = CPU-seconds per second, system-wide (the sender's too in busy); median \
+         (min-max) of {} rounds",
         f.offered, f.seconds, f.limit, f.burst, f.limit, f.rounds
     );
     let rows: Vec<Vec<String>> = doc
@@ -237,7 +239,7 @@ fn flood_tables(doc: &Document, out: &mut String) {
         .map(|r| {
             vec![
                 r.label.clone(),
-                format!("{:.0}", r.offered_per_second.median * f64::from(f.seconds)),
+                format!("{:.0}", r.offered.median),
                 format!("{:.0}", r.admitted.median),
                 format!("{:.0}", r.dropped.median),
                 format!(
@@ -411,9 +413,9 @@ mod tests {
             latency: rows,
             flood: vec![FloodRow::new(
                 flood::Limiter::NftLimit,
-                3,
                 1000,
                 vec![flood::FloodRound {
+                    seconds: 3.0,
                     offered: 600_000,
                     admitted: 3_150,
                     softirq_seconds: 0.9,
