@@ -65,6 +65,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::abi::net::SourceState {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for crate::abi::net::SynKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for crate::abi::conn::ConnKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::abi::conn::ConnShapes {}

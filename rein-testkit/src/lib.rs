@@ -20,6 +20,7 @@ pub mod process;
 pub mod rein_instance;
 pub mod sharing;
 pub mod stats;
+pub mod syn;
 
 pub use clock::FakeClock;
 pub use error::{Error, Result};

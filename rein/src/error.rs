@@ -126,6 +126,10 @@ pub enum Error {
     #[error("no rein net rule {0}")]
     NoSuchNetRule(u32),
 
+    /// `rein conn del` deletes inbound connection limits only.
+    #[error("net rule {0} limits traffic, not new connections: use rein net del")]
+    NotAConnectionRule(u32),
+
     #[error("rule {0} already matches exactly these packets; delete it or change it first")]
     DuplicateNetRule(u32),
 

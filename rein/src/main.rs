@@ -77,7 +77,8 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
                     tables.push(output::net_list(&net));
                 }
                 if !conn.is_empty() {
-                    tables.push(output::conn_list(&conn));
+                    // Inbound connection rules are net rules: in the net table.
+                    tables.push(output::conn_list(&conn, &[]));
                 }
                 print!("{}", tables.join("\n"));
             }
@@ -102,16 +103,31 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
             let record = conn_limits::add(&mut Engine::open(instance)?, rule)?;
             println!("added {}", output::conn_rule(&record));
         }
+        HiCommand::ConnAddInbound(spec) => {
+            let record = net_rules::conn::add_inbound(&mut Engine::open(instance)?, spec)?;
+            println!("added {}", output::net_rule(&record));
+        }
         HiCommand::ConnDel(id) => {
-            let record = conn_limits::delete(&mut Engine::open(instance)?, id)?;
-            println!("deleted {}", output::conn_rule(&record));
+            let mut engine = Engine::open(instance)?;
+            // One id sequence for both kinds: the id says which.
+            if engine.state()?.conn_limits.find(id).is_some() {
+                let record = conn_limits::delete(&mut engine, id)?;
+                println!("deleted {}", output::conn_rule(&record));
+            } else if engine.state()?.net_rules.find(id).is_some() {
+                let record = net_rules::conn::delete_inbound(&mut engine, id)?;
+                println!("deleted {}", output::net_rule(&record));
+            } else {
+                return Err(rein::Error::NoSuchConnRule(id).into());
+            }
         }
         HiCommand::ConnList { json } => {
-            let views = Engine::open(instance)?.status()?.conn;
+            let status = Engine::open(instance)?.status()?;
+            let inbound = net_rules::conn::inbound_views(status.net);
             if json {
-                println!("{}", serde_json::to_string_pretty(&views).context("json")?);
+                let listed = serde_json::json!({ "outbound": status.conn, "inbound": inbound });
+                println!("{}", serde_json::to_string_pretty(&listed).context("json")?);
             } else {
-                print!("{}", output::conn_list(&views));
+                print!("{}", output::conn_list(&status.conn, &inbound));
             }
         }
         HiCommand::Metrics => print!("{}", observe::metrics::gather(&instance)?),

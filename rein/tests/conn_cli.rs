@@ -259,11 +259,15 @@ fn add(rein: &ReinInstance, args: &[&str]) -> u32 {
         .unwrap_or_else(|| panic!("no `added rule ID:` in the output:\n{out}"))
 }
 
-/// Every rule `rein conn list --json` shows.
+/// Every outbound rule `rein conn list --json` shows.
 fn rules(rein: &ReinInstance) -> Vec<Value> {
     let out = rein.rein(&["conn", "list", "--json"]);
-    serde_json::from_str(out.ok())
-        .unwrap_or_else(|e| panic!("`rein conn list --json` is not a JSON array ({e}):\n{out}"))
+    let listed: Value = serde_json::from_str(out.ok())
+        .unwrap_or_else(|e| panic!("`rein conn list --json` is not JSON ({e}):\n{out}"));
+    listed["outbound"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no \"outbound\" array in {listed}"))
+        .clone()
 }
 
 /// Rule `id` as `rein conn list --json` shows it.

@@ -14,8 +14,10 @@ use aya::{
 };
 use rein::{
     capabilities::net_rules::{
-        datapath::NetDatapath,
-        spec::{Cidr, NetHook, NetLimit, NetMatch, Per, Protocol, SketchSize, Sources},
+        datapath::{NetDatapath, Shapes},
+        spec::{
+            Cidr, NetHook, NetLimit, NetMatch, NetRuleSpec, Per, Protocol, SketchSize, Sources,
+        },
     },
     platform::bpf,
 };
@@ -29,7 +31,10 @@ use rein_common::{
 };
 use rein_testkit::{
     FakeClock,
-    model::{CountMinModel, FixedWindowModel, SlidingWindowModel, TokenBucketModel, Xorshift},
+    model::{
+        CountMinModel, FixedWindowModel, SlidingWindowModel, SynBucketModel, TokenBucketModel,
+        Xorshift,
+    },
 };
 
 /// BPF_PROG_TEST_RUN runs tc programs on the loopback device.
@@ -634,11 +639,17 @@ fn the_programs_look_only_where_rules_are() {
     );
     // Without the service rule's lookup, its packets meet the network rule instead: the shapes
     // map is what the programs consult.
-    loaded.maps.set_shapes(network.shape_bits()).unwrap();
+    loaded
+        .maps
+        .set_shapes(Shapes {
+            traffic: network.shape_bits(),
+            connections: 0,
+        })
+        .unwrap();
     assert!(loaded.passes(&dns));
     assert_eq!(loaded.counters(2).passed_packets, 1);
     // No lookups at all: nothing matches.
-    loaded.maps.set_shapes(0).unwrap();
+    loaded.maps.set_shapes(Shapes::default()).unwrap();
     assert!(loaded.passes(&dns));
     assert_eq!(loaded.counters(2).passed_packets, 1);
 }
@@ -905,4 +916,251 @@ fn refusal_cost_with_and_without_a_trace() {
             best.as_nanos()
         );
     }
+}
+
+// ---- New-connection rules (`rein conn add --dev`): TCP SYNs against their own bucket. ----
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH: u8 = 0x08;
+
+/// A TCP frame to `destination:port` from `source:source_port` with `flags` and sequence
+/// number `seq` (the ISN of a SYN).
+fn tcp_frame(
+    source: &str,
+    destination: &str,
+    port: u16,
+    source_port: u16,
+    flags: u8,
+    seq: u32,
+) -> Frame {
+    let v6 = source.contains(':');
+    let ip_bytes = if v6 { 60 } else { 40 };
+    let mut frame = packet(source, destination, 6, port, ip_bytes).frame();
+    let l4 = 14 + if v6 { 40 } else { 20 };
+    frame.bytes[l4..l4 + 2].copy_from_slice(&source_port.to_be_bytes());
+    frame.bytes[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+    frame.bytes[l4 + 13] = flags;
+    frame
+}
+
+fn syn(source: &str, destination: &str, port: u16, source_port: u16, isn: u32) -> Frame {
+    tcp_frame(source, destination, port, source_port, TCP_SYN, isn)
+}
+
+/// A new-connection rule for TCP port `port` at `hook`, as `rein conn add` makes it.
+fn connection_rule(hook: NetHook, port: u16) -> NetMatch {
+    NetRuleSpec {
+        device: "lo".into(),
+        hook,
+        source: None,
+        destination: None,
+        protocol: Some(Protocol::Tcp),
+        port: Some(port),
+        limit: NetLimit::connections("1/min".parse().unwrap(), 1).unwrap(),
+        sources: Sources::Shared,
+    }
+    .matching(LOOPBACK)
+    .unwrap()
+}
+
+fn connections(rate: &str, burst: u64) -> NetLimit {
+    NetLimit::connections(rate.parse().unwrap(), burst).unwrap()
+}
+
+impl Loaded {
+    /// Adds a new-connection rule and sets the SYN lookups as `rein` does.
+    fn add_connections(&mut self, id: u32, matching: NetMatch, limit: NetLimit, sources: Sources) {
+        self.add_sourced(id, matching, limit, sources, 0);
+    }
+}
+
+#[test]
+fn a_syn_is_charged_and_syn_acks_and_other_tcp_packets_are_not() {
+    let mut loaded = Loaded::new();
+    // 1/min: nothing refills while the test runs; a burst of 3 connections.
+    loaded.add_connections(
+        3,
+        connection_rule(NetHook::TcIngress, 443),
+        connections("1/min", 3),
+        Sources::Shared,
+    );
+    let (client, server) = ("198.51.100.7", "198.18.0.1");
+    for (n, port) in (50_000..50_003).enumerate() {
+        assert!(loaded.passes(&syn(client, server, 443, port, n as u32)));
+    }
+    assert!(!loaded.passes(&syn(client, server, 443, 50_003, 99)));
+    // The bucket is empty, yet a SYN-ACK, an ACK, data and a FIN pass: only SYNs are counted.
+    for flags in [
+        TCP_SYN | TCP_ACK,
+        TCP_ACK,
+        TCP_ACK | TCP_PSH,
+        0x01 | TCP_ACK,
+    ] {
+        assert!(loaded.passes(&tcp_frame(client, server, 443, 50_000, flags, 7)));
+    }
+    // Another port, another service: no rule.
+    assert!(loaded.passes(&syn(client, server, 8443, 50_000, 1)));
+    let counters = loaded.counters(3);
+    assert_eq!((counters.passed_packets, counters.dropped_packets), (3, 1));
+}
+
+#[test]
+fn a_retransmitted_syn_of_an_admitted_attempt_is_free_of_a_refused_one_is_charged() {
+    let mut loaded = Loaded::new();
+    loaded.add_connections(
+        4,
+        connection_rule(NetHook::TcIngress, 22),
+        connections("1/min", 2),
+        Sources::Shared,
+    );
+    let (client, server) = ("198.51.100.8", "198.18.0.1");
+    let a = syn(client, server, 22, 41_000, 1000);
+    assert!(loaded.passes(&a));
+    // The same attempt again (same ports, same ISN), three times: no token taken.
+    for _ in 0..3 {
+        assert!(loaded.passes(&a));
+    }
+    // So the second attempt still finds the bucket's second token.
+    assert!(loaded.passes(&syn(client, server, 22, 41_001, 2000)));
+    // A new ISN on the same ports is a new attempt.
+    let c = syn(client, server, 22, 41_000, 3000);
+    assert!(!loaded.passes(&c));
+    // The refused attempt's retransmission is charged as a new attempt (and refused).
+    assert!(!loaded.passes(&c));
+    let counters = loaded.counters(4);
+    assert_eq!((counters.passed_packets, counters.dropped_packets), (2, 2));
+}
+
+#[test]
+fn a_syn_rule_and_a_traffic_rule_on_one_service_both_apply() {
+    let mut loaded = Loaded::new();
+    let service = |hook| matching_at(hook, None, None, Some(Protocol::Tcp), Some(443));
+    // 3 packets an hour for the traffic, 5 new connections a minute.
+    loaded.add(
+        1,
+        service(NetHook::TcIngress),
+        window(false, Per::Packets, 3),
+    );
+    loaded.add_connections(
+        2,
+        connection_rule(NetHook::TcIngress, 443),
+        connections("1/min", 5),
+        Sources::Shared,
+    );
+    let (client, server) = ("198.51.100.9", "198.18.0.1");
+    let verdicts: Vec<bool> = (0..6)
+        .map(|n| loaded.passes(&syn(client, server, 443, 42_000 + n, n.into())))
+        .collect();
+    // The traffic window passes three; the SYN bucket admitted five (its own limit), and the
+    // sixth SYN is refused by it before the traffic rule sees it.
+    assert_eq!(verdicts, [true, true, true, false, false, false]);
+    let (syns, traffic) = (loaded.counters(2), loaded.counters(1));
+    assert_eq!((syns.passed_packets, syns.dropped_packets), (5, 1));
+    assert_eq!((traffic.passed_packets, traffic.dropped_packets), (3, 2));
+    // A data packet meets the traffic rule only.
+    assert!(!loaded.passes(&tcp_frame(client, server, 443, 42_000, TCP_ACK, 1)));
+    assert_eq!(loaded.counters(2).passed_packets, 5);
+}
+
+#[test]
+fn ipv6_syns_are_limited_at_tc_and_xdp() {
+    let mut loaded = Loaded::new();
+    loaded.add_connections(
+        5,
+        connection_rule(NetHook::TcIngress, 80),
+        connections("1/min", 2),
+        Sources::Shared,
+    );
+    loaded.add_connections(
+        6,
+        connection_rule(NetHook::Xdp, 80),
+        connections("1/min", 1),
+        Sources::Shared,
+    );
+    let (client, server) = ("2001:db8::7", "2001:db8::1");
+    assert!(loaded.passes(&syn(client, server, 80, 40_000, 1)));
+    assert!(loaded.passes(&syn(client, server, 80, 40_001, 2)));
+    assert!(!loaded.passes(&syn(client, server, 80, 40_002, 3)));
+    assert_eq!(loaded.xdp(&syn(client, server, 80, 40_003, 4)), XDP_PASS);
+    assert_eq!(loaded.xdp(&syn(client, server, 80, 40_004, 5)), XDP_DROP);
+    // The XDP rule's retransmission rule holds too.
+    assert_eq!(loaded.xdp(&syn(client, server, 80, 40_003, 4)), XDP_PASS);
+    assert_eq!(loaded.counters(5).dropped_packets, 1);
+    assert_eq!(loaded.counters(6).dropped_packets, 1);
+}
+
+#[test]
+fn each_source_gets_its_own_syn_bucket_exact_and_sketched() {
+    for (id, sources) in [
+        (7, Sources::Exact),
+        (
+            8,
+            Sources::Sketch {
+                size: "1024x4".parse::<SketchSize>().unwrap(),
+            },
+        ),
+    ] {
+        let mut loaded = Loaded::new();
+        loaded.add_connections(
+            id,
+            connection_rule(NetHook::TcIngress, 443),
+            connections("1/min", 2),
+            sources,
+        );
+        let mut isn = 0;
+        for client in 1..=20u8 {
+            let source = format!("10.{client}.0.1");
+            let mut verdicts = Vec::new();
+            for port in 0..4 {
+                isn += 1;
+                verdicts.push(loaded.passes(&syn(&source, "198.18.0.1", 443, 30_000 + port, isn)));
+            }
+            assert_eq!(verdicts, [true, true, false, false], "{sources:?} {source}");
+        }
+    }
+}
+
+#[test]
+fn a_syn_bucket_decides_as_its_model() {
+    let mut loaded = Loaded::new();
+    // 200/s (5 ms a connection) with a burst of 5: refills during the test.
+    loaded.add_connections(
+        9,
+        connection_rule(NetHook::TcIngress, 443),
+        connections("200/s", 5),
+        Sources::Shared,
+    );
+    let mut model = SynBucketModel::new(200, 1_000_000_000, 5, monotonic_ns());
+    let mut random = Xorshift(0x5e_ed5);
+    let (mut compared, mut passed, mut isn) = (0, 0u64, 0u32);
+    let started = monotonic_ns();
+    while monotonic_ns() - started < 400_000_000 {
+        isn += 1;
+        let frame = syn("198.51.100.10", "198.18.0.1", 443, 50_000, isn);
+        let before = monotonic_ns();
+        let verdict = loaded.passes(&frame);
+        let after = monotonic_ns();
+        let expected = follow(
+            &mut model,
+            verdict,
+            before,
+            after,
+            |m, now| m.offer(now),
+            |m, now| m.refill(now),
+        );
+        if let Some(expected) = expected {
+            compared += 1;
+            assert_eq!(verdict, expected, "SYN {isn} at {before}..{after}");
+        }
+        passed += u64::from(verdict);
+        std::thread::sleep(Duration::from_micros(random.next_u64() % 4000));
+    }
+    eprintln!("compared {compared} SYNs, {passed} passed");
+    assert!(compared > 100, "{compared} SYNs compared");
+    assert_eq!(loaded.counters(9).passed_packets, passed);
+    assert!(
+        loaded.counters(9).dropped_packets > 0,
+        "the bucket never ran dry"
+    );
 }

@@ -47,6 +47,20 @@ pub const NET_PER_SOURCE_MAP: &str = "REIN_NET_PER_SOURCE";
 pub const NET_SKETCH_MAP: &str = "REIN_NET_SKETCH";
 pub const NET_HEAVY_MAP: &str = "REIN_NET_HEAVY";
 pub const NET_SHAPES_MAP: &str = "REIN_NET_SHAPES";
+/// One entry: the union of the `shape_bit`s of the new-connection rules, which only a TCP SYN
+/// looks up (a map of its own: a pinned map's size is part of the layout).
+pub const NET_SYN_SHAPES_MAP: &str = "REIN_NET_SYN_SHAPES";
+/// The connection attempts a new-connection rule admitted ([`SynKey`]): their retransmitted
+/// SYNs pass without a charge.
+pub const NET_SYN_ADMITTED_MAP: &str = "REIN_NET_SYN_ADMITTED";
+
+/// `Scope::kind` of rules that limit traffic (every rule before new-connection limits).
+pub const KIND_TRAFFIC: u8 = 0;
+/// `Scope::kind` of rules that limit new TCP connections: only a SYN without ACK looks them up.
+pub const KIND_CONNECTIONS: u8 = 1;
+
+/// Connection attempts remembered at once, over all rules (least recently seen go first).
+pub const MAX_ADMITTED_SYNS: u32 = 1 << 16;
 
 /// The lookup maps, as [`shape_bit`] numbers them.
 pub const SHAPE_DESTINATION: u32 = 0;
@@ -95,7 +109,9 @@ pub struct Scope {
     pub family: u8,
     /// An IP protocol number, or [`PROTOCOL_ANY`].
     pub protocol: u8,
-    pub _pad: u8,
+    /// [`KIND_TRAFFIC`] or [`KIND_CONNECTIONS`]: both kinds of rule share the tries, so a
+    /// service may have a traffic limit and a new-connection limit at once.
+    pub kind: u8,
     /// Destination port in host order, or [`PORT_ANY`].
     pub port: u16,
     pub _pad2: u16,
@@ -109,10 +125,15 @@ impl Scope {
             direction,
             family,
             protocol,
-            _pad: 0,
+            kind: KIND_TRAFFIC,
             port,
             _pad2: 0,
         }
+    }
+
+    /// The same scope for rules of `kind`.
+    pub const fn of_kind(self, kind: u8) -> Self {
+        Self { kind, ..self }
     }
 }
 
@@ -174,6 +195,10 @@ pub const FLAG_PER_SOURCE: u32 = 2;
 /// `NetRule::flags` with [`FLAG_PER_SOURCE`]: sources are counted in the rule's count-min
 /// sketch instead of exactly.
 pub const FLAG_SKETCH: u32 = 4;
+/// `NetRule::flags`: a new-connection limit (a token bucket): a SYN costs `bucket.ns_per_byte`
+/// ns as it is, unshifted, so that rates down to one an hour fit (a packet bucket's shifted
+/// cost holds no less than 60 a second).
+pub const FLAG_CONNECTIONS: u32 = 8;
 
 /// Value of the rule map: the limit and its live state.
 #[repr(C)]
@@ -233,3 +258,20 @@ pub struct SourceState {
     pub counters: Counters,
 }
 const _: () = assert!(core::mem::size_of::<SourceState>() == 48);
+
+/// Key of the admitted connection attempts: the rule, the connection's addresses and ports,
+/// and the SYN's initial sequence number (a retransmitted SYN repeats it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SynKey {
+    pub rule: u32,
+    pub family: u8,
+    pub _pad: u8,
+    pub source_port: u16,
+    pub source: [u8; ADDR_BYTES],
+    pub destination: [u8; ADDR_BYTES],
+    pub port: u16,
+    pub _pad2: u16,
+    pub isn: u32,
+}
+const _: () = assert!(core::mem::size_of::<SynKey>() == 48);

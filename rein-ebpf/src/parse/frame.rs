@@ -32,11 +32,18 @@ pub struct Packet {
     pub port: u16,
     /// Source port, likewise (only traced: no rule matches on it).
     pub source_port: u16,
+    /// TCP flags (byte 13 of the header) and sequence number, for TCP in a first (or only)
+    /// fragment; else 0: what tells a new connection's SYN from the rest.
+    pub tcp_flags: u8,
+    pub sequence: u32,
     /// Bytes before the IP header.
     pub l2_bytes: u64,
     /// IP and transport header bytes, which each segment of a GSO packet repeats.
     pub header_bytes: u64,
 }
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// The `T` at `offset` in the frame between `data` and `end`; None past the end.
 #[inline(always)]
@@ -55,6 +62,13 @@ pub fn read_be16(data: usize, end: usize, offset: usize) -> Option<u16> {
 }
 
 impl Packet {
+    /// A TCP SYN without ACK: a client opening a connection (or retrying to), never the
+    /// server's answer.
+    #[inline(always)]
+    pub fn opens_connection(&self) -> bool {
+        self.protocol == PROTOCOL_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
     #[inline(always)]
     pub fn parse(data: usize, end: usize) -> Option<Self> {
         let mut l2 = ETH_HEADER;
@@ -85,18 +99,19 @@ impl Packet {
         let mut destination = [0u8; ADDR_BYTES];
         source[..4].copy_from_slice(&ip[12..16]);
         destination[..4].copy_from_slice(&ip[16..20]);
-        let (source_port, port, transport) =
-            transport(data, end, l2 + header, protocol, fragment_offset == 0);
+        let tcp = transport(data, end, l2 + header, protocol, fragment_offset == 0);
         Some(Self {
             family: FAMILY_IPV4,
             address_bits: 32,
             source,
             destination,
             protocol,
-            port,
-            source_port,
+            port: tcp.port,
+            source_port: tcp.source_port,
+            tcp_flags: tcp.flags,
+            sequence: tcp.sequence,
             l2_bytes: l2 as u64,
-            header_bytes: (header + transport) as u64,
+            header_bytes: (header + tcp.length) as u64,
         })
     }
 
@@ -133,51 +148,67 @@ impl Packet {
             }
             seen += 1;
         }
-        let (source_port, port, transport) = transport(data, end, offset, next, first_fragment);
+        let tcp = transport(data, end, offset, next, first_fragment);
         Some(Self {
             family: FAMILY_IPV6,
             address_bits: 128,
             source,
             destination,
             protocol: next,
-            port,
-            source_port,
+            port: tcp.port,
+            source_port: tcp.source_port,
+            tcp_flags: tcp.flags,
+            sequence: tcp.sequence,
             l2_bytes: l2 as u64,
-            header_bytes: (offset - l2 + transport) as u64,
+            header_bytes: (offset - l2 + tcp.length) as u64,
         })
     }
 }
 
-/// The source and destination ports and the transport header's length, for TCP and UDP whose
-/// header is in this fragment; `PORT_ANY`s and 0 otherwise.
+/// What the transport header tells: ports, TCP flags and sequence number, and its length.
+struct Transport {
+    source_port: u16,
+    port: u16,
+    flags: u8,
+    sequence: u32,
+    length: usize,
+}
+
+const NO_TRANSPORT: Transport = Transport {
+    source_port: PORT_ANY,
+    port: PORT_ANY,
+    flags: 0,
+    sequence: 0,
+    length: 0,
+};
+
+/// The transport header of TCP and UDP when it is in this fragment; `NO_TRANSPORT` otherwise.
 #[inline(always)]
-fn transport(
-    data: usize,
-    end: usize,
-    offset: usize,
-    protocol: u8,
-    first: bool,
-) -> (u16, u16, usize) {
+fn transport(data: usize, end: usize, offset: usize, protocol: u8, first: bool) -> Transport {
     if !first || (protocol != PROTOCOL_TCP && protocol != PROTOCOL_UDP) {
-        return (PORT_ANY, PORT_ANY, 0);
+        return NO_TRANSPORT;
     }
     if protocol == PROTOCOL_UDP {
         return match read::<[u8; 4]>(data, end, offset) {
-            Some(ports) => (
-                u16::from_be_bytes([ports[0], ports[1]]),
-                u16::from_be_bytes([ports[2], ports[3]]),
-                8,
-            ),
-            None => (PORT_ANY, PORT_ANY, 0),
+            Some(ports) => Transport {
+                source_port: u16::from_be_bytes([ports[0], ports[1]]),
+                port: u16::from_be_bytes([ports[2], ports[3]]),
+                length: 8,
+                ..NO_TRANSPORT
+            },
+            None => NO_TRANSPORT,
         };
     }
-    // TCP: the ports, and the data offset (header length in words) in byte 12.
-    match read::<[u8; 13]>(data, end, offset) {
-        Some(tcp) => (
-            u16::from_be_bytes([tcp[0], tcp[1]]),
-            u16::from_be_bytes([tcp[2], tcp[3]]),
-            (tcp[12] >> 4) as usize * 4,
-        ),
-        None => (PORT_ANY, PORT_ANY, 0),
+    // TCP: the ports, the sequence number, the data offset (header length in words) in byte
+    // 12 and the flags in byte 13.
+    match read::<[u8; 14]>(data, end, offset) {
+        Some(tcp) => Transport {
+            source_port: u16::from_be_bytes([tcp[0], tcp[1]]),
+            port: u16::from_be_bytes([tcp[2], tcp[3]]),
+            flags: tcp[13],
+            sequence: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+            length: (tcp[12] >> 4) as usize * 4,
+        },
+        None => NO_TRANSPORT,
     }
 }

@@ -5,11 +5,13 @@
 mod bucket;
 mod conn;
 mod sketch;
+mod syn;
 mod window;
 
 pub use bucket::TokenBucketModel;
 pub use conn::ConnBucketModel;
 pub use sketch::CountMinModel;
+pub use syn::SynBucketModel;
 pub use window::{FixedWindowModel, SlidingWindowModel};
 
 /// A small deterministic generator (xorshift64), so that randomised tests reproduce.

@@ -9,6 +9,7 @@ use rein::{
             spec::{ConnError, Destination, parse_port},
         },
         net_rules::{
+            conn::InboundRequest,
             request::{Algorithm, MAX_PPS, NetRuleRequest, OptionNames, RequestError},
             spec::{NetError, NetRuleSpec, Protocol},
         },
@@ -59,6 +60,8 @@ pub enum HiCommand {
         json: bool,
     },
     ConnAdd(NewConnRule),
+    /// `rein conn add --dev`: a net rule that counts new connections.
+    ConnAddInbound(NetRuleSpec),
     ConnDel(u32),
     ConnList {
         json: bool,
@@ -112,6 +115,16 @@ pub enum ArgError {
         flag: &'static str,
         #[source]
         source: UnitError,
+    },
+    #[error("--{flag} applies to {applies_to}")]
+    OtherDirection {
+        flag: &'static str,
+        applies_to: &'static str,
+    },
+    #[error("--{flag} is required: {what}")]
+    Missing {
+        flag: &'static str,
+        what: &'static str,
     },
     #[error("--pid: {0:?} is not a process id")]
     BadPid(String),
@@ -185,11 +198,104 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
             LowNetCommand::List { json } => HiCommand::NetList { json },
         },
         LowCommand::Conn { command } => match command {
-            LowConnCommand::Add(add) => HiCommand::ConnAdd(conn_rule(&add)?),
+            LowConnCommand::Add(add) => match add.dev.as_deref() {
+                Some(device) => HiCommand::ConnAddInbound(conn_inbound(device, &add)?),
+                None => HiCommand::ConnAdd(conn_rule(&add)?),
+            },
             LowConnCommand::Del { id } => HiCommand::ConnDel(rule_id(&id)?),
             LowConnCommand::List { json } => HiCommand::ConnList { json },
         },
     })
+}
+
+/// An inbound conn rule (`rein conn add --dev ...`): a net rule counting TCP SYNs.
+fn conn_inbound(device: &str, add: &LowConnAdd) -> Result<NetRuleSpec, ArgError> {
+    let outbound_only = [
+        ("max-tokens", add.max_tokens.is_some()),
+        ("tokens-per-fill", add.tokens_per_fill.is_some()),
+        ("fill-interval", add.fill_interval.is_some()),
+        ("cgroup", add.cgroup.is_some()),
+        ("netns", add.netns.is_some()),
+        ("per-caller", add.per_caller),
+    ];
+    if let Some((flag, _)) = outbound_only.iter().find(|(_, given)| *given) {
+        return Err(ArgError::OtherDirection {
+            flag,
+            applies_to: "outbound rules (without --dev): inbound rules limit the SYNs a device receives",
+        });
+    }
+    if let Some(proto) = add.proto.as_deref()
+        && protocol(Some(proto))? != Some(Protocol::Tcp)
+    {
+        return Err(ArgError::Bad {
+            flag: "proto",
+            value: proto.to_owned(),
+            expected: "tcp: inbound rules count TCP SYNs",
+        });
+    }
+    let rate = add.rate.as_deref().ok_or(ArgError::Missing {
+        flag: "rate",
+        what: "new connections per second or minute, e.g. 100/s",
+    })?;
+    let dport = add.dport.as_deref().ok_or(ArgError::Missing {
+        flag: "dport",
+        what: "the service's TCP port",
+    })?;
+    let port = dport
+        .trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or(ArgError::Bad {
+            flag: "dport",
+            value: dport.to_owned(),
+            expected: "a port from 1 to 65535",
+        })?;
+    let burst = add
+        .burst
+        .as_deref()
+        .map(|b| {
+            b.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or(ArgError::Bad {
+                    flag: "burst",
+                    value: b.to_owned(),
+                    expected: "a number of connections, at least 1",
+                })
+        })
+        .transpose()?;
+    let request = InboundRequest {
+        device: device.to_owned(),
+        port,
+        destination: add
+            .dst
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|source| ArgError::Net {
+                flag: "dst",
+                source,
+            })?,
+        rate: rate.parse().map_err(|source| ArgError::Unit {
+            flag: "rate",
+            source,
+        })?,
+        burst,
+        per_source: add.per_source,
+        sketch: add
+            .sketch
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|source| ArgError::Net {
+                flag: "sketch",
+                source,
+            })?,
+        xdp: add.xdp,
+    };
+    Ok(request.resolve()?)
 }
 
 /// A net rule's id, as `rein net list` shows it.
@@ -271,6 +377,7 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
             .as_deref()
             .map(|pps| packets(pps, "pps", "a packet rate from 1 to 1000000000"))
             .transpose()?,
+        connections: None,
         burst: add.burst.clone(),
         algorithm,
         window: add
@@ -303,9 +410,20 @@ fn protocol(proto: Option<&str>) -> Result<Option<Protocol>, ArgError> {
     }
 }
 
-/// An outbound conn rule (`rein conn add --dst ...`); inbound rules (`--dev`) will resolve
-/// here too.
+/// An outbound conn rule (`rein conn add --dst ...`).
 fn conn_rule(add: &LowConnAdd) -> Result<NewConnRule, ArgError> {
+    let inbound_only = [
+        ("dport", add.dport.is_some()),
+        ("per-source", add.per_source),
+        ("sketch", add.sketch.is_some()),
+        ("xdp", add.xdp),
+    ];
+    if let Some((flag, _)) = inbound_only.iter().find(|(_, given)| *given) {
+        return Err(ArgError::OtherDirection {
+            flag,
+            applies_to: "inbound rules (with --dev); outbound rules take the port in --dst IP:PORT",
+        });
+    }
     let unit = |flag: &'static str| move |source: UnitError| ArgError::Unit { flag, source };
     let count = |flag: &'static str, value: &Option<String>| {
         value
@@ -416,6 +534,60 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<HiCommand, ArgError> {
         resolve(LowArgs::try_parse_from(args).unwrap())
+    }
+
+    #[test]
+    fn conn_add_with_a_device_is_a_new_connection_net_rule() {
+        let add = |extra: &[&str]| {
+            let mut args = vec!["rein", "conn", "add", "--dev", "eth0"];
+            args.extend_from_slice(extra);
+            match parse(&args) {
+                Ok(HiCommand::ConnAddInbound(spec)) => Ok(spec),
+                Ok(other) => panic!("{other:?}"),
+                Err(error) => Err(error.to_string()),
+            }
+        };
+        let spec = add(&["--dport", "443", "--rate", "30/min", "--per-source"]).unwrap();
+        assert_eq!(
+            (spec.limit, spec.protocol, spec.port, spec.hook),
+            (
+                NetLimit::Connections {
+                    rate: "30/min".parse().unwrap(),
+                    burst: 5
+                },
+                Some(rein::capabilities::net_rules::spec::Protocol::Tcp),
+                Some(443),
+                NetHook::TcIngress
+            )
+        );
+        let spec = add(&["--dport", "22", "--rate", "200/s", "--xdp"]).unwrap();
+        assert_eq!(
+            (spec.limit, spec.hook),
+            (
+                NetLimit::Connections {
+                    rate: "200/s".parse().unwrap(),
+                    burst: 200
+                },
+                NetHook::Xdp
+            )
+        );
+        for (extra, needle) in [
+            (&["--dport", "1", "--rate", "0/s"][..], "--rate"),
+            (&["--dport", "1", "--rate", "5"], "--rate"),
+            (
+                &["--dport", "1", "--rate", "5/s", "--burst", "0"],
+                "--burst",
+            ),
+            (&["--dport", "65536", "--rate", "5/s"], "--dport"),
+            (&["--rate", "5/s"], "--dport is required"),
+            (
+                &["--dport", "1", "--rate", "5/s", "--sketch", "64x1"],
+                "--per-source",
+            ),
+        ] {
+            let error = add(extra).unwrap_err();
+            assert!(error.contains(needle), "{extra:?}: {error}");
+        }
     }
 
     #[test]
@@ -534,6 +706,44 @@ mod tests {
             let error = net_add(extra).unwrap_err().to_string();
             assert!(error.contains(needle), "{extra:?}: {error}");
         }
+    }
+
+    #[test]
+    fn conn_add_refuses_the_flags_of_the_other_direction() {
+        let message = |args: &[&str]| {
+            let mut all = vec!["rein", "conn", "add"];
+            all.extend_from_slice(args);
+            match parse(&all) {
+                Err(error) => error.to_string(),
+                Ok(command) => panic!("{args:?} parsed as {command:?}"),
+            }
+        };
+        let inbound = ["--dev", "eth0", "--dport", "443", "--rate", "10/s"];
+        for (flag, value) in [
+            ("--per-caller", None),
+            ("--cgroup", Some("/x")),
+            ("--max-tokens", Some("5")),
+        ] {
+            let mut args = inbound.to_vec();
+            args.push(flag);
+            args.extend(value);
+            assert!(
+                message(&args).contains("applies to outbound rules"),
+                "{flag}"
+            );
+        }
+        let mut udp = inbound.to_vec();
+        udp.extend(["--proto", "udp"]);
+        assert!(message(&udp).contains("TCP SYNs"));
+        for flag in [["--dport", "80"], ["--sketch", "64x2"]] {
+            let mut args = vec!["--dst", "198.18.0.1", "--rate", "10/s"];
+            args.extend(flag);
+            assert!(
+                message(&args).contains("applies to inbound rules"),
+                "{flag:?}"
+            );
+        }
+        assert!(message(&["--dev", "eth0", "--dport", "443"]).contains("--rate is required"));
     }
 
     fn conn_add(extra: &[&str]) -> Result<NewConnRule, ArgError> {

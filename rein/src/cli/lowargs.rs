@@ -59,8 +59,8 @@ pub enum LowCommand {
         #[command(subcommand)]
         command: LowNetCommand,
     },
-    /// Limits on the new connections processes open (checked at connect(), refused with
-    /// ECONNREFUSED).
+    /// Limits on new connections: those local processes open (checked at connect(), refused
+    /// with ECONNREFUSED), and those a device receives (TCP SYNs at tc or XDP).
     Conn {
         #[command(subcommand)]
         command: LowConnCommand,
@@ -238,15 +238,15 @@ pub struct LowNetAdd {
 
 #[derive(Debug, Subcommand)]
 pub enum LowConnCommand {
-    /// Add a rule; prints its id. Each rule whose destination and scope match a connect must
-    /// have room for it.
+    /// Add a rule; prints its id. Outbound (--dst): each rule whose destination and scope match
+    /// a connect must have room for it. Inbound (--dev): excess SYNs are dropped.
     Add(Box<LowConnAdd>),
     /// Delete a rule by id.
     Del {
         #[arg(value_name = "ID", allow_hyphen_values = true)]
         id: String,
     },
-    /// Show every rule with its counters, its tokens and its top callers.
+    /// Show every rule with its counters, its tokens and its top callers or sources.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -254,40 +254,58 @@ pub enum LowConnCommand {
     },
 }
 
-/// `rein conn add`'s flags: outbound rules (connections local processes open).
+/// `rein conn add`'s flags: outbound rules (connections local processes open) without `--dev`,
+/// inbound rules (connections a device receives) with it.
 #[derive(Debug, Args)]
 pub struct LowConnAdd {
-    /// Destination address or prefix, with a port or not: 198.18.13.0/24, 198.18.13.1:443,
-    /// [2001:db8::1]:443.
+    /// Outbound: destination address or prefix, with a port or not: 198.18.13.0/24,
+    /// 198.18.13.1:443, [2001:db8::1]:443. Inbound: the service's address or prefix (default:
+    /// every address on the device).
     #[arg(long, value_name = "IP[/PREFIX][:PORT]")]
     pub dst: Option<String>,
-    /// tcp or udp (default: both).
+    /// tcp or udp (default: both; inbound rules count TCP SYNs only).
     #[arg(long, value_name = "PROTO")]
     pub proto: Option<String>,
-    /// New connections per second or minute (e.g. 100/s, 30/min): a token bucket.
+    /// New connections per second, minute or hour (e.g. 100/s, 30/min): a token bucket.
     #[arg(long, value_name = "N/s|N/min", allow_hyphen_values = true)]
     pub rate: Option<String>,
     /// Connections allowed at once above the rate (default: one second at the rate, at least
     /// 5).
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub burst: Option<String>,
-    /// Fill form: the most tokens the bucket holds (it starts full).
+    /// Outbound fill form: the most tokens the bucket holds (it starts full).
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_tokens: Option<String>,
-    /// Fill form: tokens added at each fill interval.
+    /// Outbound fill form: tokens added at each fill interval.
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub tokens_per_fill: Option<String>,
-    /// Fill form: the fill interval (e.g. 1s, 100ms).
+    /// Outbound fill form: the fill interval (e.g. 1s, 100ms).
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub fill_interval: Option<String>,
-    /// Only the processes in this cgroup v2 and below it (a directory or a path from the v2
-    /// root).
+    /// Outbound: only the processes in this cgroup v2 and below it (a directory or a path from
+    /// the v2 root).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
-    /// Only the processes of this network namespace (e.g. /run/netns/x).
+    /// Outbound: only the processes of this network namespace (e.g. /run/netns/x).
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
-    /// Each caller network namespace gets a bucket of its own.
+    /// Outbound: each caller network namespace gets a bucket of its own.
     #[arg(long)]
     pub per_caller: bool,
+    /// Inbound: the network device that receives the connections (of the current network
+    /// namespace).
+    #[arg(long, value_name = "DEV")]
+    pub dev: Option<String>,
+    /// Inbound: the service's TCP port (required with --dev).
+    #[arg(long, value_name = "PORT", allow_hyphen_values = true)]
+    pub dport: Option<String>,
+    /// Inbound: each client address gets the rate on its own.
+    #[arg(long)]
+    pub per_source: bool,
+    /// Inbound, with --per-source: estimate clients in a count-min sketch of WIDTHxDEPTH cells.
+    #[arg(long, value_name = "WxD")]
+    pub sketch: Option<String>,
+    /// Inbound: drop excess SYNs at XDP instead of tc ingress.
+    #[arg(long)]
+    pub xdp: bool,
 }

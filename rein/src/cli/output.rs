@@ -274,6 +274,9 @@ fn net_amount(per: Per, amount: u64) -> String {
 
 fn net_limit(limit: &NetLimit) -> String {
     match *limit {
+        NetLimit::Connections { rate, burst } => {
+            format!("{rate} new connections (burst {burst})")
+        }
         NetLimit::TokenBucket { per, rate, burst } => {
             let rate = match per {
                 Per::Bytes => Rate::from_bits(rate * 8)
@@ -388,10 +391,24 @@ fn conn_limit(spec: &ConnRuleSpec) -> String {
     }
 }
 
-pub fn conn_list(views: &[ConnRuleView]) -> String {
-    if views.is_empty() {
+/// `rein conn list`: outbound rules, then inbound ones (net rules counting connections).
+pub fn conn_list(views: &[ConnRuleView], inbound: &[NetRuleView]) -> String {
+    if views.is_empty() && inbound.is_empty() {
         return "no rein conn rules\n".into();
     }
+    let mut out = String::new();
+    if !views.is_empty() {
+        out.push_str("outbound:\n");
+        out.push_str(&outbound_conn_list(views));
+    }
+    if !inbound.is_empty() {
+        out.push_str("inbound:\n");
+        out.push_str(&net_list(inbound));
+    }
+    out
+}
+
+fn outbound_conn_list(views: &[ConnRuleView]) -> String {
     let mut rows = vec![
         [
             "ID", "MATCH", "SCOPE", "LIMIT", "ALLOWED", "REFUSED", "TOKENS",

@@ -296,6 +296,9 @@ pub struct ListedMetadata {
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
+// A few resources per file or listing: boxing the larger NetRule (its connection rate
+// made it cross the lint's threshold) would save nothing worth the indirection.
+#[allow(clippy::large_enum_variant)]
 pub enum ListedSpec {
     CgroupLimit(CgroupLimitSpec),
     NetRule(NetRuleResourceSpec),

@@ -234,6 +234,16 @@ fn render_net(families: &mut Families, rules: &[NetRuleView]) {
         "Burst of a net rule's token bucket in packets",
         None,
     );
+    let rate_connections: Family<Labels, Gauge<f64, AtomicU64>> = families.gauge(
+        "net_rate_connections_per_second",
+        "Rate of a net rule's new-connection limit (TCP SYNs per second)",
+        None,
+    );
+    let burst_connections: Family<Labels, Gauge> = families.gauge(
+        "net_burst_connections",
+        "Burst of a net rule's new-connection limit",
+        None,
+    );
     let window_bytes: Family<Labels, Gauge> = families.gauge(
         "net_window_capacity",
         "What a net rule's window passes",
@@ -282,6 +292,12 @@ fn render_net(families: &mut Families, rules: &[NetRuleView]) {
             family.get_or_create(&labels).set(gauge_value(value));
         };
         match spec.limit {
+            NetLimit::Connections { rate, burst } => {
+                rate_connections
+                    .get_or_create(&labels)
+                    .set(rate.count() as f64 * 1e9 / rate.period_ns() as f64);
+                set(&burst_connections, burst);
+            }
             NetLimit::TokenBucket { per, rate, burst } => {
                 let (rate_family, burst_family) = match per {
                     Per::Bytes => (&rate_bytes, &burst_bytes),

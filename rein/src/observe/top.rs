@@ -91,6 +91,7 @@ pub fn readings(status: &Status) -> Vec<Reading> {
             NetHook::TcIngress | NetHook::Xdp => "ingress",
         };
         let (limit_bytes_per_second, limit_text) = match spec.limit {
+            NetLimit::Connections { rate, .. } => (None, format!("{rate} conn")),
             NetLimit::TokenBucket {
                 per: Per::Bytes,
                 rate,

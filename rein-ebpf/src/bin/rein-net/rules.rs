@@ -6,12 +6,14 @@
 //! Packets the parser does not understand (not IP, truncated, malformed) pass untouched; so
 //! does everything no rule matches.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_loop},
     macros::{classifier, map, xdp},
     maps::{
-        Array, HashMap, LruHashMap, PerCpuHashMap,
+        Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{TcContext, XdpContext},
@@ -20,10 +22,11 @@ use rein_common::{
     Bucket, Counters, Direction,
     bucket::MAX_CHARGED_BYTES,
     net::{
-        ALGORITHM_FIXED_WINDOW, ALGORITHM_TOKEN_BUCKET, FLAG_PACKETS, FLAG_PER_SOURCE, FLAG_SKETCH,
-        HOOK_XDP, MAX_HEAVY_SOURCES, MAX_NET_RULES, MAX_TRACKED_SOURCES, NetRule, PORT_ANY,
-        PROTOCOL_ANY, PairKey, PrefixKey, RuleMatch, SCOPE_BITS, SHAPE_DESTINATION, SHAPE_PAIR,
-        SHAPE_SOURCE, Scope, SourceKey, SourceState, shape_bit,
+        ALGORITHM_FIXED_WINDOW, ALGORITHM_TOKEN_BUCKET, FLAG_CONNECTIONS, FLAG_PACKETS,
+        FLAG_PER_SOURCE, FLAG_SKETCH, HOOK_XDP, KIND_CONNECTIONS, KIND_TRAFFIC, MAX_ADMITTED_SYNS,
+        MAX_HEAVY_SOURCES, MAX_NET_RULES, MAX_TRACKED_SOURCES, NetRule, PORT_ANY, PROTOCOL_ANY,
+        PairKey, PrefixKey, RuleMatch, SCOPE_BITS, SHAPE_DESTINATION, SHAPE_PAIR, SHAPE_SOURCE,
+        Scope, SourceKey, SourceState, SynKey, shape_bit,
     },
     window::{WindowKind, WindowState, WindowVerdict, cost_units},
 };
@@ -60,6 +63,19 @@ static REIN_NET_PAIRS: HashMap<PairKey, RuleMatch> =
 /// One entry: the union of every rule's `shape_bit`s.
 #[map(name = "REIN_NET_SHAPES")]
 static REIN_NET_SHAPES: Array<u32> = Array::with_max_entries(1, 0);
+
+/// One entry: the union of the new-connection rules' `shape_bit`s (none until one is added).
+#[map(name = "REIN_NET_SYN_SHAPES")]
+static REIN_NET_SYN_SHAPES: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Connection attempts a new-connection rule admitted; the value is unused.
+#[map(name = "REIN_NET_SYN_ADMITTED")]
+static REIN_NET_SYN_ADMITTED: LruHashMap<SynKey, u8> =
+    LruHashMap::with_max_entries(MAX_ADMITTED_SYNS, 0);
+
+/// Where a SYN's `SynKey` is built (one entry per CPU).
+#[map(name = "REIN_NET_SYN_SCRATCH")]
+static REIN_NET_SYN_SCRATCH: PerCpuArray<SynKey> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "REIN_NET_PER_SOURCE")]
 static REIN_NET_PER_SOURCE: LruHashMap<SourceKey, SourceState> =
@@ -163,9 +179,70 @@ pub struct Amount {
 /// `Direction`, or `HOOK_XDP`.
 #[inline(always)]
 fn admit(packet: &Packet, ifindex: u32, hook: u8, amount: Amount) -> bool {
-    let Some(found) = best_match(packet, ifindex, hook) else {
+    // Every other packet pays this one branch.
+    if packet.opens_connection() && !admit_connection(packet, ifindex, hook, amount) {
+        return false;
+    }
+    let Some(found) = best_match(packet, ifindex, hook, KIND_TRAFFIC, traffic_shapes()) else {
         return true;
     };
+    charge_rule(packet, found, hook, amount)
+}
+
+/// A SYN against the new-connection rules: false when its rule refuses the attempt. A
+/// retransmitted SYN of an admitted attempt passes without a charge (it is the same attempt);
+/// one of a refused attempt is a new attempt.
+#[inline(always)]
+fn admit_connection(packet: &Packet, ifindex: u32, hook: u8, amount: Amount) -> bool {
+    // Without the map, or before any rule: no lookup.
+    let shapes = REIN_NET_SYN_SHAPES.get(0).copied().unwrap_or(0);
+    if shapes == 0 {
+        return true;
+    }
+    let Some(found) = best_match(packet, ifindex, hook, KIND_CONNECTIONS, shapes) else {
+        return true;
+    };
+    // The key is built in a per-CPU scratch entry: the programs' stack, shared with the
+    // sketch walk's callback, has no room for it.
+    let Some(attempt) = REIN_NET_SYN_SCRATCH.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's scratch entry, used by this program run alone (no preemption between
+    // the writes and the lookups below).
+    let attempt = unsafe {
+        *attempt = SynKey {
+            rule: found.rule,
+            family: packet.family,
+            _pad: 0,
+            source_port: packet.source_port,
+            source: packet.source,
+            destination: packet.destination,
+            port: packet.port,
+            _pad2: 0,
+            isn: packet.sequence,
+        };
+        &*attempt
+    };
+    // SAFETY: a plain-data value, only tested for presence.
+    if unsafe { REIN_NET_SYN_ADMITTED.get(attempt) }.is_some() {
+        return true;
+    }
+    let passed = charge_rule(packet, found, hook, amount);
+    if passed {
+        let _ = REIN_NET_SYN_ADMITTED.insert(attempt, 0u8, 0);
+    }
+    passed
+}
+
+/// The traffic rules' lookups; without the map (never written), every lookup is made.
+#[inline(always)]
+fn traffic_shapes() -> u32 {
+    REIN_NET_SHAPES.get(0).copied().unwrap_or(u32::MAX)
+}
+
+/// Charges the packet to the rule `found` leads to; true when it may pass.
+#[inline(always)]
+fn charge_rule(packet: &Packet, found: RuleMatch, hook: u8, amount: Amount) -> bool {
     let Some(rule) = rule(found.rule) else {
         return true;
     };
@@ -191,75 +268,137 @@ fn admit(packet: &Packet, ifindex: u32, hook: u8, amount: Amount) -> bool {
     passed
 }
 
-/// The most specific rule among the longest source prefix, the longest destination prefix and
-/// the exact pair, for each way a rule may name the packet's protocol and port.
+/// The most specific rule of `kind` among the longest source prefix, the longest destination
+/// prefix and the exact pair, for each way a rule may name the packet's protocol and port.
+/// The four ways are walked with `bpf_loop`, whose callback the verifier checks once: a SYN
+/// makes this search twice (new-connection rules, then traffic rules), which inline would
+/// double the paths the verifier walks. The walk and its keys live in a per-CPU scratch
+/// entry, not on the stack, which the programs' other frames fill.
 #[inline(always)]
-fn best_match(packet: &Packet, ifindex: u32, direction: u8) -> Option<RuleMatch> {
-    // Without the map (never written), every lookup is made.
-    let shapes = REIN_NET_SHAPES.get(0).copied().unwrap_or(u32::MAX);
-    let mut best: Option<RuleMatch> = None;
-    // (protocol, port), (any, port), (protocol, any), (any, any); the port only for a packet
-    // that has one.
-    for variant in 0..4u32 {
-        let names_port = variant < 2;
-        if names_port && packet.port == PORT_ANY {
-            continue;
-        }
-        let names_protocol = variant % 2 == 0;
-        let protocol = if names_protocol {
-            packet.protocol
-        } else {
-            PROTOCOL_ANY
-        };
-        let port = if names_port { packet.port } else { PORT_ANY };
-        let scope = Scope::new(ifindex, direction, packet.family, protocol, port);
-        let bits = SCOPE_BITS + packet.address_bits;
-        let wanted = |map| shapes & shape_bit(names_port, names_protocol, map) != 0;
-        let destination = if wanted(SHAPE_DESTINATION) {
-            REIN_NET_DESTINATIONS.get(Key::new(
-                bits,
-                PrefixKey {
-                    scope,
-                    addr: packet.destination,
-                },
-            ))
-        } else {
-            None
-        };
-        let source = if wanted(SHAPE_SOURCE) {
-            REIN_NET_SOURCES.get(Key::new(
-                bits,
-                PrefixKey {
-                    scope,
-                    addr: packet.source,
-                },
-            ))
-        } else {
-            None
-        };
-        let pair = if wanted(SHAPE_PAIR) {
-            // SAFETY: a plain-data key; the value is copied out at once.
-            unsafe {
-                REIN_NET_PAIRS.get(PairKey {
-                    scope,
-                    source: packet.source,
-                    destination: packet.destination,
-                })
-            }
-        } else {
-            None
-        };
-        for found in [destination, source, pair].into_iter().flatten() {
-            let better = match best {
-                Some(b) => found.specificity > b.specificity,
-                None => true,
-            };
-            if better {
-                best = Some(*found);
-            }
+fn best_match(
+    packet: &Packet,
+    ifindex: u32,
+    direction: u8,
+    kind: u8,
+    shapes: u32,
+) -> Option<RuleMatch> {
+    let walk = REIN_NET_MATCH_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch entry, used by this program run alone (XDP and tc run
+    // without migration or preemption between these writes and the reads below).
+    unsafe {
+        (*walk).ifindex = ifindex;
+        (*walk).address_bits = packet.address_bits;
+        (*walk).shapes = shapes;
+        (*walk).port = packet.port;
+        (*walk).direction = direction;
+        (*walk).family = packet.family;
+        (*walk).protocol = packet.protocol;
+        (*walk).kind = kind;
+        (*walk).found = 0;
+        (*walk).source = packet.source;
+        (*walk).destination = packet.destination;
+        bpf_loop(4, match_variant as *mut c_void, core::ptr::null_mut(), 0);
+        ((*walk).found != 0).then_some((*walk).best)
+    }
+}
+
+/// What the lookup callback needs, the keys it builds, and the best match so far.
+#[repr(C)]
+pub struct MatchWalk {
+    ifindex: u32,
+    address_bits: u32,
+    shapes: u32,
+    port: u16,
+    direction: u8,
+    family: u8,
+    protocol: u8,
+    kind: u8,
+    found: u8,
+    _pad: u8,
+    best: RuleMatch,
+    source: [u8; 16],
+    destination: [u8; 16],
+    prefix: Key<PrefixKey>,
+    pair: PairKey,
+}
+
+/// Where [`best_match`] walks (one entry per CPU).
+#[map(name = "REIN_NET_MATCH_SCRATCH")]
+static REIN_NET_MATCH_SCRATCH: PerCpuArray<MatchWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// One way of naming protocol and port: `variant` 0 to 3 is (protocol, port), (any, port),
+/// (protocol, any), (any, any); the port only for a packet that has one.
+extern "C" fn match_variant(variant: u32, _ctx: *mut c_void) -> i64 {
+    let Some(walk) = REIN_NET_MATCH_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch entry, which `best_match` filled for this walk.
+    let walk = unsafe { &mut *walk };
+    let names_port = variant < 2;
+    if names_port && walk.port == PORT_ANY {
+        return 0;
+    }
+    let names_protocol = variant.is_multiple_of(2);
+    let protocol = if names_protocol {
+        walk.protocol
+    } else {
+        PROTOCOL_ANY
+    };
+    let port = if names_port { walk.port } else { PORT_ANY };
+    let scope =
+        Scope::new(walk.ifindex, walk.direction, walk.family, protocol, port).of_kind(walk.kind);
+    let bits = SCOPE_BITS + walk.address_bits;
+    let shapes = walk.shapes;
+    let wanted = |map| shapes & shape_bit(names_port, names_protocol, map) != 0;
+    if wanted(SHAPE_DESTINATION) {
+        walk.prefix = Key::new(
+            bits,
+            PrefixKey {
+                scope,
+                addr: walk.destination,
+            },
+        );
+        if let Some(found) = REIN_NET_DESTINATIONS.get(&walk.prefix) {
+            walk.offer(*found);
         }
     }
-    best
+    if wanted(SHAPE_SOURCE) {
+        walk.prefix = Key::new(
+            bits,
+            PrefixKey {
+                scope,
+                addr: walk.source,
+            },
+        );
+        if let Some(found) = REIN_NET_SOURCES.get(&walk.prefix) {
+            walk.offer(*found);
+        }
+    }
+    if wanted(SHAPE_PAIR) {
+        walk.pair = PairKey {
+            scope,
+            source: walk.source,
+            destination: walk.destination,
+        };
+        // SAFETY: a plain-data key; the value is copied out at once.
+        // By reference: by value the key would be copied onto the stack this scratch spares.
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let found = unsafe { REIN_NET_PAIRS.get(&walk.pair) };
+        if let Some(found) = found {
+            walk.offer(*found);
+        }
+    }
+    0
+}
+
+impl MatchWalk {
+    #[inline(always)]
+    fn offer(&mut self, found: RuleMatch) {
+        if self.found == 0 || found.specificity > self.best.specificity {
+            self.best = found;
+            self.found = 1;
+        }
+    }
 }
 
 /// Rule `id`, if it exists.
@@ -350,6 +489,17 @@ pub fn quantity(rule: &Config, amount: Amount) -> u64 {
     }
 }
 
+/// What `quantity` costs a rule's token bucket, in ns: a new-connection rule's SYN its raw
+/// cost (one SYN per charge), any other rule's bytes or packets at its shifted cost.
+#[inline(always)]
+pub fn bucket_cost(rule: &Config, quantity: u64) -> u64 {
+    if rule.flags & FLAG_CONNECTIONS != 0 {
+        rule.bucket.ns_per_byte
+    } else {
+        rule.bucket.cost_ns(quantity)
+    }
+}
+
 #[inline(always)]
 fn window_kind(rule: &Config) -> WindowKind {
     if rule.algorithm == ALGORITHM_FIXED_WINDOW {
@@ -364,7 +514,7 @@ fn window_kind(rule: &Config) -> WindowKind {
 fn charge(rule: RuleRef, config: &Config, now: u64, amount: Amount) -> bool {
     let quantity = quantity(config, amount);
     if config.algorithm == ALGORITHM_TOKEN_BUCKET {
-        let cost = config.bucket.cost_ns(quantity);
+        let cost = bucket_cost(config, quantity);
         return take::take(rule.tat(), now, cost, config.bucket.burst_ns);
     }
     take_window(
@@ -421,7 +571,7 @@ fn charge_source(rule: &Config, key: &SourceKey, now: u64, amount: Amount) -> bo
         take::take(
             source.state(),
             now,
-            rule.bucket.cost_ns(quantity),
+            bucket_cost(rule, quantity),
             rule.bucket.burst_ns,
         )
     } else {

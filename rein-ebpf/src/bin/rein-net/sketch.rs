@@ -13,7 +13,7 @@ use rein_common::{
 };
 use rein_ebpf::atomic::Word;
 
-use crate::rules::{Amount, Config, REIN_NET_HEAVY, count, quantity, source_state};
+use crate::rules::{Amount, Config, REIN_NET_HEAVY, bucket_cost, count, quantity, source_state};
 
 #[map(name = "REIN_NET_SKETCH")]
 static REIN_NET_SKETCH: Array<u64> = Array::with_max_entries(MAX_SKETCH_CELLS, 0);
@@ -54,7 +54,7 @@ pub fn charge_sketch(rule: &Config, key: &SourceKey, now: u64, amount: Amount) -
     // or capacity in use marks it for `list`.
     let (passed, raised, heavy) = if bucket {
         let burst_ns = rule.bucket.burst_ns;
-        match rein_common::Bucket::decide(least, now, rule.bucket.cost_ns(quantity), burst_ns) {
+        match rein_common::Bucket::decide(least, now, bucket_cost(rule, quantity), burst_ns) {
             rein_common::Verdict::Pass { tat } => {
                 (true, tat, tat.saturating_sub(now) > burst_ns / 2)
             }

@@ -17,9 +17,9 @@ use rein_common::{
     net::{
         FLAG_PER_SOURCE, MAX_SKETCH_CELLS, MAX_TRACKED_SOURCES, NET_COUNTERS_MAP,
         NET_DESTINATIONS_MAP, NET_HEAVY_MAP, NET_PAIRS_MAP, NET_PER_SOURCE_MAP, NET_RULES_MAP,
-        NET_SHAPES_MAP, NET_SKETCH_MAP, NET_SOURCES_MAP, NET_TC_EGRESS_PROGRAM,
-        NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM, NetRule, PairKey, PrefixKey, RuleMatch, SourceKey,
-        SourceState,
+        NET_SHAPES_MAP, NET_SKETCH_MAP, NET_SOURCES_MAP, NET_SYN_ADMITTED_MAP, NET_SYN_SHAPES_MAP,
+        NET_TC_EGRESS_PROGRAM, NET_TC_INGRESS_PROGRAM, NET_XDP_PROGRAM, NetRule, PairKey,
+        PrefixKey, RuleMatch, SourceKey, SourceState,
     },
 };
 
@@ -28,11 +28,11 @@ use crate::{
     capabilities::PreparedReload,
     error::{Error, IoContext, Result, bpf_error, causes, map_errno},
     instance::Instance,
-    platform::bpf::{self, load_error, program_mut, remove_if_exists},
+    platform::bpf::{self, load_error, missing_map, program_mut, remove_if_exists},
 };
 
 /// Every map of the object, pinned by these names.
-pub const MAPS: [&str; 12] = [
+pub const MAPS: [&str; 14] = [
     NET_RULES_MAP,
     NET_COUNTERS_MAP,
     NET_SOURCES_MAP,
@@ -45,6 +45,8 @@ pub const MAPS: [&str; 12] = [
     NET_TRACE_MAP,
     NET_TRACE_EVENTS_MAP,
     NET_TRACE_BUDGET_MAP,
+    NET_SYN_SHAPES_MAP,
+    NET_SYN_ADMITTED_MAP,
 ];
 
 /// The maps that hold an entry per rule; the others are allocated whole and shared by all rules.
@@ -94,6 +96,14 @@ fn program_name(hook: NetHook) -> &'static str {
     }
 }
 
+/// The lookups the programs make: every packet the traffic rules', a TCP SYN also the
+/// new-connection rules'.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shapes {
+    pub traffic: u32,
+    pub connections: u32,
+}
+
 /// One source as `list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceEntry {
@@ -112,6 +122,9 @@ pub struct NetDatapath {
     sketch: Array<MapData, u64>,
     heavy: HashMap<MapData, SourceKey, SourceState>,
     shapes: Array<MapData, u32>,
+    /// None in maps pinned by a build before new-connection rules, until a command that
+    /// writes rules pins it (`open_or_create`): reading such an instance still works.
+    syn_shapes: Option<Array<MapData, u32>>,
     /// How many rules the tables hold.
     capacity: u32,
 }
@@ -124,7 +137,10 @@ impl NetDatapath {
 
     /// Opens the maps, creating (and pinning) them first if they do not exist.
     pub fn open_or_create(instance: &Instance) -> Result<Self> {
-        if !Self::is_installed(instance) {
+        // Maps pinned by a build without new-connection rules lack the SYN maps: loading the
+        // object pins them beside the others.
+        let syn_maps = instance.maps_dir().join(NET_SYN_SHAPES_MAP).exists();
+        if !Self::is_installed(instance) || !syn_maps {
             drop(load_object(instance)?);
         }
         Self::open(instance)
@@ -165,6 +181,10 @@ impl NetDatapath {
             sketch: Array::try_from(open(NET_SKETCH_MAP)?).map_err(typed(NET_SKETCH_MAP))?,
             heavy: HashMap::try_from(open(NET_HEAVY_MAP)?).map_err(typed(NET_HEAVY_MAP))?,
             shapes: Array::try_from(open(NET_SHAPES_MAP)?).map_err(typed(NET_SHAPES_MAP))?,
+            syn_shapes: match open(NET_SYN_SHAPES_MAP) {
+                Ok(map) => Some(Array::try_from(map).map_err(typed(NET_SYN_SHAPES_MAP))?),
+                Err(_) => None,
+            },
         })
     }
 
@@ -334,16 +354,41 @@ impl NetDatapath {
             written.map_err(|e| full_or(e, "cannot write the rule's match", self.capacity))?;
         }
         // Last: the programs look for the rule only once its shape's bit is set.
-        let shapes = self.shapes.get(&0, 0).unwrap_or(0);
-        self.set_shapes(shapes | matching.shape_bits())
+        let mut shapes = self.shapes();
+        if matching.is_connections() {
+            shapes.connections |= matching.shape_bits();
+        } else {
+            shapes.traffic |= matching.shape_bits();
+        }
+        self.set_shapes(shapes)
+    }
+
+    /// Which lookups the programs make now.
+    pub fn shapes(&self) -> Shapes {
+        Shapes {
+            traffic: self.shapes.get(&0, 0).unwrap_or(0),
+            connections: self
+                .syn_shapes
+                .as_ref()
+                .and_then(|map| map.get(&0, 0).ok())
+                .unwrap_or(0),
+        }
     }
 
     /// Writes which lookups the programs make: the union of every rule's
-    /// [`NetMatch::shape_bits`] (a bit too many only costs a lookup).
-    pub fn set_shapes(&mut self, shapes: u32) -> Result<()> {
+    /// [`NetMatch::shape_bits`] (a bit too many only costs a lookup), for traffic rules and for
+    /// new-connection rules (looked up by SYNs).
+    pub fn set_shapes(&mut self, shapes: Shapes) -> Result<()> {
         self.shapes
-            .set(0, shapes, 0)
-            .map_err(|e| bpf_error("cannot write the lookup shapes")(&e))
+            .set(0, shapes.traffic, 0)
+            .map_err(|e| bpf_error("cannot write the lookup shapes")(&e))?;
+        match (&mut self.syn_shapes, shapes.connections) {
+            (Some(map), connections) => map
+                .set(0, connections, 0)
+                .map_err(|e| bpf_error("cannot write the SYN lookup shapes")(&e)),
+            (None, 0) => Ok(()),
+            (None, _) => Err(missing_map(NET_SYN_SHAPES_MAP)),
+        }
     }
 
     /// Removes rule `id`'s entries, limit, counters and per-source state; missing pieces are

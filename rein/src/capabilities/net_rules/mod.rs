@@ -12,12 +12,13 @@ use rein_common::{
 };
 use serde::{Deserialize, Serialize};
 
+pub mod conn;
 pub mod datapath;
 pub mod request;
 pub mod spec;
 
 use self::{
-    datapath::{Attachment, NetDatapath, SourceEntry},
+    datapath::{Attachment, NetDatapath, Shapes, SourceEntry},
     spec::{NetRuleSpec, Sources},
 };
 use super::{Capability, Context, PreparedReload};
@@ -138,6 +139,15 @@ pub fn add(engine: &mut Engine, spec: NetRuleSpec) -> Result<NetRuleRecord> {
 
 /// Deletes rule `id`; the interface's program goes with its last rule.
 pub fn delete(engine: &mut Engine, id: u32) -> Result<NetRuleRecord> {
+    delete_where(engine, id, |_| Ok(()))
+}
+
+/// Deletes rule `id` if `allowed` accepts it, decided under the instance's lock.
+fn delete_where(
+    engine: &mut Engine,
+    id: u32,
+    allowed: impl FnOnce(&NetRuleRecord) -> Result<()>,
+) -> Result<NetRuleRecord> {
     let mut tx = engine.begin()?;
     let record = tx
         .state()
@@ -145,6 +155,7 @@ pub fn delete(engine: &mut Engine, id: u32) -> Result<NetRuleRecord> {
         .find(id)
         .cloned()
         .ok_or(Error::NoSuchNetRule(id))?;
+    allowed(&record)?;
     let mut desired = tx.desired();
     desired.net_rules.retain(|rule| rule.id != Some(id));
     let plan = tx.plan(&desired)?;
@@ -438,7 +449,14 @@ fn write_shapes(cx: &Context, datapath: &mut NetDatapath, state: &State) -> Resu
         .iter()
         .filter(|r| is_live(cx, r))
         .filter_map(|r| r.spec.matching(r.ifindex).ok())
-        .fold(0, |shapes, matching| shapes | matching.shape_bits());
+        .fold(Shapes::default(), |mut shapes, matching| {
+            if matching.is_connections() {
+                shapes.connections |= matching.shape_bits();
+            } else {
+                shapes.traffic |= matching.shape_bits();
+            }
+            shapes
+        });
     datapath.set_shapes(shapes)
 }
 

@@ -12,11 +12,14 @@ use super::spec::{
 };
 use crate::{
     limit::default_burst,
-    units::{Period, Rate, Size, UnitError},
+    units::{EventRate, Period, Rate, Size, UnitError},
 };
 
 /// Default burst of a packet-rate bucket: 10 ms at the rate, at least 16 packets.
 const MIN_DEFAULT_BURST_PACKETS: u64 = 16;
+/// Least default burst of a new-connection limit (as iptables' limit match): the default is
+/// one second at the rate, at least this many.
+pub const MIN_DEFAULT_BURST_CONNECTIONS: u64 = 5;
 /// Largest packet rate: far beyond what one host's XDP path drops.
 pub const MAX_PPS: u64 = 1_000_000_000;
 
@@ -54,8 +57,9 @@ pub struct NetRuleRequest {
     pub port: Option<u16>,
     /// Bytes per second, or else...
     pub rate: Option<Rate>,
-    /// ...packets per second.
+    /// ...packets per second, or else new TCP connections (SYNs) at a rate.
     pub pps: Option<u64>,
+    pub connections: Option<EventRate>,
     /// As written: a size with a rate, a count of packets with a packet rate.
     pub burst: Option<String>,
     pub algorithm: Algorithm,
@@ -69,6 +73,7 @@ pub struct NetRuleRequest {
 pub struct OptionNames {
     pub rate: &'static str,
     pub pps: &'static str,
+    pub connections: &'static str,
     pub burst: &'static str,
     pub algorithm: &'static str,
     pub window: &'static str,
@@ -82,6 +87,7 @@ impl OptionNames {
     pub const FLAGS: OptionNames = OptionNames {
         rate: "--rate",
         pps: "--pps",
+        connections: "--connections",
         burst: "--burst",
         algorithm: "--algo",
         window: "--window",
@@ -90,10 +96,17 @@ impl OptionNames {
         sketch: "--sketch",
     };
 
+    /// `rein conn add`'s flags (inbound rules), whose `--rate` is a connection rate.
+    pub const CONN_FLAGS: OptionNames = OptionNames {
+        connections: "--rate",
+        ..Self::FLAGS
+    };
+
     /// A `NetRule` file's fields.
     pub const FIELDS: OptionNames = OptionNames {
         rate: "rate",
         pps: "pps",
+        connections: "connections",
         burst: "burst",
         algorithm: "algorithm",
         window: "window",
@@ -139,6 +152,9 @@ impl NetRuleRequest {
                 ));
             }
         };
+        if let Some(rate) = self.connections {
+            return self.resolve_connections(names, hook, rate);
+        }
         let (per, amount) = match (self.rate, self.pps) {
             (Some(_), Some(_)) => {
                 return conflict(format!(
@@ -207,10 +223,24 @@ impl NetRuleRequest {
                 NetLimit::window(sliding, per, capacity, window)?
             }
         };
+        self.finish(names, hook, self.protocol, limit)
+    }
+
+    /// The rule of a limit, with its sources; its match checked.
+    fn finish(
+        &self,
+        names: &OptionNames,
+        hook: NetHook,
+        protocol: Option<Protocol>,
+        limit: NetLimit,
+    ) -> Result<NetRuleSpec, RequestError> {
         let sources = match (self.per_source, self.sketch) {
             (false, None) => Sources::Shared,
             (false, Some(_)) => {
-                return conflict(format!("{} needs {}", names.sketch, names.per_source));
+                return Err(RequestError::Conflict(format!(
+                    "{} needs {}",
+                    names.sketch, names.per_source
+                )));
             }
             (true, None) => Sources::Exact,
             (true, Some(size)) => Sources::Sketch { size },
@@ -220,7 +250,7 @@ impl NetRuleRequest {
             hook,
             source: self.source,
             destination: self.destination,
-            protocol: self.protocol,
+            protocol,
             port: self.port,
             limit,
             sources,
@@ -229,6 +259,55 @@ impl NetRuleRequest {
         // device is looked at.
         spec.matching(0)?;
         Ok(spec)
+    }
+
+    /// A new-connection limit: a token bucket of SYNs, TCP implied.
+    fn resolve_connections(
+        &self,
+        names: &OptionNames,
+        hook: NetHook,
+        rate: EventRate,
+    ) -> Result<NetRuleSpec, RequestError> {
+        let conflict = |message: String| Err(RequestError::Conflict(message));
+        if self.rate.is_some() || self.pps.is_some() {
+            return conflict(format!(
+                "give {} (bytes), {} (packets) or {} (new connections), one of them",
+                names.rate, names.pps, names.connections
+            ));
+        }
+        if self.algorithm != Algorithm::TokenBucket || self.window.is_some() {
+            return conflict(format!(
+                "{} is a token bucket of connections: no {} or {}",
+                names.connections, names.algorithm, names.window
+            ));
+        }
+        if hook == NetHook::TcEgress {
+            return conflict(format!(
+                "{} counts the connections a device receives: ingress only",
+                names.connections
+            ));
+        }
+        let protocol = match self.protocol {
+            None | Some(Protocol::Tcp) => Protocol::Tcp,
+            Some(Protocol::Udp) => {
+                return conflict(format!("{} counts TCP connections", names.connections));
+            }
+        };
+        let burst = match self.burst.as_deref() {
+            Some(burst) => burst
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| RequestError::Bad {
+                    option: names.burst,
+                    value: burst.to_owned(),
+                    expected: "a number of connections, at least 1".into(),
+                })?,
+            None => rate.per_second_ceil().max(MIN_DEFAULT_BURST_CONNECTIONS),
+        };
+        let limit = NetLimit::connections(rate, burst)?;
+        self.finish(names, hook, Some(protocol), limit)
     }
 
     /// The request that resolves to `rule` (for showing a rule in a file's fields): a window
@@ -240,6 +319,9 @@ impl NetRuleRequest {
             NetHook::Xdp => (Direction::Ingress, true),
         };
         let (algorithm, per, amount, burst, window) = match rule.limit {
+            NetLimit::Connections { burst, .. } => {
+                (Algorithm::TokenBucket, Per::Packets, 0, Some(burst), None)
+            }
             NetLimit::TokenBucket { per, rate, burst } => {
                 (Algorithm::TokenBucket, per, rate, Some(burst), None)
             }
@@ -264,7 +346,12 @@ impl NetRuleRequest {
                 (algorithm, per, per_second as u64, None, window)
             }
         };
+        let connections = match rule.limit {
+            NetLimit::Connections { rate, .. } => Some(rate),
+            _ => None,
+        };
         let (rate, pps, burst) = match per {
+            Per::Packets if connections.is_some() => (None, None, burst.map(|b| b.to_string())),
             Per::Bytes => (
                 Rate::from_bits(amount.saturating_mul(8)).ok(),
                 None,
@@ -287,6 +374,7 @@ impl NetRuleRequest {
             port: rule.port,
             rate,
             pps,
+            connections,
             burst,
             algorithm,
             window,

@@ -7,15 +7,19 @@ use rein_common::{
     Bucket, Direction,
     net::{
         ADDR_BYTES, ALGORITHM_FIXED_WINDOW, ALGORITHM_SLIDING_WINDOW, ALGORITHM_TOKEN_BUCKET,
-        FAMILY_IPV4, FAMILY_IPV6, FLAG_PACKETS, FLAG_PER_SOURCE, FLAG_SKETCH, HOOK_XDP,
-        MAX_SKETCH_CELLS, MAX_SKETCH_DEPTH, NetRule, PORT_ANY, PROTOCOL_ANY, PairKey, PrefixKey,
-        SCOPE_BITS, SHAPE_DESTINATION, SHAPE_PAIR, SHAPE_SOURCE, Scope, shape_bit, specificity,
+        FAMILY_IPV4, FAMILY_IPV6, FLAG_CONNECTIONS, FLAG_PACKETS, FLAG_PER_SOURCE, FLAG_SKETCH,
+        HOOK_XDP, KIND_CONNECTIONS, KIND_TRAFFIC, MAX_SKETCH_CELLS, MAX_SKETCH_DEPTH, NetRule,
+        PORT_ANY, PROTOCOL_ANY, PairKey, PrefixKey, SCOPE_BITS, SHAPE_DESTINATION, SHAPE_PAIR,
+        SHAPE_SOURCE, Scope, shape_bit, specificity,
     },
     window::{MAX_WINDOW_UNITS, WindowState, unit_for},
 };
 use serde::{Deserialize, Serialize};
 
-use crate::limit::{full_bucket, ns_per_unit};
+use crate::{
+    limit::{full_bucket, ns_per_unit},
+    units::EventRate,
+};
 
 /// Why a match or a limit of a net rule was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +54,13 @@ pub enum NetError {
     PacketRateTooLow { min: u64 },
     #[error("a capacity of {capacity} packets per window is more than {max}")]
     TooManyPackets { capacity: u64, max: u32 },
+    #[error(
+        "a new-connection limit counts TCP SYNs a device receives: it needs protocol tcp and \
+         ingress (tc or XDP)"
+    )]
+    ConnectionsNeedTcpIngress,
+    #[error("a burst of {burst} connections is out of range: 1 to {max}")]
+    ConnectionBurst { burst: u64, max: u64 },
     #[error("{0:?} is not a sketch size: write WIDTHxDEPTH, e.g. 4096x4")]
     NotASketchSize(String),
     #[error(
@@ -308,6 +319,9 @@ impl Protocol {
 pub struct NetMatch {
     ifindex: u32,
     hook: NetHook,
+    /// `KIND_TRAFFIC` or `KIND_CONNECTIONS`: part of every key, so the two kinds of rule on
+    /// the same packets do not collide.
+    kind: u8,
     addresses: Addresses,
     protocol: Option<Protocol>,
     port: Option<u16>,
@@ -372,11 +386,26 @@ impl NetMatch {
         Ok(Self {
             ifindex,
             hook,
+            kind: KIND_TRAFFIC,
             addresses,
             protocol,
             // Port 0 is "any" to the kernel.
             port: port.filter(|&p| p != PORT_ANY),
         })
+    }
+
+    /// The same match for a new-connection rule: looked up by TCP SYNs only, in keys of their
+    /// own.
+    pub fn for_connections(self) -> Self {
+        Self {
+            kind: KIND_CONNECTIONS,
+            ..self
+        }
+    }
+
+    /// Whether TCP SYNs look this rule up (its shape bits go to the SYN shapes).
+    pub fn is_connections(&self) -> bool {
+        self.kind == KIND_CONNECTIONS
     }
 
     /// The address families the rule covers: its addresses', or both.
@@ -424,7 +453,8 @@ impl NetMatch {
             family,
             self.protocol.map_or(PROTOCOL_ANY, Protocol::number),
             self.port.unwrap_or(PORT_ANY),
-        );
+        )
+        .of_kind(self.kind);
         let (names_port, names_protocol) = (self.port.is_some(), self.protocol.is_some());
         match self.addresses {
             // Every address of the family: the destination trie's empty prefix.
@@ -499,7 +529,12 @@ pub enum NetLimit {
         capacity: u64,
         window_ns: u64,
     },
+    /// At most `rate` new TCP connections (SYNs) with a burst of `burst` of them.
+    Connections { rate: EventRate, burst: u64 },
 }
+
+/// Largest burst of a new-connection limit: its time at the slowest rate (1/h) fits a u64.
+pub const MAX_CONNECTION_BURST: u64 = 1_000_000;
 
 /// The slowest packet rate a token bucket takes: a packet's cost in ns (shifted by
 /// `COST_SHIFT`) must stay within what the kernel's arithmetic holds, `MAX_NS_PER_BYTE`.
@@ -516,7 +551,20 @@ impl NetLimit {
             Self::TokenBucket { per, .. }
             | Self::FixedWindow { per, .. }
             | Self::SlidingWindow { per, .. } => per,
+            // A SYN is a packet.
+            Self::Connections { .. } => Per::Packets,
         }
+    }
+
+    /// A new-connection limit, checked.
+    pub fn connections(rate: EventRate, burst: u64) -> Result<Self, NetError> {
+        if !(1..=MAX_CONNECTION_BURST).contains(&burst) {
+            return Err(NetError::ConnectionBurst {
+                burst,
+                max: MAX_CONNECTION_BURST,
+            });
+        }
+        Ok(Self::Connections { rate, burst })
     }
 
     /// A token bucket of `rate` bytes (or packets) per second and `burst` of them, checked.
@@ -590,6 +638,17 @@ impl NetLimit {
             _pad: 0,
         };
         match *self {
+            // Unshifted (FLAG_CONNECTIONS): at most 3.6e12 ns a connection, times at most
+            // MAX_CONNECTION_BURST.
+            Self::Connections { rate, burst } => NetRule {
+                flags: FLAG_CONNECTIONS | FLAG_PACKETS,
+                bucket: Bucket {
+                    ns_per_byte: rate.cost_ns(),
+                    burst_ns: rate.cost_ns().saturating_mul(burst),
+                    tat: now_ns,
+                },
+                ..empty
+            },
             Self::TokenBucket { per, rate, burst } => NetRule {
                 flags: flags(per),
                 bucket: full_bucket(ns_per_unit(1_000_000_000, rate), burst, now_ns),
@@ -647,14 +706,26 @@ pub struct NetRuleSpec {
 impl NetRuleSpec {
     /// The rule's match on interface `ifindex`, checked.
     pub fn matching(&self, ifindex: u32) -> Result<NetMatch, NetError> {
-        NetMatch::new(
+        let matching = NetMatch::new(
             ifindex,
             self.hook,
             self.source,
             self.destination,
             self.protocol,
             self.port,
-        )
+        )?;
+        if !self.limits_connections() {
+            return Ok(matching);
+        }
+        if self.hook == NetHook::TcEgress || self.protocol != Some(Protocol::Tcp) {
+            return Err(NetError::ConnectionsNeedTcpIngress);
+        }
+        Ok(matching.for_connections())
+    }
+
+    /// Whether the rule limits new connections (TCP SYNs) rather than traffic.
+    pub fn limits_connections(&self) -> bool {
+        matches!(self.limit, NetLimit::Connections { .. })
     }
 
     /// The kernel's rule, fresh at `now_ns`.
