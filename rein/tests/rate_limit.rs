@@ -391,3 +391,72 @@ fn an_inbound_rate_limit_is_a_net_rule_apart_from_a_net_rule_of_its_name() {
     rein.rein_in(ns, &["delete", "-f", &file]).ok();
     rein.assert_no_trace("`rein delete -f` of both kinds");
 }
+
+/// A fill form's intervals stay where they were: an edit keeps its anchor, and so does a rule
+/// written again from the state file (`rein reload` after it went from the maps).
+#[test]
+fn a_fill_form_keeps_its_anchor_through_an_edit_and_a_reload() {
+    use rein::capabilities::conn_limits::datapath::ConnDatapath;
+    let rein = instance();
+    let files = Files::new();
+    let spec = |max: u32| {
+        rate_limit(
+            "fill",
+            &format!(
+                "  service: 198.18.13.233:80\n  rules:\n  - maxTokens: {max}\n    \
+                 tokensPerFill: 1\n    fillInterval: 7s\n"
+            ),
+        )
+    };
+    rein.rein(&["apply", "-f", &files.write("fill.yaml", &spec(3))])
+        .ok();
+    let recorded = |rein: &ReinInstance| {
+        let rule = &outbound(rein)[0];
+        (
+            rule["id"].as_u64().unwrap() as u32,
+            rule["anchor_ns"].as_u64().unwrap(),
+        )
+    };
+    let (id, anchor) = recorded(&rein);
+    let kernel_anchor = || {
+        ConnDatapath::open(&rein.library_instance())
+            .unwrap()
+            .rule(id)
+            .map(|rule| (rule.anchor_ns, rule.max_tokens))
+    };
+    assert_eq!(kernel_anchor(), Some((anchor, 3)));
+    thread::sleep(Duration::from_millis(20));
+    rein.rein(&["apply", "-f", &files.write("fill.yaml", &spec(5))])
+        .ok();
+    assert_eq!(recorded(&rein), (id, anchor), "the edit moved the anchor");
+    assert_eq!(kernel_anchor(), Some((anchor, 5)));
+    // Gone from the maps by hand; reload writes it again from the record.
+    let library = rein.library_instance();
+    let mut datapath = ConnDatapath::open(&library).unwrap();
+    let record = outbound(&rein)[0].clone();
+    let destination: rein::capabilities::conn_limits::spec::Destination =
+        record["destination"].as_str().unwrap().parse().unwrap();
+    let key = rein::capabilities::conn_limits::spec::ConnRuleSpec {
+        destination,
+        protocol: None,
+        scope: rein::capabilities::conn_limits::spec::ConnScopeSpec::All,
+        limit: rein::capabilities::conn_limits::spec::ConnLimit::Rate {
+            rate: "1/s".parse().unwrap(),
+            burst: 1,
+        },
+        per_caller: false,
+    }
+    .key();
+    datapath.remove(id, &[key]);
+    assert_eq!(kernel_anchor(), None);
+    thread::sleep(Duration::from_millis(20));
+    rein.rein(&["reload"]).ok();
+    assert_eq!(
+        kernel_anchor(),
+        Some((anchor, 5)),
+        "reload moved the anchor"
+    );
+    rein.rein(&["delete", "-f", &files.write("fill.yaml", &spec(5))])
+        .ok();
+    rein.assert_no_trace("the fill RateLimit deleted");
+}
