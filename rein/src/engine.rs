@@ -59,6 +59,7 @@ impl Desired {
                 .map(|record| WantedConnRule {
                     id: Some(record.id),
                     spec: record.spec.clone(),
+                    declared_by: record.declared_by.clone(),
                 })
                 .collect(),
         }

@@ -274,6 +274,70 @@ fn sigkill_under_traffic_leaves_the_limit_and_a_restart_adopts_it() {
     );
 }
 
+/// The outbound conn rules `rein conn list --json` shows, `None` while the instance is busy.
+fn conn_rules(rein: &ReinInstance) -> Option<Vec<serde_json::Value>> {
+    let out = rein.rein(&["conn", "list", "--json"]);
+    if !out.status.success() {
+        assert!(
+            out.stderr.contains("another rein command is running"),
+            "`rein conn list` failed: {out}"
+        );
+        return None;
+    }
+    let listed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    Some(listed["outbound"].as_array().unwrap().clone())
+}
+
+#[test]
+fn the_agent_reconciles_a_rate_limit_waiting_for_its_cgroup() {
+    let rein = instance();
+    let parent = rein.relative(&rein.cgroup("rl"));
+    let late = format!("{parent}/late");
+    let rate_limit = |rate: &str| {
+        format!(
+            "apiVersion: rein.dev/v1alpha1\nkind: RateLimit\nmetadata:\n  name: api\nspec:\n  \
+             destination: 198.18.13.232:8080\n  rate: {rate}\n  cgroup: {late}\n"
+        )
+    };
+    let config = Config::new();
+    config.write("api.yaml", &rate_limit("10/s"));
+    let agent = Agent::start(&rein, &config.dir, &[]);
+    // Its cgroup is not there: nothing yet, and the configuration is fine.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(conn_rules(&rein).map(|r| r.len()), Some(0));
+    assert_eq!(agent.sample("rein_agent_config_valid"), Some(1.0));
+    // The cgroup appears: the rule follows.
+    rein.cgroup("rl/late");
+    let rule_with = |rate: &str| {
+        let mut found = None;
+        let there = wait_until(Duration::from_secs(5), || {
+            found = conn_rules(&rein).and_then(|rules| {
+                rules
+                    .into_iter()
+                    .find(|r| r["declared_by"] == "api" && r["limit"]["rate"] == rate)
+            });
+            found.is_some()
+        });
+        assert!(there, "the agent did not declare the rule at {rate}");
+        found.unwrap()
+    };
+    let first = rule_with("10/s");
+    assert_eq!(first["scope"]["path"], late.as_str(), "{first:#}");
+    // An edit changes it in place: the same rule, the new rate.
+    config.write("api.yaml", &rate_limit("20/s"));
+    let edited = rule_with("20/s");
+    assert_eq!(edited["id"], first["id"]);
+    // Gone from the files, gone from the kernel.
+    config.remove("api.yaml");
+    assert!(
+        wait_until(Duration::from_secs(5), || conn_rules(&rein)
+            .is_some_and(|r| r.is_empty())),
+        "the agent did not remove the rule"
+    );
+    drop(agent);
+    rein.assert_no_trace("the agent's RateLimit removed");
+}
+
 #[test]
 fn sigterm_with_remove_on_exit_removes_what_the_agent_applied_only() {
     let rein = instance();

@@ -105,6 +105,18 @@ impl FillBucket {
         Some((interval << USED_BITS) | (used + 1))
     }
 
+    /// The word of a bucket last taken in interval `interval` with `used` tokens used (`used`
+    /// at most [`MAX_FILL_TOKENS`]): for userspace carrying a bucket into a changed limit.
+    #[inline(always)]
+    pub const fn word(interval: u64, used: u64) -> u64 {
+        let interval = if interval > MAX_INTERVAL {
+            MAX_INTERVAL
+        } else {
+            interval
+        };
+        (interval << USED_BITS) | (used & USED_MASK)
+    }
+
     /// The word with one token given back.
     #[inline(always)]
     pub const fn refund(word: u64) -> u64 {

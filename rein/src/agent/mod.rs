@@ -28,7 +28,8 @@ use self::{
     systemd::Systemd,
 };
 use crate::{
-    declarative::{self, LoadOptions, Mode, Resource, Resources},
+    capabilities::conn_limits::request::{NewConnRule, ScopeRequest},
+    declarative::{self, LoadOptions, Mode, RateLimitRule, Resource, Resources},
     engine::Engine,
     error::{Error, Result},
     instance::Instance,
@@ -265,10 +266,18 @@ impl Agent {
             .items
             .iter()
             .filter_map(|declared| match &declared.resource {
-                Resource::CgroupLimit(manifest) => Some(manifest.spec.cgroup.as_str()),
+                Resource::CgroupLimit(manifest) => Some(manifest.spec.cgroup.as_str().to_owned()),
+                // An outbound connection limit of a cgroup waits for it as a CgroupLimit does.
+                Resource::RateLimit(manifest) => match manifest.spec.rule() {
+                    RateLimitRule::Outbound(NewConnRule {
+                        scope: ScopeRequest::Cgroup(path),
+                        ..
+                    }) => Some(path.to_string_lossy().into_owned()),
+                    _ => None,
+                },
                 Resource::NetRule(_) => None,
             })
-            .map(|pattern| watch_dir(cgroupfs.mount(), pattern))
+            .map(|pattern| watch_dir(cgroupfs.mount(), &pattern))
             .collect();
         dirs.sort();
         dirs.dedup();

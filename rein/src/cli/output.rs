@@ -5,13 +5,13 @@ use rein::{
     Plan,
     capabilities::{
         cgroup_limit::{DirectionView, LimitSpec, Origin, RuleView, SetOutcome},
-        conn_limits::{ConnRuleRecord, ConnRuleView, spec::ConnRuleSpec},
+        conn_limits::{ConnRuleRecord, ConnRuleView, request::ScopeRequest, spec::ConnRuleSpec},
         net_rules::{
             NetRuleRecord, NetRuleView,
             spec::{NetLimit, NetRuleSpec, Per, Sources},
         },
     },
-    declarative::{DirectionLimit, Listed, ListedSpec},
+    declarative::{DirectionLimit, Listed, ListedSpec, RateLimitRule},
     doctor::Check,
     units::{Period, Rate, Size},
 };
@@ -167,6 +167,29 @@ pub fn resources(listed: &[Listed]) -> String {
                     ),
                 )
             }
+            ListedSpec::RateLimit(spec) => match spec.rule() {
+                RateLimitRule::Outbound(rule) => {
+                    let scope = match &rule.scope {
+                        ScopeRequest::All => "outbound".to_owned(),
+                        ScopeRequest::Cgroup(path) => format!("outbound cgroup {}", path.display()),
+                        ScopeRequest::Netns(path) => format!("outbound netns {}", path.display()),
+                    };
+                    let per_caller = if rule.per_caller { " per caller" } else { "" };
+                    (
+                        format!("{scope} {}", rule.destination),
+                        format!("{}{per_caller}", rule.limit),
+                    )
+                }
+                RateLimitRule::Inbound(rule) => (
+                    format!("{} {}", rule.device, rule.hook.name()),
+                    format!(
+                        "{}: {}{}",
+                        net_match(rule),
+                        net_limit(&rule.limit),
+                        net_sources(rule.sources)
+                    ),
+                ),
+            },
         };
         rows.push([
             item.kind.name().to_owned(),

@@ -169,6 +169,9 @@ fn parse(file: &Path, text: &str) -> Result<Vec<Declared>> {
             Some(Kind::NetRule) => {
                 Resource::NetRule(Document::deserialize(document).map_err(located)?.into())
             }
+            Some(Kind::RateLimit) => {
+                Resource::RateLimit(Document::deserialize(document).map_err(located)?.into())
+            }
         };
         resources.push(Declared {
             resource,

@@ -18,19 +18,33 @@ pub mod resource;
 pub use load::{Declared, LoadOptions, Resources, SourceLocation, load};
 pub use resource::{
     API_VERSION, ApiVersion, CgroupLimitSpec, CgroupPattern, DirectionLimit, Kind, Manifest,
-    NetRuleResourceSpec, Resource, ResourceName, json_schema,
+    NetRuleResourceSpec, RateLimitRule, RateLimitSpec, Resource, ResourceName, json_schema,
 };
 
 use crate::{
     capabilities::{
         Context,
         cgroup_limit::{DeclaredBy, LimitSpec, Origin, RuleRecord},
+        conn_limits::WantedConnRule,
         net_rules::WantedNetRule,
     },
     engine::{Desired, Engine, Plan},
     error::{Error, Result},
     platform::{cgroupfs::Cgroup, netns},
 };
+
+/// An inbound `RateLimit` is a net rule; its `declared_by` is its name behind this prefix,
+/// which no resource name can hold, so a `NetRule` and a `RateLimit` of the same name never
+/// take each other's rule.
+const RATE_LIMIT_PREFIX: &str = "RateLimit/";
+
+/// The kind and name of the resource that declared a net rule.
+fn net_rule_owner(declared_by: &str) -> (Kind, &str) {
+    match declared_by.strip_prefix(RATE_LIMIT_PREFIX) {
+        Some(name) => (Kind::RateLimit, name),
+        None => (Kind::NetRule, declared_by),
+    }
+}
 
 /// How the files relate to what was declared before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +150,7 @@ fn declare(
             .collect()
     };
     let (limits_named, rules_named) = (named(Kind::CgroupLimit), named(Kind::NetRule));
+    let rate_limits_named = named(Kind::RateLimit);
     // What the files declare is made anew below; what else was declared stays in a merge.
     let keeps = |declared_by: Option<&str>, named: &HashSet<&str>| match declared_by {
         None => true,
@@ -155,7 +170,21 @@ fn declare(
         .collect();
     desired
         .net_rules
-        .retain(|w| keeps(w.declared_by.as_deref(), &rules_named));
+        .retain(|w| match w.declared_by.as_deref() {
+            None => true,
+            Some(by) => match net_rule_owner(by) {
+                (Kind::RateLimit, name) => keeps(Some(name), &rate_limits_named),
+                (_, name) => keeps(Some(name), &rules_named),
+            },
+        });
+    let held_conn_rules: HashMap<String, WantedConnRule> = desired
+        .conn_rules
+        .iter()
+        .filter_map(|w| Some((w.declared_by.clone()?, w.clone())))
+        .collect();
+    desired
+        .conn_rules
+        .retain(|w| keeps(w.declared_by.as_deref(), &rate_limits_named));
 
     let mut claimed: HashMap<u64, &str> = HashMap::new();
     // Who holds each cgroup now (limits set by hand, and declared ones a merge keeps), by id:
@@ -252,6 +281,47 @@ fn declare(
                     declared_by: Some(name.to_owned()),
                 });
             }
+            Resource::RateLimit(manifest) => {
+                let name = manifest.metadata.name.as_str();
+                match manifest.spec.rule() {
+                    RateLimitRule::Outbound(rule) => {
+                        let held = held_conn_rules.get(name);
+                        let spec = match rule.clone().resolve(cx) {
+                            // As a missing cgroup of a CgroupLimit: the agent waits for it.
+                            Err(error @ (Error::NoSuchCgroup(_) | Error::NoSuchNetns(_)))
+                                if mode == Mode::Exact =>
+                            {
+                                tracing::info!("{name}: {error} (yet)");
+                                continue;
+                            }
+                            resolved => resolved.map_err(in_resource)?,
+                        };
+                        desired.conn_rules.push(WantedConnRule {
+                            id: held.and_then(|held| held.id),
+                            spec,
+                            declared_by: Some(name.to_owned()),
+                        });
+                    }
+                    RateLimitRule::Inbound(spec) => {
+                        let declared_by = format!("{RATE_LIMIT_PREFIX}{name}");
+                        let held = held_rules.get(&declared_by);
+                        if held.is_none_or(|held| held.spec != *spec)
+                            && !netns::device(&spec.device).is_ok_and(|device| device.is_some())
+                        {
+                            if mode == Mode::Exact {
+                                tracing::info!("{name}: device {} is not there (yet)", spec.device);
+                                continue;
+                            }
+                            return Err(in_resource(Error::NoSuchDevice(spec.device.clone())));
+                        }
+                        desired.net_rules.push(WantedNetRule {
+                            id: held.and_then(|held| held.id),
+                            spec: spec.clone(),
+                            declared_by: Some(declared_by),
+                        });
+                    }
+                }
+            }
         }
     }
     Ok(desired)
@@ -272,7 +342,12 @@ fn undeclare(mut desired: Desired, resources: &Resources) -> Desired {
     desired.net_rules.retain(|w| {
         w.declared_by
             .as_deref()
-            .is_none_or(|name| !named.contains(&(Kind::NetRule, name)))
+            .is_none_or(|by| !named.contains(&net_rule_owner(by)))
+    });
+    desired.conn_rules.retain(|w| {
+        w.declared_by
+            .as_deref()
+            .is_none_or(|name| !named.contains(&(Kind::RateLimit, name)))
     });
     desired
 }
@@ -302,6 +377,7 @@ pub struct ListedMetadata {
 pub enum ListedSpec {
     CgroupLimit(CgroupLimitSpec),
     NetRule(NetRuleResourceSpec),
+    RateLimit(RateLimitSpec),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -329,6 +405,8 @@ pub enum ListedOrigin {
     Run,
     /// `rein net add`.
     NetAdd,
+    /// `rein conn add`.
+    ConnAdd,
 }
 
 impl ListedOrigin {
@@ -339,6 +417,7 @@ impl ListedOrigin {
             Self::SetPid => "set-pid",
             Self::Run => "run",
             Self::NetAdd => "net-add",
+            Self::ConnAdd => "conn-add",
         }
     }
 }
@@ -410,9 +489,13 @@ pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
     }
     if wanted(Kind::NetRule) {
         for record in &state.net_rules.net {
-            let (name, origin) = match &record.declared_by {
-                Some(name) => (name.clone(), ListedOrigin::Declared),
-                None => (format!("rule-{}", record.id), ListedOrigin::NetAdd),
+            let (name, origin) = match record.declared_by.as_deref().map(net_rule_owner) {
+                Some((Kind::NetRule, name)) => (name.to_owned(), ListedOrigin::Declared),
+                None if !record.spec.limits_connections() => {
+                    (format!("rule-{}", record.id), ListedOrigin::NetAdd)
+                }
+                // Listed as RateLimits.
+                _ => continue,
             };
             listed.push(Listed {
                 api_version: ApiVersion::V1Alpha1,
@@ -425,6 +508,40 @@ pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
                     rule_id: Some(record.id),
                 },
             });
+        }
+    }
+    if wanted(Kind::RateLimit) {
+        let item = |name: String, origin, spec, id| Listed {
+            api_version: ApiVersion::V1Alpha1,
+            kind: Kind::RateLimit,
+            metadata: ListedMetadata { name },
+            spec: ListedSpec::RateLimit(spec),
+            status: ListedStatus {
+                origin,
+                cgroups: Vec::new(),
+                rule_id: Some(id),
+            },
+        };
+        for record in &state.conn_limits.rules {
+            let (name, origin) = match &record.declared_by {
+                Some(name) => (name.clone(), ListedOrigin::Declared),
+                None => (format!("rule-{}", record.id), ListedOrigin::ConnAdd),
+            };
+            let spec = RateLimitSpec::of_outbound(&record.spec);
+            listed.push(item(name, origin, spec, record.id));
+        }
+        // A hand-made net rule of connections is a `rein conn add --dev` (or a `rein net add
+        // --connections`: the same rule).
+        for record in &state.net_rules.net {
+            let (name, origin) = match record.declared_by.as_deref().map(net_rule_owner) {
+                Some((Kind::RateLimit, name)) => (name.to_owned(), ListedOrigin::Declared),
+                None if record.spec.limits_connections() => {
+                    (format!("rule-{}", record.id), ListedOrigin::ConnAdd)
+                }
+                _ => continue,
+            };
+            let spec = RateLimitSpec::of_inbound(&record.spec);
+            listed.push(item(name, origin, spec, record.id));
         }
     }
     Ok(listed)

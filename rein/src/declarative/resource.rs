@@ -2,16 +2,22 @@
 //! and a `spec` per capability. These types are the schema: the JSON Schema is generated from
 //! them ([`json_schema`]), and a value of them is valid (units, addresses and combinations are
 //! checked while the file is read, so an error points at its line and column).
-use std::{fmt, num::NonZeroU16};
+use std::{fmt, num::NonZeroU16, path::PathBuf};
 
 use rein_common::Direction;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    capabilities::net_rules::{
-        request::{Algorithm, MAX_PPS, NetRuleRequest, OptionNames},
-        spec::{Cidr, NetRuleSpec, Protocol, SketchSize},
+    capabilities::{
+        conn_limits::{
+            request::{NewConnRule, ScopeRequest},
+            spec::{ConnError, ConnLimit, ConnRuleSpec, ConnScopeSpec, Destination},
+        },
+        net_rules::{
+            request::{Algorithm, MAX_PPS, NetRuleRequest, OptionNames},
+            spec::{Cidr, NetRuleSpec, Protocol, SketchSize},
+        },
     },
     units::{EventRate, Period, Rate, Size},
 };
@@ -31,15 +37,17 @@ pub enum ApiVersion {
 pub enum Kind {
     CgroupLimit,
     NetRule,
+    RateLimit,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::CgroupLimit, Kind::NetRule];
+    pub const ALL: [Kind; 3] = [Kind::CgroupLimit, Kind::NetRule, Kind::RateLimit];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::CgroupLimit => "CgroupLimit",
             Kind::NetRule => "NetRule",
+            Kind::RateLimit => "RateLimit",
         }
     }
 }
@@ -127,6 +135,9 @@ pub enum Resource {
     CgroupLimit(Manifest<CgroupLimitSpec>),
     /// A `rein net` rule: a limit on an interface by address, service and source.
     NetRule(Manifest<NetRuleResourceSpec>),
+    /// A limit on new connections: those local processes open (`rein conn add --dst`), or
+    /// those a device receives (`rein conn add --dev`).
+    RateLimit(Manifest<RateLimitSpec>),
 }
 
 impl Resource {
@@ -134,6 +145,7 @@ impl Resource {
         match self {
             Resource::CgroupLimit(_) => Kind::CgroupLimit,
             Resource::NetRule(_) => Kind::NetRule,
+            Resource::RateLimit(_) => Kind::RateLimit,
         }
     }
 
@@ -141,6 +153,7 @@ impl Resource {
         match self {
             Resource::CgroupLimit(m) => &m.metadata.name,
             Resource::NetRule(m) => &m.metadata.name,
+            Resource::RateLimit(m) => &m.metadata.name,
         }
     }
 }
@@ -467,6 +480,308 @@ impl From<NetRuleResourceSpec> for NetRuleFields {
     }
 }
 
+/// `RateLimit`'s spec: a connection limit, outbound or (with `device`) inbound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "RateLimitFields", into = "RateLimitFields")]
+#[schemars(with = "RateLimitFields")]
+pub struct RateLimitSpec {
+    fields: RateLimitFields,
+    rule: RateLimitRule,
+}
+
+/// What a `RateLimit` limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RateLimitRule {
+    /// The connects of local processes, as `rein conn add --dst` (scope still a path).
+    Outbound(NewConnRule),
+    /// The connections a device receives (TCP SYNs), as `rein conn add --dev`.
+    Inbound(NetRuleSpec),
+}
+
+impl RateLimitSpec {
+    pub fn rule(&self) -> &RateLimitRule {
+        &self.rule
+    }
+
+    /// The resource spec of an outbound rule, in the shape it is best written in: `rate` with
+    /// a `destination`, `rules` with a `service` (for `rein get`).
+    pub fn of_outbound(rule: &ConnRuleSpec) -> Self {
+        let (cgroup, netns) = match &rule.scope {
+            ConnScopeSpec::All => (None, None),
+            ConnScopeSpec::Cgroup { path, .. } => (Some(PathBuf::from(path)), None),
+            ConnScopeSpec::Netns { path, .. } => (None, Some(path.clone())),
+        };
+        let mut fields = RateLimitFields {
+            protocol: rule.protocol,
+            cgroup: cgroup.clone(),
+            netns: netns.clone(),
+            per_caller: rule.per_caller,
+            ..RateLimitFields::default()
+        };
+        match rule.limit {
+            ConnLimit::Rate { rate, burst } => {
+                fields.destination = Some(rule.destination.to_string());
+                fields.rate = Some(rate);
+                fields.burst = Some(burst);
+            }
+            ConnLimit::Fill {
+                max_tokens,
+                tokens_per_fill,
+                fill_ns,
+            } => {
+                fields.service = Some(rule.destination);
+                // Made from a Period, so one again.
+                fields.rules = Period::try_from(fill_ns).ok().map(|fill_interval| {
+                    vec![FillRule {
+                        max_tokens: u64::from(max_tokens),
+                        tokens_per_fill: u64::from(tokens_per_fill),
+                        fill_interval,
+                    }]
+                });
+            }
+        }
+        let scope = match (cgroup, netns) {
+            (Some(path), _) => ScopeRequest::Cgroup(path),
+            (None, Some(path)) => ScopeRequest::Netns(path),
+            (None, None) => ScopeRequest::All,
+        };
+        Self {
+            fields,
+            rule: RateLimitRule::Outbound(NewConnRule {
+                destination: rule.destination,
+                protocol: rule.protocol,
+                scope,
+                limit: rule.limit,
+                per_caller: rule.per_caller,
+            }),
+        }
+    }
+
+    /// The resource spec of an inbound rule (a net rule limiting connections).
+    pub fn of_inbound(rule: &NetRuleSpec) -> Self {
+        let request = NetRuleRequest::of_rule(rule);
+        let fields = RateLimitFields {
+            device: Some(request.device),
+            port: request.port.and_then(NonZeroU16::new),
+            destination: request.destination.map(|cidr| cidr.to_string()),
+            rate: request.connections,
+            burst: request.burst.and_then(|burst| burst.parse().ok()),
+            per_source: request.per_source,
+            sketch: request.sketch,
+            xdp: request.xdp,
+            ..RateLimitFields::default()
+        };
+        Self {
+            fields,
+            rule: RateLimitRule::Inbound(rule.clone()),
+        }
+    }
+}
+
+/// A `RateLimit`'s fields as a file gives them. Outbound: `destination` (or `service`) with
+/// `rate` and `burst`, or with `rules` (Envoy's and KMesh's token bucket); inbound: `device`
+/// and `port` with `rate` and `burst`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RateLimitFields {
+    /// Outbound: where the connections go, IP[/PREFIX][:PORT] or [IPV6]:PORT. Inbound: the
+    /// local address they go to (IP or prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    destination: Option<String>,
+    /// Outbound, as Envoy and KMesh name it: the destination, IP[:PORT].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    service: Option<Destination>,
+    /// Outbound: tcp or udp (default both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    protocol: Option<Protocol>,
+    /// New connections at a rate: 100/s, 30/min, 1/h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    rate: Option<EventRate>,
+    /// Connections at once above the rate (default one second at the rate, at least 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    burst: Option<u64>,
+    /// Outbound, instead of rate: one token bucket, Envoy's local rate limit's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rules: Option<Vec<FillRule>>,
+    /// Outbound: count the connects of this cgroup's processes only (a path from the cgroup
+    /// v2 root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    cgroup: Option<PathBuf>,
+    /// Outbound: count the connects of this network namespace's processes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    netns: Option<PathBuf>,
+    /// Outbound: a bucket per caller network namespace.
+    #[serde(default, skip_serializing_if = "is_false")]
+    per_caller: bool,
+    /// Inbound: the device that receives the connections, in rein's network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
+    /// Inbound: the local TCP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<NonZeroU16>,
+    /// Inbound: a bucket per source address.
+    #[serde(default, skip_serializing_if = "is_false")]
+    per_source: bool,
+    /// Inbound, with perSource: estimate sources in a count-min sketch of WIDTHxDEPTH cells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    sketch: Option<SketchSize>,
+    /// Inbound: count on XDP instead of tc.
+    #[serde(default, skip_serializing_if = "is_false")]
+    xdp: bool,
+}
+
+/// One entry of `rules`: a bucket of `maxTokens` that gains `tokensPerFill` each
+/// `fillInterval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FillRule {
+    max_tokens: u64,
+    tokens_per_fill: u64,
+    /// 100ms, 1s, 60s, 1m.
+    #[serde(with = "tc")]
+    #[schemars(with = "String")]
+    fill_interval: Period,
+}
+
+impl TryFrom<RateLimitFields> for RateLimitSpec {
+    type Error = String;
+    fn try_from(fields: RateLimitFields) -> Result<Self, String> {
+        let rule = match &fields.device {
+            Some(device) => RateLimitRule::Inbound(inbound(&fields, device)?),
+            None => RateLimitRule::Outbound(outbound(&fields)?),
+        };
+        Ok(Self { fields, rule })
+    }
+}
+
+fn inbound(fields: &RateLimitFields, device: &str) -> Result<NetRuleSpec, String> {
+    let fail = |message: &str| Err(format!("RateLimit: {message}"));
+    if fields.service.is_some()
+        || fields.rules.is_some()
+        || fields.cgroup.is_some()
+        || fields.netns.is_some()
+        || fields.per_caller
+    {
+        return fail(
+            "service, rules, cgroup, netns and perCaller belong to outbound limits (without              device)",
+        );
+    }
+    if fields.protocol.is_some_and(|p| p != Protocol::Tcp) {
+        return fail("an inbound limit counts TCP connections: protocol tcp or none");
+    }
+    let Some(port) = fields.port else {
+        return fail("an inbound limit (device) needs port: the local TCP port it guards");
+    };
+    let Some(rate) = fields.rate else {
+        return fail("give rate: N/s (with burst)");
+    };
+    let destination = fields
+        .destination
+        .as_deref()
+        .map(str::parse::<Cidr>)
+        .transpose()
+        .map_err(|error| format!("RateLimit: destination: {error}"))?;
+    let request = NetRuleRequest {
+        device: device.to_owned(),
+        direction: Direction::Ingress,
+        xdp: fields.xdp,
+        source: None,
+        destination,
+        protocol: Some(Protocol::Tcp),
+        port: Some(port.get()),
+        rate: None,
+        pps: None,
+        connections: Some(rate),
+        burst: fields.burst.map(|burst| burst.to_string()),
+        algorithm: Algorithm::TokenBucket,
+        window: None,
+        per_source: fields.per_source,
+        sketch: fields.sketch,
+    };
+    let names = OptionNames {
+        connections: "rate",
+        ..OptionNames::FIELDS
+    };
+    request
+        .resolve(&names)
+        .map_err(|error| format!("RateLimit: {error}"))
+}
+
+fn outbound(fields: &RateLimitFields) -> Result<NewConnRule, String> {
+    let fail = |message: &str| Err(format!("RateLimit: {message}"));
+    let checked = |result: Result<ConnLimit, ConnError>| {
+        result.map_err(|error| format!("RateLimit: {error}"))
+    };
+    if fields.port.is_some() || fields.per_source || fields.sketch.is_some() || fields.xdp {
+        return fail("port, perSource, sketch and xdp belong to inbound limits (with device)");
+    }
+    let destination = match (&fields.destination, fields.service) {
+        (Some(_), Some(_)) => return fail("give destination or service, not both"),
+        (None, None) => {
+            return fail(
+                "give destination (IP[/PREFIX][:PORT]) or service for outbound connections, or                  device and port for inbound ones",
+            );
+        }
+        (Some(text), None) => text
+            .parse::<Destination>()
+            .map_err(|error| format!("RateLimit: destination: {error}"))?,
+        (None, Some(service)) => service,
+    };
+    let limit = match (fields.rate, &fields.rules) {
+        (Some(_), Some(_)) => return fail("give rate (with burst) or rules, not both"),
+        (None, None) => {
+            return fail(
+                "give rate: N/s (with burst) or rules: [{maxTokens, tokensPerFill,                  fillInterval}]",
+            );
+        }
+        (Some(rate), None) => checked(ConnLimit::rate(rate, fields.burst))?,
+        (None, Some(rules)) => {
+            if fields.burst.is_some() {
+                return fail("burst belongs to rate; the bucket of rules is its maxTokens");
+            }
+            // Several buckets a connection must all conform to would need several kernel
+            // rules on one key, which the trie cannot hold.
+            match rules.as_slice() {
+                [rule] => checked(ConnLimit::fill(
+                    rule.max_tokens,
+                    rule.tokens_per_fill,
+                    rule.fill_interval,
+                ))?,
+                [] => return fail("rules needs one entry"),
+                [..] => {
+                    return fail(
+                        "rules takes one entry: rein keeps one bucket per destination (declare                          another destination or scope for another bucket)",
+                    );
+                }
+            }
+        }
+    };
+    let scope = match (&fields.cgroup, &fields.netns) {
+        (Some(_), Some(_)) => return fail("give cgroup or netns, not both"),
+        (Some(cgroup), None) => ScopeRequest::Cgroup(cgroup.clone()),
+        (None, Some(netns)) => ScopeRequest::Netns(netns.clone()),
+        (None, None) => ScopeRequest::All,
+    };
+    Ok(NewConnRule {
+        destination,
+        protocol: fields.protocol,
+        scope,
+        limit,
+        per_caller: fields.per_caller,
+    })
+}
+
+impl From<RateLimitSpec> for RateLimitFields {
+    fn from(spec: RateLimitSpec) -> Self {
+        spec.fields
+    }
+}
+
 /// tc(8) notation in files: a value is written as a string with a unit, or a bare number.
 mod tc {
     use std::{fmt, str::FromStr};
@@ -599,6 +914,83 @@ mod tests {
             let error = serde_norway::from_str::<NetRuleResourceSpec>(&text)
                 .unwrap_err()
                 .to_string();
+            assert!(error.contains(needle), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn rate_limits_take_both_shapes_and_refuse_mixes() {
+        let read = |text: &str| serde_norway::from_str::<RateLimitSpec>(text);
+        let outbound = |text: &str| match read(text).unwrap().rule().clone() {
+            RateLimitRule::Outbound(rule) => rule,
+            RateLimitRule::Inbound(rule) => panic!("inbound: {rule:?}"),
+        };
+        let rein = outbound("destination: \"[2001:db8::1]:443\"\nrate: 100/s\nburst: 20\n");
+        assert_eq!(rein.destination.port, Some(443));
+        assert!(matches!(rein.limit, ConnLimit::Rate { burst: 20, .. }));
+        let envoy = outbound(
+            "service: 10.0.0.1:80\nrules:\n- maxTokens: 4\n  tokensPerFill: 4\n  \
+             fillInterval: 60s\ncgroup: /a\nperCaller: true\n",
+        );
+        assert_eq!(
+            envoy.limit,
+            ConnLimit::Fill {
+                max_tokens: 4,
+                tokens_per_fill: 4,
+                fill_ns: 60_000_000_000
+            }
+        );
+        assert_eq!(envoy.scope, ScopeRequest::Cgroup("/a".into()));
+        let inbound = read("device: eth0\nport: 443\nrate: 50/s\nperSource: true\n").unwrap();
+        let RateLimitRule::Inbound(rule) = inbound.rule() else {
+            panic!("outbound: {inbound:?}");
+        };
+        assert!(rule.limits_connections());
+        assert_eq!((rule.port, rule.protocol), (Some(443), Some(Protocol::Tcp)));
+        // `rein get` shows a rule in fields that declare it again.
+        let shown = serde_norway::to_string(&RateLimitSpec::of_inbound(rule)).unwrap();
+        assert_eq!(read(&shown).unwrap().rule(), inbound.rule(), "{shown}");
+
+        let fill = "rules:\n- maxTokens: 4\n  tokensPerFill: 4\n  fillInterval: 60s\n";
+        for (text, needle) in [
+            (
+                format!("destination: 10.0.0.1\nrate: 5/s\n{fill}"),
+                "not both",
+            ),
+            ("destination: 10.0.0.1\n".into(), "give rate"),
+            ("rate: 5/s\n".into(), "give destination"),
+            ("destination: 10.0.0.1\nrate: 0/s\n".into(), "0/s"),
+            (
+                "destination: 10.0.0.1\nrate: 5/s\nburst: 0\n".into(),
+                "burst of 0",
+            ),
+            (
+                "service: 10.0.0.1\nrules:\n- {maxTokens: 1, tokensPerFill: 1, fillInterval: 0s}\n"
+                    .into(),
+                "0s",
+            ),
+            (
+                format!(
+                    "service: 10.0.0.1\n{fill}- {{maxTokens: 1, tokensPerFill: 1, fillInterval: 1s}}\n"
+                ),
+                "rules takes one entry",
+            ),
+            (
+                "service: 10.0.0.1\nrules:\n- {maxTokens: 0, tokensPerFill: 1, fillInterval: 1s}\n"
+                    .into(),
+                "bucket of 0",
+            ),
+            (
+                "destination: 10.0.0.1\nrate: 5/s\nport: 80\n".into(),
+                "inbound",
+            ),
+            ("device: eth0\nrate: 5/s\n".into(), "needs port"),
+            (
+                "device: eth0\nport: 80\nrate: 5/s\nperCaller: true\n".into(),
+                "outbound",
+            ),
+        ] {
+            let error = read(&text).unwrap_err().to_string();
             assert!(error.contains(needle), "{text}: {error}");
         }
     }

@@ -21,6 +21,7 @@ use prometheus_client::{
 use crate::{
     capabilities::{
         cgroup_limit::DirectionView,
+        conn_limits::{ConnRuleView, spec::ConnLimit},
         net_rules::{
             NetRuleView,
             spec::{NetHook, NetLimit, Per},
@@ -200,6 +201,7 @@ pub fn render_with(status: &Status, extra: &Extra) -> Result<String> {
     }
 
     render_net(&mut families, &status.net);
+    render_conn(&mut families, &status.conn, &status.net);
 
     let mut out = String::new();
     text::encode(&mut out, &families.registry)
@@ -340,6 +342,105 @@ fn render_net(families: &mut Families, rules: &[NetRuleView]) {
                 ],
             );
         }
+    }
+}
+
+/// New-connection limits of both directions, in families of their own: outbound `rein conn`
+/// rules from their counters, inbound ones (net rules of connections) from their net rule's
+/// (SYNs passed are allowed, SYNs dropped refused), so one query sees every connection limit.
+fn render_conn(families: &mut Families, outbound: &[ConnRuleView], net: &[NetRuleView]) {
+    let allowed = families.counter(
+        "conn_allowed",
+        "New connections a connection limit let through",
+        None,
+    );
+    let refused = families.counter(
+        "conn_refused",
+        "New connections a connection limit refused",
+        None,
+    );
+    let refused_table_full = families.counter(
+        "conn_refused_table_full",
+        "Connections a per-caller limit refused for want of room for a new caller",
+        None,
+    );
+    let tokens: Family<Labels, Gauge> = families.gauge(
+        "conn_tokens",
+        "Connections the shared bucket of an outbound limit holds now",
+        None,
+    );
+    let limit: Family<Labels, Gauge<f64, AtomicU64>> = families.gauge(
+        "conn_limit_per_second",
+        "A connection limit's rate (a fill form's tokens per fill over its interval)",
+        None,
+    );
+    let caller_allowed = families.counter(
+        "conn_caller_allowed",
+        "New connections a per-caller limit let through for one of its top callers",
+        None,
+    );
+    let caller_refused = families.counter(
+        "conn_caller_refused",
+        "New connections a per-caller limit refused one of its top callers",
+        None,
+    );
+    for view in outbound {
+        let spec = &view.record.spec;
+        let labels: Labels = vec![
+            ("rule", view.record.id.to_string()),
+            ("direction", "outbound".into()),
+            ("destination", spec.destination.to_string()),
+            ("scope", spec.scope.to_string()),
+        ];
+        allowed.get_or_create(&labels).inc_by(view.allowed);
+        refused.get_or_create(&labels).inc_by(view.refused);
+        refused_table_full
+            .get_or_create(&labels)
+            .inc_by(view.refused_table_full);
+        if let Some(held) = view.tokens {
+            tokens.get_or_create(&labels).set(gauge_value(held));
+        }
+        let per_second = match spec.limit {
+            ConnLimit::Rate { rate, .. } => rate.count() as f64 * 1e9 / rate.period_ns() as f64,
+            ConnLimit::Fill {
+                tokens_per_fill,
+                fill_ns,
+                ..
+            } => f64::from(tokens_per_fill) * 1e9 / fill_ns as f64,
+        };
+        limit.get_or_create(&labels).set(per_second);
+        // At most `TOP_CALLERS` of them: bounded however many callers a rule has.
+        for caller in &view.top_callers {
+            let labels = vec![
+                ("rule", view.record.id.to_string()),
+                ("netns", caller.netns.to_string()),
+            ];
+            caller_allowed.get_or_create(&labels).inc_by(caller.allowed);
+            caller_refused.get_or_create(&labels).inc_by(caller.refused);
+        }
+    }
+    for view in net {
+        let spec = &view.record.spec;
+        let NetLimit::Connections { rate, .. } = spec.limit else {
+            continue;
+        };
+        let destination = match (spec.destination, spec.port) {
+            (Some(cidr), Some(port)) => format!("{cidr} port {port}"),
+            (Some(cidr), None) => cidr.to_string(),
+            (None, Some(port)) => format!("port {port}"),
+            (None, None) => "any".into(),
+        };
+        let labels: Labels = vec![
+            ("rule", view.record.id.to_string()),
+            ("direction", "inbound".into()),
+            ("destination", destination),
+            ("device", spec.device.clone()),
+        ];
+        allowed.get_or_create(&labels).inc_by(view.passed_packets);
+        refused.get_or_create(&labels).inc_by(view.dropped_packets);
+        limit
+            .get_or_create(&labels)
+            .set(rate.count() as f64 * 1e9 / rate.period_ns() as f64);
     }
 }
 

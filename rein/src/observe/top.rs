@@ -22,7 +22,10 @@ use ratatui::{
 };
 
 use crate::{
-    capabilities::net_rules::spec::{NetHook, NetLimit, Per},
+    capabilities::{
+        conn_limits::spec::ConnLimit,
+        net_rules::spec::{NetHook, NetLimit, Per},
+    },
     engine::Status,
     error::{Error, Result},
     instance::Instance,
@@ -48,16 +51,29 @@ pub struct Key {
     pub direction: &'static str,
 }
 
+/// What a row's rate counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measure {
+    /// IP bytes (shown in bits per second).
+    Bytes,
+    /// New connections: allowed ones as the rate, refused ones as the drops.
+    Connections,
+}
+
 /// What one read found for one limit and direction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reading {
     pub key: Key,
-    /// The limit in IP bytes per second, when it is one (a packet rate or a window is not).
-    pub limit_bytes_per_second: Option<u64>,
+    pub measure: Measure,
+    /// The limit per second in the reading's measure, when it is one (a packet rate or a
+    /// window is not).
+    pub limit_per_second: Option<u64>,
     /// The limit as the operator wrote it, shortly.
     pub limit_text: String,
-    pub passed_bytes: u64,
+    /// IP bytes passed, or connections allowed.
+    pub passed: u64,
     pub dropped_bytes: u64,
+    /// Packets dropped, or connections refused.
     pub dropped_packets: u64,
     /// TCP flows sharing the limit (cgroup limits).
     pub tcp_flows: Option<u32>,
@@ -75,9 +91,10 @@ pub fn readings(status: &Status) -> Vec<Reading> {
                     name: rule.cgroup.clone(),
                     direction,
                 },
-                limit_bytes_per_second: Some(view.rate_bits_per_second / 8),
+                measure: Measure::Bytes,
+                limit_per_second: Some(view.rate_bits_per_second / 8),
                 limit_text: bits(view.rate_bits_per_second as f64),
-                passed_bytes: view.passed_bytes,
+                passed: view.passed_bytes,
                 dropped_bytes: view.dropped_bytes,
                 dropped_packets: view.dropped_packets,
                 tcp_flows: Some(view.tcp_flows),
@@ -90,8 +107,25 @@ pub fn readings(status: &Status) -> Vec<Reading> {
             NetHook::TcEgress => "egress",
             NetHook::TcIngress | NetHook::Xdp => "ingress",
         };
-        let (limit_bytes_per_second, limit_text) = match spec.limit {
-            NetLimit::Connections { rate, .. } => (None, format!("{rate} conn")),
+        let (limit_per_second, limit_text) = match spec.limit {
+            NetLimit::Connections { rate, .. } => {
+                // A row of connections, like the outbound rules'.
+                out.push(Reading {
+                    key: Key {
+                        kind: "conn",
+                        name: format!("#{} {} {}", view.record.id, spec.device, spec.hook.name()),
+                        direction: "inbound",
+                    },
+                    measure: Measure::Connections,
+                    limit_per_second: Some(rate.per_second_ceil()),
+                    limit_text: format!("{rate}"),
+                    passed: view.passed_packets,
+                    dropped_bytes: 0,
+                    dropped_packets: view.dropped_packets,
+                    tcp_flows: None,
+                });
+                continue;
+            }
             NetLimit::TokenBucket {
                 per: Per::Bytes,
                 rate,
@@ -125,11 +159,43 @@ pub fn readings(status: &Status) -> Vec<Reading> {
                 name: format!("#{} {} {}", view.record.id, spec.device, spec.hook.name()),
                 direction,
             },
-            limit_bytes_per_second,
+            measure: Measure::Bytes,
+            limit_per_second,
             limit_text,
-            passed_bytes: view.passed_bytes,
+            passed: view.passed_bytes,
             dropped_bytes: view.dropped_bytes,
             dropped_packets: view.dropped_packets,
+            tcp_flows: None,
+        });
+    }
+    for view in &status.conn {
+        let spec = &view.record.spec;
+        let limit_per_second = match spec.limit {
+            ConnLimit::Rate { rate, .. } => rate.per_second_ceil(),
+            ConnLimit::Fill {
+                tokens_per_fill,
+                fill_ns,
+                ..
+            } => (u128::from(tokens_per_fill) * 1_000_000_000)
+                .div_ceil(u128::from(fill_ns))
+                .try_into()
+                .unwrap_or(u64::MAX),
+        };
+        out.push(Reading {
+            key: Key {
+                kind: "conn",
+                name: format!("#{} {}", view.record.id, spec.destination),
+                direction: "outbound",
+            },
+            measure: Measure::Connections,
+            limit_per_second: Some(limit_per_second),
+            limit_text: match spec.limit {
+                ConnLimit::Rate { rate, .. } => rate.to_string(),
+                fill => fill.to_string(),
+            },
+            passed: view.allowed,
+            dropped_bytes: 0,
+            dropped_packets: view.refused,
             tcp_flows: None,
         });
     }
@@ -167,9 +233,11 @@ impl History {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
     pub key: Key,
+    pub measure: Measure,
     pub limit_text: String,
-    pub limit_bytes_per_second: Option<u64>,
-    /// IP bytes per second over the last second; `None` before the second read.
+    pub limit_per_second: Option<u64>,
+    /// IP bytes (or connections) per second over the last second; `None` before the second
+    /// read.
     pub rate: Option<f64>,
     pub drops_per_second: Option<f64>,
     pub dropped_packets: u64,
@@ -181,7 +249,7 @@ pub struct Row {
 impl Row {
     /// The rate as a share of the limit.
     pub fn use_of_limit(&self) -> Option<f64> {
-        let limit = self.limit_bytes_per_second.filter(|l| *l > 0)?;
+        let limit = self.limit_per_second.filter(|l| *l > 0)?;
         Some(self.rate? / limit as f64)
     }
 }
@@ -198,7 +266,7 @@ fn row(samples: &VecDeque<(f64, Reading)>) -> Option<Row> {
         .zip(samples.iter().skip(1))
         .map(|(a, b)| {
             (
-                per_second(a, b, |r| r.passed_bytes),
+                per_second(a, b, |r| r.passed),
                 per_second(a, b, |r| r.dropped_packets),
             )
         })
@@ -206,8 +274,9 @@ fn row(samples: &VecDeque<(f64, Reading)>) -> Option<Row> {
     let (rate, drops_per_second) = pairs.last().copied().unwrap_or((None, None));
     Some(Row {
         key: last.key.clone(),
+        measure: last.measure,
         limit_text: last.limit_text.clone(),
-        limit_bytes_per_second: last.limit_bytes_per_second,
+        limit_per_second: last.limit_per_second,
         rate,
         drops_per_second,
         dropped_packets: last.dropped_packets,
@@ -335,7 +404,10 @@ pub fn lines(rows: &[Row], sort: Sort) -> Vec<String> {
             name
         };
         let dash = || "-".to_owned();
-        let rate = row.rate.map_or_else(dash, |r| bits(r * 8.0));
+        let rate = row.rate.map_or_else(dash, |r| match row.measure {
+            Measure::Bytes => bits(r * 8.0),
+            Measure::Connections => format!("{r:.1} conn/s"),
+        });
         let share = row
             .use_of_limit()
             .map_or_else(dash, |u| format!("{:.0}%", u * 100.0));
@@ -350,7 +422,7 @@ pub fn lines(rows: &[Row], sort: Sort) -> Vec<String> {
             row.key.direction,
             row.limit_text,
             row.dropped_packets,
-            sparkline(&row.history, row.limit_bytes_per_second),
+            sparkline(&row.history, row.limit_per_second),
         );
         out.push(line);
     }
@@ -470,9 +542,10 @@ mod tests {
                 name: name.into(),
                 direction: "egress",
             },
-            limit_bytes_per_second: Some(2_500_000),
+            measure: Measure::Bytes,
+            limit_per_second: Some(2_500_000),
             limit_text: bits(20e6),
-            passed_bytes: passed,
+            passed,
             dropped_bytes: dropped * 1500,
             dropped_packets: dropped,
             tcp_flows: Some(flows),
@@ -594,9 +667,62 @@ mod tests {
         let readings = readings(&status);
         assert_eq!(readings.len(), 1);
         assert_eq!(readings[0].key.direction, "egress");
-        assert_eq!(readings[0].limit_bytes_per_second, Some(2_500_000));
-        assert_eq!(readings[0].passed_bytes, 15_000);
+        assert_eq!(readings[0].limit_per_second, Some(2_500_000));
+        assert_eq!(readings[0].passed, 15_000);
         assert_eq!(readings[0].tcp_flows, Some(2));
+    }
+
+    #[test]
+    fn a_connection_limit_is_a_row_of_connections_against_its_rate() {
+        use crate::capabilities::conn_limits::{
+            ConnRuleRecord, ConnRuleView,
+            spec::{ConnRuleSpec, ConnScopeSpec},
+        };
+        let conn = |allowed, refused| ConnRuleView {
+            record: ConnRuleRecord {
+                id: 4,
+                spec: ConnRuleSpec {
+                    destination: "198.18.13.1:80".parse().unwrap(),
+                    protocol: None,
+                    scope: ConnScopeSpec::All,
+                    limit: ConnLimit::rate("20/s".parse().unwrap(), None).unwrap(),
+                    per_caller: false,
+                },
+                anchor_ns: None,
+                declared_by: Some("web".into()),
+            },
+            allowed,
+            refused,
+            refused_table_full: 0,
+            tokens: Some(3),
+            top_callers: vec![],
+        };
+        let status = |allowed, refused| Status {
+            cgroups: vec![],
+            net: vec![],
+            conn: vec![conn(allowed, refused)],
+            queues: vec![],
+        };
+        let mut history = History::default();
+        history.observe(0.0, readings(&status(100, 7)));
+        history.observe(2.0, readings(&status(120, 37)));
+        let rows = history.rows();
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(
+            (row.key.kind, row.key.direction, row.measure),
+            ("conn", "outbound", Measure::Connections)
+        );
+        assert_eq!((row.rate, row.drops_per_second), (Some(10.0), Some(15.0)));
+        assert_eq!(row.use_of_limit(), Some(0.5));
+        let table = lines(&rows, Sort::default());
+        let line = &table[1];
+        assert!(line.starts_with("conn #4 198.18.13.1:80"), "{line}");
+        assert!(
+            line.contains("10.0 conn/s") && line.contains("20/s"),
+            "{line}"
+        );
+        assert!(line.contains("50%") && line.contains(" 15 "), "{line}");
     }
 
     #[test]

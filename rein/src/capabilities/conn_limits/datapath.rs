@@ -262,6 +262,17 @@ impl ConnDatapath {
 
     /// Rewrites the limit of rule `id`, which is in place; its bucket's state is kept.
     pub fn change_rule(&mut self, id: u32, rule: ConnRule) -> Result<()> {
+        self.change_rule_with(id, rule, |state| state)
+    }
+
+    /// Rewrites the limit of rule `id`, which is in place, its bucket's state carried by
+    /// `carry` (from the word it holds now).
+    pub fn change_rule_with(
+        &mut self,
+        id: u32,
+        rule: ConnRule,
+        carry: impl Fn(u64) -> u64,
+    ) -> Result<()> {
         let current = self.rules.get(&id, 0).map_err(|e| {
             if map_errno(&e) == Some(libc::ENOENT) || matches!(e, MapError::KeyNotFound) {
                 Error::NoSuchConnRule(id)
@@ -272,7 +283,7 @@ impl ConnDatapath {
         // A take between the read and the write is lost to the new rule's state: a token at
         // most, once per change.
         let rule = ConnRule {
-            state: current.state,
+            state: carry(current.state),
             ..rule
         };
         self.rules
@@ -311,6 +322,27 @@ impl ConnDatapath {
             .filter(|(key, _)| key.rule == id)
             .map(|(key, state)| (key.netns, state))
             .collect()
+    }
+
+    /// Rewrites the bucket of each caller of rule `id` as `carry` says (after a change of its
+    /// limit). A take between a read and its write is lost: a token at most, per caller.
+    pub fn rewrite_callers(&mut self, id: u32, carry: impl Fn(u64) -> u64) {
+        for (netns, caller) in self.callers(id) {
+            let key = CallerKey::new(id, netns);
+            let state = CallerState {
+                state: carry(caller.state),
+                ..caller
+            };
+            let _ = self.callers.insert(key, state, 0);
+        }
+    }
+
+    /// Puts back the callers' buckets `callers` of rule `id` read before a change.
+    pub fn restore_callers(&mut self, id: u32, callers: &[(u64, CallerState)]) {
+        for (netns, caller) in callers {
+            let key = CallerKey::new(id, *netns);
+            let _ = self.callers.insert(key, *caller, 0);
+        }
     }
 
     /// Deletes the callers' entries whose bucket is full again at `now_ns` (CLOCK_MONOTONIC)

@@ -6,14 +6,18 @@ use std::{
     fmt,
 };
 
-use rein_common::conn::{ConnBucket, ConnShapes};
+use rein_common::conn::{CONN_FORM_FILL, ConnBucket, ConnRule, ConnShapes};
 use serde::{Deserialize, Serialize};
 
 pub mod datapath;
 pub mod request;
 pub mod spec;
 
-use self::{datapath::ConnDatapath, request::NewConnRule, spec::ConnRuleSpec};
+use self::{
+    datapath::ConnDatapath,
+    request::NewConnRule,
+    spec::{ConnLimit, ConnRuleSpec},
+};
 use super::{Capability, Context, PreparedReload};
 use crate::{
     engine::{Desired, Engine, Plan, PurgeReport, Step},
@@ -31,6 +35,25 @@ pub struct ConnRuleRecord {
     pub id: u32,
     #[serde(flatten)]
     pub spec: ConnRuleSpec,
+    /// Fill form: where its intervals are counted from (CLOCK_MONOTONIC), kept across changes
+    /// of its limit and reloads so that fills stay at the same instants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_ns: Option<u64>,
+    /// The name of the declarative `RateLimit` the rule belongs to; none for `rein conn add`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_by: Option<String>,
+}
+
+impl ConnRuleRecord {
+    /// The kernel's rule, fresh at `now_ns`, its fill intervals from the recorded anchor (when
+    /// it is not in the future: a clock that started again after a reboot).
+    fn rule(&self, now_ns: u64) -> ConnRule {
+        let mut rule = self.spec.rule(now_ns);
+        if let Some(anchor) = self.anchor_ns.filter(|&a| a <= now_ns) {
+            rule.anchor_ns = anchor;
+        }
+        rule
+    }
 }
 
 /// The `rein conn` section of the state file.
@@ -65,6 +88,7 @@ impl Section {
 pub struct WantedConnRule {
     pub id: Option<u32>,
     pub spec: ConnRuleSpec,
+    pub declared_by: Option<String>,
 }
 
 /// One `rein conn` rule as `list` shows it.
@@ -106,7 +130,11 @@ pub fn add(engine: &mut Engine, rule: NewConnRule) -> Result<ConnRuleRecord> {
     let mut tx = engine.begin()?;
     let spec = rule.resolve(tx.context())?;
     let mut desired = tx.desired();
-    desired.conn_rules.push(WantedConnRule { id: None, spec });
+    desired.conn_rules.push(WantedConnRule {
+        id: None,
+        spec,
+        declared_by: None,
+    });
     let plan = tx.plan(&desired)?;
     let id = first_new_id(tx.state(), &desired);
     tx.apply(&plan)?;
@@ -200,6 +228,7 @@ fn view(
 struct AddRule {
     id: u32,
     spec: ConnRuleSpec,
+    declared_by: Option<String>,
 }
 
 impl fmt::Display for AddRule {
@@ -224,12 +253,8 @@ impl Step for AddRule {
             undo.push(move || ConnDatapath::uninstall(&instance));
         }
         let mut datapath = ConnDatapath::open_or_create(&cx.instance)?;
-        datapath.put(
-            self.id,
-            &[key],
-            self.spec.specificity(),
-            self.spec.rule(cx.now_ns()),
-        )?;
+        let rule = self.spec.rule(cx.now_ns());
+        datapath.put(self.id, &[key], self.spec.specificity(), rule)?;
         {
             let (instance, id) = (cx.instance.clone(), self.id);
             undo.push(move || {
@@ -242,10 +267,83 @@ impl Step for AddRule {
         state.conn_limits.rules.push(ConnRuleRecord {
             id: self.id,
             spec: self.spec.clone(),
+            anchor_ns: (rule.form == CONN_FORM_FILL).then_some(rule.anchor_ns),
+            declared_by: self.declared_by.clone(),
         });
         write_shapes(&mut datapath, state)?;
         // Last: the programs find the rule and its lookups in place.
         ConnDatapath::attach(&cx.instance)
+    }
+}
+
+/// Whether `after` differs from `before` in its limit alone: the same connections counted the
+/// same way (destination, protocol, scope, one bucket or one per caller).
+fn only_the_limit_changed(before: &ConnRuleSpec, after: &ConnRuleSpec) -> bool {
+    let with_new_limit = ConnRuleSpec {
+        limit: after.limit,
+        ..before.clone()
+    };
+    with_new_limit == *after
+}
+
+/// Changes a rule's limit in place (either form into either), keeping its counters, its place
+/// in the trie, a fill form's anchor, and what its buckets hold (up to the new size: see
+/// `spec::carry_bucket`).
+struct ChangeLimit {
+    record: ConnRuleRecord,
+    spec: ConnRuleSpec,
+    declared_by: Option<String>,
+}
+
+impl fmt::Display for ChangeLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "change conn rule {} to {} for {}: {}",
+            self.record.id, self.spec.destination, self.spec.scope, self.spec.limit
+        )
+    }
+}
+
+impl Step for ChangeLimit {
+    fn apply(&self, cx: &Context, state: &mut State, undo: &mut Undo) -> Result<()> {
+        let id = self.record.id;
+        let now = cx.now_ns();
+        let mut anchor_ns = None;
+        let previous = ConnDatapath::is_installed(&cx.instance)
+            .then(|| ConnDatapath::open(&cx.instance))
+            .transpose()?
+            .and_then(|datapath| datapath.rule(id).map(|rule| (datapath, rule)));
+        if let Some((mut datapath, previous)) = previous {
+            let mut rule = self.spec.rule(now);
+            if rule.form == CONN_FORM_FILL {
+                // Intervals stay where they were; a rule new to the fill form starts them now.
+                if previous.form == CONN_FORM_FILL {
+                    rule.anchor_ns = previous.anchor_ns;
+                }
+                anchor_ns = Some(rule.anchor_ns);
+            }
+            let callers = datapath.callers(id);
+            datapath.change_rule_with(id, rule, |word| {
+                spec::carry_bucket(&previous, word, &rule, now)
+            })?;
+            datapath.rewrite_callers(id, |word| spec::carry_bucket(&previous, word, &rule, now));
+            let cx = cx.clone();
+            undo.push(move || {
+                if let Ok(mut datapath) = ConnDatapath::open(&cx.instance) {
+                    let _ = datapath.change_rule_with(id, previous, |_| previous.state);
+                    datapath.restore_callers(id, &callers);
+                }
+            });
+        } else if let ConnLimit::Fill { .. } = self.spec.limit {
+            anchor_ns = Some(self.record.anchor_ns.unwrap_or(now));
+        }
+        if let Some(record) = state.conn_limits.rules.iter_mut().find(|r| r.id == id) {
+            record.spec = self.spec.clone();
+            record.declared_by = self.declared_by.clone();
+            record.anchor_ns = anchor_ns;
+        }
+        Ok(())
     }
 }
 
@@ -279,11 +377,11 @@ impl Step for RemoveRule {
             // Back with a full bucket: a bucket's state cannot be put back exactly, and a full
             // one errs toward letting a connection through.
             let cx = cx.clone();
-            let (id, spec) = (record.id, record.spec.clone());
+            let record = record.clone();
             undo.push(move || {
                 if let Ok(mut datapath) = ConnDatapath::open(&cx.instance) {
-                    let rule = spec.rule(cx.now_ns());
-                    let _ = datapath.put(id, &[key], spec.specificity(), rule);
+                    let rule = record.rule(cx.now_ns());
+                    let _ = datapath.put(record.id, &[key], record.spec.specificity(), rule);
                 }
             });
         }
@@ -331,12 +429,19 @@ impl Capability for ConnLimits {
         for wanted in &desired.conn_rules {
             if let Some(id) = wanted.id {
                 let record = by_id.get(&id).ok_or(Error::NoSuchConnRule(id))?;
-                wanted_by_id.insert(id, (record.spec != wanted.spec).then_some(wanted));
+                let changed =
+                    record.spec != wanted.spec || record.declared_by != wanted.declared_by;
+                wanted_by_id.insert(id, changed.then_some(wanted));
             }
         }
-        // A changed rule is removed and added again under its id, with a full bucket.
+        // A rule whose limit alone changed keeps its bucket (a fresh one would hand out a
+        // burst at every edit); any other change removes it and adds it again under its id.
+        let in_place = |record: &ConnRuleRecord| match wanted_by_id.get(&record.id) {
+            Some(Some(wanted)) => only_the_limit_changed(&record.spec, &wanted.spec),
+            _ => false,
+        };
         for record in &held.rules {
-            if !matches!(wanted_by_id.get(&record.id), Some(None)) {
+            if !matches!(wanted_by_id.get(&record.id), Some(None)) && !in_place(record) {
                 plan.push(RemoveRule {
                     record: record.clone(),
                 });
@@ -344,10 +449,19 @@ impl Capability for ConnLimits {
         }
         for record in &held.rules {
             if let Some(Some(wanted)) = wanted_by_id.get(&record.id) {
-                plan.push(AddRule {
-                    id: record.id,
-                    spec: wanted.spec.clone(),
-                });
+                if in_place(record) {
+                    plan.push(ChangeLimit {
+                        record: record.clone(),
+                        spec: wanted.spec.clone(),
+                        declared_by: wanted.declared_by.clone(),
+                    });
+                } else {
+                    plan.push(AddRule {
+                        id: record.id,
+                        spec: wanted.spec.clone(),
+                        declared_by: wanted.declared_by.clone(),
+                    });
+                }
             }
         }
         let added = desired.conn_rules.iter().filter(|w| w.id.is_none());
@@ -355,6 +469,7 @@ impl Capability for ConnLimits {
             plan.push(AddRule {
                 id,
                 spec: wanted.spec.clone(),
+                declared_by: wanted.declared_by.clone(),
             });
         }
         Ok(())
@@ -384,7 +499,12 @@ impl Capability for ConnLimits {
                 continue;
             }
             let spec = &record.spec;
-            datapath.put(record.id, &[spec.key()], spec.specificity(), spec.rule(now))?;
+            datapath.put(
+                record.id,
+                &[spec.key()],
+                spec.specificity(),
+                record.rule(now),
+            )?;
             restored += 1;
         }
         write_shapes(&mut datapath, state)?;

@@ -6,8 +6,8 @@ use std::{fmt, net::IpAddr, path::PathBuf, str::FromStr};
 use rein_common::{
     conn::{
         CONN_FLAG_PER_CALLER, CONN_FORM_FILL, CONN_FORM_RATE, CONN_SCOPE_ALL, CONN_SCOPE_BITS,
-        CONN_SCOPE_CGROUP, CONN_SCOPE_NETNS, ConnKey, ConnRule, ConnScope, MAX_FILL_TOKENS,
-        MIN_FILL_NS, conn_variant_bit,
+        CONN_SCOPE_CGROUP, CONN_SCOPE_NETNS, ConnBucket, ConnKey, ConnRule, ConnScope, FillBucket,
+        MAX_FILL_TOKENS, MIN_FILL_NS, conn_variant_bit,
     },
     net::{PORT_ANY, PROTOCOL_ANY, specificity},
 };
@@ -285,6 +285,39 @@ impl fmt::Display for ConnLimit {
     }
 }
 
+/// Billionths of a token: the rate form holds fractions of a connection.
+const NANO_TOKENS: u128 = 1_000_000_000;
+
+/// The word of bucket `word` of rule `old` at `now`, carried into rule `new` (whose fill form,
+/// if any, already has its anchor): the new bucket holds what the old one held, never more
+/// than its own size. An edit of a limit thus hands out no fresh burst, and a lowered burst
+/// takes away what is above it.
+pub fn carry_bucket(old: &ConnRule, word: u64, new: &ConnRule, now: u64) -> u64 {
+    let held: u128 = match ConnBucket::of(old) {
+        ConnBucket::Rate { cost_ns, burst_ns } => {
+            let owed = word.saturating_sub(now).min(burst_ns);
+            u128::from(burst_ns - owed) * NANO_TOKENS / u128::from(cost_ns.max(1))
+        }
+        ConnBucket::Fill(fill) => u128::from(fill.tokens(word, now)) * NANO_TOKENS,
+    };
+    match ConnBucket::of(new) {
+        ConnBucket::Rate { cost_ns, burst_ns } => {
+            let held_ns = u64::try_from(held * u128::from(cost_ns) / NANO_TOKENS)
+                .unwrap_or(u64::MAX)
+                .min(burst_ns);
+            // A full bucket is any time not after now; `now` itself keeps the word non-zero
+            // only if it was.
+            now.saturating_add(burst_ns - held_ns)
+        }
+        ConnBucket::Fill(fill) => {
+            let tokens = u64::try_from(held / NANO_TOKENS)
+                .unwrap_or(u64::MAX)
+                .min(u64::from(fill.max_tokens));
+            FillBucket::word(fill.interval(now), u64::from(fill.max_tokens) - tokens)
+        }
+    }
+}
+
 /// A `rein conn` rule as the operator gave it, its scope resolved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnRuleSpec {
@@ -389,6 +422,38 @@ mod tests {
             let error = bad.parse::<Destination>().unwrap_err().to_string();
             assert!(error.contains(needle), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn an_edited_limit_keeps_what_the_bucket_held() {
+        let now = 1_000_000_000_000;
+        let rate = |r: &str, burst| {
+            ConnLimit::rate(r.parse().unwrap(), Some(burst))
+                .unwrap()
+                .rule(now, false)
+        };
+        let tokens = |rule: &ConnRule, word| ConnBucket::of(rule).tokens(word, now);
+        // 10/s burst 10, 8 taken: 2 held.
+        let old = rate("10/s", 10);
+        let word = now + 8 * 100_000_000;
+        assert_eq!(tokens(&old, word), 2);
+        // A faster rate and a bigger burst: still 2, not a fresh 100.
+        let new = rate("100/s", 100);
+        assert_eq!(tokens(&new, carry_bucket(&old, word, &new, now)), 2);
+        // A smaller burst takes away what is above it.
+        let full = rate("1/s", 1);
+        assert_eq!(tokens(&full, carry_bucket(&old, 0, &full, now)), 1);
+        // Into the fill form, keeping its anchor's intervals.
+        let second = Period::try_from(1_000_000_000).unwrap();
+        let mut fill = ConnLimit::fill(50, 5, second).unwrap().rule(now, false);
+        fill.anchor_ns = now - 2_500_000_000;
+        let carried = carry_bucket(&old, word, &fill, now);
+        assert_eq!(tokens(&fill, carried), 2);
+        // Its next fill is at the anchor's next boundary, half a second away.
+        assert_eq!(ConnBucket::of(&fill).tokens(carried, now + 499_000_000), 2);
+        assert_eq!(ConnBucket::of(&fill).tokens(carried, now + 500_000_000), 7);
+        // And back: the fill bucket's 2 tokens are 2 at the new rate.
+        assert_eq!(tokens(&old, carry_bucket(&fill, carried, &old, now)), 2);
     }
 
     #[test]
