@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod cgroup;
 mod clock;
+pub mod connect;
 pub mod error;
 pub mod http;
 pub mod iperf;

@@ -427,6 +427,13 @@ pub fn impossible_pid() -> Result<u32> {
     Ok(max + 1)
 }
 
+/// The one lock of this test binary for tests that count against rates or time on two shared
+/// cores, so they run one at a time; a test that panicked holding it leaves it usable.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

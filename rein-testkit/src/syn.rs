@@ -2,7 +2,6 @@
 //! (`rein conn add --dev`): connects from a chosen source address that count what succeeds,
 //! and a bounded flood of SYNs with spoofed sources from a raw socket (IP_HDRINCL).
 use std::{
-    fs::File,
     io,
     mem::size_of,
     net::{Ipv4Addr, SocketAddrV4},
@@ -10,39 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    error::{Error, Result},
-    model::Xorshift,
-    netns::Netns,
-};
-
-/// Moves the calling thread into the network namespace at `path` (setns changes only the
-/// calling thread's).
-pub fn join_netns(path: &str) -> Result<()> {
-    let file = File::open(path).map_err(|e| Error::failed(format!("{path}: {e}")))?;
-    // SAFETY: a valid namespace file descriptor; affects this thread only.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(Error::failed(format!(
-            "setns {path}: {}",
-            io::Error::last_os_error()
-        )));
-    }
-    Ok(())
-}
-
-/// Runs `f` on a thread of its own that joined `ns`'s network.
-pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let path = ns.path();
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                join_netns(&path)?;
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| Error::failed("the namespace thread panicked"))?
-    })
-}
+use crate::model::Xorshift;
 
 /// One TCP connect from `source` to `server`, given up after `timeout`: true when it was
 /// established (then closed at once).

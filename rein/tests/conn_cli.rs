@@ -16,14 +16,8 @@
 use std::{
     collections::BTreeSet,
     fs,
-    io::{ErrorKind, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -34,19 +28,12 @@ use aya::programs::{
 };
 use rein_testkit::{
     cgroup::in_cgroup,
-    netns::{self, Netns},
-    process::wait_until,
+    connect::{self, Connects, Reply, Server},
+    netns::Netns,
+    process::{one_at_a_time, wait_until},
     rein_instance::ReinInstance,
 };
 use serde_json::Value;
-
-/// The tests count connects against rates and time refusals on two shared cores: one at a
-/// time.
-static TIMED: Mutex<()> = Mutex::new(());
-
-fn timed() -> MutexGuard<'static, ()> {
-    TIMED.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn instance() -> ReinInstance {
     ReinInstance::for_test(env!("CARGO_BIN_EXE_rein"))
@@ -56,125 +43,14 @@ fn instance() -> ReinInstance {
 // Namespaces, servers and clients
 // ---------------------------------------------------------------------------
 
-/// Runs `f` on a thread of its own inside the network namespace `ns`.
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let file = fs::File::open(ns.path()).unwrap();
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: a descriptor we own; the namespace changes for this thread only.
-                let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(ret, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap()
-    })
-}
-
 /// A namespace of the test's own with `addresses` on its loopback.
 fn namespace(addresses: &[&str]) -> Netns {
-    let ns = Netns::create("rcn").unwrap();
-    for address in addresses {
-        let mut args = vec!["-n", ns.name(), "addr", "add", address, "dev", "lo"];
-        if address.contains(':') {
-            args.push("nodad");
-        }
-        netns::ip(&args).unwrap();
-    }
-    ns
+    Netns::with_loopback("rcn", addresses).unwrap()
 }
 
-/// A TCP server inside a namespace: accepts every connection, answers an HTTP request with an
-/// empty 200, and stops on drop.
-struct Server {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(ns: &Netns, ip: &str) -> Self {
-        let listener = in_netns(ns, || TcpListener::bind((ip, 0)).unwrap());
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => answer(stream),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(1));
-                    }
-                    Err(_) => {}
-                }
-            }
-        });
-        Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.addr.port()
-    }
-}
-
-/// An empty 200 for whoever asked (curl); connects that send nothing get it too and close.
-fn answer(mut stream: TcpStream) {
-    let _ = stream.set_nonblocking(true);
-    let mut buffer = [0u8; 512];
-    let _ = stream.read(&mut buffer);
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-    let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// What a client saw.
-#[derive(Default)]
-struct Connects {
-    allowed: u64,
-    refused: u64,
-    /// The slowest refused connect, less the time the thread waited for a CPU (two cores shared
-    /// with other tests preempt it for up to hundreds of ms): a refusal is at once, never a
-    /// timeout.
-    slowest_refusal: Duration,
-    /// The slowest refused connect, as the clock on the wall saw it.
-    slowest_refusal_wall: Duration,
-    /// When each connect began, for the model.
-    attempts: Vec<Instant>,
-    /// Failures other than ECONNREFUSED.
-    other: Vec<String>,
-}
-
-impl std::fmt::Debug for Connects {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} allowed, {} refused (slowest {:?} less CPU waits, {:?} on the wall), other {:?}",
-            self.allowed, self.refused, self.slowest_refusal, self.slowest_refusal_wall, self.other
-        )
-    }
-}
-
-/// How long the calling thread has waited for a CPU, from /proc/thread-self/schedstat (its
-/// second field, ns).
-fn run_delay() -> Duration {
-    let text = fs::read_to_string("/proc/thread-self/schedstat").unwrap();
-    let ns = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    Duration::from_nanos(ns)
+/// A server on `ip` in `ns` that answers curl.
+fn listen(ns: &Netns, ip: &str) -> Server {
+    Server::start(ns, &[SocketAddr::new(ip.parse().unwrap(), 0)], Reply::Http).unwrap()
 }
 
 /// What an exact token bucket of `per_second` and `burst`, full at the first attempt, lets
@@ -196,39 +72,12 @@ fn model_allowed(attempts: &[Instant], per_second: f64, burst: f64) -> u64 {
     allowed
 }
 
-/// Opens connections to `addr` from inside `ns` as fast as it can, one after the other, for
-/// `period` or `max` attempts, whichever comes first.
 fn connect_for(ns: &Netns, addr: SocketAddr, period: Duration, max: u64) -> Connects {
-    in_netns(ns, || {
-        let mut seen = Connects::default();
-        let start = Instant::now();
-        let mut attempts = 0;
-        while start.elapsed() < period && attempts < max {
-            attempts += 1;
-            let (began, waited) = (Instant::now(), run_delay());
-            seen.attempts.push(began);
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                Ok(stream) => {
-                    seen.allowed += 1;
-                    drop(stream);
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    seen.refused += 1;
-                    let wall = began.elapsed();
-                    let took = wall.saturating_sub(run_delay() - waited);
-                    seen.slowest_refusal = seen.slowest_refusal.max(took);
-                    seen.slowest_refusal_wall = seen.slowest_refusal_wall.max(wall);
-                }
-                Err(e) => seen.other.push(e.to_string()),
-            }
-        }
-        seen
-    })
+    connect::connect_for(ns, addr, period, max).unwrap()
 }
 
-/// `n` connects, as fast as they go.
 fn connect_n(ns: &Netns, addr: SocketAddr, n: u64) -> Connects {
-    connect_for(ns, addr, Duration::from_secs(30), n)
+    connect::connect_n(ns, addr, n).unwrap()
 }
 
 /// Only ECONNREFUSED, each at once: under 50 ms, the time the thread waited for a CPU not
@@ -358,17 +207,17 @@ fn assert_rate(what: &str, seen: &Connects, per_second: f64, burst: f64, seconds
 /// leaves nothing.
 #[test]
 fn a_rate_limits_new_connections_and_refuses_at_once() {
-    let _timed = timed();
+    let _timed = one_at_a_time();
     let rein = instance();
     let ns = namespace(&["198.18.13.241/32", "198.18.13.251/32"]);
-    let limited = Server::start(&ns, "198.18.13.241");
-    let other = Server::start(&ns, "198.18.13.251");
+    let limited = listen(&ns, "198.18.13.241");
+    let other = listen(&ns, "198.18.13.251");
     let dst = format!("198.18.13.241:{}", limited.port());
     let id = add(&rein, &["--dst", &dst, "--rate", "100/s", "--burst", "20"]);
     let listed = rule(&rein, id);
     assert_eq!(listed["tokens"].as_u64(), Some(20), "{listed}");
 
-    let seen = connect_for(&ns, limited.addr, Duration::from_secs(2), 1_000_000);
+    let seen = connect_for(&ns, limited.addr(), Duration::from_secs(2), 1_000_000);
     eprintln!("100/s burst 20 for 2 s: {seen:?}");
     assert_clean("100/s", &seen);
     assert_rate("100/s", &seen, 100.0, 20.0, 2.0);
@@ -377,7 +226,7 @@ fn a_rate_limits_new_connections_and_refuses_at_once() {
     assert_eq!(counter(&listed, "refused"), seen.refused, "{listed}");
     assert_eq!(counter(&listed, "refused_table_full"), 0, "{listed}");
 
-    let untouched = connect_n(&ns, other.addr, 300);
+    let untouched = connect_n(&ns, other.addr(), 300);
     assert_eq!(
         (untouched.allowed, untouched.refused),
         (300, 0),
@@ -392,7 +241,7 @@ fn a_rate_limits_new_connections_and_refuses_at_once() {
     assert_eq!(all["conn"][0]["id"].as_u64(), Some(u64::from(id)), "{out}");
 
     rein.rein(&["conn", "del", &id.to_string()]).ok();
-    let free = connect_n(&ns, limited.addr, 300);
+    let free = connect_n(&ns, limited.addr(), 300);
     assert_eq!((free.allowed, free.refused), (300, 0), "{free:?}");
     assert!(rules(&rein).is_empty());
     // The last rule took the programs and maps with it.
@@ -400,7 +249,7 @@ fn a_rate_limits_new_connections_and_refuses_at_once() {
 
     add(&rein, &["--dst", &dst, "--rate", "100/s"]);
     purge_leaves_nothing(&rein);
-    let free = connect_n(&ns, limited.addr, 300);
+    let free = connect_n(&ns, limited.addr(), 300);
     assert_eq!((free.allowed, free.refused), (300, 0), "{free:?}");
 }
 
@@ -408,11 +257,11 @@ fn a_rate_limits_new_connections_and_refuses_at_once() {
 /// which an IPv4 rule covers.
 #[test]
 fn ipv6_and_v4_mapped_destinations_are_limited_too() {
-    let _timed = timed();
+    let _timed = one_at_a_time();
     let rein = instance();
     let ns = namespace(&["fd00:13::242/128", "198.18.13.242/32"]);
-    let v6 = Server::start(&ns, "fd00:13::242");
-    let v4 = Server::start(&ns, "198.18.13.242");
+    let v6 = listen(&ns, "fd00:13::242");
+    let v4 = listen(&ns, "198.18.13.242");
     add(
         &rein,
         &[
@@ -440,7 +289,7 @@ fn ipv6_and_v4_mapped_destinations_are_limited_too() {
     let mapped: SocketAddr = format!("[::ffff:198.18.13.242]:{}", v4.port())
         .parse()
         .unwrap();
-    for (what, addr) in [("IPv6", v6.addr), ("v4-mapped", mapped)] {
+    for (what, addr) in [("IPv6", v6.addr()), ("v4-mapped", mapped)] {
         let seen = connect_for(&ns, addr, Duration::from_secs(2), 1_000_000);
         eprintln!("{what}, 100/s burst 20 for 2 s: {seen:?}");
         assert_clean(what, &seen);
@@ -452,16 +301,13 @@ fn ipv6_and_v4_mapped_destinations_are_limited_too() {
 /// each caller by its namespace's cookie.
 #[test]
 fn each_caller_namespace_gets_its_own_budget() {
-    let _timed = timed();
+    let _timed = one_at_a_time();
     let rein = instance();
     let (a, b) = (
         namespace(&["198.18.13.243/32"]),
         namespace(&["198.18.13.243/32"]),
     );
-    let (server_a, server_b) = (
-        Server::start(&a, "198.18.13.243"),
-        Server::start(&b, "198.18.13.243"),
-    );
+    let (server_a, server_b) = (listen(&a, "198.18.13.243"), listen(&b, "198.18.13.243"));
     let id = add(
         &rein,
         &[
@@ -475,9 +321,10 @@ fn each_caller_namespace_gets_its_own_budget() {
         ],
     );
     let (seen_a, seen_b) = thread::scope(|scope| {
-        let first = scope.spawn(|| connect_for(&a, server_a.addr, Duration::from_secs(1), 100_000));
+        let first =
+            scope.spawn(|| connect_for(&a, server_a.addr(), Duration::from_secs(1), 100_000));
         let second =
-            scope.spawn(|| connect_for(&b, server_b.addr, Duration::from_secs(1), 100_000));
+            scope.spawn(|| connect_for(&b, server_b.addr(), Duration::from_secs(1), 100_000));
         (first.join().unwrap(), second.join().unwrap())
     });
     eprintln!("per caller, 10/s burst 5 for 1 s: {seen_a:?} {seen_b:?}");
@@ -516,8 +363,8 @@ fn each_caller_namespace_gets_its_own_budget() {
             &netns_a,
         ],
     );
-    let seen_a = connect_n(&a, server_a.addr, 10);
-    let seen_b = connect_n(&b, server_b.addr, 10);
+    let seen_a = connect_n(&a, server_a.addr(), 10);
+    let seen_b = connect_n(&b, server_b.addr(), 10);
     assert_eq!((seen_a.allowed, seen_a.refused), (2, 8), "{seen_a:?}");
     assert_eq!((seen_b.allowed, seen_b.refused), (10, 0), "{seen_b:?}");
 }
@@ -525,10 +372,10 @@ fn each_caller_namespace_gets_its_own_budget() {
 /// The fill form: 5 to start with, 2 more at each 1 s boundary, never more than 5.
 #[test]
 fn the_fill_form_fills_at_interval_boundaries() {
-    let _timed = timed();
+    let _timed = one_at_a_time();
     let rein = instance();
     let ns = namespace(&["198.18.13.244/32"]);
-    let server = Server::start(&ns, "198.18.13.244");
+    let server = listen(&ns, "198.18.13.244");
     let id = add(
         &rein,
         &[
@@ -544,17 +391,17 @@ fn the_fill_form_fills_at_interval_boundaries() {
             "1s",
         ],
     );
-    let first = connect_n(&ns, server.addr, 12);
+    let first = connect_n(&ns, server.addr(), 12);
     // Just after the next boundary the bucket holds two, and holds two until the one after.
     let filled = wait_until(Duration::from_millis(1500), || {
         rule(&rein, id)["tokens"].as_u64() != Some(0)
     });
     assert!(filled, "no fill within 1.5 s: {}", rule(&rein, id));
     assert_eq!(rule(&rein, id)["tokens"].as_u64(), Some(2));
-    let second = connect_n(&ns, server.addr, 12);
+    let second = connect_n(&ns, server.addr(), 12);
     // Three or four boundaries: 6 or 8 tokens, of which the bucket holds 5.
     thread::sleep(Duration::from_millis(3500));
-    let third = connect_n(&ns, server.addr, 12);
+    let third = connect_n(&ns, server.addr(), 12);
     for (what, seen, expected) in [
         ("full", &first, 5),
         ("one fill", &second, 2),
@@ -577,10 +424,10 @@ fn the_fill_form_fills_at_interval_boundaries() {
 /// whose cgroup is removed goes with it.
 #[test]
 fn a_cgroup_rule_limits_that_cgroup_only() {
-    let _timed = timed();
+    let _timed = one_at_a_time();
     let rein = instance();
     let ns = namespace(&["198.18.13.245/32"]);
-    let server = Server::start(&ns, "198.18.13.245");
+    let server = listen(&ns, "198.18.13.245");
     let cgroup = rein.cgroup("conn/child");
     let parent = cgroup.parent().unwrap().to_path_buf();
     let relative = rein.relative(&parent);
@@ -627,7 +474,7 @@ fn a_cgroup_rule_limits_that_cgroup_only() {
     let exits = curls(&cgroup);
     assert_eq!(exits, ["0", "0", "0", "7", "7", "7"]);
     // A thread of this process is not in it.
-    let outside = connect_n(&ns, server.addr, 10);
+    let outside = connect_n(&ns, server.addr(), 10);
     assert_eq!((outside.allowed, outside.refused), (10, 0), "{outside:?}");
     let listed = rule(&rein, id);
     assert_eq!(
@@ -642,7 +489,7 @@ fn a_cgroup_rule_limits_that_cgroup_only() {
 /// Bad input: one line naming the problem, a non-zero exit, and nothing changed.
 #[test]
 fn bad_input_changes_nothing() {
-    let _timed = timed();
+    let _timed = one_at_a_time();
     let rein = instance();
     let dst = "198.18.13.246";
     let id = add(&rein, &["--dst", dst, "--rate", "5/s"]);
@@ -741,7 +588,7 @@ fn bad_input_changes_nothing() {
 /// One id sequence for `rein net` and `rein conn`: an id names one rule of either kind.
 #[test]
 fn net_and_conn_rules_share_their_ids() {
-    let _timed = timed();
+    let _timed = one_at_a_time();
     let rein = instance();
     let ns = namespace(&[]);
     let first = add(&rein, &["--dst", "198.18.13.247", "--rate", "5/s"]);
@@ -780,10 +627,10 @@ fn the_maps_follow_the_state_file() {
         datapath::ConnDatapath,
         spec::{ConnLimit, ConnRuleSpec, ConnScopeSpec},
     };
-    let _timed = timed();
+    let _timed = one_at_a_time();
     let rein = instance();
     let ns = namespace(&["198.18.13.249/32"]);
-    let server = Server::start(&ns, "198.18.13.249");
+    let server = listen(&ns, "198.18.13.249");
     let id = add(
         &rein,
         &["--dst", "198.18.13.249", "--rate", "1/min", "--burst", "3"],
@@ -817,11 +664,11 @@ fn the_maps_follow_the_state_file() {
         Vec::<u32>::new(),
         "the orphan outlived a command"
     );
-    let free = connect_n(&ns, server.addr, 5);
+    let free = connect_n(&ns, server.addr(), 5);
     assert_eq!((free.allowed, free.refused), (5, 0), "{free:?}");
     let out = rein.rein(&["reload"]);
     assert!(out.ok().contains("restored 1 rule"), "{out}");
     assert_eq!(datapath.rule_ids(), vec![id]);
-    let seen = connect_n(&ns, server.addr, 5);
+    let seen = connect_n(&ns, server.addr(), 5);
     assert_eq!((seen.allowed, seen.refused), (3, 2), "{seen:?}");
 }

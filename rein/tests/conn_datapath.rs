@@ -10,16 +10,12 @@
 use std::{
     fs,
     io::Read,
-    net::{IpAddr, SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr},
     os::{
         fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
         unix::fs::MetadataExt,
     },
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::Duration,
 };
@@ -37,6 +33,7 @@ use rein_common::{
     net::{FAMILY_IPV4, FAMILY_IPV6, PROTOCOL_TCP, specificity},
 };
 use rein_testkit::{
+    connect::{self, Reply},
     model::{ConnBucketModel, Xorshift},
     netns::Netns,
     rein_instance::ReinInstance,
@@ -183,78 +180,27 @@ fn fill_rule(anchor_ns: u64, fill_ns: u64, max_tokens: u32, per_fill: u32) -> Co
 /// A test network namespace with the server addresses on its loopback, and TCP listeners on
 /// both ports (accepting until drop).
 struct Server {
+    _listening: connect::Server,
     netns: Netns,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Server {
     fn new(prefix: &str) -> Self {
-        let netns = Netns::create(prefix).unwrap();
-        let name = netns.name().to_owned();
-        rein_testkit::netns::ip(&[
-            "-n",
-            &name,
-            "addr",
-            "add",
-            &format!("{SERVER4}/32"),
-            "dev",
-            "lo",
-        ])
+        let netns = Netns::with_loopback(
+            prefix,
+            &[&format!("{SERVER4}/32"), &format!("{SERVER6}/128")],
+        )
         .unwrap();
-        rein_testkit::netns::ip(&[
-            "-n",
-            &name,
-            "addr",
-            "add",
-            &format!("{SERVER6}/128"),
-            "dev",
-            "lo",
-            "nodad",
-        ])
-        .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let path = netns.path();
-        let flag = stop.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = thread::spawn(move || {
-            let ns = fs::File::open(path).unwrap();
-            // SAFETY: moves this thread only into the namespace.
-            let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(entered, 0);
-            let listeners: Vec<TcpListener> = [SERVER4, SERVER6]
-                .iter()
-                .flat_map(|ip| {
-                    [LIMITED_PORT, OTHER_PORT].map(|port| {
-                        let l =
-                            TcpListener::bind(SocketAddr::new(ip.parse().unwrap(), port)).unwrap();
-                        l.set_nonblocking(true).unwrap();
-                        l
-                    })
-                })
-                .collect();
-            ready_tx.send(()).unwrap();
-            while !flag.load(Ordering::Relaxed) {
-                for l in &listeners {
-                    while l.accept().is_ok() {}
-                }
-                thread::sleep(Duration::from_millis(1));
-            }
-        });
-        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let addrs: Vec<SocketAddr> = [SERVER4, SERVER6]
+            .iter()
+            .flat_map(|ip| {
+                [LIMITED_PORT, OTHER_PORT].map(|port| SocketAddr::new(ip.parse().unwrap(), port))
+            })
+            .collect();
+        let listening = connect::Server::start(&netns, &addrs, Reply::Close).unwrap();
         Self {
+            _listening: listening,
             netns,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }
@@ -902,30 +848,7 @@ fn the_datapath_reloads_changes_collects_and_leaves_nothing() {
 
 /// The network namespace cookie of `netns`, as the programs read it (SO_NETNS_COOKIE).
 fn netns_cookie(netns: &Netns) -> u64 {
-    let path = netns.path();
-    thread::spawn(move || {
-        let ns = fs::File::open(path).unwrap();
-        // SAFETY: moves this thread only into the namespace.
-        let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(entered, 0);
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        let mut cookie = 0u64;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        // SAFETY: a u64 and its length for the kernel to fill.
-        let ret = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                71, // SO_NETNS_COOKIE
-                std::ptr::from_mut(&mut cookie).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(ret, 0);
-        cookie
-    })
-    .join()
-    .unwrap()
+    rein::platform::netns::cookie_of(Path::new(&netns.path())).unwrap()
 }
 
 #[test]

@@ -6,28 +6,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, TcpListener},
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
-    },
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     thread,
     time::Duration,
 };
 
 use rein_testkit::{
+    connect::{Reply, Server},
     netns::HostPair,
+    process::one_at_a_time,
     rein_instance::ReinInstance,
-    syn::{count_connects, in_netns, join_netns, syn_flood},
+    syn::{count_connects, syn_flood},
 };
 use serde_json::Value;
-
-/// Traffic tests share two cores: one at a time.
-static TRAFFIC: Mutex<()> = Mutex::new(());
-
-fn traffic() -> MutexGuard<'static, ()> {
-    TRAFFIC.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn instance() -> ReinInstance {
     ReinInstance::for_test(env!("CARGO_BIN_EXE_rein"))
@@ -41,45 +32,9 @@ const SECONDS: u64 = 2;
 
 /// A TCP server in `pair`'s server namespace that accepts and closes connections until
 /// dropped.
-struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(pair: &HostPair) -> Self {
-        let path = pair.server().path();
-        let addr: Ipv4Addr = pair.link.server_addr.parse().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let thread = thread::spawn(move || {
-            join_netns(&path).unwrap();
-            let listener = TcpListener::bind(SocketAddrV4::new(addr, PORT)).unwrap();
-            listener.set_nonblocking(true).unwrap();
-            ready_tx.send(()).unwrap();
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => drop(stream),
-                    Err(_) => thread::sleep(Duration::from_millis(1)),
-                }
-            }
-        });
-        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+fn listen(pair: &HostPair) -> Server {
+    let addr = SocketAddr::new(pair.link.server_addr.parse().unwrap(), PORT);
+    Server::start(pair.server(), &[addr], Reply::Close).unwrap()
 }
 
 /// Three clients connecting for `SECONDS` each from its own address, beside a flood of
@@ -92,15 +47,16 @@ fn run_clients(pair: &HostPair, flood_per_second: u64) -> (Vec<u64>, u64) {
     thread::scope(|scope| {
         let flood = (flood_per_second > 0).then(|| {
             scope.spawn(move || {
-                in_netns(client, || {
-                    syn_flood(
-                        server,
-                        flood_per_second,
-                        Duration::from_secs(SECONDS) + Duration::from_millis(300),
-                    )
-                })
-                .unwrap()
-                .unwrap()
+                client
+                    .run(|| {
+                        syn_flood(
+                            server,
+                            flood_per_second,
+                            Duration::from_secs(SECONDS) + Duration::from_millis(300),
+                        )
+                    })
+                    .unwrap()
+                    .unwrap()
             })
         });
         // Let the flood start first.
@@ -110,18 +66,19 @@ fn run_clients(pair: &HostPair, flood_per_second: u64) -> (Vec<u64>, u64) {
             .map(|source| {
                 let source: Ipv4Addr = source.parse().unwrap();
                 scope.spawn(move || {
-                    in_netns(client, || {
-                        // A refused SYN is given up after 50 ms (half a token at the rate), so
-                        // a client is never idle long enough for its bucket to overflow.
-                        count_connects(
-                            source,
-                            server,
-                            Duration::from_secs(SECONDS),
-                            Duration::from_millis(50),
-                        )
-                    })
-                    .unwrap()
-                    .unwrap()
+                    client
+                        .run(|| {
+                            // A refused SYN is given up after 50 ms (half a token at the rate), so
+                            // a client is never idle long enough for its bucket to overflow.
+                            count_connects(
+                                source,
+                                server,
+                                Duration::from_secs(SECONDS),
+                                Duration::from_millis(50),
+                            )
+                        })
+                        .unwrap()
+                        .unwrap()
                 })
             })
             .collect();
@@ -164,10 +121,10 @@ fn inbound(rein: &ReinInstance, pair: &HostPair) -> Vec<Value> {
 /// Each of three clients gets its own rate and burst, within 10%, with a flood of spoofed SYNs
 /// from many /16s running beside them.
 fn each_client_keeps_its_rate_under_a_flood(extra: &[&str]) {
-    let _traffic = traffic();
+    let _traffic = one_at_a_time();
     let rein = instance();
     let pair = HostPair::create("rci").unwrap();
-    let _server = Server::start(&pair);
+    let _server = listen(&pair);
     let id = add_rule(&rein, &pair, extra);
     let (counts, flooded) = run_clients(&pair, 15_000);
     let expected = (BURST + RATE * SECONDS) as f64;

@@ -11,113 +11,44 @@
 // too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    fs,
-    io::ErrorKind,
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    path::PathBuf,
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::Duration,
-};
+use std::{fs, net::SocketAddr, path::PathBuf, thread, time::Duration};
 
 use rein_testkit::{
-    netns::{self, HostPair, Netns, unique_suffix},
+    connect::{Reply, Server, connect_n},
+    netns::{HostPair, Netns, unique_suffix},
+    process::one_at_a_time,
     rein_instance::ReinInstance,
 };
 use serde_json::Value;
-
-/// The tests count connects against buckets: one at a time on two shared cores.
-static TIMED: Mutex<()> = Mutex::new(());
-
-fn timed() -> MutexGuard<'static, ()> {
-    TIMED.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn instance() -> ReinInstance {
     ReinInstance::for_test(env!("CARGO_BIN_EXE_rein"))
 }
 
-/// Runs `f` on a thread of its own inside the network namespace `ns`.
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let file = fs::File::open(ns.path()).unwrap();
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: a descriptor we own; the namespace changes for this thread only.
-                let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(ret, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap()
-    })
-}
-
 /// A namespace of the test's own with `address` on its loopback, and a server there that
-/// accepts (and drops) every connection until dropped.
+/// accepts (and closes) every connection until dropped.
 struct Site {
+    server: Server,
     ns: Netns,
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Site {
     fn start(address: &str) -> Self {
-        let ns = Netns::create("rrl").unwrap();
-        netns::ip(&["-n", ns.name(), "addr", "add", address, "dev", "lo"]).unwrap();
-        netns::ip(&["-n", ns.name(), "link", "set", "lo", "up"]).unwrap();
-        let listener = in_netns(&ns, || TcpListener::bind((address, 0)).unwrap());
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => drop(stream),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(1));
-                    }
-                    Err(_) => {}
-                }
-            }
-        });
-        Self {
-            ns,
-            addr,
-            stop,
-            thread: Some(thread),
-        }
+        let ns = Netns::with_loopback("rrl", &[address]).unwrap();
+        let listen = SocketAddr::new(address.parse().unwrap(), 0);
+        let server = Server::start(&ns, &[listen], Reply::Close).unwrap();
+        Self { server, ns }
+    }
+
+    fn port(&self) -> u16 {
+        self.server.port()
     }
 
     /// `n` connects from inside the namespace: (allowed, refused with ECONNREFUSED).
-    fn connect(&self, n: u32) -> (u32, u32) {
-        in_netns(&self.ns, || {
-            let (mut allowed, mut refused) = (0, 0);
-            for _ in 0..n {
-                match TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)) {
-                    Ok(_) => allowed += 1,
-                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => refused += 1,
-                    Err(e) => panic!("connect to {}: {e}", self.addr),
-                }
-            }
-            (allowed, refused)
-        })
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    fn connect(&self, n: u64) -> (u64, u64) {
+        let seen = connect_n(&self.ns, self.server.addr(), n).unwrap();
+        assert!(seen.other.is_empty(), "{seen:?}");
+        (seen.allowed, seen.refused)
     }
 }
 
@@ -173,11 +104,11 @@ fn sample(text: &str, family: &str, labels: &[&str]) -> Option<f64> {
 
 #[test]
 fn a_rate_limit_limits_connects_an_edit_keeps_its_bucket_and_delete_removes_it() {
-    let _timed = timed();
+    let _timed = one_at_a_time();
     let rein = instance();
     let site = Site::start("198.18.13.230");
     let files = Files::new();
-    let destination = format!("198.18.13.230:{}", site.addr.port());
+    let destination = format!("198.18.13.230:{}", site.port());
     let spec = |rate: &str, burst: u32| {
         rate_limit(
             "web",
@@ -255,11 +186,11 @@ fn a_rate_limit_limits_connects_an_edit_keeps_its_bucket_and_delete_removes_it()
 
 #[test]
 fn the_envoy_shape_counts_and_bad_files_are_refused_whole() {
-    let _timed = timed();
+    let _timed = one_at_a_time();
     let rein = instance();
     let site = Site::start("198.18.13.231");
     let files = Files::new();
-    let service = format!("198.18.13.231:{}", site.addr.port());
+    let service = format!("198.18.13.231:{}", site.port());
     let good = rate_limit(
         "envoy",
         &format!(

@@ -10,22 +10,19 @@
 //! client keeps its own rate while the flood runs.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::Duration,
 };
 
 use anyhow::{Context, Result, anyhow, bail};
 use rein_testkit::{
+    connect::{Reply, Server},
     netns::{HostPair, Netns},
     process::{self, Cmd},
     rein_instance::ReinInstance,
-    syn::{count_connects, in_netns, join_netns, syn_flood},
+    syn::{count_connects, syn_flood},
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -221,61 +218,9 @@ pub fn counter_packets(listing: &str) -> Option<u64> {
 }
 
 /// A listener in the server's namespace that accepts and closes until dropped.
-struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(pair: &HostPair) -> Result<Self> {
-        let path = pair.server().path();
-        let addr: Ipv4Addr = pair.link.server_addr.parse()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let thread = thread::spawn(move || {
-            let listener = join_netns(&path)
-                .map_err(|e| anyhow!("{e}"))
-                .and_then(|()| Ok(TcpListener::bind(SocketAddrV4::new(addr, PORT))?))
-                .and_then(|l| {
-                    l.set_nonblocking(true)?;
-                    Ok(l)
-                });
-            let listener = match listener {
-                Ok(l) => {
-                    let _ = ready_tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => drop(stream),
-                    Err(_) => thread::sleep(Duration::from_millis(1)),
-                }
-            }
-        });
-        let server = Self {
-            stop,
-            thread: Some(thread),
-        };
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .context("the listener did not start")??;
-        Ok(server)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+fn listen(pair: &HostPair) -> Result<Server> {
+    let addr = SocketAddr::new(pair.link.server_addr.parse()?, PORT);
+    Ok(Server::start(pair.server(), &[addr], Reply::Close)?)
 }
 
 fn nft(ns: &Netns, script: &str) -> Result<String> {
@@ -473,7 +418,8 @@ impl<'a> Bench<'a> {
             });
             // The flood first, so that the client meets it from its first connect.
             thread::sleep(Duration::from_millis(200));
-            let established = in_netns(client, || count_connects(source, server, seconds, RETRY))?
+            let established = client
+                .run(|| count_connects(source, server, seconds, RETRY))?
                 .context("the legitimate client")?;
             let sent = flood
                 .join()
@@ -490,8 +436,9 @@ fn flood_from(
     offered: u64,
     duration: Duration,
 ) -> Result<u64> {
-    let sent =
-        in_netns(client, || syn_flood(server, offered, duration))?.context("the SYN flood")?;
+    let sent = client
+        .run(|| syn_flood(server, offered, duration))?
+        .context("the SYN flood")?;
     Ok(sent)
 }
 
@@ -508,7 +455,7 @@ pub fn run(
         "rein-bench-conn",
     )?;
     let pair = HostPair::create("rbf")?;
-    let _server = Server::start(&pair)?;
+    let _server = listen(&pair)?;
     install_counter(pair.server())?;
     let source: Ipv4Addr = pair
         .add_client_addresses(1)?

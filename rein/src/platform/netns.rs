@@ -105,10 +105,15 @@ pub fn cookie() -> io::Result<u64> {
     Ok(cookie)
 }
 
-/// The cookie of the network namespace at `path` (e.g. /run/netns/x, /proc/PID/ns/net), from a
-/// socket made inside it by a thread of its own: entering a network namespace changes the
-/// calling thread only, and this one ends with it.
+/// The cookie of the network namespace at `path` (e.g. /run/netns/x, /proc/PID/ns/net).
 pub fn cookie_of(path: &std::path::Path) -> io::Result<u64> {
+    run_in(path, cookie)?
+}
+
+/// Runs `f` on a thread of its own inside the network namespace at `path`: entering a network
+/// namespace changes the calling thread only, and this one ends with it, so the caller's
+/// namespace never changes. Sockets keep the namespace they were made in.
+pub fn run_in<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> io::Result<T> {
     let namespace = std::fs::File::open(path)?;
     std::thread::scope(|scope| {
         scope
@@ -118,9 +123,9 @@ pub fn cookie_of(path: &std::path::Path) -> io::Result<u64> {
                 if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                cookie()
+                Ok(f())
             })
             .join()
-            .map_err(|_| io::Error::other("the thread reading the namespace's cookie panicked"))?
+            .map_err(|_| io::Error::other("the thread inside the network namespace panicked"))?
     })
 }
