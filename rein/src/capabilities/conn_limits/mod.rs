@@ -1,10 +1,7 @@
 //! `rein conn`: limits on the new connections local processes open (outbound), checked at
 //! `connect()` by the `rein-conn` programs at the cgroup v2 root. A refused connect fails at
 //! once with ECONNREFUSED; nothing is sent.
-use std::{
-    collections::{HashMap, HashSet},
-    fmt,
-};
+use std::{collections::HashSet, fmt};
 
 use rein_common::conn::{CONN_FORM_FILL, ConnBucket, ConnRule, ConnShapes};
 use serde::{Deserialize, Serialize};
@@ -18,7 +15,10 @@ use self::{
     request::NewConnRule,
     spec::{ConnLimit, ConnRuleSpec},
 };
-use super::{Capability, Context, PreparedReload};
+use super::{
+    Capability, Context, PreparedReload,
+    rule_steps::{Change, RuleStep, rule_steps},
+};
 use crate::{
     engine::{Desired, Engine, Plan, PurgeReport, Step},
     error::{Error, Result},
@@ -423,54 +423,41 @@ impl Capability for ConnLimits {
     }
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
-        let held = &state.conn_limits;
-        let by_id: HashMap<u32, &ConnRuleRecord> = held.rules.iter().map(|r| (r.id, r)).collect();
-        let mut wanted_by_id = HashMap::new();
-        for wanted in &desired.conn_rules {
-            if let Some(id) = wanted.id {
-                let record = by_id.get(&id).ok_or(Error::NoSuchConnRule(id))?;
-                let changed =
-                    record.spec != wanted.spec || record.declared_by != wanted.declared_by;
-                wanted_by_id.insert(id, changed.then_some(wanted));
-            }
-        }
         // A rule whose limit alone changed keeps its bucket (a fresh one would hand out a
         // burst at every edit); any other change removes it and adds it again under its id.
-        let in_place = |record: &ConnRuleRecord| match wanted_by_id.get(&record.id) {
-            Some(Some(wanted)) => only_the_limit_changed(&record.spec, &wanted.spec),
-            _ => false,
-        };
-        for record in &held.rules {
-            if !matches!(wanted_by_id.get(&record.id), Some(None)) && !in_place(record) {
-                plan.push(RemoveRule {
-                    record: record.clone(),
-                });
-            }
-        }
-        for record in &held.rules {
-            if let Some(Some(wanted)) = wanted_by_id.get(&record.id) {
-                if in_place(record) {
-                    plan.push(ChangeLimit {
-                        record: record.clone(),
-                        spec: wanted.spec.clone(),
-                        declared_by: wanted.declared_by.clone(),
-                    });
+        let steps = rule_steps(
+            &state.conn_limits.rules,
+            |r| r.id,
+            &desired.conn_rules,
+            |w| w.id,
+            |r, w| {
+                if r.spec == w.spec && r.declared_by == w.declared_by {
+                    Change::None
+                } else if only_the_limit_changed(&r.spec, &w.spec) {
+                    Change::Limit
                 } else {
-                    plan.push(AddRule {
-                        id: record.id,
-                        spec: wanted.spec.clone(),
-                        declared_by: wanted.declared_by.clone(),
-                    });
+                    Change::Other
                 }
+            },
+            first_new_id(state, desired),
+            Error::NoSuchConnRule,
+        )?;
+        for step in steps {
+            match step {
+                RuleStep::Remove(record) => plan.push(RemoveRule {
+                    record: record.clone(),
+                }),
+                RuleStep::ChangeLimit(record, wanted) => plan.push(ChangeLimit {
+                    record: record.clone(),
+                    spec: wanted.spec.clone(),
+                    declared_by: wanted.declared_by.clone(),
+                }),
+                RuleStep::Add(id, wanted) => plan.push(AddRule {
+                    id,
+                    spec: wanted.spec.clone(),
+                    declared_by: wanted.declared_by.clone(),
+                }),
             }
-        }
-        let added = desired.conn_rules.iter().filter(|w| w.id.is_none());
-        for (id, wanted) in (first_new_id(state, desired)..).zip(added) {
-            plan.push(AddRule {
-                id,
-                spec: wanted.spec.clone(),
-                declared_by: wanted.declared_by.clone(),
-            });
         }
         Ok(())
     }

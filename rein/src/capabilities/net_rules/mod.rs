@@ -1,7 +1,7 @@
 //! `rein net`: limits on interfaces by address, service and source, each rule all-or-nothing
 //! like the cgroup limits.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -21,7 +21,10 @@ use self::{
     datapath::{Attachment, NetDatapath, Shapes, SourceEntry},
     spec::{NetRuleSpec, Sources},
 };
-use super::{Capability, Context, PreparedReload};
+use super::{
+    Capability, Context, PreparedReload,
+    rule_steps::{Change, RuleStep, rule_steps},
+};
 use crate::{
     engine::{Desired, Engine, Plan, PurgeReport, Step},
     error::{Error, IoContext, Result},
@@ -526,56 +529,42 @@ impl Capability for NetRules {
     }
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
-        // By id: an instance may hold tens of thousands of rules.
-        let held = &state.net_rules;
-        let by_id: HashMap<u32, &NetRuleRecord> = held.net.iter().map(|r| (r.id, r)).collect();
-        let mut wanted_by_id = HashMap::new();
-        for wanted in &desired.net_rules {
-            if let Some(id) = wanted.id {
-                let record = by_id.get(&id).ok_or(Error::NoSuchNetRule(id))?;
-                let changed =
-                    record.spec != wanted.spec || record.declared_by != wanted.declared_by;
-                wanted_by_id.insert(id, changed.then_some(wanted));
-            }
-        }
         // A rule whose limit alone changed (its rate, burst, capacity, not its kind) is changed
         // in place, keeping its bucket or window; any other change removes it and adds it
         // again under its id.
-        let in_place = |record: &NetRuleRecord| match wanted_by_id.get(&record.id) {
-            Some(Some(wanted)) => only_the_limit_changed(&record.spec, &wanted.spec),
-            _ => false,
-        };
-        for record in &held.net {
-            if !matches!(wanted_by_id.get(&record.id), Some(None)) && !in_place(record) {
-                plan.push(RemoveRule {
-                    record: record.clone(),
-                });
-            }
-        }
-        for record in &held.net {
-            if let Some(Some(wanted)) = wanted_by_id.get(&record.id) {
-                if in_place(record) {
-                    plan.push(ChangeLimit {
-                        record: record.clone(),
-                        spec: wanted.spec.clone(),
-                        declared_by: wanted.declared_by.clone(),
-                    });
+        let steps = rule_steps(
+            &state.net_rules.net,
+            |r| r.id,
+            &desired.net_rules,
+            |w| w.id,
+            |r, w| {
+                if r.spec == w.spec && r.declared_by == w.declared_by {
+                    Change::None
+                } else if only_the_limit_changed(&r.spec, &w.spec) {
+                    Change::Limit
                 } else {
-                    plan.push(AddRule {
-                        id: record.id,
-                        spec: wanted.spec.clone(),
-                        declared_by: wanted.declared_by.clone(),
-                    });
+                    Change::Other
                 }
+            },
+            state.next_rule_id(),
+            Error::NoSuchNetRule,
+        )?;
+        for step in steps {
+            match step {
+                RuleStep::Remove(record) => plan.push(RemoveRule {
+                    record: record.clone(),
+                }),
+                RuleStep::ChangeLimit(record, wanted) => plan.push(ChangeLimit {
+                    record: record.clone(),
+                    spec: wanted.spec.clone(),
+                    declared_by: wanted.declared_by.clone(),
+                }),
+                RuleStep::Add(id, wanted) => plan.push(AddRule {
+                    id,
+                    spec: wanted.spec.clone(),
+                    declared_by: wanted.declared_by.clone(),
+                }),
             }
-        }
-        let added = desired.net_rules.iter().filter(|w| w.id.is_none());
-        for (id, wanted) in (state.next_rule_id()..).zip(added) {
-            plan.push(AddRule {
-                id,
-                spec: wanted.spec.clone(),
-                declared_by: wanted.declared_by.clone(),
-            });
         }
         Ok(())
     }
