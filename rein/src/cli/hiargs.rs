@@ -6,7 +6,7 @@ use rein::{
         cgroup_limit::{LimitChange, Target},
         conn_limits::{
             request::{ConnRuleRequest, NewConnRule, RequestError as ConnRequestError},
-            spec::{ConnError, Destination, parse_port},
+            spec::{ConnError, parse_port},
         },
         net_rules::{
             conn::InboundRequest,
@@ -241,16 +241,7 @@ fn conn_inbound(device: &str, add: &LowConnAdd) -> Result<NetRuleSpec, ArgError>
         flag: "dport",
         what: "the service's TCP port",
     })?;
-    let port = dport
-        .trim()
-        .parse::<u16>()
-        .ok()
-        .filter(|&p| p > 0)
-        .ok_or(ArgError::Bad {
-            flag: "dport",
-            value: dport.to_owned(),
-            expected: "a port from 1 to 65535",
-        })?;
+    let port = dport_value(dport)?;
     let burst = add
         .burst
         .as_deref()
@@ -269,33 +260,44 @@ fn conn_inbound(device: &str, add: &LowConnAdd) -> Result<NetRuleSpec, ArgError>
     let request = InboundRequest {
         device: device.to_owned(),
         port,
-        destination: add
-            .dst
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|source| ArgError::Net {
-                flag: "dst",
-                source,
-            })?,
-        rate: rate.parse().map_err(|source| ArgError::Unit {
-            flag: "rate",
-            source,
-        })?,
+        destination: optional(&add.dst, net("dst"))?,
+        rate: rate.parse().map_err(unit("rate"))?,
         burst,
         per_source: add.per_source,
-        sketch: add
-            .sketch
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|source| ArgError::Net {
-                flag: "sketch",
-                source,
-            })?,
+        sketch: optional(&add.sketch, net("sketch"))?,
         xdp: add.xdp,
     };
     Ok(request.resolve()?)
+}
+
+/// An optional flag's value parsed as `T`, a failure named by `error` (see [`unit`], [`net`],
+/// [`conn`]).
+fn optional<T: std::str::FromStr>(
+    value: &Option<String>,
+    error: impl FnOnce(T::Err) -> ArgError,
+) -> Result<Option<T>, ArgError> {
+    value.as_deref().map(str::parse).transpose().map_err(error)
+}
+
+fn unit(flag: &'static str) -> impl FnOnce(UnitError) -> ArgError {
+    move |source| ArgError::Unit { flag, source }
+}
+
+fn net(flag: &'static str) -> impl FnOnce(NetError) -> ArgError {
+    move |source| ArgError::Net { flag, source }
+}
+
+fn conn(flag: &'static str) -> impl FnOnce(ConnError) -> ArgError {
+    move |source| ArgError::Conn { flag, source }
+}
+
+/// `--dport`: a port from 1 to 65535.
+fn dport_value(value: &str) -> Result<u16, ArgError> {
+    parse_port(value).map_err(|_| ArgError::Bad {
+        flag: "dport",
+        value: value.to_owned(),
+        expected: "a port from 1 to 65535",
+    })
 }
 
 /// A net rule's id, as `rein net list` shows it.
@@ -308,8 +310,6 @@ fn rule_id(id: &str) -> Result<u32, ArgError> {
 }
 
 fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
-    let unit = |flag: &'static str| move |source: UnitError| ArgError::Unit { flag, source };
-    let net = |flag: &'static str| move |source: NetError| ArgError::Net { flag, source };
     let direction = match add.dir.trim().to_ascii_lowercase().as_str() {
         "ingress" => Direction::Ingress,
         "egress" => Direction::Egress,
@@ -322,17 +322,7 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
         }
     };
     let protocol = protocol(add.proto.as_deref())?;
-    let port = add
-        .dport
-        .as_deref()
-        .map(|p| {
-            parse_port(p).map_err(|_| ArgError::Bad {
-                flag: "dport",
-                value: p.to_owned(),
-                expected: "a port from 1 to 65535",
-            })
-        })
-        .transpose()?;
+    let port = add.dport.as_deref().map(dport_value).transpose()?;
     let algorithm = match add.algo.as_deref().map(|a| a.trim().to_ascii_lowercase()) {
         None => Algorithm::TokenBucket,
         Some(name) => [
@@ -352,26 +342,11 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
         device: add.dev.clone(),
         direction,
         xdp: add.xdp,
-        source: add
-            .src
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(net("src"))?,
-        destination: add
-            .dst
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(net("dst"))?,
+        source: optional(&add.src, net("src"))?,
+        destination: optional(&add.dst, net("dst"))?,
         protocol,
         port,
-        rate: add
-            .rate
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(unit("rate"))?,
+        rate: optional(&add.rate, unit("rate"))?,
         pps: add
             .pps
             .as_deref()
@@ -380,19 +355,9 @@ fn net_rule(add: &LowNetAdd) -> Result<NetRuleSpec, ArgError> {
         connections: None,
         burst: add.burst.clone(),
         algorithm,
-        window: add
-            .window
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(unit("window"))?,
+        window: optional(&add.window, unit("window"))?,
         per_source: add.per_source,
-        sketch: add
-            .sketch
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(net("sketch"))?,
+        sketch: optional(&add.sketch, net("sketch"))?,
     };
     Ok(request.resolve(&OptionNames::FLAGS)?)
 }
@@ -424,7 +389,6 @@ fn conn_rule(add: &LowConnAdd) -> Result<NewConnRule, ArgError> {
             applies_to: "inbound rules (with --dev); outbound rules take the port in --dst IP:PORT",
         });
     }
-    let unit = |flag: &'static str| move |source: UnitError| ArgError::Unit { flag, source };
     let count = |flag: &'static str, value: &Option<String>| {
         value
             .as_deref()
@@ -438,31 +402,13 @@ fn conn_rule(add: &LowConnAdd) -> Result<NewConnRule, ArgError> {
             .transpose()
     };
     let request = ConnRuleRequest {
-        destination: add
-            .dst
-            .as_deref()
-            .map(str::parse::<Destination>)
-            .transpose()
-            .map_err(|source| ArgError::Conn {
-                flag: "dst",
-                source,
-            })?,
+        destination: optional(&add.dst, conn("dst"))?,
         protocol: protocol(add.proto.as_deref())?,
-        rate: add
-            .rate
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(unit("rate"))?,
+        rate: optional(&add.rate, unit("rate"))?,
         burst: count("burst", &add.burst)?,
         max_tokens: count("max-tokens", &add.max_tokens)?,
         tokens_per_fill: count("tokens-per-fill", &add.tokens_per_fill)?,
-        fill_interval: add
-            .fill_interval
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(unit("fill-interval"))?,
+        fill_interval: optional(&add.fill_interval, unit("fill-interval"))?,
         cgroup: add.cgroup.clone(),
         netns: add.netns.clone(),
         per_caller: add.per_caller,
@@ -485,19 +431,10 @@ fn packets(value: &str, flag: &'static str, expected: &'static str) -> Result<u6
 }
 
 fn change(limits: &LowLimits) -> Result<LimitChange, ArgError> {
-    fn parse<T: std::str::FromStr<Err = UnitError>>(
-        flag: &'static str,
-        value: &Option<String>,
-    ) -> Result<Option<T>, ArgError> {
-        value
-            .as_deref()
-            .map(|v| v.parse().map_err(|source| ArgError::Unit { flag, source }))
-            .transpose()
-    }
     Ok(LimitChange {
-        egress: parse("egress", &limits.egress)?,
-        ingress: parse("ingress", &limits.ingress)?,
-        burst: parse("burst", &limits.burst)?,
+        egress: optional(&limits.egress, unit("egress"))?,
+        ingress: optional(&limits.ingress, unit("ingress"))?,
+        burst: optional(&limits.burst, unit("burst"))?,
     })
 }
 
