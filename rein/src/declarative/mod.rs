@@ -26,7 +26,7 @@ use crate::{
         Context,
         cgroup_limit::{DeclaredBy, LimitSpec, Origin, RuleRecord},
         conn_limits::WantedConnRule,
-        net_rules::WantedNetRule,
+        net_rules::{WantedNetRule, spec::NetRuleSpec},
     },
     engine::{Desired, Engine, Plan},
     error::{Error, Result},
@@ -263,23 +263,8 @@ fn declare(
                 let name = manifest.metadata.name.as_str();
                 let spec = manifest.spec.rule();
                 let held = held_rules.get(name);
-                // Checked here too, so the error names the resource; a rule in place whose
-                // device went away is left as it is.
-                if held.is_none_or(|held| held.spec != *spec)
-                    && !netns::device(&spec.device).is_ok_and(|device| device.is_some())
-                {
-                    // As a missing cgroup: the agent waits for the device.
-                    if mode == Mode::Exact {
-                        tracing::info!("{name}: device {} is not there (yet)", spec.device);
-                        continue;
-                    }
-                    return Err(in_resource(Error::NoSuchDevice(spec.device.clone())));
-                }
-                desired.net_rules.push(WantedNetRule {
-                    id: held.and_then(|held| held.id),
-                    spec: spec.clone(),
-                    declared_by: Some(name.to_owned()),
-                });
+                want_net_rule(&mut desired, held, spec, name.to_owned(), name, mode)
+                    .map_err(in_resource)?;
             }
             Resource::RateLimit(manifest) => {
                 let name = manifest.metadata.name.as_str();
@@ -305,26 +290,44 @@ fn declare(
                     RateLimitRule::Inbound(spec) => {
                         let declared_by = format!("{RATE_LIMIT_PREFIX}{name}");
                         let held = held_rules.get(&declared_by);
-                        if held.is_none_or(|held| held.spec != *spec)
-                            && !netns::device(&spec.device).is_ok_and(|device| device.is_some())
-                        {
-                            if mode == Mode::Exact {
-                                tracing::info!("{name}: device {} is not there (yet)", spec.device);
-                                continue;
-                            }
-                            return Err(in_resource(Error::NoSuchDevice(spec.device.clone())));
-                        }
-                        desired.net_rules.push(WantedNetRule {
-                            id: held.and_then(|held| held.id),
-                            spec: spec.clone(),
-                            declared_by: Some(declared_by),
-                        });
+                        want_net_rule(&mut desired, held, spec, declared_by, name, mode)
+                            .map_err(in_resource)?;
                     }
                 }
             }
         }
     }
     Ok(desired)
+}
+
+/// Adds `spec` to `desired` as the net rule `declared_by` (for the resource `name`), under the
+/// id of the rule `held` for it if any. Its device is checked here too, so the error names the
+/// resource; a rule in place whose device went away is left as it is, and in `Mode::Exact`
+/// the agent waits for a device that is not there yet (as for a missing cgroup): nothing is
+/// added.
+fn want_net_rule(
+    desired: &mut Desired,
+    held: Option<&WantedNetRule>,
+    spec: &NetRuleSpec,
+    declared_by: String,
+    name: &str,
+    mode: Mode,
+) -> Result<()> {
+    if held.is_none_or(|held| held.spec != *spec)
+        && !netns::device(&spec.device).is_ok_and(|device| device.is_some())
+    {
+        if mode == Mode::Exact {
+            tracing::info!("{name}: device {} is not there (yet)", spec.device);
+            return Ok(());
+        }
+        return Err(Error::NoSuchDevice(spec.device.clone()));
+    }
+    desired.net_rules.push(WantedNetRule {
+        id: held.and_then(|held| held.id),
+        spec: spec.clone(),
+        declared_by: Some(declared_by),
+    });
+    Ok(())
 }
 
 /// `desired` without what `resources` declared.
