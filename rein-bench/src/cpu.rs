@@ -10,7 +10,20 @@ pub fn busy_seconds(stat: &str) -> Result<f64> {
     Ok(ticks as f64 / ticks_per_second())
 }
 
-fn busy_ticks(stat: &str) -> Option<u64> {
+/// (softirq, busy) CPU time of all CPUs, in seconds, from a copy of /proc/stat; busy as in
+/// [`busy_seconds`].
+pub fn softirq_and_busy_seconds(stat: &str) -> Option<(f64, f64)> {
+    let hz = ticks_per_second();
+    let ticks = cpu_ticks(stat)?;
+    Some((ticks.softirq as f64 / hz, ticks.busy as f64 / hz))
+}
+
+struct Ticks {
+    softirq: u64,
+    busy: u64,
+}
+
+fn cpu_ticks(stat: &str) -> Option<Ticks> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let fields: Vec<u64> = line
         .split_whitespace()
@@ -19,7 +32,14 @@ fn busy_ticks(stat: &str) -> Option<u64> {
         .collect();
     // user nice system idle iowait irq softirq steal guest guest_nice
     let at = |i: usize| fields.get(i).copied().unwrap_or(0);
-    Some(at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
+    Some(Ticks {
+        softirq: at(6),
+        busy: at(0) + at(1) + at(2) + at(5) + at(6) + at(7),
+    })
+}
+
+fn busy_ticks(stat: &str) -> Option<u64> {
+    cpu_ticks(stat).map(|ticks| ticks.busy)
 }
 
 fn ticks_per_second() -> f64 {
@@ -37,6 +57,11 @@ mod tests {
         let stat = "cpu  100 2 30 9999 50 4 5 6 70 8\ncpu0 1 1 1 1 1 1 1 1 1 1\n";
         assert_eq!(busy_ticks(stat), Some(100 + 2 + 30 + 4 + 5 + 6));
         assert_eq!(busy_ticks("intr 5\n"), None);
+        let (softirq, busy) = softirq_and_busy_seconds(stat).unwrap();
+        let hz = ticks_per_second();
+        assert_eq!(softirq, 5.0 / hz);
+        assert_eq!(busy, (100 + 2 + 30 + 4 + 5 + 6) as f64 / hz);
+        assert!(softirq_and_busy_seconds("intr 5\n").is_none());
     }
 
     #[test]

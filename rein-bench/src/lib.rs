@@ -1,7 +1,8 @@
-//! What the two benchmarks share besides rein-testkit's harness: how they stop ([`stop`]) and the
-//! plot font ([`font`]).
+//! What the benchmarks share besides rein-testkit's harness: how they stop ([`stop`]), the
+//! plot font ([`font`]) and the machine's CPU time ([`cpu`]).
 
 pub mod conn;
+pub mod cpu;
 pub mod font;
 pub mod net;
 pub mod stop;

@@ -7,7 +7,6 @@
 //! children are then killed and the guards unwind).
 
 mod cli;
-mod cpu;
 mod iperf;
 mod limiters;
 mod plot;
@@ -23,7 +22,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use rein_bench::stop;
+use rein_bench::{cpu, stop};
 use rein_testkit::process;
 
 use crate::{

@@ -27,7 +27,7 @@ use rein_testkit::{
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::conn::report::Spread;
+use crate::{conn::report::Spread, cpu};
 
 /// The service's port, private to the server's namespace.
 const PORT: u16 = 8443;
@@ -189,26 +189,9 @@ impl LegitRow {
     }
 }
 
-/// `{"cpu ..."}` of /proc/stat: (softirq, busy) seconds of all CPUs.
-pub fn cpu_seconds(stat: &str) -> Option<(f64, f64)> {
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
-    // user nice system idle iowait irq softirq steal
-    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
-    // SAFETY: sysconf(3) only reads a constant of the C library.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as f64 } else { 100.0 };
-    Some((at(6) as f64 / hz, busy as f64 / hz))
-}
-
 fn read_cpu() -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    cpu_seconds(&stat).context("no cpu line in /proc/stat")
+    cpu::softirq_and_busy_seconds(&stat).context("no cpu line in /proc/stat")
 }
 
 /// The packets of `nft list counter`'s output.
@@ -504,17 +487,6 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_the_cpu_line() {
-        let stat = "cpu  100 2 30 9999 50 4 5 6 70 8\ncpu0 1 1 1 1 1 1 1 1 1 1\n";
-        let (softirq, busy) = cpu_seconds(stat).unwrap();
-        // SAFETY: as in cpu_seconds.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        assert_eq!(softirq, 5.0 / hz);
-        assert_eq!(busy, (100 + 2 + 30 + 4 + 5 + 6) as f64 / hz);
-        assert_eq!(cpu_seconds("intr 5\n"), None);
-    }
 
     #[test]
     fn reads_the_counter() {
