@@ -2,8 +2,10 @@
 //! - the reference models the kernel programs are held to ([`model`], [`sharing`]) and the
 //!   [`FakeClock`] that drives them;
 //! - the harness that sends real traffic: throwaway namespaces joined by veth pairs ([`netns`]),
-//!   child processes that always end ([`process`]), iperf3 and ping ([`iperf`], [`ping`]), and
-//!   private rein instances ([`rein_instance`], [`cgroup`]), with small statistics ([`stats`]).
+//!   child processes that always end ([`process`]), iperf3 and ping ([`iperf`], [`ping`]), TCP
+//!   servers and counted connects for connection limits ([`connect`], [`syn`]), private rein
+//!   instances ([`rein_instance`], [`cgroup`]) and their input files ([`files`]), with small
+//!   statistics ([`stats`]).
 //!
 //! Everything that can fail returns [`Result`] with the one [`Error`]; helpers meant only for
 //! tests say that they panic.
@@ -12,6 +14,7 @@ pub mod cgroup;
 mod clock;
 pub mod connect;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod iperf;
 pub mod model;

@@ -19,8 +19,9 @@ use std::{
 
 use rein_testkit::{
     cgroup::{cgroup_of, in_cgroup, move_to, procs_of},
+    files::Files,
     iperf::{self, ClientOptions, Measured, PORT as IPERF3_PORT, Server, UDP_PAYLOAD_SHARE},
-    netns::{self, HostPair, QUICK, unique_suffix},
+    netns::{self, HostPair, QUICK},
     process::{Cmd, Output, Running, impossible_pid, is_zombie, wait_until},
     rein_instance::ReinInstance,
 };
@@ -66,23 +67,6 @@ fn sleeper() -> Running {
         .unwrap()
 }
 
-/// A temporary directory of the test's own, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("rein-t-{what}-{}", unique_suffix()));
-        fs::create_dir(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Bad input: one clear line, a failing exit code, and nothing left behind
 // ---------------------------------------------------------------------------
@@ -99,8 +83,8 @@ fn bad_rates_are_refused_before_anything_happens() {
     let rein = instance();
     let app = rein.cgroup("app");
     let app = app.to_str().unwrap();
-    let scratch = TempDir::new("marker");
-    let marker = scratch.0.join("ran");
+    let scratch = Files::new("t-marker");
+    let marker = scratch.path().join("ran");
     let marker_arg = marker.to_str().unwrap();
     let cases: [(&str, &str, &[&str]); 6] = [
         (
@@ -231,10 +215,10 @@ fn a_system_without_bpffs_or_btf_is_refused() {
     let rein = instance();
     let app = rein.cgroup("app");
     let app = app.to_str().unwrap();
-    let not_bpffs = TempDir::new("bpffs");
-    let not_bpffs_path = not_bpffs.0.to_str().unwrap();
-    let scratch = TempDir::new("marker");
-    let marker = scratch.0.join("ran");
+    let not_bpffs = Files::new("t-bpffs");
+    let not_bpffs_path = not_bpffs.path().to_str().unwrap();
+    let scratch = Files::new("t-marker");
+    let marker = scratch.path().join("ran");
     let marker_arg = marker.to_str().unwrap();
     let cases: [(&str, &str, &[&str]); 2] = [
         (
@@ -254,7 +238,7 @@ fn a_system_without_bpffs_or_btf_is_refused() {
             rein.assert_no_trace(&what);
             assert!(!marker.exists(), "{what} ran the command");
             assert_eq!(
-                fs::read_dir(&not_bpffs.0).unwrap().count(),
+                fs::read_dir(not_bpffs.path()).unwrap().count(),
                 0,
                 "{what} wrote into the directory that is not a bpffs"
             );
@@ -954,8 +938,8 @@ fn a_tcp_flow_leaves_room_for_udp_beside_it() {
     let pair = host_pair();
     let _tcp_server = iperf_server(&pair, IPERF3_PORT);
     let _udp_server = iperf_server(&pair, IPERF3_PORT + 1);
-    let dir = TempDir::new("mixed");
-    let (tcp_json, udp_json) = (dir.0.join("tcp.json"), dir.0.join("udp.json"));
+    let dir = Files::new("t-mixed");
+    let (tcp_json, udp_json) = (dir.path().join("tcp.json"), dir.path().join("udp.json"));
     let script = format!(
         "iperf3 -c {addr} -p {udp_port} -u -b 5M -t 5 -J > {udp} & sleep 0.3; \
          iperf3 -c {addr} -p {IPERF3_PORT} -t 4 -O 1 -J > {tcp}; wait",
@@ -1243,8 +1227,8 @@ fn an_upload_beside_a_download_gets_the_whole_egress_limit() {
     let pair = host_pair();
     let _up = iperf_server(&pair, IPERF3_PORT);
     let _down = iperf_server(&pair, IPERF3_PORT + 1);
-    let dir = TempDir::new("both");
-    let (up, down) = (dir.0.join("up.json"), dir.0.join("down.json"));
+    let dir = Files::new("t-both");
+    let (up, down) = (dir.path().join("up.json"), dir.path().join("down.json"));
     let script = format!(
         "iperf3 -c {addr} -p {p1} -t 3 -O 1 -J > {up} & \
          iperf3 -c {addr} -p {p2} -t 3 -O 1 -R -J > {down}; wait",

@@ -16,43 +16,11 @@ use rein::{
     clock::{Clock, MonotonicClock},
 };
 use rein_common::{Direction, RuleKey};
-use rein_testkit::{
-    netns::{HostPair, unique_suffix},
-    process::Output,
-    rein_instance::ReinInstance,
-};
+use rein_testkit::{files::Files, netns::HostPair, process::Output, rein_instance::ReinInstance};
 use serde_json::Value;
 
 fn instance() -> ReinInstance {
     ReinInstance::for_test(env!("CARGO_BIN_EXE_rein"))
-}
-
-/// A directory of the test's own for its YAML files, removed on drop.
-struct Files(PathBuf);
-
-impl Files {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("rein-declarative-{}", unique_suffix()));
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    /// Writes `name` and returns its path.
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        fs::write(&path, text).unwrap();
-        path.display().to_string()
-    }
-
-    fn dir(&self) -> String {
-        self.0.display().to_string()
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 fn cgroup_limit(name: &str, cgroup: &str, limits: &str) -> String {
@@ -95,7 +63,7 @@ fn apply_diff_get_and_delete_round_trip() {
         rein.relative(&worker_b),
     );
     let glob = format!("/{}-worker-*", rein.name());
-    let files = Files::new();
+    let files = Files::new("declarative");
     files.write(
         "10-web.yaml",
         &cgroup_limit(
@@ -175,7 +143,7 @@ fn apply_diff_get_and_delete_round_trip() {
     let out = rein.rein(&[
         "delete",
         "-f",
-        &files.0.join("20-workers.yml").display().to_string(),
+        &files.path().join("20-workers.yml").display().to_string(),
     ]);
     assert!(
         out.ok()
@@ -196,7 +164,7 @@ fn a_bad_file_is_refused_whole_with_its_location_and_changes_nothing() {
     let rein = instance();
     let app = rein.relative(&rein.cgroup("app"));
     let other = rein.relative(&rein.cgroup("other"));
-    let files = Files::new();
+    let files = Files::new("declarative");
     let good = files.write(
         "a-good.yaml",
         &cgroup_limit("app", &app, "  egress:\n    rate: 10mbit\n"),
@@ -279,7 +247,7 @@ fn a_bad_file_is_refused_whole_with_its_location_and_changes_nothing() {
     }
 
     // With limits in place: a bad file changes none of them.
-    fs::remove_file(files.0.join("b-bad.yaml")).unwrap();
+    fs::remove_file(files.path().join("b-bad.yaml")).unwrap();
     rein.rein(&["apply", "-f", &good]).ok();
     let before = get(&rein);
     let changed = cgroup_limit("app", &app, "  egress:\n    rate: 20mbit\n");
@@ -298,7 +266,7 @@ fn a_bad_file_is_refused_whole_with_its_location_and_changes_nothing() {
         "a-good.yaml",
         &cgroup_limit("app", &app, "  egress:\n    rate: 10mbit\n"),
     );
-    fs::remove_file(files.0.join("b-bad.yaml")).unwrap();
+    fs::remove_file(files.path().join("b-bad.yaml")).unwrap();
     rein.rein(&["delete", "-f", &files.dir()]).ok();
     rein.assert_no_trace("deleting the good file");
 }
@@ -310,7 +278,7 @@ fn hand_set_limits_are_left_alone_and_listed_with_their_origin() {
     let declared = rein.relative(&rein.cgroup("svc-declared"));
     rein.rein(&["set", "--cgroup", &by_hand, "--egress", "3mbit"])
         .ok();
-    let files = Files::new();
+    let files = Files::new("declarative");
     let glob = format!("/{}-svc-*", rein.name());
     let file = files.write(
         "svc.yaml",
@@ -388,7 +356,7 @@ fn a_changed_rate_keeps_the_bucket_the_flows_and_the_queue() {
     let id = fs::metadata(&dir)
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .unwrap();
-    let files = Files::new();
+    let files = Files::new("declarative");
     let write = |egress: &str, ingress: &str| {
         files.write(
             "app.yaml",
@@ -458,7 +426,7 @@ fn net_rules_are_applied_changed_and_deleted_beside_hand_added_ones() {
     let rein = instance();
     let ns = pair.server().name();
     let dev = pair.link.server_if.as_str();
-    let files = Files::new();
+    let files = Files::new("declarative");
     // Refused while applying (the second rule matches what the first does): the first rule's
     // program, pins and state go again.
     let twins = files.write(
@@ -567,7 +535,7 @@ fn net_rules_are_applied_changed_and_deleted_beside_hand_added_ones() {
 
 #[test]
 fn a_config_not_owned_by_root_alone_is_refused() {
-    let files = Files::new();
+    let files = Files::new("declarative");
     let path = files.write("x.yaml", "");
     // The loader's option is the agent's; the CLI reads what root can read. This checks the
     // library through its public API.
@@ -579,7 +547,7 @@ fn a_config_not_owned_by_root_alone_is_refused() {
             },
         )
     };
-    let dir = files.0.clone();
+    let dir = files.path().to_path_buf();
     fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     load(std::slice::from_ref(&dir)).unwrap();
@@ -623,7 +591,7 @@ fn an_exact_apply_removes_declared_resources_the_files_no_longer_hold() {
     );
     rein.rein(&["set", "--cgroup", &by_hand, "--ingress", "4mbit"])
         .ok();
-    let files = Files::new();
+    let files = Files::new("declarative");
     let first = PathBuf::from(files.write(
         "one.yaml",
         &cgroup_limit("one", &one, "  egress:\n    rate: 1mbit\n"),

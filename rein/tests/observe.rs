@@ -12,7 +12,7 @@ use std::{
     fs,
     net::{SocketAddr, TcpListener},
     os::fd::AsRawFd,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex, MutexGuard},
     thread,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -22,6 +22,7 @@ use rein::observe::metrics;
 use rein_testkit::{
     agent::{Agent, Config, cgroup_limit},
     cgroup::in_cgroup,
+    files::Files,
     http,
     iperf::{self, ClientOptions, Measured, PORT as IPERF3_PORT, Server, TCP_PAYLOAD_SHARE},
     netns::{HostPair, unique_suffix},
@@ -70,23 +71,6 @@ fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-/// A temporary directory of the test's own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("rein-t-{what}-{}", unique_suffix()));
-        fs::create_dir(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -138,13 +122,13 @@ fn url_encode(text: &str) -> String {
 struct Prometheus {
     addr: SocketAddr,
     _process: Running,
-    _dir: TempDir,
+    _dir: Files,
 }
 
 impl Prometheus {
     fn start(target: SocketAddr) -> Self {
-        let dir = TempDir::new("prometheus");
-        let config = dir.0.join("prometheus.yml");
+        let dir = Files::new("t-prometheus");
+        let config = dir.path().join("prometheus.yml");
         fs::write(
             &config,
             format!(
@@ -161,7 +145,7 @@ impl Prometheus {
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
-                dir.0.join("data").display()
+                dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
             .spawn()

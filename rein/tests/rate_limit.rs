@@ -11,11 +11,12 @@
 // too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{fs, net::SocketAddr, path::PathBuf, thread, time::Duration};
+use std::{net::SocketAddr, thread, time::Duration};
 
 use rein_testkit::{
     connect::{Reply, Server, connect_n},
-    netns::{HostPair, Netns, unique_suffix},
+    files::Files,
+    netns::{HostPair, Netns},
     process::one_at_a_time,
     rein_instance::ReinInstance,
 };
@@ -52,29 +53,6 @@ impl Site {
     }
 }
 
-/// A directory of the test's own for its YAML files, removed on drop.
-struct Files(PathBuf);
-
-impl Files {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("rein-rate-limit-{}", unique_suffix()));
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        fs::write(&path, text).unwrap();
-        path.display().to_string()
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn rate_limit(name: &str, spec: &str) -> String {
     format!(
         "apiVersion: rein.dev/v1alpha1\nkind: RateLimit\nmetadata:\n  name: {name}\nspec:\n{spec}"
@@ -107,7 +85,7 @@ fn a_rate_limit_limits_connects_an_edit_keeps_its_bucket_and_delete_removes_it()
     let _timed = one_at_a_time();
     let rein = instance();
     let site = Site::start("198.18.13.230");
-    let files = Files::new();
+    let files = Files::new("rate-limit");
     let destination = format!("198.18.13.230:{}", site.port());
     let spec = |rate: &str, burst: u32| {
         rate_limit(
@@ -189,7 +167,7 @@ fn the_envoy_shape_counts_and_bad_files_are_refused_whole() {
     let _timed = one_at_a_time();
     let rein = instance();
     let site = Site::start("198.18.13.231");
-    let files = Files::new();
+    let files = Files::new("rate-limit");
     let service = format!("198.18.13.231:{}", site.port());
     let good = rate_limit(
         "envoy",
@@ -260,7 +238,7 @@ fn an_inbound_rate_limit_is_a_net_rule_apart_from_a_net_rule_of_its_name() {
     let rein = instance();
     let ns = pair.server().name();
     let dev = pair.link.server_if.as_str();
-    let files = Files::new();
+    let files = Files::new("rate-limit");
     let inbound = rate_limit(
         "guard",
         &format!("  device: {dev}\n  port: 443\n  rate: 50/s\n  burst: 7\n"),
@@ -329,7 +307,7 @@ fn an_inbound_rate_limit_is_a_net_rule_apart_from_a_net_rule_of_its_name() {
 fn a_fill_form_keeps_its_anchor_through_an_edit_and_a_reload() {
     use rein::capabilities::conn_limits::datapath::ConnDatapath;
     let rein = instance();
-    let files = Files::new();
+    let files = Files::new("rate-limit");
     let spec = |max: u32| {
         rate_limit(
             "fill",
