@@ -1,7 +1,7 @@
 //! `rein trace`: the verdicts of the running datapath as they happen, read from the ring
 //! buffers its programs write while a trace holds a lease on them.
 //!
-//! Each object (cgroup programs, interface programs) has a one-entry control array, a ring
+//! Each object (cgroup programs, interface programs, connect programs) has a one-entry control array, a ring
 //! buffer and a per-CPU budget, pinned with its other maps. The programs check the control's
 //! lease (`until_ns`, on CLOCK_MONOTONIC) before building any event: a trace renews it every
 //! second and clears it on its way out, and one that dies without clearing stops costing
@@ -30,12 +30,13 @@ use aya::{
 use rein_common::{
     Direction,
     abi::trace::{
-        EVENT_CGROUP_REFUSED, EVENT_NET_REFUSED, EVENT_PACING, EVENT_QUEUE_OVERFLOW, EVENT_WINDOW,
-        NET_TRACE_BUDGET_MAP, NET_TRACE_EVENTS_MAP, NET_TRACE_MAP, OVERFLOW_CONFIG_MAP,
-        OverflowConfig, QUEUE_DEVICES_MAP, QUEUE_OVERFLOW_PROGRAM, QUEUE_OVERFLOW_TRACEPOINT,
-        TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_EVENTS_PER_SECOND, TRACE_FAMILY_IPV4,
-        TRACE_FAMILY_IPV6, TRACE_HOOK_XDP, TRACE_LEASE_NS, TRACE_MAP, TraceBudget, TraceControl,
-        TraceEvent,
+        CONN_REFUSED_CALLERS_FULL, CONN_TRACE_BUDGET_MAP, CONN_TRACE_EVENTS_MAP, CONN_TRACE_MAP,
+        EVENT_CGROUP_REFUSED, EVENT_CONN_REFUSED, EVENT_NET_REFUSED, EVENT_PACING,
+        EVENT_QUEUE_OVERFLOW, EVENT_WINDOW, NET_TRACE_BUDGET_MAP, NET_TRACE_EVENTS_MAP,
+        NET_TRACE_MAP, OVERFLOW_CONFIG_MAP, OverflowConfig, QUEUE_DEVICES_MAP,
+        QUEUE_OVERFLOW_PROGRAM, QUEUE_OVERFLOW_TRACEPOINT, TRACE_BUDGET_MAP, TRACE_EVENTS_MAP,
+        TRACE_EVENTS_PER_SECOND, TRACE_FAMILY_IPV4, TRACE_FAMILY_IPV6, TRACE_HOOK_XDP,
+        TRACE_LEASE_NS, TRACE_MAP, TraceBudget, TraceControl, TraceEvent,
     },
 };
 use serde::Serialize;
@@ -61,9 +62,10 @@ const POLL_MS: i32 = 200;
 pub struct TraceFilter {
     /// Only events of the limit of this cgroup (its id).
     pub cgroup: Option<u64>,
-    /// Only refusals by this net rule.
+    /// Only refusals by this net rule or connection limit (they share their ids).
     pub rule: Option<u32>,
-    /// Only dropped packets: refusals and queue overflows (no pacing or window changes).
+    /// Only what was refused or dropped: refusals (of packets and of connects) and queue
+    /// overflows (no pacing or window changes).
     pub drops_only: bool,
 }
 
@@ -71,18 +73,19 @@ impl TraceFilter {
     pub fn keeps(&self, event: &TraceEvent) -> bool {
         let drop = matches!(
             event.kind,
-            EVENT_CGROUP_REFUSED | EVENT_NET_REFUSED | EVENT_QUEUE_OVERFLOW
+            EVENT_CGROUP_REFUSED | EVENT_NET_REFUSED | EVENT_CONN_REFUSED | EVENT_QUEUE_OVERFLOW
         );
+        let by_rule = matches!(event.kind, EVENT_NET_REFUSED | EVENT_CONN_REFUSED);
         if self.drops_only && !drop {
             return false;
         }
         if let Some(cgroup) = self.cgroup
-            && (event.kind == EVENT_NET_REFUSED || event.cgroup_id != cgroup)
+            && (by_rule || event.cgroup_id != cgroup)
         {
             return false;
         }
         if let Some(rule) = self.rule
-            && (event.kind != EVENT_NET_REFUSED || event.rule != rule)
+            && (!by_rule || event.rule != rule)
         {
             return false;
         }
@@ -108,6 +111,23 @@ pub enum TraceRecord {
         bytes: u64,
         protocol: String,
         source: String,
+        destination: String,
+    },
+    /// A connection limit refused a `connect()` (ECONNREFUSED).
+    #[serde(rename = "refused-connect")]
+    RefusedConnect {
+        time: String,
+        /// `rule ID`.
+        limit: String,
+        rule: u32,
+        /// `no-token`, or `callers-full` (a per-caller rule with no room for a new caller).
+        reason: &'static str,
+        /// The caller: its process, thread, the thread's name and its network namespace cookie.
+        pid: u32,
+        tid: u32,
+        comm: String,
+        netns: u64,
+        protocol: String,
         destination: String,
     },
     Pacing {
@@ -170,6 +190,22 @@ impl std::fmt::Display for TraceRecord {
                 write!(f, "{time} refused {direction} {limit} {bytes}B {protocol} ")?;
                 flow(f, source, destination)
             }
+            TraceRecord::RefusedConnect {
+                time,
+                limit,
+                reason,
+                pid,
+                tid,
+                comm,
+                netns,
+                protocol,
+                destination,
+                ..
+            } => write!(
+                f,
+                "{time} refused-connect {limit} {reason} {protocol} -> {destination} pid {pid} \
+                 tid {tid} comm {comm:?} netns {netns}"
+            ),
             TraceRecord::Pacing {
                 time,
                 cgroup,
@@ -367,6 +403,7 @@ impl Tracer {
         for names in [
             [TRACE_MAP, TRACE_BUDGET_MAP, TRACE_EVENTS_MAP],
             [NET_TRACE_MAP, NET_TRACE_BUDGET_MAP, NET_TRACE_EVENTS_MAP],
+            [CONN_TRACE_MAP, CONN_TRACE_BUDGET_MAP, CONN_TRACE_EVENTS_MAP],
         ] {
             sources.extend(Source::open(instance, names)?);
         }
@@ -545,6 +582,22 @@ pub fn decode(event: &TraceEvent, names: &mut CgroupNames) -> Option<TraceRecord
                 destination,
             }
         }
+        EVENT_CONN_REFUSED => TraceRecord::RefusedConnect {
+            time,
+            limit: format!("rule {}", event.rule),
+            rule: event.rule,
+            reason: if event.reason == CONN_REFUSED_CALLERS_FULL {
+                "callers-full"
+            } else {
+                "no-token"
+            },
+            pid: event.tgid,
+            tid: event.pid,
+            comm: comm(&event.comm),
+            netns: event.netns,
+            protocol: protocol(event.protocol),
+            destination,
+        },
         EVENT_PACING => TraceRecord::Pacing {
             time,
             cgroup,
@@ -583,6 +636,12 @@ fn protocol(number: u8) -> String {
         58 => "icmpv6".into(),
         other => format!("proto-{other}"),
     }
+}
+
+/// A thread's name as the kernel keeps it: up to 16 bytes, NUL-padded, not always UTF-8.
+fn comm(bytes: &[u8; 16]) -> String {
+    let length = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..length]).into_owned()
 }
 
 /// `address:port` (`[address]:port` for IPv6), the port left out when unknown.
@@ -717,6 +776,57 @@ mod tests {
         assert!(drops.keeps(&overflow) && cgroup.keeps(&overflow) && !rule.keeps(&overflow));
         overflow.cgroup_id = 8;
         assert!(!cgroup.keeps(&overflow));
+    }
+
+    #[test]
+    fn a_refused_connect_reads_as_one_line_with_rule_reason_destination_and_caller() {
+        let mut names = CgroupNames {
+            mount: None,
+            names: HashMap::new(),
+            instance: None,
+        };
+        let mut event = TraceEvent::EMPTY;
+        event.time_ns = 12_345_678_901;
+        event.kind = EVENT_CONN_REFUSED;
+        event.rule = 3;
+        event.reason = rein_common::abi::trace::CONN_REFUSED_NO_TOKEN;
+        event.family = TRACE_FAMILY_IPV4;
+        event.protocol = 6;
+        event.destination[..4].copy_from_slice(&[10, 0, 0, 2]);
+        event.destination_port = 8080;
+        (event.pid, event.tgid, event.netns) = (1235, 1234, 4096);
+        event.comm[..4].copy_from_slice(b"curl");
+        let record = decode(&event, &mut names).unwrap();
+        assert_eq!(
+            record.to_string(),
+            "12.345678 refused-connect rule 3 no-token tcp -> 10.0.0.2:8080 pid 1234 tid 1235 \
+             comm \"curl\" netns 4096"
+        );
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["event"], "refused-connect");
+        assert_eq!(
+            (json["rule"].as_u64(), json["pid"].as_u64()),
+            (Some(3), Some(1234))
+        );
+        assert_eq!(json["comm"], "curl");
+        event.reason = CONN_REFUSED_CALLERS_FULL;
+        let json = serde_json::to_value(decode(&event, &mut names).unwrap()).unwrap();
+        assert_eq!(json["reason"], "callers-full");
+        // A drop, of its rule, of no cgroup.
+        let keeps = |filter: TraceFilter| filter.keeps(&event);
+        assert!(keeps(TraceFilter {
+            rule: Some(3),
+            drops_only: true,
+            ..TraceFilter::default()
+        }));
+        assert!(!keeps(TraceFilter {
+            rule: Some(4),
+            ..TraceFilter::default()
+        }));
+        assert!(!keeps(TraceFilter {
+            cgroup: Some(0),
+            ..TraceFilter::default()
+        }));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! refuses, with the limit, direction and 5-tuple, and not another cgroup's; an unfiltered trace
 //! sees both; a trace ended by SIGINT leaves the datapath's lease cleared, so the programs stop
 //! building events; a trace shows the pacing and window clamps set on limited TCP flows; and it
-//! shows the overflows of an ingress limit's queue, as the qdisc counts them.
+//! shows the overflows of an ingress limit's queue, as the qdisc counts them; and it shows the
+//! connects a connection limit refuses, with the rule, the caller and the destination, which
+//! the connect programs write nothing of while no trace runs.
 //!
 //! Runs its own instance and namespaces (removed on drop, on failure too). Needs root, a bpffs
 //! at /sys/fs/bpf, cgroup v2 and iperf3.
@@ -12,10 +14,15 @@
 
 use std::{path::Path, time::Duration};
 
-use aya::maps::{Array, Map, MapData};
-use rein_common::abi::trace::{TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_MAP, TraceControl};
+use aya::maps::{Array, Map, MapData, RingBuf};
+use rein::clock::Clock;
+use rein_common::abi::trace::{
+    CONN_TRACE_EVENTS_MAP, CONN_TRACE_MAP, TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_MAP,
+    TraceControl,
+};
 use rein_testkit::{
     cgroup::in_cgroup,
+    connect::{self, Reply},
     iperf::{self, ClientOptions, PORT as IPERF3_PORT, Server},
     netns::HostPair,
     process::{Cmd, Output, Running, wait_until},
@@ -368,6 +375,143 @@ fn a_trace_shows_a_net_rules_refusals() {
         })
         .count();
     assert!(refusals > 100, "{refusals} refusals traced:\n{output}");
+}
+
+/// The connect object's trace control, read from its pin.
+fn conn_trace_control(rein: &ReinInstance) -> TraceControl {
+    let pin = rein.library_instance().maps_dir().join(CONN_TRACE_MAP);
+    let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
+    let control: Array<_, TraceControl> = Array::try_from(map).unwrap();
+    control.get(&0, 0).unwrap()
+}
+
+/// A connection limit with room for 2 connects a minute: 3 connects refused before a trace
+/// start write nothing to the connect object's ring buffer; the 5 refused while a `--rule ID
+/// --drops-only --json` trace runs are each shown with the rule, why, the calling process,
+/// thread, its name and network namespace, and the destination; after the trace exits (its
+/// lease cleared) a refused connect writes nothing again.
+#[test]
+fn a_trace_shows_refused_connects_with_rule_caller_and_destination() {
+    let rein = instance();
+    let ns = rein_testkit::netns::Netns::with_loopback("rtc", &["198.18.13.200/32"]).unwrap();
+    let server =
+        connect::Server::start(&ns, &["198.18.13.200:0".parse().unwrap()], Reply::Close).unwrap();
+    let destination = server.addr().to_string();
+    let added = rein.rein(&[
+        "conn",
+        "add",
+        "--dst",
+        &destination,
+        "--rate",
+        "1/min",
+        "--burst",
+        "2",
+    ]);
+    let id: u32 = added
+        .ok()
+        .trim()
+        .strip_prefix("added rule ")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no rule id:\n{added}"));
+    let events_pin = rein
+        .library_instance()
+        .maps_dir()
+        .join(CONN_TRACE_EVENTS_MAP);
+    let mut events =
+        RingBuf::try_from(Map::from_map_data(MapData::from_pin(&events_pin).unwrap()).unwrap())
+            .unwrap();
+    let untraced = connect::connect_n(&ns, server.addr(), 5).unwrap();
+    assert_eq!((untraced.allowed, untraced.refused), (2, 3), "{untraced:?}");
+    assert!(
+        events.next().is_none(),
+        "a refused connect wrote an event with no trace running"
+    );
+
+    let trace = start_trace(
+        &rein,
+        &["--rule", &id.to_string(), "--drops-only", "--json"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || conn_trace_control(&rein)
+            .until_ns
+            != 0),
+        "rein trace never took the connect object's lease"
+    );
+    // The caller as the kernel names it: this process, the thread that connects, its name.
+    let (tid, comm, traced) = ns
+        .run(|| {
+            // SAFETY: a plain syscall without arguments.
+            let tid = unsafe { libc::gettid() } as u64;
+            let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+            let refused = (0..5)
+                .filter(|_| {
+                    std::net::TcpStream::connect_timeout(&server.addr(), Duration::from_secs(2))
+                        .is_err_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED))
+                })
+                .count();
+            (tid, comm.trim_end().to_owned(), refused)
+        })
+        .unwrap();
+    assert_eq!(traced, 5, "not every traced connect was refused");
+    // What the trace read arrives within its 200 ms poll.
+    std::thread::sleep(Duration::from_millis(500));
+    let output = interrupt(trace);
+    let cookie = rein::platform::netns::cookie_of(Path::new(&ns.path())).unwrap();
+    let refusals: Vec<serde_json::Value> = output
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| event["event"] == "refused-connect")
+        .collect();
+    assert_eq!(refusals.len(), 5, "{output}");
+    for event in &refusals {
+        assert_eq!(event["rule"], id, "{event}");
+        assert_eq!(event["limit"], format!("rule {id}"), "{event}");
+        assert_eq!(event["reason"], "no-token", "{event}");
+        assert_eq!(event["pid"], std::process::id(), "{event}");
+        assert_eq!(event["tid"], tid, "{event}");
+        assert_eq!(event["comm"], comm.as_str(), "{event}");
+        assert_eq!(event["netns"], cookie, "{event}");
+        assert_eq!(event["protocol"], "tcp", "{event}");
+        assert_eq!(event["destination"], destination.as_str(), "{event}");
+    }
+
+    assert_eq!(conn_trace_control(&rein), TraceControl::default());
+    while events.next().is_some() {}
+    let after = connect::connect_n(&ns, server.addr(), 1).unwrap();
+    assert_eq!(after.refused, 1, "{after:?}");
+    assert!(
+        events.next().is_none(),
+        "a refused connect wrote an event after the trace ended"
+    );
+
+    // The lease alone gates: with a budget but a lease just expired nothing is written, and
+    // with the same lease in the future the refusal is.
+    let mut control: Array<_, TraceControl> = Array::try_from(
+        Map::from_map_data(
+            MapData::from_pin(rein.library_instance().maps_dir().join(CONN_TRACE_MAP)).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let now = rein::clock::MonotonicClock.now_ns();
+    for (until_ns, written) in [(now, false), (now + 3_000_000_000, true)] {
+        let lease = TraceControl {
+            until_ns,
+            events_per_second: 10_000,
+            pid: std::process::id(),
+        };
+        control.set(0, lease, 0).unwrap();
+        let seen = connect::connect_n(&ns, server.addr(), 1).unwrap();
+        assert_eq!(seen.refused, 1, "{seen:?}");
+        assert_eq!(
+            events.next().is_some(),
+            written,
+            "lease until {until_ns}, now {now}"
+        );
+    }
+    control.set(0, TraceControl::default(), 0).unwrap();
 }
 
 /// A datapath installed by a rein from before `rein trace` has no trace maps: a trace says

@@ -1,7 +1,8 @@
 //! Tracing verdicts (`rein trace`): a ring buffer of events each object's programs write while a
 //! trace runs, the one-entry control a trace keeps alive, and the per-CPU budget that caps the
-//! events and counts what it skipped. Each object (cgroup programs, interface programs) has its
-//! own three maps, pinned with its others, so a trace attaches to whichever datapath runs.
+//! events and counts what it skipped. Each object (cgroup programs, interface programs, connect
+//! programs) has its own three maps, pinned with its others, so a trace attaches to whichever
+//! datapath runs.
 
 /// Name of the cgroup object's one-entry [`TraceControl`] array.
 pub const TRACE_MAP: &str = "REIN_TRACE";
@@ -13,8 +14,12 @@ pub const TRACE_BUDGET_MAP: &str = "REIN_TRACE_BUDGET";
 pub const NET_TRACE_MAP: &str = "REIN_NET_TRACE";
 pub const NET_TRACE_EVENTS_MAP: &str = "REIN_NET_TRACE_EVENTS";
 pub const NET_TRACE_BUDGET_MAP: &str = "REIN_NET_TRACE_BUDGET";
+/// The same three maps of the connect object.
+pub const CONN_TRACE_MAP: &str = "REIN_CONN_TRACE";
+pub const CONN_TRACE_EVENTS_MAP: &str = "REIN_CONN_TRACE_EVENTS";
+pub const CONN_TRACE_BUDGET_MAP: &str = "REIN_CONN_TRACE_BUDGET";
 
-/// Bytes of each ring buffer (a power of two of pages): about 3,000 events.
+/// Bytes of each ring buffer (a power of two of pages): about 2,300 events.
 pub const TRACE_RING_BYTES: u32 = 256 * 1024;
 
 /// Events each CPU may emit per second while a trace runs; past that they are counted as
@@ -62,6 +67,15 @@ pub const EVENT_WINDOW: u8 = 4;
 /// An ingress limit's queue (its tbf qdisc) was full and dropped a packet (`cgroup_id` is the
 /// limit's cgroup, `value` the packet's IP bytes).
 pub const EVENT_QUEUE_OVERFLOW: u8 = 5;
+/// A connection limit refused a `connect()` (`rule` is its id, `reason` why; the caller in
+/// `pid`, `tgid`, `comm` and `netns`; the destination in `destination`, `destination_port`,
+/// `protocol`; no source: the socket may not be bound yet).
+pub const EVENT_CONN_REFUSED: u8 = 6;
+
+/// `TraceEvent::reason` of a refused connect: the rule's bucket had no token.
+pub const CONN_REFUSED_NO_TOKEN: u8 = 1;
+/// A per-caller rule had no bucket for the caller and the callers table no room for one.
+pub const CONN_REFUSED_CALLERS_FULL: u8 = 2;
 
 /// The program that sees queue overflows, on the `kfree_skb` raw tracepoint. Unlike the others
 /// it is attached only while a trace runs, by the trace itself (its link dies with the trace).
@@ -123,9 +137,19 @@ pub struct TraceEvent {
     pub destination: [u8; 16],
     pub source_port: u16,
     pub destination_port: u16,
-    pub _pad: u32,
+    /// Refused connects: the calling thread and its process (`bpf_get_current_pid_tgid`); 0 for
+    /// other events (a packet has no caller).
+    pub pid: u32,
+    pub tgid: u32,
+    /// Refused connects: `CONN_REFUSED_*`; 0 for other events.
+    pub reason: u8,
+    pub _pad: [u8; 3],
+    /// Refused connects: the caller's network namespace cookie; 0 for other events.
+    pub netns: u64,
+    /// Refused connects: the calling thread's name, NUL-padded; zeros for other events.
+    pub comm: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<TraceEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 104);
 
 impl TraceEvent {
     pub const EMPTY: Self = Self {
@@ -141,6 +165,11 @@ impl TraceEvent {
         destination: [0; 16],
         source_port: 0,
         destination_port: 0,
-        _pad: 0,
+        pid: 0,
+        tgid: 0,
+        reason: 0,
+        _pad: [0; 3],
+        netns: 0,
+        comm: [0; 16],
     };
 }

@@ -109,16 +109,16 @@ pub enum LowCommand {
     },
     /// Print the JSON Schema of the resources in YAML files.
     Schema,
-    /// Stream the datapath's verdicts as they happen: refused packets, TCP pacing and window
-    /// changes, download queue overflows. Runs until interrupted.
+    /// Stream the datapath's verdicts as they happen: refused packets, refused connects, TCP
+    /// pacing and window changes, download queue overflows. Runs until interrupted.
     Trace {
         /// Only the limit of this cgroup (a directory or a path from the v2 root).
         #[arg(long, value_name = "PATH")]
         cgroup: Option<PathBuf>,
-        /// Only refusals by this net rule.
+        /// Only refusals by this net rule or connection limit.
         #[arg(long, value_name = "ID", allow_hyphen_values = true)]
         rule: Option<String>,
-        /// Only dropped packets: refusals and queue overflows.
+        /// Only what was dropped: refusals (of packets and connects) and queue overflows.
         #[arg(long)]
         drops_only: bool,
         /// Print one JSON object per line instead of text.

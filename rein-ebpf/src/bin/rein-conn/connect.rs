@@ -72,12 +72,12 @@ const NETNS_VARIANTS: u32 = 0xf << (CONN_SCOPE_NETNS as u32 * 4);
 
 /// Where a connection goes, as the trie keys name it.
 #[repr(C)]
-struct Destination {
-    family: u8,
-    protocol: u8,
+pub struct Destination {
+    pub family: u8,
+    pub protocol: u8,
     /// Host order; 0 when the connect names none.
-    port: u16,
-    addr: [u8; ADDR_BYTES],
+    pub port: u16,
+    pub addr: [u8; ADDR_BYTES],
     address_bits: u32,
 }
 
@@ -217,10 +217,14 @@ fn admit(ctx: &SockAddrContext, destination: Destination) -> i32 {
     );
     let at = connection.refused_at as usize;
     if at < MAX_SCOPES {
-        count_refused(
-            connection.ids[at],
+        let (rule, table_full) = (connection.ids[at], connection.table_full != 0);
+        count_refused(rule, connection.netns, table_full);
+        crate::trace::refusal(
+            &connection.destination,
+            rule,
             connection.netns,
-            connection.table_full != 0,
+            table_full,
+            connection.now,
         );
     }
     // SAFETY: a plain helper; connect4/connect6 may set their return value.

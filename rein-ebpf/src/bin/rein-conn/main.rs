@@ -1,7 +1,8 @@
 //! rein's new-connection limits on local callers (`rein conn`): `connect4` and `connect6`
 //! programs at a cgroup, which charge each new connection to the most specific rule of every
 //! scope the caller is in (its cgroups, its network namespace, every caller) and refuse it
-//! with ECONNREFUSED when one of them has no token.
+//! with ECONNREFUSED when one of them has no token; the refusals `rein trace` reads while one
+//! runs (`trace`).
 //!
 //! A separate object from the cgroup and interface programs, so hosts without connection
 //! limits never create these maps.
@@ -11,6 +12,7 @@
 #![no_main]
 
 mod connect;
+mod trace;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -10,10 +10,13 @@ use aya::{
     },
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
-use rein_common::conn::{
-    CONN_CALLERS_MAP, CONN_CONNECT4_PROGRAM, CONN_CONNECT6_PROGRAM, CONN_COUNTERS_MAP,
-    CONN_DESTINATIONS_MAP, CONN_RULES_MAP, CONN_SHAPES_MAP, CallerKey, CallerState, ConnBucket,
-    ConnCounters, ConnKey, ConnMatch, ConnRule, ConnShapes,
+use rein_common::{
+    abi::trace::{CONN_TRACE_BUDGET_MAP, CONN_TRACE_EVENTS_MAP, CONN_TRACE_MAP},
+    conn::{
+        CONN_CALLERS_MAP, CONN_CONNECT4_PROGRAM, CONN_CONNECT6_PROGRAM, CONN_COUNTERS_MAP,
+        CONN_DESTINATIONS_MAP, CONN_RULES_MAP, CONN_SHAPES_MAP, CallerKey, CallerState, ConnBucket,
+        ConnCounters, ConnKey, ConnMatch, ConnRule, ConnShapes,
+    },
 };
 
 use crate::{
@@ -23,13 +26,26 @@ use crate::{
     platform::bpf::{self, load_error, program_mut, remove_if_exists},
 };
 
-/// Every map of the object, pinned by these names.
-const MAPS: [&str; 5] = [
+/// The maps of the rules and their buckets: what makes the datapath installed. One installed by
+/// a rein from before `rein trace` has only these; a reload adds the trace maps.
+const TABLES: [&str; 5] = [
     CONN_RULES_MAP,
     CONN_COUNTERS_MAP,
     CONN_DESTINATIONS_MAP,
     CONN_SHAPES_MAP,
     CONN_CALLERS_MAP,
+];
+
+/// Every map of the object, pinned by these names.
+const MAPS: [&str; 8] = [
+    CONN_RULES_MAP,
+    CONN_COUNTERS_MAP,
+    CONN_DESTINATIONS_MAP,
+    CONN_SHAPES_MAP,
+    CONN_CALLERS_MAP,
+    CONN_TRACE_MAP,
+    CONN_TRACE_EVENTS_MAP,
+    CONN_TRACE_BUDGET_MAP,
 ];
 
 /// The programs and the names of their links' pins.
@@ -60,7 +76,8 @@ pub struct ConnDatapath {
 impl ConnDatapath {
     /// Whether the maps are pinned.
     pub fn is_installed(instance: &Instance) -> bool {
-        MAPS.iter()
+        TABLES
+            .iter()
             .all(|name| instance.maps_dir().join(name).exists())
     }
 
