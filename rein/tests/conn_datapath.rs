@@ -34,7 +34,7 @@ use rein_common::{
 };
 use rein_testkit::{
     connect::{self, Reply},
-    model::{ConnBucketModel, Xorshift},
+    model::{Bracket, ConnBucketModel, Xorshift},
     netns::Netns,
     rein_instance::ReinInstance,
 };
@@ -398,30 +398,17 @@ fn connects(cgroup: &Path, netns: &Netns, plans: &[Plan]) -> Vec<Outcome> {
     outcomes
 }
 
-/// Whether the model, offered the connection at `before` or at `after`, agrees with the kernel;
-/// the model moves on along the instant that agrees. Some(verdict) when both instants agree
-/// (the comparison then holds the kernel to it).
-fn follow(model: &mut ConnBucketModel, allowed: bool, before: u64, after: u64) -> Option<bool> {
-    let (mut early, mut late) = (model.clone(), model.clone());
-    let (a, b) = (early.offer(before), late.offer(after));
-    if a == allowed {
-        *model = early;
-    } else if b == allowed {
-        *model = late;
-    }
-    (a == b).then_some(a)
-}
-
 /// Random connects and sleeps against one rule; every verdict the model is sure of must be the
 /// kernel's, and the counters must say what the connects saw.
 fn decides_as_its_model(
     fixture: &Fixture,
     server: &Server,
     id: u32,
-    mut model: ConnBucketModel,
+    model: ConnBucketModel,
     plan: Plan,
     seed: u64,
 ) {
+    let mut model = Bracket::new(model);
     let mut random = Xorshift(seed);
     let plans: Vec<Plan> = (0..150)
         .map(|_| Plan {
@@ -437,8 +424,7 @@ fn decides_as_its_model(
             "connect {i}: errno {}",
             outcome.errno
         );
-        if let Some(expected) = follow(&mut model, outcome.allowed(), outcome.before, outcome.after)
-        {
+        if let Some(expected) = model.follow(outcome.allowed(), outcome.before, outcome.after) {
             compared += 1;
             assert_eq!(
                 outcome.allowed(),

@@ -32,8 +32,8 @@ use rein_common::{
 use rein_testkit::{
     FakeClock,
     model::{
-        CountMinModel, FixedWindowModel, SlidingWindowModel, SynBucketModel, TokenBucketModel,
-        Xorshift,
+        Bracket, ConnBucketModel, CountMinModel, FixedWindowModel, SlidingWindowModel,
+        TokenBucketModel, Xorshift,
     },
 };
 
@@ -1131,7 +1131,7 @@ fn a_syn_bucket_decides_as_its_model() {
         connections("200/s", 5),
         Sources::Shared,
     );
-    let mut model = SynBucketModel::new(200, 1_000_000_000, 5, monotonic_ns());
+    let mut model = Bracket::new(ConnBucketModel::rate(1_000_000_000 / 200, 5));
     let mut random = Xorshift(0x5e_ed5);
     let (mut compared, mut passed, mut isn) = (0, 0u64, 0u32);
     let started = monotonic_ns();
@@ -1141,15 +1141,7 @@ fn a_syn_bucket_decides_as_its_model() {
         let before = monotonic_ns();
         let verdict = loaded.passes(&frame);
         let after = monotonic_ns();
-        let expected = follow(
-            &mut model,
-            verdict,
-            before,
-            after,
-            |m, now| m.offer(now),
-            |m, now| m.refill(now),
-        );
-        if let Some(expected) = expected {
+        if let Some(expected) = model.follow(verdict, before, after) {
             compared += 1;
             assert_eq!(verdict, expected, "SYN {isn} at {before}..{after}");
         }

@@ -127,6 +127,18 @@ impl ConnBucketModel {
     }
 
     /// Gives back the token of a connection a later rule refused.
+    /// Takes a connection at `now` whatever the bucket holds, never below empty (for
+    /// [`crate::model::Bracket`]).
+    pub fn take_anyway(&mut self, now: u64) {
+        self.refill(now);
+        match self {
+            Self::Rate {
+                cost_ns, token_ns, ..
+            } => *token_ns = token_ns.saturating_sub(u128::from(*cost_ns)),
+            Self::Fill { tokens, .. } => *tokens = tokens.saturating_sub(1),
+        }
+    }
+
     pub fn refund(&mut self) {
         match self {
             Self::Rate {
@@ -142,6 +154,16 @@ impl ConnBucketModel {
                 max_tokens, tokens, ..
             } => *tokens = (*tokens + 1).min(*max_tokens),
         }
+    }
+}
+
+impl crate::model::Bucket for ConnBucketModel {
+    fn offer(&mut self, now: u64) -> bool {
+        ConnBucketModel::offer(self, now)
+    }
+
+    fn take_anyway(&mut self, now: u64) {
+        ConnBucketModel::take_anyway(self, now);
     }
 }
 

@@ -2,16 +2,16 @@
 //! kernel stores its state differently (packed into one word per limit, see `rein_common`);
 //! unit tests hold the shared arithmetic to these models, and the datapath tests hold the
 //! kernel programs to them through `BPF_PROG_TEST_RUN`.
+mod bracket;
 mod bucket;
 mod conn;
 mod sketch;
-mod syn;
 mod window;
 
+pub use bracket::{Bracket, Bucket};
 pub use bucket::TokenBucketModel;
 pub use conn::ConnBucketModel;
 pub use sketch::CountMinModel;
-pub use syn::SynBucketModel;
 pub use window::{FixedWindowModel, SlidingWindowModel};
 
 /// A small deterministic generator (xorshift64), so that randomised tests reproduce.
