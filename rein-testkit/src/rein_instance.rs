@@ -328,6 +328,17 @@ impl Output {
         &self.stdout
     }
 
+    /// Asserts the command succeeded and printed `added rule ID: ...` (`rein net add`,
+    /// `rein conn add`); returns the id.
+    pub fn added_rule_id(&self) -> u32 {
+        self.ok()
+            .trim()
+            .strip_prefix("added rule ")
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no `added rule ID:` in the output:\n{self}"))
+    }
+
     /// Asserts rein refused cleanly: a non-zero exit (not a crash), nothing on stdout, and
     /// exactly one line on stderr, `rein: ...`, containing every needle. Returns that line.
     pub fn refused(&self, needles: &[&str]) -> &str {

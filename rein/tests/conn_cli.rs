@@ -100,12 +100,7 @@ fn add(rein: &ReinInstance, args: &[&str]) -> u32 {
     let mut full = vec!["conn", "add"];
     full.extend_from_slice(args);
     let out = rein.rein(&full);
-    out.ok()
-        .trim()
-        .strip_prefix("added rule ")
-        .and_then(|rest| rest.split(':').next())
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no `added rule ID:` in the output:\n{out}"))
+    out.added_rule_id()
 }
 
 /// Every outbound rule `rein conn list --json` shows.
@@ -598,13 +593,7 @@ fn net_and_conn_rules_share_their_ids() {
             "net", "add", "--dev", "lo", "--dir", "egress", "--rate", "10mbit",
         ],
     );
-    let net_id: u32 = out
-        .ok()
-        .trim()
-        .strip_prefix("added rule ")
-        .and_then(|rest| rest.split(':').next())
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("{out}"));
+    let net_id: u32 = out.added_rule_id();
     let second = add(&rein, &["--dst", "198.18.13.248", "--rate", "5/s"]);
     assert_eq!((net_id, second), (first + 1, first + 2));
     rein.rein(&["net", "del", &first.to_string()])

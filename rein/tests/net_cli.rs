@@ -86,13 +86,7 @@ fn add(rein: &ReinInstance, netns: &str, args: &[&str]) -> u32 {
     let mut full = vec!["net", "add"];
     full.extend_from_slice(args);
     let out = rein.rein_in(netns, &full);
-    let stdout = out.ok();
-    stdout
-        .trim()
-        .strip_prefix("added rule ")
-        .and_then(|rest| rest.split(':').next())
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no `added rule ID:` in the output:\n{out}"))
+    out.added_rule_id()
 }
 
 /// `rein net del <id>` (from the host's namespace: rein finds the rule in its state).

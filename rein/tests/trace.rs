@@ -320,13 +320,7 @@ fn a_trace_shows_a_net_rules_refusals() {
             "5mbit",
         ],
     );
-    let id: u32 = added
-        .ok()
-        .trim()
-        .strip_prefix("added rule ")
-        .and_then(|rest| rest.split(':').next())
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no rule id:\n{added}"));
+    let id: u32 = added.added_rule_id();
     let trace = start_trace(&rein, &["--rule", &id.to_string(), "--json"]);
     let pin = rein
         .library_instance()
@@ -407,13 +401,7 @@ fn a_trace_shows_refused_connects_with_rule_caller_and_destination() {
         "--burst",
         "2",
     ]);
-    let id: u32 = added
-        .ok()
-        .trim()
-        .strip_prefix("added rule ")
-        .and_then(|rest| rest.split(':').next())
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no rule id:\n{added}"));
+    let id: u32 = added.added_rule_id();
     let events_pin = rein
         .library_instance()
         .maps_dir()
