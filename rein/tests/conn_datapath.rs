@@ -28,7 +28,8 @@ use rein::{
 use rein_common::{
     conn::{
         CONN_FLAG_PER_CALLER, CONN_FORM_FILL, CONN_FORM_RATE, CONN_SCOPE_ALL, CONN_SCOPE_BITS,
-        CONN_SCOPE_CGROUP, ConnBucket, ConnKey, ConnRule, ConnScope, ConnShapes, conn_variant_bit,
+        CONN_SCOPE_CGROUP, CallerState, ConnBucket, ConnKey, ConnRule, ConnScope, ConnShapes,
+        conn_variant_bit,
     },
     net::{FAMILY_IPV4, FAMILY_IPV6, PROTOCOL_TCP, specificity},
 };
@@ -666,6 +667,13 @@ fn a_full_callers_table_reclaims_full_buckets_and_refuses_only_mid_burst() {
     // connects (long enough for the next two connects on a loaded machine), then full again.
     let cost = 1_500 * MS;
     fixture.put(8, ALL, target, rate_rule(cost, 1, CONN_FLAG_PER_CALLER));
+    // Userspace drops only the entries of rules that are gone: full buckets are the programs'
+    // to drop, with a tombstone swapped in first (userspace has no compare-and-swap).
+    fixture
+        .datapath
+        .restore_callers(9999, &[(7, CallerState::default())]);
+    assert_eq!(fixture.datapath.remove_orphan_callers(), 1);
+    assert_eq!(fixture.datapath.remove_orphan_callers(), 0);
     let one = [udp(SERVER4, 53)];
     let connect = |server: &Server| connects(&fixture.cgroup, &server.netns, &one)[0];
     let first = connect(&servers[0]);
@@ -705,15 +713,9 @@ fn a_full_callers_table_reclaims_full_buckets_and_refuses_only_mid_burst() {
         ),
         (4, 1, 1)
     );
-    // Userspace's twin: nothing is full yet; a connection's cost later, both are.
-    assert_eq!(fixture.datapath.reclaim_full_callers(monotonic_ns()), 0);
-    assert_eq!(
-        fixture
-            .datapath
-            .reclaim_full_callers(monotonic_ns() + cost + 50 * MS),
-        2
-    );
-    assert!(fixture.datapath.callers(8).is_empty());
+    // Userspace drops none of these: it leaves full buckets to the programs.
+    assert_eq!(fixture.datapath.remove_orphan_callers(), 0);
+    assert_eq!(fixture.datapath.callers(8).len(), 2);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use rein_common::{
     abi::trace::{CONN_TRACE_BUDGET_MAP, CONN_TRACE_EVENTS_MAP, CONN_TRACE_MAP},
     conn::{
         CONN_CALLERS_MAP, CONN_CONNECT4_PROGRAM, CONN_CONNECT6_PROGRAM, CONN_COUNTERS_MAP,
-        CONN_DESTINATIONS_MAP, CONN_RULES_MAP, CONN_SHAPES_MAP, CallerKey, CallerState, ConnBucket,
+        CONN_DESTINATIONS_MAP, CONN_RULES_MAP, CONN_SHAPES_MAP, CallerKey, CallerState,
         ConnCounters, ConnKey, ConnMatch, ConnRule, ConnShapes,
     },
 };
@@ -362,37 +362,23 @@ impl ConnDatapath {
         }
     }
 
-    /// Deletes the callers' entries whose bucket is full again at `now_ns` (CLOCK_MONOTONIC)
-    /// or whose rule is gone, as the programs do when the table is full; returns how many
-    /// went. A bucket that is full carries nothing a new entry would not start with.
-    pub fn reclaim_full_callers(&mut self, now_ns: u64) -> usize {
-        let rules: std::collections::HashMap<u32, ConnRule> = self.rules.iter().flatten().collect();
-        let full: Vec<CallerKey> = self
+    /// Deletes the callers' entries whose rule is gone (left by a command that died between
+    /// its writes); returns how many went. Entries whose bucket is full again are left to the
+    /// programs, which drop them when the table is full: they swap the word for a tombstone
+    /// first, so a connection racing the delete is refused, whereas userspace has no
+    /// compare-and-swap on a map value and would lose a token taken between its check and its
+    /// delete (one connection too many).
+    pub fn remove_orphan_callers(&mut self) -> usize {
+        let orphans: Vec<CallerKey> = self
             .callers
-            .iter()
+            .keys()
             .flatten()
-            .filter(|(key, state)| match rules.get(&key.rule) {
-                None => true,
-                Some(rule) => ConnBucket::of(rule).is_full(state.state, now_ns),
-            })
-            .map(|(key, _)| key)
+            .filter(|key| self.rules.get(&key.rule, 0).is_err())
             .collect();
-        // Checked again just before each delete: a connection may have taken a token since.
-        // A take between that check and the delete is lost (one token at most, the caller's
-        // favour); the programs close that gap with a compare-and-swap, which userspace has
-        // no way to make on a map value.
-        let mut removed = 0;
-        for key in full {
-            let still_full = match (self.rules.get(&key.rule, 0), self.callers.get(&key, 0)) {
-                (Err(_), _) => true,
-                (Ok(rule), Ok(state)) => ConnBucket::of(&rule).is_full(state.state, now_ns),
-                (Ok(_), Err(_)) => false,
-            };
-            if still_full && self.callers.remove(&key).is_ok() {
-                removed += 1;
-            }
-        }
-        removed
+        orphans
+            .iter()
+            .filter(|key| self.callers.remove(key).is_ok())
+            .count()
     }
 
     /// The ids of every rule in the kernel.

@@ -536,9 +536,9 @@ impl Capability for ConnLimits {
         if orphans > 0 || !stale.is_empty() {
             write_shapes(&mut datapath, state)?;
         }
-        let reclaimed = datapath.reclaim_full_callers(cx.now_ns());
-        if reclaimed > 0 {
-            tracing::debug!("dropped {reclaimed} caller(s) whose bucket is full again");
+        let orphans = datapath.remove_orphan_callers();
+        if orphans > 0 {
+            tracing::info!("removed {orphans} caller entries of rules no longer in the maps");
         }
         Ok(())
     }
