@@ -13,7 +13,7 @@
 //!   the fills since that interval are taken off `used`.
 //!
 //! A take never checks and then decrements: it decides on the word it loaded and swaps in the
-//! result only if the word is still the one it loaded.
+//! result only if the word is still the one it loaded ([`attempt`]).
 
 use crate::{
     abi::conn::{CONN_FORM_FILL, ConnRule},
@@ -205,36 +205,36 @@ impl ConnBucket {
     }
 }
 
-/// Takes one connection's token from the bucket whose word is `word`; false when it has none,
-/// or when every one of [`CONN_SWAP_ATTEMPTS`] swaps lost a race.
-#[inline(always)]
-pub fn take<W: AtomicWord>(word: &W, bucket: &ConnBucket, now: u64) -> bool {
-    let mut current = word.load();
-    let mut attempt = 0;
-    while attempt < CONN_SWAP_ATTEMPTS {
-        let Some(next) = bucket.decide(current, now) else {
-            return false;
-        };
-        match word.compare_exchange(current, next) {
-            Ok(()) => return true,
-            Err(found) => current = found,
-        }
-        attempt += 1;
-    }
-    false
+/// What one compare-and-swap on a bucket's word did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// The token was taken (or given back).
+    Swapped,
+    /// The bucket has no token: nothing written.
+    Refused,
+    /// Another CPU changed the word first: try again, up to [`CONN_SWAP_ATTEMPTS`] times, each
+    /// deciding afresh on the word it loads. A connection is refused after the last lost race,
+    /// never let through without its token.
+    Lost,
 }
 
-/// Gives back the token [`take`] took (a later rule refused the connection).
+/// One attempt to take one connection's token (or, with `refund`, to give back the token a
+/// take took when a later rule refused the connection). The kernel runs the attempts in a
+/// `bpf_loop`, whose callback is verified once rather than once per attempt.
 #[inline(always)]
-pub fn refund<W: AtomicWord>(word: &W, bucket: &ConnBucket) {
-    let mut current = word.load();
-    let mut attempt = 0;
-    while attempt < CONN_SWAP_ATTEMPTS {
-        match word.compare_exchange(current, bucket.refund(current)) {
-            Ok(()) => return,
-            Err(found) => current = found,
-        }
-        attempt += 1;
+pub fn attempt<W: AtomicWord>(word: &W, bucket: &ConnBucket, now: u64, refund: bool) -> Attempt {
+    let current = word.load();
+    let next = if refund {
+        Some(bucket.refund(current))
+    } else {
+        bucket.decide(current, now)
+    };
+    let Some(next) = next else {
+        return Attempt::Refused;
+    };
+    match word.compare_exchange(current, next) {
+        Ok(()) => Attempt::Swapped,
+        Err(_) => Attempt::Lost,
     }
 }
 
@@ -243,6 +243,18 @@ mod tests {
     use core::cell::Cell;
 
     use super::*;
+
+    /// The kernel's loop over [`attempt`]: whether the token was taken.
+    fn take<W: AtomicWord>(word: &W, bucket: &ConnBucket, now: u64) -> bool {
+        (0..CONN_SWAP_ATTEMPTS)
+            .map(|_| attempt(word, bucket, now, false))
+            .find(|outcome| *outcome != Attempt::Lost)
+            == Some(Attempt::Swapped)
+    }
+
+    fn refund<W: AtomicWord>(word: &W, bucket: &ConnBucket) {
+        let _ = (0..CONN_SWAP_ATTEMPTS).find(|_| attempt(word, bucket, 0, true) != Attempt::Lost);
+    }
 
     struct Plain(Cell<u64>);
 

@@ -28,9 +28,9 @@ use aya_ebpf::{
 };
 use rein_common::{
     conn::{
-        CONN_FLAG_PER_CALLER, CONN_MAX_CGROUP_LEVEL, CONN_SCOPE_ALL, CONN_SCOPE_BITS,
-        CONN_SCOPE_CGROUP, CONN_SCOPE_NETNS, CONN_SWAP_ATTEMPTS, CallerKey, CallerState,
-        ConnBucket, ConnCounters, ConnKey, ConnMatch, ConnRule, ConnScope, ConnShapes,
+        self, Attempt, CONN_FLAG_PER_CALLER, CONN_MAX_CGROUP_LEVEL, CONN_SCOPE_ALL,
+        CONN_SCOPE_BITS, CONN_SCOPE_CGROUP, CONN_SCOPE_NETNS, CONN_SWAP_ATTEMPTS, CallerKey,
+        CallerState, ConnBucket, ConnCounters, ConnKey, ConnMatch, ConnRule, ConnScope, ConnShapes,
         MAX_CONN_CALLERS, MAX_CONN_RULES, conn_variant_bit,
     },
     net::{ADDR_BYTES, FAMILY_IPV4, FAMILY_IPV6, PORT_ANY, PROTOCOL_ANY},
@@ -474,8 +474,8 @@ fn charge(id: u32, netns: u64, now: u64) -> Charge {
     }
 }
 
-/// One take (or refund) from a bucket, as `rein_common::conn::take` (`refund`) makes it: up
-/// to [`CONN_SWAP_ATTEMPTS`] compare-and-swaps, each deciding on the word it loaded.
+/// One take (or refund) from a bucket: up to [`CONN_SWAP_ATTEMPTS`] of
+/// `rein_common::conn::attempt`, each deciding on the word it loads.
 #[repr(C)]
 struct Swap {
     id: u32,
@@ -528,21 +528,14 @@ extern "C" fn swap_once(_attempt: u64, swap: *mut Swap) -> i64 {
     } else {
         rule.state()
     };
-    let bucket = rule.bucket();
-    let current = word.load();
-    let next = if swap.refund != 0 {
-        Some(bucket.refund(current))
-    } else {
-        bucket.decide(current, swap.now)
-    };
-    let Some(next) = next else {
-        return 1;
-    };
-    if word.compare_exchange(current, next).is_ok() {
-        swap.done = 1;
-        return 1;
+    match conn::attempt(&word, &rule.bucket(), swap.now, swap.refund != 0) {
+        Attempt::Swapped => {
+            swap.done = 1;
+            1
+        }
+        Attempt::Refused => 1,
+        Attempt::Lost => 0,
     }
-    0
 }
 
 #[inline(always)]
