@@ -52,6 +52,8 @@ mod pod {
     unsafe impl aya::Pod for crate::abi::cgroup::QueueKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::abi::cgroup::IngressFlowState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::abi::cgroup::SubnetKey {}
     // SAFETY: plain #[repr(C)] data, every bit pattern valid, no implicit padding.
     unsafe impl aya::Pod for crate::abi::net::PrefixKey {}
     // SAFETY: as above.

@@ -57,6 +57,15 @@ pub enum Error {
     #[error("no process with pid {0}")]
     NoSuchProcess(u32),
 
+    #[error("network namespace {netns} is limited by {owner}; only it may change the limit")]
+    NetnsOwnedElsewhere { netns: String, owner: String },
+
+    #[error("the limit of {netns} drifted: {what}")]
+    LimitDrifted { netns: String, what: String },
+
+    #[error("too many subnets: {count} over all namespace limits, at most {max}")]
+    TooManySubnets { count: usize, max: u32 },
+
     #[error("process {0} exited before it could be limited")]
     ProcessExited(u32),
 

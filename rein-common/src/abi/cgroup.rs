@@ -49,10 +49,12 @@ pub const QUEUE_PROGRAM: &str = "rein_queue";
 /// layout never reads maps it does not understand.
 pub const LAYOUT_VERSION: u32 = 4;
 
-/// Key of both maps: a cgroup (by its v2 id, the inode number of its directory) and a direction.
+/// Key of both maps: a scope (see [`netns_scope`]) and a direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RuleKey {
+    /// A cgroup by its v2 id (the inode number of its directory), or a network namespace as
+    /// [`netns_scope`] gives it.
     pub cgroup_id: u64,
     pub direction: u32,
     pub _pad: u32,
@@ -65,6 +67,72 @@ impl RuleKey {
             cgroup_id,
             direction: direction as u32,
             _pad: 0,
+        }
+    }
+
+    /// The key of a network namespace's rule.
+    pub const fn netns(cookie: u64, direction: Direction) -> Self {
+        Self::new(netns_scope(cookie), direction)
+    }
+}
+
+/// The bit that marks a rule's scope as a network namespace rather than a cgroup. A cgroup id
+/// is a kernfs id, `generation << 32 | inode`, whose generation would have to wrap the 32-bit
+/// inode numbers 2^31 times to reach it; a namespace cookie counts namespaces from 1. One
+/// word then names either, so that every path of the programs that carries a rule's scope
+/// (refunds, counters, queues, trace events) carries a namespace's as it does a cgroup's.
+pub const NETNS_SCOPE: u64 = 1 << 63;
+
+/// The scope of the rule over every socket of the network namespace with cookie `cookie`.
+pub const fn netns_scope(cookie: u64) -> u64 {
+    cookie | NETNS_SCOPE
+}
+
+/// The namespace cookie of a scope, if it is a namespace's.
+pub const fn scope_netns(scope: u64) -> Option<u64> {
+    if scope & NETNS_SCOPE != 0 {
+        Some(scope & !NETNS_SCOPE)
+    } else {
+        None
+    }
+}
+
+/// The level a socket's network namespace rule has among its rules: below its cgroups'
+/// (charged last, and the deepest when it comes to the ingress queue).
+pub const NETNS_LEVEL: u32 = MAX_CGROUP_DEPTH + 1;
+
+/// `Rule::flags`: only packets whose peer is in the rule's subnets ([`SUBNETS_MAP`]) are
+/// charged to it.
+pub const RULE_SHAPED_SUBNETS: u32 = 1;
+/// `Rule::flags`: packets whose peer is in the rule's subnets pass without being charged.
+pub const RULE_UNSHAPED_SUBNETS: u32 = 2;
+
+/// Name of the LPM trie of the subnets of rules with `RULE_*_SUBNETS` flags.
+pub const SUBNETS_MAP: &str = "REIN_SUBNETS";
+/// Most subnets in the map, over all rules.
+pub const MAX_SUBNETS: u32 = 4096;
+
+/// Data of the subnets map's keys (the map's `Key` adds the prefix length in front): a rule's
+/// scope, big-endian so that it is the key's first 64 bits, and a peer address, IPv4 as
+/// v4-mapped IPv6. A subnet's prefix length is [`SubnetKey::SCOPE_BITS`] plus the address's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubnetKey {
+    pub scope: [u8; 8],
+    pub address: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<SubnetKey>() == 24);
+
+impl SubnetKey {
+    /// Bits of the key before the address.
+    pub const SCOPE_BITS: u32 = 64;
+    /// Bits of a whole key: the prefix length the programs look up with.
+    pub const BITS: u32 = Self::SCOPE_BITS + 128;
+
+    pub const fn new(scope: u64, address: [u8; 16]) -> Self {
+        Self {
+            scope: scope.to_be_bytes(),
+            address,
         }
     }
 }
@@ -96,7 +164,7 @@ pub struct Rule {
     pub bucket: Bucket,
     /// An `Action` discriminant.
     pub action: u32,
-    /// Reserved for flags of later mechanisms; zero.
+    /// `RULE_*` bits.
     pub flags: u32,
     /// The limit in IP bytes per second, which TCP flows share by pacing.
     pub rate: u64,

@@ -15,6 +15,7 @@ pub mod cgroup_limit;
 pub mod conn_limits;
 pub mod ingress_queue;
 pub mod net_rules;
+pub mod netns_limit;
 mod rule_steps;
 
 /// Every capability, in the order the engine runs them: a later one may build on what an
