@@ -991,6 +991,15 @@ fn per_packet_cost(ids: Ids) -> Result<(), Failed> {
     for (name, direction, cgroups) in cases {
         measure(&format!("depth 2, {name}"), direction, cgroups, ids)?;
     }
+    for (name, flags) in [
+        ("egress, rule on the namespace", 0),
+        (
+            "egress, rule on the namespace with unshaped subnets",
+            RULE_UNSHAPED_SUBNETS,
+        ),
+    ] {
+        measure_in_netns(&format!("depth 2, {name}"), flags, ids)?;
+    }
     measure_refusals(ids)?;
     let deeper = Deeper::enter(3);
     let deepest = deeper.chain.last().unwrap().id().unwrap();
@@ -1039,6 +1048,37 @@ fn measure(name: &str, direction: Direction, cgroups: &[u64], ids: Ids) -> Resul
     }
     eprintln!("{name}: {} ns per packet", best.as_nanos());
     Ok(())
+}
+
+/// As `measure`, for a socket in a namespace of its own under the namespace's rule, with
+/// `flags` (and a subnet that is not the packet's peer).
+fn measure_in_netns(name: &str, flags: u32, ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(
+        ids.inner + 1_000_000,
+        Direction::Egress,
+        limit("1tbit", "1g"),
+    );
+    in_new_netns(|cookie| {
+        let scope = netns_scope(cookie);
+        loaded.set_rule(scope, Direction::Egress, limit("1tbit", "1g"));
+        loaded.set_subnets(scope, flags, &[([198, 19, 0, 0], 16)]);
+        let packet = Packet::tcp(1000);
+        let mut best = Duration::MAX;
+        for _ in 0..7 {
+            let (verdict, time) = loaded.run_repeated(Direction::Egress, &packet, 100_000);
+            ensure(verdict == PASS, || format!("{name}: verdict {verdict}"))?;
+            best = best.min(time);
+        }
+        let counters = loaded
+            .counters(scope, Direction::Egress)
+            .unwrap_or_default();
+        ensure(counters.passed_packets > 0, || {
+            format!("{name}: the namespace's rule charged nothing")
+        })?;
+        eprintln!("{name}: {} ns per packet", best.as_nanos());
+        Ok(())
+    })
 }
 
 /// ns per refused packet at egress (rule on the cgroup): without a trace, with a trace whose
