@@ -401,11 +401,15 @@ const OPENING_WINDOW_CLAMP: u32 = 65_535 << 3;
 /// The fastest ingress rule (bytes/s) whose connections get [`OPENING_WINDOW_CLAMP`]: 100 Mbit/s.
 const EXACT_WINDOW_MAX_RATE: u64 = 12_500_000;
 
+/// Bytes received after which a connection under an ingress rule has its storage: some packet
+/// of them was over PURE_ACK_MAX_BYTES, or a thousand were not.
+const STORAGE_EXPECTED_AFTER_BYTES: u64 = 64 * 1024;
+
 /// Clamps the receive window of a flow under an ingress limit to what its share needs, so the
 /// sender never has more in flight than that: the rule's queue (`crate::queue`) then holds at
 /// most a window per flow, and never overflows. Called as TCP builds each segment's header,
 /// before it picks the window the segment advertises. A connection that the ingress program
-/// never saw under a rule stops these calls at its first segment after the handshake.
+/// never saw under a rule stops these calls at its first segment after data came in.
 #[inline(always)]
 fn apply_window(ctx: &SockOpsContext) {
     // SAFETY: the context is valid for the program's run; the kernel checks the pointers.
@@ -422,8 +426,16 @@ fn apply_window(ctx: &SockOpsContext) {
         )
         .cast();
         if state.is_null() {
-            let flags = ctx.cb_flags() & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
-            let _ = ctx.set_cb_flags(flags as i32);
+            // No storage once data has come in: the ingress program saw it under no rule. Until
+            // then it is too early to tell, and the ingress program opens no storage for
+            // packets of up to PURE_ACK_MAX_BYTES: an accepted socket's first segments answer
+            // the handshake's last ACK and a short first message (iperf3's 37-byte cookie), and
+            // stopping at them left every upload into a server under a limit policed instead
+            // of queued, at a quarter of the rate.
+            if (*ctx.ops).bytes_received > STORAGE_EXPECTED_AFTER_BYTES {
+                let flags = ctx.cb_flags() & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+                let _ = ctx.set_cb_flags(flags as i32);
+            }
             return;
         }
         // A copy, and writes through the pointer: the cgroup and tc programs may use the
