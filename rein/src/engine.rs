@@ -19,6 +19,7 @@ use crate::{
         conn_limits::{self, ConnRuleView, WantedConnRule},
         ingress_queue::{self, QueueView},
         net_rules::{self, NetRuleView, WantedNetRule},
+        netns_limit::{self, NetnsRecord, NetnsView},
     },
     error::{Error, Result},
     instance::Instance,
@@ -35,6 +36,8 @@ pub struct Desired {
     pub net_rules: Vec<WantedNetRule>,
     /// `rein conn` rules; a rule without an id is new.
     pub conn_rules: Vec<WantedConnRule>,
+    /// Limited network namespaces, one record per namespace.
+    pub netns_limits: Vec<NetnsRecord>,
 }
 
 impl Desired {
@@ -42,6 +45,7 @@ impl Desired {
     pub fn from_state(state: &State) -> Self {
         Self {
             cgroup_limits: state.cgroup_limits.rules.clone(),
+            netns_limits: state.netns_limits.rules.clone(),
             net_rules: state
                 .net_rules
                 .net
@@ -123,6 +127,8 @@ pub struct PurgeReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub cgroups: Vec<RuleView>,
+    /// Limited network namespaces.
+    pub netns: Vec<NetnsView>,
     pub net: Vec<NetRuleView>,
     /// `rein conn` rules (outbound new-connection limits).
     pub conn: Vec<ConnRuleView>,
@@ -134,6 +140,7 @@ impl Status {
     fn of(cx: &Context, state: &State) -> Result<Self> {
         Ok(Self {
             cgroups: cgroup_limit::status(cx, state)?,
+            netns: netns_limit::status(cx, state)?,
             net: net_rules::status(cx, state)?,
             conn: conn_limits::status(cx, state)?,
             queues: ingress_queue::status(cx, state),

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use rein::{
     Engine, Instance,
-    capabilities::{cgroup_limit, conn_limits, net_rules},
+    capabilities::{cgroup_limit, conn_limits, net_rules, netns_limit},
     declarative::{self, LoadOptions, Mode},
     doctor, observe,
     platform::cgroupfs::CgroupFs,
@@ -61,17 +61,31 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
             let record = cgroup_limit::unset(&mut Engine::open(instance)?, &target)?;
             println!("removed the limit of {}", record.cgroup);
         }
+        HiCommand::SetNetns { netns, change } => {
+            let record = netns_limit::set(&mut Engine::open(instance)?, &netns, change)?;
+            println!("{}", output::netns_set(&record));
+        }
+        HiCommand::UnsetNetns { netns } => {
+            let record = netns_limit::unset(&mut Engine::open(instance)?, &netns)?;
+            println!("removed the limit of network namespace {}", record.netns);
+        }
         HiCommand::List { json } => {
             let status = Engine::open(instance)?.status()?;
-            let (cgroups, net, conn) = (status.cgroups, status.net, status.conn);
+            let (cgroups, netns, net, conn) =
+                (status.cgroups, status.netns, status.net, status.conn);
             if json {
-                let all = serde_json::json!({ "cgroups": cgroups, "net": net, "conn": conn });
+                let all = serde_json::json!({
+                    "cgroups": cgroups, "netns": netns, "net": net, "conn": conn
+                });
                 println!("{}", serde_json::to_string_pretty(&all).context("json")?);
             } else {
                 // The cgroup table (or "no limits") unless only rules of the other kinds exist.
                 let mut tables = Vec::new();
-                if !cgroups.is_empty() || (net.is_empty() && conn.is_empty()) {
+                if !cgroups.is_empty() || (netns.is_empty() && net.is_empty() && conn.is_empty()) {
                     tables.push(output::list(&cgroups));
+                }
+                if !netns.is_empty() {
+                    tables.push(output::netns_list(&netns));
                 }
                 if !net.is_empty() {
                     tables.push(output::net_list(&net));

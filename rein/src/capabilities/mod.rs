@@ -21,8 +21,9 @@ mod rule_steps;
 /// Every capability, in the order the engine runs them: a later one may build on what an
 /// earlier one put in place (the ingress queues on the cgroup limits' maps), and on its
 /// section of the state, never the other way round.
-pub(crate) static REGISTRY: [&dyn Capability; 4] = [
+pub(crate) static REGISTRY: [&dyn Capability; 5] = [
     &cgroup_limit::CgroupLimits,
+    &netns_limit::NetnsLimits,
     &ingress_queue::IngressQueues,
     &net_rules::NetRules,
     &conn_limits::ConnLimits,

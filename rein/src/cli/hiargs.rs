@@ -36,6 +36,13 @@ pub enum HiCommand {
     Unset {
         target: Target,
     },
+    SetNetns {
+        netns: PathBuf,
+        change: LimitChange,
+    },
+    UnsetNetns {
+        netns: PathBuf,
+    },
     List {
         json: bool,
     },
@@ -138,10 +145,24 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
             change: change(&limits)?,
             command,
         },
+        LowCommand::Set {
+            target: LowTarget {
+                netns: Some(netns), ..
+            },
+            limits,
+        } => HiCommand::SetNetns {
+            netns,
+            change: change(&limits)?,
+        },
         LowCommand::Set { target: t, limits } => HiCommand::Set {
             target: target(t)?,
             change: change(&limits)?,
         },
+        LowCommand::Unset {
+            target: LowTarget {
+                netns: Some(netns), ..
+            },
+        } => HiCommand::UnsetNetns { netns },
         LowCommand::Unset { target: t } => HiCommand::Unset { target: target(t)? },
         LowCommand::List { json } => HiCommand::List { json },
         LowCommand::Reload => HiCommand::Reload,

@@ -169,6 +169,10 @@ pub struct LowTarget {
     /// An existing cgroup v2, as a directory or a path from the v2 root (/system.slice/x).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+    /// A network namespace (/run/netns/NAME, /proc/PID/ns/net): every socket in it shares the
+    /// limit, whatever its cgroup. A pod is one.
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

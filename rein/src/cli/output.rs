@@ -10,6 +10,7 @@ use rein::{
             NetRuleRecord, NetRuleView,
             spec::{NetLimit, NetRuleSpec, Per, Sources},
         },
+        netns_limit::{NetnsOrigin, NetnsRecord, NetnsView, Subnets},
     },
     declarative::{DirectionLimit, Listed, ListedSpec, RateLimitRule},
     doctor::Check,
@@ -112,6 +113,70 @@ pub fn list(views: &[RuleView]) -> String {
                 format!("{} pkt / {}", d.passed_packets, bytes(d.passed_bytes)),
                 format!("{} pkt / {}", d.dropped_packets, bytes(d.dropped_bytes)),
                 pids.clone(),
+            ]);
+        }
+    }
+    table(&rows)
+}
+
+/// What `set --netns` did.
+pub fn netns_set(record: &NetnsRecord) -> String {
+    let mut line = format!("limited network namespace {}:", record.netns);
+    for (name, spec) in [("egress", record.egress), ("ingress", record.ingress)] {
+        if let Some(spec) = spec {
+            let limit = spec.effective();
+            let _ = write!(line, " {name} {} burst {}", limit.rate, limit.burst);
+        }
+    }
+    line
+}
+
+/// The table of limited network namespaces.
+pub fn netns_list(views: &[NetnsView]) -> String {
+    let mut rows = vec![
+        [
+            "NETNS",
+            "ORIGIN",
+            "DIR",
+            "RATE",
+            "BURST",
+            "TCP FLOWS",
+            "PASSED",
+            "DROPPED",
+            "PEERS",
+        ]
+        .map(String::from),
+    ];
+    for view in views {
+        let origin = match (&view.origin, &view.declared_by) {
+            (_, Some(name)) => format!("declared {name}"),
+            (NetnsOrigin::Cni(a), None) => {
+                let id: String = a.container_id.chars().take(12).collect();
+                format!("cni {} {id}/{}", a.network, a.ifname)
+            }
+            (NetnsOrigin::Manual, None) => "netns".into(),
+        };
+        let peers = match &view.subnets {
+            None => "all".into(),
+            Some(Subnets::Unshaped(nets)) => format!("all but {} subnets", nets.len()),
+            Some(Subnets::Shaped(nets)) => format!("{} subnets", nets.len()),
+        };
+        for (name, direction) in [("egress", &view.egress), ("ingress", &view.ingress)] {
+            let Some(d) = direction else { continue };
+            rows.push([
+                view.netns.clone(),
+                origin.clone(),
+                name.into(),
+                rate(d),
+                burst(d),
+                if name == "egress" {
+                    d.tcp_flows.to_string()
+                } else {
+                    "-".into()
+                },
+                format!("{} pkt / {}", d.passed_packets, bytes(d.passed_bytes)),
+                format!("{} pkt / {}", d.dropped_packets, bytes(d.dropped_bytes)),
+                peers.clone(),
             ]);
         }
     }

@@ -651,6 +651,7 @@ mod tests {
             tcp_flows: 2,
         };
         let status = Status {
+            netns: vec![],
             cgroups: vec![RuleView {
                 cgroup: "/app".into(),
                 cgroup_id: 7,
@@ -699,6 +700,7 @@ mod tests {
         };
         let status = |allowed, refused| Status {
             cgroups: vec![],
+            netns: vec![],
             net: vec![],
             conn: vec![conn(allowed, refused)],
             queues: vec![],

@@ -11,13 +11,14 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    capabilities::{cgroup_limit, conn_limits, net_rules},
+    capabilities::{cgroup_limit, conn_limits, net_rules, netns_limit},
     error::{Error, IoContext, Result},
 };
 
-/// 2 added `rein net` rules, 3 `rein conn` rules: older files still load; an older rein refuses
-/// a newer version rather than dropping the rules it does not know on its next save.
-const STATE_VERSION: u32 = 3;
+/// 2 added `rein net` rules, 3 `rein conn` rules, 4 namespace limits: older files still load;
+/// an older rein refuses a newer version rather than dropping the rules it does not know on
+/// its next save.
+const STATE_VERSION: u32 = 4;
 const OLDEST_READABLE_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +34,9 @@ pub struct State {
     /// Absent from files written before `rein conn` existed.
     #[serde(default)]
     pub conn_limits: conn_limits::Section,
+    /// Absent from files written before namespace limits existed.
+    #[serde(default)]
+    pub netns_limits: netns_limit::Section,
 }
 
 impl State {
@@ -88,7 +92,10 @@ impl State {
 
     /// Whether the instance holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.cgroup_limits.is_empty() && self.net_rules.is_empty() && self.conn_limits.is_empty()
+        self.cgroup_limits.is_empty()
+            && self.net_rules.is_empty()
+            && self.conn_limits.is_empty()
+            && self.netns_limits.is_empty()
     }
 
     /// The id of the next `rein net` or `rein conn` rule: one sequence for both, so an id names

@@ -369,7 +369,10 @@ pub fn on_sock_ops(ctx: &SockOpsContext, ingress_rules: bool) {
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => apply_window(ctx),
         BPF_SOCK_OPS_TCP_CONNECT_CB | BPF_SOCK_OPS_TCP_LISTEN_CB => {
             let rate = if ingress_rules {
-                crate::limit::current_task_ingress_rate()
+                // SAFETY: the program's own context.
+                crate::limit::current_task_ingress_rate(unsafe {
+                    bpf_get_netns_cookie(ctx.ops.cast())
+                })
             } else {
                 0
             };

@@ -5,19 +5,23 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_SK_STORAGE_GET_F_CREATE},
+    bindings::{__sk_buff, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::SkStorage,
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_ns, bpf_loop, bpf_skb_ancestor_cgroup_id,
-        generated::bpf_sk_storage_get,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_ktime_get_ns, bpf_loop,
+        bpf_skb_ancestor_cgroup_id, generated::bpf_sk_storage_get,
     },
     macros::{btf_map, cgroup_skb, map, sock_ops},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{
+        Array, HashMap, PerCpuArray, PerCpuHashMap,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{SkBuffContext, SockOpsContext},
 };
 use rein_common::{
-    Bucket, Counters, Direction, KEPT_CGROUPS, MAX_CGROUP_DEPTH, MAX_RULES, Rule, RuleKey,
-    RuleLevels, SocketRuleLevels,
+    Bucket, Counters, Direction, KEPT_CGROUPS, MAX_CGROUP_DEPTH, MAX_RULES, MAX_SUBNETS,
+    NETNS_LEVEL, RULE_SHAPED_SUBNETS, RULE_UNSHAPED_SUBNETS, Rule, RuleKey, RuleLevels,
+    SocketRuleLevels, SubnetKey, netns_scope,
 };
 use rein_ebpf::{
     atomic::{CountersRef, Word},
@@ -33,6 +37,11 @@ static REIN_RULES: HashMap<RuleKey, Rule> = HashMap::with_max_entries(2 * MAX_RU
 #[map(name = "REIN_COUNTERS")]
 static REIN_COUNTERS: PerCpuHashMap<RuleKey, Counters> =
     PerCpuHashMap::with_max_entries(2 * MAX_RULES, 0);
+
+/// The subnets of namespace rules that limit only some peers (`RULE_*_SUBNETS`).
+#[map(name = "REIN_SUBNETS")]
+static REIN_SUBNETS: LpmTrie<SubnetKey, u32> =
+    LpmTrie::with_max_entries(MAX_SUBNETS, BPF_F_NO_PREALLOC);
 
 /// How many rules each direction has (userspace keeps it in step with `REIN_RULES`).
 #[map(name = "REIN_RULE_COUNTS")]
@@ -103,7 +112,13 @@ pub(crate) fn has_rules(direction: Direction) -> bool {
 /// share it finds.
 #[inline(always)]
 fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
-    let Found { levels, cgroups } = rule_levels(ctx, direction);
+    let Found {
+        mut levels,
+        cgroups,
+    } = rule_levels(ctx, direction);
+    if levels & NETNS_BIT != 0 && !netns_rule_covers(ctx, direction) {
+        levels &= !NETNS_BIT;
+    }
     if levels == 0 {
         return PASS;
     }
@@ -134,14 +149,7 @@ fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
         // keeps it in registers on the usual path.
         let mut deep = Deep { walk, cgroups };
         // SAFETY: the callback reads and writes only the copy, which outlives the loop.
-        unsafe {
-            bpf_loop(
-                MAX_CGROUP_DEPTH,
-                callback,
-                ptr::from_mut(&mut deep).cast(),
-                0,
-            )
-        };
+        unsafe { bpf_loop(NETNS_LEVEL, callback, ptr::from_mut(&mut deep).cast(), 0) };
         walk = deep.walk;
     } else {
         match direction {
@@ -166,10 +174,10 @@ fn limit(ctx: &SkBuffContext, direction: Direction) -> i32 {
     // count the drop against the rule that refused.
     let mut left = charged;
     let mut round = 0;
-    while left != 0 && round < MAX_CGROUP_DEPTH {
+    while left != 0 && round < NETNS_LEVEL {
         let level = lowest_level(left);
         left &= left - 1;
-        if let Some(cgroup_id) = ancestor(skb, level)
+        if let Some(cgroup_id) = scope_at(skb, level)
             && let Some(rule) = rule(cgroup_id, direction)
         {
             refund(rule, bytes);
@@ -256,6 +264,15 @@ fn rule_levels(ctx: &SkBuffContext, direction: Direction) -> Found {
             }
         }
         level += 1;
+    }
+    // The namespace's rule, below the cgroups'.
+    let netns = netns_scope_of(skb);
+    if rule(netns, direction).is_some() {
+        levels |= NETNS_BIT;
+        if kept < KEPT_CGROUPS {
+            // SAFETY: as below.
+            unsafe { (*stored).cgroups[kept] = netns };
+        }
     }
     // SAFETY: the socket's storage as above, or this CPU's scratch entry. Two CPUs finding a
     // socket's rules at once write the same thing; a packet that reads halfway through a
@@ -366,7 +383,7 @@ extern "C" fn charge_round<const INGRESS: bool>(index: u32, context: *mut c_void
     // Past the kept cgroups, the loop asks for each.
     let cgroup_id = match deep.cgroups.get(index as usize) {
         Some(&cgroup_id) => cgroup_id,
-        None => ancestor(walk.skb, level).unwrap_or(0),
+        None => scope_at(walk.skb, level).unwrap_or(0),
     };
     if charge_cgroup::<INGRESS>(walk, bit, cgroup_id) {
         0
@@ -424,10 +441,15 @@ fn count_pass(cgroup_id: u64, direction: Direction, bytes: u64, passed: bool) {
 }
 
 /// The smallest rate (bytes/s) of the ingress rules over the cgroup of the task the program
-/// runs for (in process context: the one connecting or listening); 0 when none covers it.
+/// runs for (in process context: the one connecting or listening) and over the namespace with
+/// cookie `netns_cookie`; 0 when none covers it. A namespace rule that limits only some peers
+/// is left out: the clamp would hold every connection's window, the unlimited ones' too.
 #[inline(always)]
-pub(crate) fn current_task_ingress_rate() -> u64 {
-    let mut smallest = 0u64;
+pub(crate) fn current_task_ingress_rate(netns_cookie: u64) -> u64 {
+    let mut smallest = match rule(netns_scope(netns_cookie), Direction::Ingress) {
+        Some(rule) if rule.flags() == 0 => rule.rate(),
+        _ => 0,
+    };
     let mut level = 1u32;
     while level <= MAX_CGROUP_DEPTH {
         // SAFETY: a helper taking a plain value.
@@ -443,6 +465,85 @@ pub(crate) fn current_task_ingress_rate() -> u64 {
         level += 1;
     }
     smallest
+}
+
+/// The bit of a socket's levels that stands for its network namespace's rule.
+const NETNS_BIT: u32 = 1 << (NETNS_LEVEL - 1);
+
+/// The scope of the rule at `level` of a packet's socket: a cgroup ancestor, or at
+/// [`NETNS_LEVEL`] its network namespace.
+#[inline(always)]
+fn scope_at(skb: *mut __sk_buff, level: u32) -> Option<u64> {
+    if level == NETNS_LEVEL {
+        Some(netns_scope_of(skb))
+    } else {
+        ancestor(skb, level)
+    }
+}
+
+/// The scope of the rule over every socket of the packet's socket's network namespace.
+#[inline(always)]
+fn netns_scope_of(skb: *mut __sk_buff) -> u64 {
+    // SAFETY: the program's own context; at the cgroup hooks the helper answers for the
+    // socket's namespace.
+    netns_scope(unsafe { bpf_get_netns_cookie(skb.cast()) })
+}
+
+/// Whether the packet's namespace rule charges it: yes unless the rule limits only some peers
+/// (`RULE_*_SUBNETS`) and this packet's peer (its destination at egress, its source at
+/// ingress) is not one of them. Asked per packet: a UDP socket's peer changes from one to the
+/// next.
+#[inline(always)]
+fn netns_rule_covers(ctx: &SkBuffContext, direction: Direction) -> bool {
+    let scope = netns_scope_of(ctx.skb.skb);
+    let Some(rule) = rule(scope, direction) else {
+        return true;
+    };
+    let flags = rule.flags();
+    if flags & (RULE_SHAPED_SUBNETS | RULE_UNSHAPED_SUBNETS) == 0 {
+        return true;
+    }
+    let Some(address) = peer_address(ctx, direction) else {
+        // Neither IPv4 nor IPv6: charged, as every packet of the namespace is by default.
+        return true;
+    };
+    let listed = REIN_SUBNETS
+        .get(Key::new(SubnetKey::BITS, SubnetKey::new(scope, address)))
+        .is_some();
+    if flags & RULE_SHAPED_SUBNETS != 0 {
+        listed
+    } else {
+        !listed
+    }
+}
+
+/// The packet's peer address as IPv6 (IPv4 v4-mapped): its destination at egress, its source
+/// at ingress (cgroup_skb sees the packet from its IP header on).
+#[inline(always)]
+fn peer_address(ctx: &SkBuffContext, direction: Direction) -> Option<[u8; 16]> {
+    let first: u8 = ctx.load(0).ok()?;
+    let mut address = [0u8; 16];
+    match first >> 4 {
+        4 => {
+            let offset = match direction {
+                Direction::Egress => 16,
+                Direction::Ingress => 12,
+            };
+            let v4: [u8; 4] = ctx.load(offset).ok()?;
+            address[10] = 0xff;
+            address[11] = 0xff;
+            address[12..].copy_from_slice(&v4);
+        }
+        6 => {
+            let offset = match direction {
+                Direction::Egress => 24,
+                Direction::Ingress => 8,
+            };
+            address = ctx.load(offset).ok()?;
+        }
+        _ => return None,
+    }
+    Some(address)
 }
 
 #[inline(always)]
@@ -475,6 +576,13 @@ impl RuleRef {
         // SAFETY: a map value, valid for the program's run (RCU); userspace writes `rate` only
         // when it writes the whole rule.
         unsafe { (*self.0).rate }
+    }
+
+    /// The rule's `RULE_*` flags.
+    #[inline(always)]
+    fn flags(self) -> u32 {
+        // SAFETY: as in `rate`.
+        unsafe { (*self.0).flags }
     }
 
     /// The bucket's configuration (its `tat` left 0: that is `tat()`).

@@ -10,7 +10,9 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+    },
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps, links::FdLink,
     },
@@ -18,7 +20,7 @@ use aya::{
 use rein_common::{
     COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, FLOWS_MAP, GENERATION_MAP,
     INGRESS_FLOWS_MAP, INGRESS_PROGRAM, LEVELS_SCRATCH_MAP, MAX_RULES, QUEUES_MAP, RULE_COUNTS_MAP,
-    RULE_LEVELS_MAP, RULES_MAP, Rule, RuleKey, SOCK_OPS_PROGRAM,
+    RULE_LEVELS_MAP, RULES_MAP, Rule, RuleKey, SOCK_OPS_PROGRAM, SUBNETS_MAP, SubnetKey,
     abi::trace::{TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_MAP},
 };
 
@@ -36,7 +38,7 @@ pub const DIRECTIONS: [Direction; 2] = [Direction::Egress, Direction::Ingress];
 
 /// Every map of the cgroup object, pinned by these names (the ingress queue's program shares
 /// the object and its flow storage).
-const MAPS: [&str; 12] = [
+const MAPS: [&str; 13] = [
     RULES_MAP,
     COUNTERS_MAP,
     FLOWS_MAP,
@@ -49,6 +51,7 @@ const MAPS: [&str; 12] = [
     TRACE_MAP,
     TRACE_EVENTS_MAP,
     TRACE_BUDGET_MAP,
+    SUBNETS_MAP,
 ];
 
 /// Loads the cgroup object with its maps bound to the instance's pins (created if missing).
@@ -107,6 +110,7 @@ pub struct Datapath {
     counters: PerCpuHashMap<MapData, RuleKey, Counters>,
     rule_counts: Array<MapData, u32>,
     generation: Array<MapData, u64>,
+    instance: Instance,
 }
 
 /// Writes how many rules each direction has into the array the programs check before anything
@@ -168,6 +172,7 @@ impl Datapath {
             counters,
             rule_counts,
             generation,
+            instance: instance.clone(),
         })
     }
 
@@ -292,6 +297,49 @@ impl Datapath {
 
     fn bump_generation(&mut self) -> Result<()> {
         bump_generation(&mut self.generation)
+    }
+
+    /// The subnets of `scope`'s rules, as (key data, prefix length).
+    pub fn subnets(&self, scope: u64) -> Result<Vec<(SubnetKey, u32)>> {
+        let scope = scope.to_be_bytes();
+        Ok(self
+            .subnet_map()?
+            .keys()
+            .flatten()
+            .filter(|key| key.data().scope == scope)
+            .map(|key| (key.data(), key.prefix_len()))
+            .collect())
+    }
+
+    /// Every subnet in the map, as (key data, prefix length).
+    pub fn subnets_of_all(&self) -> Result<Vec<(SubnetKey, u32)>> {
+        Ok(self
+            .subnet_map()?
+            .keys()
+            .flatten()
+            .map(|key| (key.data(), key.prefix_len()))
+            .collect())
+    }
+
+    /// Adds a subnet of `scope`'s rules.
+    pub fn put_subnet(&mut self, key: SubnetKey, prefix_len: u32) -> Result<()> {
+        self.subnet_map()?
+            .insert(&Key::new(prefix_len, key), 1, 0)
+            .map_err(|e| map_full_or(e, "cannot write a subnet"))
+    }
+
+    /// Removes a subnet; one that is not there is fine.
+    pub fn remove_subnet(&mut self, key: SubnetKey, prefix_len: u32) {
+        if let Ok(mut map) = self.subnet_map() {
+            let _ = map.remove(&Key::new(prefix_len, key));
+        }
+    }
+
+    /// Opened when asked for: a datapath installed by a build without it has it only once
+    /// reloaded.
+    fn subnet_map(&self) -> Result<LpmTrie<MapData, SubnetKey, u32>> {
+        LpmTrie::try_from(bpf::open_pinned_map(&self.instance, SUBNETS_MAP)?)
+            .map_err(|e| bpf_error("subnet map")(&e))
     }
 
     /// The rule's counters summed over all CPUs.

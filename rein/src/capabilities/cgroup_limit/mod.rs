@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rein_common::{Direction, RuleKey, share::epoch_of};
+use rein_common::{Direction, RuleKey, scope_netns, share::epoch_of};
 use serde::Serialize;
 
 pub mod datapath;
@@ -246,36 +246,15 @@ pub fn finish_run(engine: &mut Engine, run: &RunCgroup) -> Result<()> {
 /// Every limited cgroup with its processes, limits and counters.
 /// Only reads: it may run without the instance's lock (see `Status::read`).
 pub fn status(cx: &Context, state: &State) -> Result<Vec<RuleView>> {
-    let datapath = match Datapath::open(&cx.instance) {
-        Ok(datapath) => Some(datapath),
-        // Not installed, or uninstalled by a command while this reads.
-        Err(_) if !Datapath::is_installed(&cx.instance) => None,
-        Err(error) => return Err(error),
-    };
+    let datapath = open_for_reading(cx)?;
     let now = cx.now_ns();
     let view_of = |record: &RuleRecord, direction: Direction| {
-        let spec = record.spec(direction)?;
-        let limit = spec.effective();
-        let key = RuleKey::new(record.cgroup_id, direction);
-        let counters = datapath
-            .as_ref()
-            .map(|d| d.counters(key))
-            .unwrap_or_default();
-        let tcp_flows = datapath
-            .as_ref()
-            .and_then(|d| d.rule(key))
-            .map(|rule| rule.flows.peak(epoch_of(now)))
-            .unwrap_or(0);
-        Some(DirectionView {
-            rate_bits_per_second: limit.rate.bits_per_second(),
-            burst_bytes: limit.burst.bytes(),
-            burst_is_default: spec.burst.is_none(),
-            passed_packets: counters.passed_packets,
-            passed_bytes: counters.passed_bytes,
-            dropped_packets: counters.dropped_packets,
-            dropped_bytes: counters.dropped_bytes,
-            tcp_flows,
-        })
+        direction_view(
+            datapath.as_ref(),
+            RuleKey::new(record.cgroup_id, direction),
+            record.spec(direction),
+            now,
+        )
     };
     state
         .cgroup_limits
@@ -298,6 +277,42 @@ pub fn status(cx: &Context, state: &State) -> Result<Vec<RuleView>> {
             })
         })
         .collect()
+}
+
+/// The datapath's maps to read, if it is installed.
+pub(crate) fn open_for_reading(cx: &Context) -> Result<Option<Datapath>> {
+    match Datapath::open(&cx.instance) {
+        Ok(datapath) => Ok(Some(datapath)),
+        // Not installed, or uninstalled by a command while this reads.
+        Err(_) if !Datapath::is_installed(&cx.instance) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// One direction of a scope's limit with its counters, as `list` shows it.
+pub(crate) fn direction_view(
+    datapath: Option<&Datapath>,
+    key: RuleKey,
+    spec: Option<LimitSpec>,
+    now: u64,
+) -> Option<DirectionView> {
+    let spec = spec?;
+    let limit = spec.effective();
+    let counters = datapath.map(|d| d.counters(key)).unwrap_or_default();
+    let tcp_flows = datapath
+        .and_then(|d| d.rule(key))
+        .map(|rule| rule.flows.peak(epoch_of(now)))
+        .unwrap_or(0);
+    Some(DirectionView {
+        rate_bits_per_second: limit.rate.bits_per_second(),
+        burst_bytes: limit.burst.bytes(),
+        burst_is_default: spec.burst.is_none(),
+        passed_packets: counters.passed_packets,
+        passed_bytes: counters.passed_bytes,
+        dropped_packets: counters.dropped_packets,
+        dropped_bytes: counters.dropped_bytes,
+        tcp_flows,
+    })
 }
 
 fn upsert(desired: &mut Desired, record: RuleRecord) {
@@ -404,7 +419,7 @@ impl Step for RemoveLimit {
 }
 
 /// The datapath, installed now if this is the first rule; the undo uninstalls it again.
-fn datapath(cx: &Context, undo: &mut Undo) -> Result<Datapath> {
+pub(crate) fn datapath(cx: &Context, undo: &mut Undo) -> Result<Datapath> {
     if Datapath::is_installed(&cx.instance) {
         return Datapath::open(&cx.instance);
     }
@@ -416,14 +431,28 @@ fn datapath(cx: &Context, undo: &mut Undo) -> Result<Datapath> {
 
 /// Writes both directions of a record into the kernel maps, keeping live bucket state.
 fn write_rules(cx: &Context, record: &RuleRecord, undo: &mut Undo) -> Result<()> {
+    write_scope_rules(cx, record.cgroup_id, |d| record.spec(d), 0, undo)
+}
+
+/// Writes both directions' rules of a scope (a cgroup, or a namespace as
+/// `rein_common::netns_scope` names it) with `flags`, keeping live bucket state; the datapath
+/// is installed with the first rule.
+pub(crate) fn write_scope_rules(
+    cx: &Context,
+    scope: u64,
+    spec: impl Fn(Direction) -> Option<LimitSpec>,
+    flags: u32,
+    undo: &mut Undo,
+) -> Result<()> {
     let mut datapath = datapath(cx, undo)?;
     let now = cx.now_ns();
     for direction in DIRECTIONS {
-        let key = RuleKey::new(record.cgroup_id, direction);
+        let key = RuleKey::new(scope, direction);
         let previous = datapath.rule(key);
-        match record.spec(direction) {
+        match spec(direction) {
             Some(spec) => {
                 let mut rule = spec.effective().rule(now);
+                rule.flags = flags;
                 if let Some(previous) = previous {
                     // Keep the bucket's debt across a change, but never more than a burst,
                     // and keep counting the flows that share the limit.
@@ -439,8 +468,8 @@ fn write_rules(cx: &Context, record: &RuleRecord, undo: &mut Undo) -> Result<()>
     Ok(())
 }
 
-/// Removes both directions' rules of a cgroup from the kernel maps, if they are there.
-fn remove_rules(cx: &Context, cgroup_id: u64, undo: &mut Undo) -> Result<()> {
+/// Removes both directions' rules of a scope from the kernel maps, if they are there.
+pub(crate) fn remove_rules(cx: &Context, cgroup_id: u64, undo: &mut Undo) -> Result<()> {
     if !Datapath::is_installed(&cx.instance) {
         return Ok(());
     }
@@ -569,8 +598,9 @@ impl Capability for CgroupLimits {
                 .iter()
                 .map(|r| r.cgroup_id)
                 .collect();
+            // A namespace's rules are the namespace limits' to collect.
             for key in datapath.rule_keys() {
-                if !limited.contains(&key.cgroup_id) {
+                if scope_netns(key.cgroup_id).is_none() && !limited.contains(&key.cgroup_id) {
                     tracing::info!("removing the orphaned rule of cgroup {}", key.cgroup_id);
                     datapath.remove_rule(key);
                 }
@@ -582,7 +612,8 @@ impl Capability for CgroupLimits {
     }
 
     fn remove_if_unused(&self, cx: &Context, state: &State) {
-        if !state.cgroup_limits.is_empty() {
+        // The namespace limits share the datapath.
+        if !state.cgroup_limits.is_empty() || !state.netns_limits.is_empty() {
             return;
         }
         Datapath::uninstall(&cx.instance);

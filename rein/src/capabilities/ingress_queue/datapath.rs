@@ -240,6 +240,19 @@ pub fn attach(instance: &Instance) -> Result<()> {
     Ok(())
 }
 
+/// Detaches the queue program from the devices of the namespace with cookie `cookie` (removes
+/// its links' pins): its queue is gone, or the namespace itself.
+pub fn detach_netns(instance: &Instance, cookie: u64) {
+    let prefix = format!("{cookie:x}-");
+    if let Ok(entries) = fs::read_dir(links_dir(instance)) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 /// Whether the queue program is on its links (on some device).
 pub fn is_attached(instance: &Instance) -> bool {
     fs::read_dir(links_dir(instance)).is_ok_and(|mut entries| entries.next().is_some())

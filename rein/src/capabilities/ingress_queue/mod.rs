@@ -4,28 +4,91 @@
 //!
 //! The queues follow the cgroup limits' ingress rules: this capability has no section of its
 //! own in the state, it plans from the cgroup limits' records what queues there must be.
-use std::{collections::HashMap, fmt};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    path::{Path, PathBuf},
+};
 
-use rein_common::{Direction, Rule};
+use rein_common::{Rule, netns_scope, scope_netns};
 use serde::Serialize;
 
 pub mod datapath;
 
 use self::datapath::{device_name, tbf_for};
-use super::{Capability, Context, PreparedReload, cgroup_limit::RuleRecord};
+use super::{
+    Capability, Context, PreparedReload,
+    cgroup_limit::{LimitSpec, RuleRecord},
+    netns_limit::NetnsRecord,
+};
 use crate::{
     engine::{Desired, Plan, PurgeReport, Step},
-    error::Result,
+    error::{Error, Result},
     instance::Instance,
     platform::{netlink, netns},
     store::{State, Undo},
 };
 
 /// The kernel rule whose rate and burst a record's ingress queue has.
-fn ingress_rule(record: &RuleRecord) -> Option<Rule> {
-    record
-        .spec(Direction::Ingress)
-        .map(|spec| spec.effective().rule(0))
+fn ingress_rule(spec: Option<LimitSpec>) -> Option<Rule> {
+    spec.map(|spec| spec.effective().rule(0))
+}
+
+/// A limit with a download queue: a cgroup's, whose queue is in the namespace rein runs in, or
+/// a network namespace's, whose queue is in that namespace (its sockets' packets arrive on its
+/// devices).
+#[derive(Clone, Debug)]
+struct Queued {
+    scope: u64,
+    /// `cgroup /path` or `network namespace /run/netns/x`.
+    label: String,
+    netns: Option<String>,
+    rule: Rule,
+}
+
+/// The queues `cgroup_limits` and `netns_limits` call for.
+fn queued(cgroup_limits: &[RuleRecord], netns_limits: &[NetnsRecord]) -> Vec<Queued> {
+    let cgroups = cgroup_limits.iter().filter_map(|record| {
+        Some(Queued {
+            scope: record.cgroup_id,
+            label: format!("cgroup {}", record.cgroup),
+            netns: None,
+            rule: ingress_rule(record.ingress)?,
+        })
+    });
+    let namespaces = netns_limits.iter().filter_map(|record| {
+        Some(Queued {
+            scope: netns_scope(record.cookie),
+            label: format!("network namespace {}", record.netns),
+            netns: Some(record.netns.clone()),
+            rule: ingress_rule(record.ingress)?,
+        })
+    });
+    cgroups.chain(namespaces).collect()
+}
+
+/// Runs `f` in the namespace where a queue lives: `netns`, or this one.
+fn within<T: Send>(netns: Option<&str>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    match netns {
+        None => f(),
+        Some(path) => netns::run_in(Path::new(path), f)
+            .map_err(|_| Error::NoSuchNetns(PathBuf::from(path)))?,
+    }
+}
+
+/// Removes a queue; when its namespace is gone (and its devices with it), what is left of it
+/// elsewhere: its map entries and the pins of its namespace's links.
+fn remove_queue(instance: &Instance, scope: u64, netns: Option<&str>) {
+    let removed = within(netns, || {
+        datapath::remove(instance, scope);
+        Ok(())
+    });
+    if removed.is_err() {
+        datapath::remove(instance, scope);
+    }
+    if let Some(cookie) = scope_netns(scope) {
+        datapath::detach_netns(instance, cookie);
+    }
 }
 
 /// The download queue of a cgroup's ingress limit, as its qdisc counts.
@@ -71,17 +134,15 @@ pub fn status(cx: &Context, state: &State) -> Vec<QueueView> {
         .collect()
 }
 
-/// Makes the queue of a cgroup's ingress rule, or changes its rate in place.
+/// Makes the queue of an ingress rule, or changes its rate in place.
 struct SetQueue {
-    cgroup: String,
-    cgroup_id: u64,
-    rule: Rule,
+    queued: Queued,
     previous: Option<Rule>,
 }
 
 impl fmt::Display for SetQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tbf = tbf_for(&self.rule);
+        let tbf = tbf_for(&self.queued.rule);
         let (verb, preposition) = if self.previous.is_some() {
             ("change the download queue of", "to")
         } else {
@@ -89,59 +150,80 @@ impl fmt::Display for SetQueue {
         };
         write!(
             f,
-            "{verb} cgroup {} {preposition} {} bytes/s, burst {} bytes",
-            self.cgroup, tbf.rate_bytes_per_second, tbf.burst_bytes
+            "{verb} {} {preposition} {} bytes/s, burst {} bytes",
+            self.queued.label, tbf.rate_bytes_per_second, tbf.burst_bytes
         )
     }
 }
 
 impl Step for SetQueue {
     fn apply(&self, cx: &Context, _state: &mut State, undo: &mut Undo) -> Result<()> {
-        // A queue re-made would drop what waits in it: one in place only changes its rate.
-        if self.previous.is_some() && datapath::is_set(&cx.instance, self.cgroup_id) {
-            datapath::change(&cx.instance, self.cgroup_id, &self.rule)?;
-        } else {
-            datapath::set(&cx.instance, self.cgroup_id, &self.rule)?;
-        }
-        let (instance, cgroup_id, previous) = (cx.instance.clone(), self.cgroup_id, self.previous);
-        undo.push(move || restore_queue(&instance, cgroup_id, previous));
-        Ok(())
+        let Queued {
+            scope, netns, rule, ..
+        } = self.queued.clone();
+        let instance = cx.instance.clone();
+        let previous = self.previous;
+        // Registered first: a queue half made in another namespace is taken away too.
+        let (undo_instance, undo_netns) = (instance.clone(), netns.clone());
+        undo.push(move || restore_queue(&undo_instance, scope, undo_netns.as_deref(), previous));
+        within(netns.as_deref(), || {
+            // A queue re-made would drop what waits in it: one in place only changes its rate.
+            if previous.is_some() && datapath::is_set(&instance, scope) {
+                datapath::change(&instance, scope, &rule)
+            } else {
+                datapath::set(&instance, scope, &rule)
+            }
+        })
     }
 }
 
-/// Removes the queue of a cgroup whose ingress rule goes.
+/// Removes the queue of a limit whose ingress rule goes.
 struct RemoveQueue {
-    cgroup: String,
-    cgroup_id: u64,
-    previous: Rule,
+    queued: Queued,
 }
 
 impl fmt::Display for RemoveQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "remove the download queue of cgroup {}", self.cgroup)
+        write!(f, "remove the download queue of {}", self.queued.label)
     }
 }
 
 impl Step for RemoveQueue {
     fn apply(&self, cx: &Context, _state: &mut State, undo: &mut Undo) -> Result<()> {
-        datapath::remove(&cx.instance, self.cgroup_id);
-        let (instance, cgroup_id, previous) =
-            (cx.instance.clone(), self.cgroup_id, Some(self.previous));
-        undo.push(move || restore_queue(&instance, cgroup_id, previous));
+        let Queued {
+            scope, netns, rule, ..
+        } = self.queued.clone();
+        remove_queue(&cx.instance, scope, netns.as_deref());
+        let instance = cx.instance.clone();
+        undo.push(move || restore_queue(&instance, scope, netns.as_deref(), Some(rule)));
         Ok(())
     }
 }
 
-fn restore_queue(instance: &Instance, cgroup_id: u64, previous: Option<Rule>) {
+fn restore_queue(instance: &Instance, scope: u64, netns: Option<&str>, previous: Option<Rule>) {
     match previous {
-        Some(rule) if datapath::is_set(instance, cgroup_id) => {
-            let _ = datapath::change(instance, cgroup_id, &rule);
-        }
         Some(rule) => {
-            let _ = datapath::set(instance, cgroup_id, &rule);
+            let _ = within(netns, || {
+                if datapath::is_set(instance, scope) {
+                    datapath::change(instance, scope, &rule)
+                } else {
+                    datapath::set(instance, scope, &rule)
+                }
+            });
         }
-        None => datapath::remove(instance, cgroup_id),
+        None => remove_queue(instance, scope, netns),
     }
+}
+
+/// Whether the queue of `scope` is in place (in `netns`, or here).
+fn is_set(instance: &Instance, scope: u64, netns: Option<&str>) -> bool {
+    within(netns, || Ok(datapath::is_set(instance, scope))).unwrap_or(false)
+}
+
+/// Whether the download queue of a namespace's limit (`scope`) is in place in the namespace
+/// at `netns`.
+pub(crate) fn is_queued(cx: &Context, scope: u64, netns: &str) -> bool {
+    is_set(&cx.instance, scope, Some(netns))
 }
 
 /// The download queues, as the engine drives them.
@@ -153,42 +235,33 @@ impl Capability for IngressQueues {
     }
 
     fn plan(&self, cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
-        let held = &state.cgroup_limits;
-        // By id: the agent plans 10,000 limits every few seconds.
-        let wanted_by_id: HashMap<u64, &RuleRecord> = desired
-            .cgroup_limits
-            .iter()
-            .map(|r| (r.cgroup_id, r))
-            .collect();
-        let held_by_id: HashMap<u64, &RuleRecord> =
-            held.rules.iter().map(|r| (r.cgroup_id, r)).collect();
-        for record in &held.rules {
-            let wanted = wanted_by_id
-                .get(&record.cgroup_id)
-                .and_then(|r| ingress_rule(r));
-            if let (Some(previous), None) = (ingress_rule(record), wanted) {
+        let held = queued(&state.cgroup_limits.rules, &state.netns_limits.rules);
+        let wanted = queued(&desired.cgroup_limits, &desired.netns_limits);
+        // By scope: the agent plans 10,000 limits every few seconds.
+        let wanted_by_scope: HashMap<u64, &Queued> = wanted.iter().map(|q| (q.scope, q)).collect();
+        let held_by_scope: HashMap<u64, &Queued> = held.iter().map(|q| (q.scope, q)).collect();
+        for queue in &held {
+            // A namespace's queue whose path now leads elsewhere is another queue.
+            if wanted_by_scope
+                .get(&queue.scope)
+                .is_none_or(|w| w.netns != queue.netns)
+            {
                 plan.push(RemoveQueue {
-                    cgroup: record.cgroup.clone(),
-                    cgroup_id: record.cgroup_id,
-                    previous,
+                    queued: queue.clone(),
                 });
             }
         }
-        for record in &desired.cgroup_limits {
-            let Some(rule) = ingress_rule(record) else {
-                continue;
-            };
-            let previous = held_by_id
-                .get(&record.cgroup_id)
-                .and_then(|r| ingress_rule(r));
+        for queue in &wanted {
+            let previous = held_by_scope
+                .get(&queue.scope)
+                .filter(|held| held.netns == queue.netns)
+                .map(|held| held.rule);
             // A queue re-made would lose what waits in it: only a new rate or burst, or a
             // missing queue, re-makes it (a change of the egress limit does not).
-            let same = previous.is_some_and(|p| tbf_for(&p) == tbf_for(&rule));
-            if !same || !datapath::is_set(&cx.instance, record.cgroup_id) {
+            let same = previous.is_some_and(|p| tbf_for(&p) == tbf_for(&queue.rule));
+            if !same || !is_set(&cx.instance, queue.scope, queue.netns.as_deref()) {
                 plan.push(SetQueue {
-                    cgroup: record.cgroup.clone(),
-                    cgroup_id: record.cgroup_id,
-                    rule,
+                    queued: queue.clone(),
                     previous,
                 });
             }
@@ -208,14 +281,20 @@ impl Capability for IngressQueues {
     /// Makes the queues that are missing (never the ones in place: they hold packets), and
     /// puts the queue program on devices that appeared since.
     fn restore(&self, cx: &Context, state: &State, undo: &mut Undo) -> Result<usize> {
-        for record in &state.cgroup_limits.rules {
-            if let Some(rule) = ingress_rule(record)
-                && !datapath::is_set(&cx.instance, record.cgroup_id)
-            {
-                datapath::set(&cx.instance, record.cgroup_id, &rule)?;
-                let (instance, cgroup_id) = (cx.instance.clone(), record.cgroup_id);
-                undo.push(move || datapath::remove(&instance, cgroup_id));
+        for queue in queued(&state.cgroup_limits.rules, &state.netns_limits.rules) {
+            let netns = queue.netns.as_deref();
+            if is_set(&cx.instance, queue.scope, netns) {
+                continue;
             }
+            // A namespace that is gone has nothing to queue; the next command collects its
+            // limit.
+            if netns.is_some_and(|path| !Path::new(path).exists()) {
+                continue;
+            }
+            let (instance, scope) = (cx.instance.clone(), queue.scope);
+            within(netns, || datapath::set(&instance, scope, &queue.rule))?;
+            let owned = queue.netns.clone();
+            undo.push(move || remove_queue(&instance, scope, owned.as_deref()));
         }
         if datapath::is_attached(&cx.instance) {
             datapath::attach(&cx.instance)?;
@@ -223,32 +302,30 @@ impl Capability for IngressQueues {
         Ok(0)
     }
 
-    /// Removes the queues (map entries, and devices in this namespace) of cgroups without an
+    /// Removes the queues (map entries, and devices in this namespace) of limits without an
     /// ingress rule, and puts the queue program on devices that appeared since the last
     /// command in a namespace that has queues.
     fn collect_garbage(&self, cx: &Context, state: &mut State) -> Result<()> {
-        let wanted = |cgroup_id: u64| {
-            state
-                .cgroup_limits
-                .find(cgroup_id)
-                .is_some_and(|r| r.ingress.is_some())
-        };
+        let wanted: HashSet<u64> = queued(&state.cgroup_limits.rules, &state.netns_limits.rules)
+            .iter()
+            .map(|q| q.scope)
+            .collect();
         let cookie = netns::cookie().ok();
         let mut queued_here = false;
         for key in datapath::entries(&cx.instance) {
-            if wanted(key.cgroup_id) {
+            if wanted.contains(&key.cgroup_id) {
                 queued_here |= Some(key.netns_cookie) == cookie;
                 continue;
             }
-            tracing::info!("removing the orphaned queue of cgroup {}", key.cgroup_id);
+            tracing::info!("removing the orphaned queue of scope {:#x}", key.cgroup_id);
             datapath::forget(&cx.instance, &key);
+            if let Some(cookie) = scope_netns(key.cgroup_id) {
+                datapath::detach_netns(&cx.instance, cookie);
+            }
         }
-        let expected: Vec<String> = state
-            .cgroup_limits
-            .rules
+        let expected: Vec<String> = wanted
             .iter()
-            .filter(|r| r.ingress.is_some())
-            .map(|r| device_name(&cx.instance, r.cgroup_id))
+            .map(|scope| device_name(&cx.instance, *scope))
             .collect();
         for name in datapath::devices(&cx.instance) {
             if !expected.contains(&name) {
@@ -265,17 +342,17 @@ impl Capability for IngressQueues {
     }
 
     fn remove_if_unused(&self, cx: &Context, state: &State) {
-        if !state
-            .cgroup_limits
-            .rules
-            .iter()
-            .any(|r| r.ingress.is_some())
-        {
+        if queued(&state.cgroup_limits.rules, &state.netns_limits.rules).is_empty() {
             datapath::remove_all(&cx.instance);
         }
     }
 
-    fn purge(&self, cx: &Context, _state: &State, _report: &mut PurgeReport) {
+    fn purge(&self, cx: &Context, state: &State, _report: &mut PurgeReport) {
+        for queue in queued(&state.cgroup_limits.rules, &state.netns_limits.rules) {
+            if queue.netns.is_some() {
+                remove_queue(&cx.instance, queue.scope, queue.netns.as_deref());
+            }
+        }
         datapath::remove_all(&cx.instance);
     }
 }

@@ -16,6 +16,9 @@ pub struct NetnsRecord {
     /// The namespace's cookie: which namespace the path led to when the limit was set. A path
     /// that leads elsewhere later names another namespace, which this limit does not cover.
     pub cookie: u64,
+    /// The namespace's inode (as `stat` of its path gives it): a cheap way to see, on every
+    /// command, that the path still leads to the namespace.
+    pub inode: u64,
     pub egress: Option<LimitSpec>,
     pub ingress: Option<LimitSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
