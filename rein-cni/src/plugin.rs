@@ -249,9 +249,19 @@ fn add(params: &Params, conf: &NetConf) -> Result<String> {
         ));
     }
     let netns = container_netns(params)?;
-    let mut engine = open(conf)?;
-    let record = netns_limit::attach(&mut engine, &netns, attachment(params, conf), plugin.limit)?;
-    tracing::info!("ADD {}: {record:?}", params.container_id);
+    match open(conf) {
+        Ok(mut engine) => {
+            let attachment = attachment(params, conf);
+            let record = netns_limit::attach(&mut engine, &netns, attachment, plugin.limit)?;
+            tracing::info!("ADD {}: {record:?}", params.container_id);
+        }
+        // A pod without a limit needs nothing of rein, as it needs nothing of the reference
+        // plugin; and where rein cannot run, it holds no limit that ADD would have to remove.
+        Err(error) if !plugin.limited && error.code == Code::NotAvailable => {
+            tracing::warn!("ADD {} without a limit: {}", params.container_id, error.msg);
+        }
+        Err(error) => return Err(error),
+    }
     let result = match plugin.prev_result {
         Some(result) => result.to_value(conf.version),
         None => empty_result(conf.version),

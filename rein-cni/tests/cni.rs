@@ -713,9 +713,28 @@ fn version_status_and_a_busy_instance() {
         "{error:#}"
     );
 
-    // Another rein command holds the instance past the plugin's patience: try again later.
+    // Where rein cannot run, a limit is refused (50), and a pod without one is let through
+    // with its result, as the reference plugin lets it through.
     let pod = BarePod::new();
     let config = bare_config(&rein, "busynet", "1.0.0");
+    let path = pod.ns.path();
+    let no_bpffs = [
+        ("CNI_CONTAINERID", pod.id.as_str()),
+        ("CNI_NETNS", path.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("REIN_BPFFS", "/tmp"),
+    ];
+    let error = cni_error(&call(&host, "rein-cni", "ADD", &no_bpffs, &config));
+    assert_eq!(error["code"], 50, "{error:#}");
+    let mut unlimited = config.clone();
+    for key in ["egressRate", "egressBurst"] {
+        unlimited.as_object_mut().unwrap().remove(key);
+    }
+    let out = call(&host, "rein-cni", "ADD", &no_bpffs, &unlimited);
+    let result: Value = serde_json::from_str(ok(&out)).unwrap();
+    assert_eq!(result, json!({"cniVersion": "1.0.0"}));
+
+    // Another rein command holds the instance past the plugin's patience: try again later.
     let engine = rein::Engine::open(rein.library_instance()).unwrap();
     let started = Instant::now();
     let error = cni_error(&pod.call(&host, "ADD", &config));
