@@ -253,7 +253,13 @@ fn add(params: &Params, conf: &NetConf) -> Result<String> {
         Ok(mut engine) => {
             let attachment = attachment(params, conf);
             let record = netns_limit::attach(&mut engine, &netns, attachment, plugin.limit)?;
-            tracing::info!("ADD {}: {record:?}", params.container_id);
+            // A limit the state already held is not planned again: a runtime that ADDs once
+            // more after a CHECK failed wants the kernel's rules back as well.
+            let restored = engine.repair()?;
+            tracing::info!(
+                "ADD {}: {record:?} ({restored} restored)",
+                params.container_id
+            );
         }
         // A pod without a limit needs nothing of rein, as it needs nothing of the reference
         // plugin; and where rein cannot run, it holds no limit that ADD would have to remove.

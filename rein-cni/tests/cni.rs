@@ -346,6 +346,9 @@ fn a_chained_add_limits_the_pod_both_ways_check_sees_drift_and_del_leaves_nothin
         msg.contains("drifted") && msg.contains("egress"),
         "{error:#}"
     );
+    // ADD again, as a runtime would: the rule is back.
+    ok(&pod.rein_cni("ADD", &config, &[]));
+    assert_eq!(ok(&pod.rein_cni("CHECK", &config, &[])), "");
 
     // DEL, twice: nothing left, neither in rein nor in the pod.
     for _ in 0..2 {
