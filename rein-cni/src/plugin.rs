@@ -137,29 +137,34 @@ fn params(getenv: &dyn Fn(&str) -> Option<String>) -> Result<Params> {
 /// Runs one CNI command. `getenv` gives the CNI variables; rein's own (`REIN_INSTANCE`, ...)
 /// come from the process's environment.
 pub fn handle(getenv: &dyn Fn(&str) -> Option<String>, stdin: &mut dyn std::io::Read) -> Response {
+    let command = getenv("CNI_COMMAND").unwrap_or_default();
+    // Run by hand, with no command: say what this is, as skel does.
+    if command.is_empty() {
+        return Response {
+            stdout: String::new(),
+            stderr: format!(
+                "CNI rein-cni plugin v{}\nCNI protocol versions supported: {}\n",
+                env!("CARGO_PKG_VERSION"),
+                CniVersion::supported_list().join(", ")
+            ),
+            success: true,
+        };
+    }
+    // Read whole before any check (VERSION's input says nothing, as skel has it): a runtime
+    // still writing the configuration must not meet a closed pipe because of a bad variable.
+    let mut input = Vec::new();
+    if command != "VERSION"
+        && let Err(e) = stdin.read_to_end(&mut input)
+    {
+        let error = CniError::new(Code::IoFailure, format!("error reading from stdin: {e}"));
+        return Response::failed(&error, CniVersion::NEWEST);
+    }
     let params = match params(getenv) {
         Ok(params) => params,
-        // Run by hand, with no command: say what this is, as skel does.
-        Err(_) if getenv("CNI_COMMAND").unwrap_or_default().is_empty() => {
-            return Response {
-                stdout: String::new(),
-                stderr: format!(
-                    "CNI rein-cni plugin v{}\nCNI protocol versions supported: {}\n",
-                    env!("CARGO_PKG_VERSION"),
-                    CniVersion::supported_list().join(", ")
-                ),
-                success: true,
-            };
-        }
         Err(error) => return Response::failed(&error, CniVersion::NEWEST),
     };
     if params.command == "VERSION" {
         return Response::ok(version_info());
-    }
-    let mut input = Vec::new();
-    if let Err(e) = stdin.read_to_end(&mut input) {
-        let error = CniError::new(Code::IoFailure, format!("error reading from stdin: {e}"));
-        return Response::failed(&error, CniVersion::NEWEST);
     }
     let conf = match NetConf::read(&input, &params.command) {
         Ok(conf) => conf,
