@@ -405,7 +405,7 @@ fn save_or_tidy(cx: &Context, state: &State, path: &std::path::Path) -> Result<(
     Ok(())
 }
 
-fn state_path(instance: &Instance) -> PathBuf {
+pub(crate) fn state_path(instance: &Instance) -> PathBuf {
     instance.state_dir().join("state.json")
 }
 

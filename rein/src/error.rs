@@ -205,6 +205,15 @@ pub enum Error {
     #[error("cgroup {cgroup} is already limited by CgroupLimit {owner}")]
     DeclaredElsewhere { cgroup: String, owner: String },
 
+    #[error(
+        "network namespace {0} has a limit set by hand; `rein unset --netns {0}` first, or \
+         leave it out of the file"
+    )]
+    NetnsLimitedByHand(String),
+
+    #[error("network namespace {netns} is already limited by CgroupLimit {owner}")]
+    NetnsDeclaredElsewhere { netns: String, owner: String },
+
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -29,14 +29,17 @@ use aya::{
 };
 use rein_common::{
     Direction,
-    abi::trace::{
-        CONN_REFUSED_CALLERS_FULL, CONN_TRACE_BUDGET_MAP, CONN_TRACE_EVENTS_MAP, CONN_TRACE_MAP,
-        EVENT_CGROUP_REFUSED, EVENT_CONN_REFUSED, EVENT_NET_REFUSED, EVENT_PACING,
-        EVENT_QUEUE_OVERFLOW, EVENT_WINDOW, NET_TRACE_BUDGET_MAP, NET_TRACE_EVENTS_MAP,
-        NET_TRACE_MAP, OVERFLOW_CONFIG_MAP, OverflowConfig, QUEUE_DEVICES_MAP,
-        QUEUE_OVERFLOW_PROGRAM, QUEUE_OVERFLOW_TRACEPOINT, TRACE_BUDGET_MAP, TRACE_EVENTS_MAP,
-        TRACE_EVENTS_PER_SECOND, TRACE_FAMILY_IPV4, TRACE_FAMILY_IPV6, TRACE_HOOK_XDP,
-        TRACE_LEASE_NS, TRACE_MAP, TraceBudget, TraceControl, TraceEvent,
+    abi::{
+        cgroup::{netns_scope, scope_netns},
+        trace::{
+            CONN_REFUSED_CALLERS_FULL, CONN_TRACE_BUDGET_MAP, CONN_TRACE_EVENTS_MAP,
+            CONN_TRACE_MAP, EVENT_CGROUP_REFUSED, EVENT_CONN_REFUSED, EVENT_NET_REFUSED,
+            EVENT_PACING, EVENT_QUEUE_OVERFLOW, EVENT_WINDOW, NET_TRACE_BUDGET_MAP,
+            NET_TRACE_EVENTS_MAP, NET_TRACE_MAP, OVERFLOW_CONFIG_MAP, OverflowConfig,
+            QUEUE_DEVICES_MAP, QUEUE_OVERFLOW_PROGRAM, QUEUE_OVERFLOW_TRACEPOINT, TRACE_BUDGET_MAP,
+            TRACE_EVENTS_MAP, TRACE_EVENTS_PER_SECOND, TRACE_FAMILY_IPV4, TRACE_FAMILY_IPV6,
+            TRACE_HOOK_XDP, TRACE_LEASE_NS, TRACE_MAP, TraceBudget, TraceControl, TraceEvent,
+        },
     },
 };
 use serde::Serialize;
@@ -522,6 +525,7 @@ pub fn run(
     let mut tracer = Tracer::attach(instance)?;
     let mut names = CgroupNames::discover();
     names.instance = Some(instance.clone());
+    names.name_namespaces(instance);
     let mut events = Vec::new();
     let mut renewed = Instant::now();
     let write_error = |source| Error::Io {
@@ -564,7 +568,10 @@ pub fn decode(event: &TraceEvent, names: &mut CgroupNames) -> Option<TraceRecord
             let limit = if net {
                 format!("rule {}", event.rule)
             } else {
-                format!("cgroup {}", cgroup.clone().unwrap_or_else(|| "?".into()))
+                match event.cgroup_id {
+                    0 => "cgroup ?".into(),
+                    id => names.limit(id),
+                }
             };
             TraceRecord::Refused {
                 time,
@@ -677,10 +684,37 @@ impl CgroupNames {
         }
     }
 
-    /// The cgroup's path from the v2 root, or `id N` if it cannot be found.
+    /// Names the limited network namespaces' scopes by the paths they were limited by.
+    fn name_namespaces(&mut self, instance: &Instance) {
+        let Ok(state) = crate::store::State::load(&crate::engine::state_path(instance)) else {
+            return;
+        };
+        for record in &state.netns_limits.rules {
+            self.names.insert(
+                netns_scope(record.cookie),
+                format!("netns {}", record.netns),
+            );
+        }
+    }
+
+    /// The limit of a scope: `cgroup /path`, or `netns /path` for a network namespace's.
+    pub fn limit(&mut self, id: u64) -> String {
+        let name = self.name(id);
+        if scope_netns(id).is_some() {
+            name
+        } else {
+            format!("cgroup {name}")
+        }
+    }
+
+    /// The cgroup's path from the v2 root, or `id N` if it cannot be found; for a network
+    /// namespace's scope, `netns` and its path (or cookie).
     pub fn name(&mut self, id: u64) -> String {
         if let Some(name) = self.names.get(&id) {
             return name.clone();
+        }
+        if let Some(cookie) = scope_netns(id) {
+            return format!("netns cookie {cookie}");
         }
         let name = self
             .mount
@@ -744,6 +778,25 @@ mod tests {
         assert_eq!(json["event"], "refused");
         assert_eq!(json["cgroup"], "/app");
         assert_eq!(json["destination"], "10.0.0.2:5201");
+    }
+
+    #[test]
+    fn a_namespace_limit_reads_by_its_path_and_an_unknown_one_by_its_cookie() {
+        let mut names = CgroupNames {
+            mount: None,
+            names: HashMap::from([(netns_scope(9), "netns /run/netns/pod".to_owned())]),
+            instance: None,
+        };
+        let record = decode(&refusal(netns_scope(9)), &mut names).unwrap();
+        assert_eq!(
+            record.to_string(),
+            "12.345678 refused egress netns /run/netns/pod 1228B udp 10.0.0.1:40000 -> 10.0.0.2:5201"
+        );
+        let unknown = decode(&refusal(netns_scope(10)), &mut names).unwrap();
+        assert!(
+            unknown.to_string().contains(" netns cookie 10 "),
+            "{unknown}"
+        );
     }
 
     #[test]

@@ -15,7 +15,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
+        lpm_trie::Key,
+    },
     programs::{CgroupSkb, TestRun, TestRunOptions},
 };
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -30,11 +33,13 @@ use rein::{
 };
 use rein_common::{
     Action, COUNTERS_MAP, Counters, Direction, EGRESS_PROGRAM, GENERATION_MAP, INGRESS_PROGRAM,
-    RULE_COUNTS_MAP, RULES_MAP, Rule, RuleKey,
+    RULE_COUNTS_MAP, RULE_SHAPED_SUBNETS, RULE_UNSHAPED_SUBNETS, RULES_MAP, Rule, RuleKey,
+    SUBNETS_MAP, SubnetKey,
     abi::trace::{
         EVENT_CGROUP_REFUSED, TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_FAMILY_IPV4, TRACE_MAP,
         TraceBudget, TraceControl, TraceEvent,
     },
+    netns_scope,
 };
 use rein_testkit::model::{TokenBucketModel, Xorshift};
 
@@ -132,6 +137,18 @@ fn main() {
             "a_refusal_is_traced_only_while_a_trace_holds_the_lease",
             a_refusal_is_traced_only_while_a_trace_holds_the_lease,
         ),
+        (
+            "a_namespace_rule_matches_the_model_for_its_sockets_only",
+            a_namespace_rule_matches_the_model_for_its_sockets_only,
+        ),
+        (
+            "a_namespace_rule_below_a_cgroup_rule_refunds_it",
+            a_namespace_rule_below_a_cgroup_rule_refunds_it,
+        ),
+        (
+            "subnets_decide_which_peers_a_namespace_rule_charges",
+            subnets_decide_which_peers_a_namespace_rule_charges,
+        ),
     ];
     let mut trials: Vec<Trial> = tests
         .into_iter()
@@ -189,6 +206,29 @@ impl Loaded {
         let mut generation: Array<_, u64> =
             Array::try_from(self.ebpf.map_mut(GENERATION_MAP).unwrap()).unwrap();
         cgroup_limit::datapath::bump_generation(&mut generation).unwrap();
+    }
+
+    /// Gives the rule of `scope` `flags`, and adds `subnets` (IPv4 address, prefix length).
+    fn set_subnets(&mut self, scope: u64, flags: u32, subnets: &[([u8; 4], u32)]) {
+        for direction in [Direction::Egress, Direction::Ingress] {
+            let mut rules: HashMap<_, RuleKey, Rule> =
+                HashMap::try_from(self.ebpf.map_mut(RULES_MAP).unwrap()).unwrap();
+            let key = RuleKey::new(scope, direction);
+            if let Ok(mut rule) = rules.get(&key, 0) {
+                rule.flags = flags;
+                rules.insert(key, rule, 0).unwrap();
+            }
+        }
+        let mut map: LpmTrie<_, SubnetKey, u32> =
+            LpmTrie::try_from(self.ebpf.map_mut(SUBNETS_MAP).unwrap()).unwrap();
+        for (address, len) in subnets {
+            let mapped = std::net::Ipv4Addr::from(*address).to_ipv6_mapped().octets();
+            let key = Key::new(
+                SubnetKey::SCOPE_BITS + 96 + len,
+                SubnetKey::new(scope, mapped),
+            );
+            map.insert(&key, 1, 0).unwrap();
+        }
     }
 
     fn rule(&self, cgroup_id: u64, direction: Direction) -> Rule {
@@ -296,6 +336,12 @@ impl Packet {
 }
 
 impl Packet {
+    /// To another destination.
+    fn to(mut self, destination: [u8; 4]) -> Self {
+        self.frame[30..34].copy_from_slice(&destination);
+        self
+    }
+
     /// With ports in its TCP header.
     fn with_ports(mut self, source: u16, destination: u16) -> Self {
         self.frame[34..36].copy_from_slice(&source.to_be_bytes());
@@ -721,6 +767,160 @@ fn pin_to(cpu: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs `f` on a thread of its own in a new network namespace, which goes with the thread;
+/// `f` gets the namespace's cookie. BPF_PROG_TEST_RUN gives the test packet a socket in the
+/// namespace of the calling thread.
+fn in_new_netns<T: Send>(f: impl FnOnce(u64) -> T + Send) -> T {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: a plain syscall; it moves only this thread, which ends with `f`.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+                f(rein::platform::netns::cookie().expect("cookie"))
+            })
+            .join()
+            .expect("the namespace thread")
+    })
+}
+
+/// A namespace's rule holds the packets of its sockets to the model, as a cgroup's does, and
+/// never touches the packets of another namespace.
+fn a_namespace_rule_matches_the_model_for_its_sockets_only(_ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    let limit = limit("8kbit", "20000");
+    let (passed, refused) = in_new_netns(|cookie| -> Result<(u64, u64), Failed> {
+        loaded.set_rule(netns_scope(cookie), Direction::Egress, limit);
+        let mut model = TokenBucketModel::new(limit, &MonotonicClock);
+        let mut random = Xorshift(0x9e37_79b9_7f4a_7c15);
+        let (mut passed, mut refused) = (0u64, 0u64);
+        for i in 0..200 {
+            let bytes = 50 * (1 + random.next_u64() % 30) as usize;
+            let expected = model.offer(bytes as u64, &MonotonicClock);
+            let verdict = loaded.offer(Direction::Egress, &Packet::tcp(bytes));
+            let expected_code = if expected { PASS } else { EGRESS_REFUSED };
+            ensure(verdict == expected_code, || {
+                format!("packet {i} ({bytes} B): kernel {verdict}, model {expected_code}")
+            })?;
+            if expected {
+                passed += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        let counters = loaded
+            .counters(netns_scope(cookie), Direction::Egress)
+            .unwrap();
+        ensure(
+            counters.passed_packets == passed && counters.dropped_packets == refused,
+            || format!("counters {counters:?}, expected {passed} passed, {refused} dropped"),
+        )?;
+        Ok((passed, refused))
+    })?;
+    ensure(passed > 10 && refused > 50, || {
+        format!("{passed} passed, {refused} refused")
+    })?;
+    // This thread's namespace (the test's own) has no rule: its packets pass, uncounted.
+    for _ in 0..20 {
+        ensure(
+            loaded.offer(Direction::Egress, &Packet::tcp(1500)) == PASS,
+            || "a packet of another namespace was refused".into(),
+        )?;
+    }
+    Ok(())
+}
+
+/// A socket under both its cgroup's rule and its namespace's: the tighter decides, and a
+/// refusal by the namespace's gives back what the cgroup's was charged.
+fn a_namespace_rule_below_a_cgroup_rule_refunds_it(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(ids.inner, Direction::Egress, limit("8kbit", "20000"));
+    let passed = in_new_netns(|cookie| {
+        loaded.set_rule(
+            netns_scope(cookie),
+            Direction::Egress,
+            limit("8kbit", "5000"),
+        );
+        (0..10)
+            .filter(|_| loaded.offer(Direction::Egress, &Packet::tcp(1000)) == PASS)
+            .count()
+    });
+    ensure(passed == 5, || {
+        format!("{passed} of 10 passed a 5000-byte namespace burst")
+    })?;
+    let cgroup = loaded.counters(ids.inner, Direction::Egress).unwrap();
+    ensure(
+        cgroup.passed_packets == 5 && cgroup.dropped_packets == 0,
+        || format!("the cgroup's counters {cgroup:?}: charged for refused packets"),
+    )?;
+    // 5000 of its 20000 bytes: its bucket was refunded what the namespace refused.
+    let tat = loaded.rule(ids.inner, Direction::Egress).bucket.tat;
+    let now = rein::clock::Clock::now_ns(&MonotonicClock);
+    let debt_bytes = tat.saturating_sub(now) / 1_000_000;
+    ensure(debt_bytes < 5_100, || {
+        format!("the cgroup's bucket holds {debt_bytes} bytes of debt, not 5000")
+    })
+}
+
+/// Unshaped subnets pass without a charge; with shaped subnets only their peers are charged.
+fn subnets_decide_which_peers_a_namespace_rule_charges(_ids: Ids) -> Result<(), Failed> {
+    for (flags, name) in [
+        (RULE_UNSHAPED_SUBNETS, "unshaped"),
+        (RULE_SHAPED_SUBNETS, "shaped"),
+    ] {
+        let mut loaded = Loaded::new();
+        let (listed, other) = in_new_netns(|cookie| {
+            let scope = netns_scope(cookie);
+            for direction in [Direction::Egress, Direction::Ingress] {
+                loaded.set_rule(scope, direction, limit("8kbit", "5000"));
+            }
+            loaded.set_subnets(
+                scope,
+                flags,
+                &[([198, 18, 0, 2], 32), ([198, 19, 0, 0], 16)],
+            );
+            let count = |loaded: &Loaded, direction, packet: &Packet| {
+                (0..10)
+                    .filter(|_| loaded.offer(direction, packet) == PASS)
+                    .count()
+            };
+            // Egress looks at the destination, ingress at the source.
+            let listed = [
+                count(&loaded, Direction::Egress, &Packet::tcp(1000)),
+                count(
+                    &loaded,
+                    Direction::Egress,
+                    &Packet::tcp(1000).to([198, 19, 7, 7]),
+                ),
+            ];
+            let mut from_other = Packet::tcp(1000);
+            from_other.frame[26..30].copy_from_slice(&[198, 18, 0, 9]);
+            let other = [
+                count(
+                    &loaded,
+                    Direction::Egress,
+                    &Packet::tcp(1000).to([198, 18, 0, 3]),
+                ),
+                count(&loaded, Direction::Ingress, &from_other),
+            ];
+            (listed, other)
+        });
+        let (charged, free) = if flags == RULE_UNSHAPED_SUBNETS {
+            (other, listed)
+        } else {
+            (listed, other)
+        };
+        // A fresh 5000-byte bucket per direction: the first charged peer at egress gets 5 of
+        // its 10 packets through, and every later one at egress none.
+        ensure(free == [10, 10], || {
+            format!("{name}: peers the rule must not charge passed {free:?} of 10")
+        })?;
+        ensure(charged[0] == 5 && charged[1] <= 5, || {
+            format!("{name}: peers the rule charges passed {charged:?} of 10")
+        })?;
+    }
+    Ok(())
+}
+
 /// The verifier walks every path of a program and gives up at a million instructions: a program
 /// near that cannot take one more branch (a test added after the cgroup walk once made
 /// rein_ingress "too large"). Each program keeps half the limit as room for later code.
@@ -791,6 +991,15 @@ fn per_packet_cost(ids: Ids) -> Result<(), Failed> {
     for (name, direction, cgroups) in cases {
         measure(&format!("depth 2, {name}"), direction, cgroups, ids)?;
     }
+    for (name, flags) in [
+        ("egress, rule on the namespace", 0),
+        (
+            "egress, rule on the namespace with unshaped subnets",
+            RULE_UNSHAPED_SUBNETS,
+        ),
+    ] {
+        measure_in_netns(&format!("depth 2, {name}"), flags, ids)?;
+    }
     measure_refusals(ids)?;
     let deeper = Deeper::enter(3);
     let deepest = deeper.chain.last().unwrap().id().unwrap();
@@ -839,6 +1048,37 @@ fn measure(name: &str, direction: Direction, cgroups: &[u64], ids: Ids) -> Resul
     }
     eprintln!("{name}: {} ns per packet", best.as_nanos());
     Ok(())
+}
+
+/// As `measure`, for a socket in a namespace of its own under the namespace's rule, with
+/// `flags` (and a subnet that is not the packet's peer).
+fn measure_in_netns(name: &str, flags: u32, ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    loaded.set_rule(
+        ids.inner + 1_000_000,
+        Direction::Egress,
+        limit("1tbit", "1g"),
+    );
+    in_new_netns(|cookie| {
+        let scope = netns_scope(cookie);
+        loaded.set_rule(scope, Direction::Egress, limit("1tbit", "1g"));
+        loaded.set_subnets(scope, flags, &[([198, 19, 0, 0], 16)]);
+        let packet = Packet::tcp(1000);
+        let mut best = Duration::MAX;
+        for _ in 0..7 {
+            let (verdict, time) = loaded.run_repeated(Direction::Egress, &packet, 100_000);
+            ensure(verdict == PASS, || format!("{name}: verdict {verdict}"))?;
+            best = best.min(time);
+        }
+        let counters = loaded
+            .counters(scope, Direction::Egress)
+            .unwrap_or_default();
+        ensure(counters.passed_packets > 0, || {
+            format!("{name}: the namespace's rule charged nothing")
+        })?;
+        eprintln!("{name}: {} ns per packet", best.as_nanos());
+        Ok(())
+    })
 }
 
 /// ns per refused packet at egress (rule on the cgroup): without a trace, with a trace whose

@@ -29,7 +29,7 @@ use self::{
 };
 use crate::{
     capabilities::conn_limits::request::{NewConnRule, ScopeRequest},
-    declarative::{self, LoadOptions, Mode, RateLimitRule, Resource, Resources},
+    declarative::{self, LimitScope, LoadOptions, Mode, RateLimitRule, Resource, Resources},
     engine::Engine,
     error::{Error, Result},
     instance::Instance,
@@ -266,7 +266,11 @@ impl Agent {
             .items
             .iter()
             .filter_map(|declared| match &declared.resource {
-                Resource::CgroupLimit(manifest) => Some(manifest.spec.cgroup.as_str().to_owned()),
+                Resource::CgroupLimit(manifest) => match &manifest.spec.scope {
+                    LimitScope::Cgroup(pattern) => Some(pattern.as_str().to_owned()),
+                    // A namespace that appears is found by the periodic reconciliation.
+                    LimitScope::Netns { .. } => None,
+                },
                 // An outbound connection limit of a cgroup waits for it as a CgroupLimit does.
                 Resource::RateLimit(manifest) => match manifest.spec.rule() {
                     RateLimitRule::Outbound(NewConnRule {

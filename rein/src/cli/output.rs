@@ -12,7 +12,7 @@ use rein::{
         },
         netns_limit::{NetnsOrigin, NetnsRecord, NetnsView, Subnets},
     },
-    declarative::{DirectionLimit, Listed, ListedSpec, RateLimitRule},
+    declarative::{DirectionLimit, LimitScope, Listed, ListedSpec, RateLimitRule},
     doctor::Check,
     units::{Period, Rate, Size},
 };
@@ -207,10 +207,24 @@ pub fn resources(listed: &[Listed]) -> String {
     for item in listed {
         let (target, limit) = match &item.spec {
             ListedSpec::CgroupLimit(spec) => {
-                let mut target = spec.cgroup.as_str().to_owned();
-                if spec.cgroup.is_glob() {
-                    let _ = write!(target, " ({} cgroups)", item.status.cgroups.len());
-                }
+                let target = match &spec.scope {
+                    LimitScope::Cgroup(cgroup) if cgroup.is_glob() => format!(
+                        "{} ({} cgroups)",
+                        cgroup.as_str(),
+                        item.status.cgroups.len()
+                    ),
+                    LimitScope::Cgroup(cgroup) => cgroup.as_str().to_owned(),
+                    LimitScope::Netns { path, subnets } => {
+                        let peers = match subnets {
+                            None => String::new(),
+                            Some(Subnets::Unshaped(nets)) => {
+                                format!(" (all but {} subnets)", nets.len())
+                            }
+                            Some(Subnets::Shaped(nets)) => format!(" ({} subnets)", nets.len()),
+                        };
+                        format!("netns {}{peers}", path.as_str())
+                    }
+                };
                 let limits: Vec<String> = [
                     direction("egress", spec.egress),
                     direction("ingress", spec.ingress),

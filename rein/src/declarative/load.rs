@@ -250,7 +250,10 @@ mod tests {
         let Resource::CgroupLimit(limit) = &resources[1].resource else {
             panic!("{resources:?}")
         };
-        assert_eq!(limit.spec.cgroup.as_str(), "/db");
+        let super::super::resource::LimitScope::Cgroup(cgroup) = &limit.spec.scope else {
+            panic!("{limit:?}")
+        };
+        assert_eq!(cgroup.as_str(), "/db");
         assert_eq!(
             limit.spec.egress.unwrap().rate.bits_per_second(),
             10_000_000

@@ -17,8 +17,9 @@ pub mod resource;
 
 pub use load::{Declared, LoadOptions, Resources, SourceLocation, load};
 pub use resource::{
-    API_VERSION, ApiVersion, CgroupLimitSpec, CgroupPattern, DirectionLimit, Kind, Manifest,
-    NetRuleResourceSpec, RateLimitRule, RateLimitSpec, Resource, ResourceName, json_schema,
+    API_VERSION, ApiVersion, CgroupLimitSpec, CgroupPattern, DirectionLimit, Kind, LimitScope,
+    Manifest, NetRuleResourceSpec, NetnsPath, RateLimitRule, RateLimitSpec, Resource, ResourceName,
+    json_schema,
 };
 
 use crate::{
@@ -27,6 +28,7 @@ use crate::{
         cgroup_limit::{DeclaredBy, LimitSpec, Origin, RuleRecord},
         conn_limits::WantedConnRule,
         net_rules::{WantedNetRule, spec::NetRuleSpec},
+        netns_limit::{self, Namespace, NetnsOrigin, NetnsRecord, Subnets},
     },
     engine::{Desired, Engine, Plan},
     error::{Error, Result},
@@ -162,6 +164,19 @@ fn declare(
             &limits_named,
         )
     });
+    desired.netns_limits.retain(|r| {
+        keeps(
+            r.declared_by.as_ref().map(|d| d.name.as_str()),
+            &limits_named,
+        )
+    });
+    // Who holds each namespace now, by cookie: the CNI plugin, a hand, or another resource.
+    let held_netns: HashMap<u64, NetnsRecord> = desired
+        .netns_limits
+        .iter()
+        .map(|r| (r.cookie, r.clone()))
+        .collect();
+    let mut claimed_netns: HashMap<u64, &str> = HashMap::new();
     // A rule declared again keeps its id, so an unchanged rule is left as it is.
     let held_rules: HashMap<String, WantedNetRule> = desired
         .net_rules
@@ -205,7 +220,31 @@ fn declare(
             Resource::CgroupLimit(manifest) => {
                 let name = manifest.metadata.name.as_str();
                 let spec = &manifest.spec;
-                let cgroups = match expand(cx, &spec.cgroup) {
+                let pattern = match &spec.scope {
+                    LimitScope::Cgroup(pattern) => pattern,
+                    LimitScope::Netns { path, subnets } => {
+                        let wanted = WantedNetns {
+                            name,
+                            path,
+                            subnets: subnets.as_ref(),
+                            egress: spec.egress,
+                            ingress: spec.ingress,
+                        };
+                        if let Some(record) =
+                            want_netns_limit(&held_netns, &wanted, mode).map_err(in_resource)?
+                        {
+                            if let Some(first) = claimed_netns.insert(record.cookie, name) {
+                                return Err(in_resource(Error::NetnsDeclaredElsewhere {
+                                    netns: record.netns,
+                                    owner: first.to_owned(),
+                                }));
+                            }
+                            desired.netns_limits.push(record);
+                        }
+                        continue;
+                    }
+                };
+                let cgroups = match expand(cx, pattern) {
                     // The agent waits for a cgroup that is not there yet (a service not
                     // started); a command refuses it.
                     Err(Error::NoSuchCgroup(path)) if mode == Mode::Exact => {
@@ -221,7 +260,7 @@ fn declare(
                         match existing {
                             // A glob leaves a limit set by hand alone; a path names it on
                             // purpose, and is refused.
-                            None if spec.cgroup.is_glob() => {
+                            None if pattern.is_glob() => {
                                 tracing::info!("{name}: leaving the hand-set limit of {relative}");
                                 continue;
                             }
@@ -254,7 +293,7 @@ fn declare(
                         origin: Origin::Cgroup,
                         declared_by: Some(DeclaredBy {
                             name: name.to_owned(),
-                            cgroup: spec.cgroup.as_str().to_owned(),
+                            cgroup: pattern.as_str().to_owned(),
                         }),
                     });
                 }
@@ -297,7 +336,89 @@ fn declare(
             }
         }
     }
+    // The subnet trie is shared by every namespace limit, the CNI plugin's too.
+    let count = desired
+        .netns_limits
+        .iter()
+        .filter_map(|r| r.subnets.as_ref())
+        .map(|s| s.nets().len())
+        .sum();
+    netns_limit::check_subnet_count(None, count)?;
     Ok(desired)
+}
+
+/// A namespace limit as a `CgroupLimit` declares it.
+struct WantedNetns<'a> {
+    name: &'a str,
+    path: &'a NetnsPath,
+    subnets: Option<&'a Subnets>,
+    egress: Option<DirectionLimit>,
+    ingress: Option<DirectionLimit>,
+}
+
+/// The record of a declared namespace limit, or `None` when there is none to make: in
+/// `Mode::Exact` the agent waits for a namespace that is not there (yet), as for a missing
+/// cgroup, and leaves a namespace the CNI plugin limited to it, with a warning. A command
+/// refuses both, as it refuses a namespace limited by hand or by another resource.
+fn want_netns_limit(
+    held: &HashMap<u64, NetnsRecord>,
+    wanted: &WantedNetns<'_>,
+    mode: Mode,
+) -> Result<Option<NetnsRecord>> {
+    let name = wanted.name;
+    let namespace = match Namespace::open(std::path::Path::new(wanted.path.as_str())) {
+        Err(error @ Error::NoSuchNetns(_)) if mode == Mode::Exact => {
+            tracing::info!("{name}: {error} (yet)");
+            return Ok(None);
+        }
+        opened => opened?,
+    };
+    if let Some(existing) = held.get(&namespace.cookie) {
+        match (&existing.origin, &existing.declared_by) {
+            (NetnsOrigin::Cni(attachment), _) => {
+                let error = Error::NetnsOwnedElsewhere {
+                    netns: namespace.path,
+                    owner: format!(
+                        "the CNI plugin for container {} ({} on network {})",
+                        attachment.container_id, attachment.ifname, attachment.network
+                    ),
+                };
+                if mode == Mode::Exact {
+                    tracing::warn!("{name}: leaving it alone: {error}");
+                    return Ok(None);
+                }
+                return Err(error);
+            }
+            (NetnsOrigin::Manual, None) => {
+                return Err(Error::NetnsLimitedByHand(namespace.path));
+            }
+            (NetnsOrigin::Manual, Some(other)) => {
+                return Err(Error::NetnsDeclaredElsewhere {
+                    netns: namespace.path,
+                    owner: other.name.clone(),
+                });
+            }
+        }
+    }
+    let limit = |limit: Option<DirectionLimit>| {
+        limit.map(|l| LimitSpec {
+            rate: l.rate,
+            burst: l.burst,
+        })
+    };
+    Ok(Some(NetnsRecord {
+        netns: namespace.path,
+        cookie: namespace.cookie,
+        inode: namespace.inode,
+        egress: limit(wanted.egress),
+        ingress: limit(wanted.ingress),
+        subnets: wanted.subnets.cloned(),
+        origin: NetnsOrigin::Manual,
+        declared_by: Some(DeclaredBy {
+            name: name.to_owned(),
+            cgroup: wanted.path.as_str().to_owned(),
+        }),
+    }))
 }
 
 /// Adds `spec` to `desired` as the net rule `declared_by` (for the resource `name`), under the
@@ -338,6 +459,11 @@ fn undeclare(mut desired: Desired, resources: &Resources) -> Desired {
         .map(|d| (d.resource.kind(), d.resource.name().as_str()))
         .collect();
     desired.cgroup_limits.retain(|r| {
+        r.declared_by
+            .as_ref()
+            .is_none_or(|d| !named.contains(&(Kind::CgroupLimit, d.name.as_str())))
+    });
+    desired.netns_limits.retain(|r| {
         r.declared_by
             .as_ref()
             .is_none_or(|d| !named.contains(&(Kind::CgroupLimit, d.name.as_str())))
@@ -410,6 +536,10 @@ pub enum ListedOrigin {
     NetAdd,
     /// `rein conn add`.
     ConnAdd,
+    /// `rein set --netns`.
+    SetNetns,
+    /// The CNI plugin, for a container's network namespace.
+    Cni,
 }
 
 impl ListedOrigin {
@@ -421,6 +551,8 @@ impl ListedOrigin {
             Self::Run => "run",
             Self::NetAdd => "net-add",
             Self::ConnAdd => "conn-add",
+            Self::SetNetns => "set-netns",
+            Self::Cni => "cni",
         }
     }
 }
@@ -467,7 +599,7 @@ pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
                 kind: Kind::CgroupLimit,
                 metadata: ListedMetadata { name },
                 spec: ListedSpec::CgroupLimit(CgroupLimitSpec {
-                    cgroup,
+                    scope: LimitScope::Cgroup(cgroup),
                     egress: direction(record.egress),
                     ingress: direction(record.ingress),
                 }),
@@ -489,6 +621,35 @@ pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
             };
         }
         listed.extend(declared.into_values());
+        for record in &state.netns_limits.rules {
+            let (name, origin) = match (&record.declared_by, &record.origin) {
+                (Some(by), _) => (by.name.clone(), ListedOrigin::Declared),
+                (None, NetnsOrigin::Manual) => (record.netns.clone(), ListedOrigin::SetNetns),
+                (None, NetnsOrigin::Cni(_)) => (record.netns.clone(), ListedOrigin::Cni),
+            };
+            // Written by rein from an absolute path; a hand-edited state file is shown as is.
+            let Ok(path) = NetnsPath::try_from(record.netns.clone()) else {
+                continue;
+            };
+            listed.push(Listed {
+                api_version: ApiVersion::V1Alpha1,
+                kind: Kind::CgroupLimit,
+                metadata: ListedMetadata { name },
+                spec: ListedSpec::CgroupLimit(CgroupLimitSpec {
+                    scope: LimitScope::Netns {
+                        path,
+                        subnets: record.subnets.clone(),
+                    },
+                    egress: direction(record.egress),
+                    ingress: direction(record.ingress),
+                }),
+                status: ListedStatus {
+                    origin,
+                    cgroups: Vec::new(),
+                    rule_id: None,
+                },
+            });
+        }
     }
     if wanted(Kind::NetRule) {
         for record in &state.net_rules.net {

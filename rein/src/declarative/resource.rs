@@ -4,7 +4,8 @@
 //! checked while the file is read, so an error points at its line and column).
 use std::{fmt, num::NonZeroU16, path::PathBuf};
 
-use rein_common::Direction;
+use ipnet::IpNet;
+use rein_common::{Direction, MAX_SUBNETS};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,7 @@ use crate::{
             request::{Algorithm, MAX_PPS, NetRuleRequest, OptionNames},
             spec::{Cidr, NetRuleSpec, Protocol, SketchSize},
         },
+        netns_limit::Subnets,
     },
     units::{EventRate, Period, Rate, Size},
 };
@@ -131,7 +133,7 @@ pub struct Metadata {
 // made it cross the lint's threshold) would save nothing worth the indirection.
 #[allow(clippy::large_enum_variant)]
 pub enum Resource {
-    /// Limits of a cgroup, or of every cgroup a glob matches.
+    /// Limits of a cgroup, of every cgroup a glob matches, or of a network namespace.
     CgroupLimit(Manifest<CgroupLimitSpec>),
     /// A `rein net` rule: a limit on an interface by address, service and source.
     NetRule(Manifest<NetRuleResourceSpec>),
@@ -255,43 +257,173 @@ impl JsonSchema for CgroupPattern {
     }
 }
 
-/// `CgroupLimit`'s spec: a cgroup (or a glob of them) and the limit of each direction.
+/// A network namespace as a file names it: an absolute path that should live as long as the
+/// namespace (`/run/netns/NAME`); whether it is one is seen when the file is applied.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NetnsPath(String);
+
+impl NetnsPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NetnsPath {
+    type Error = String;
+    fn try_from(path: String) -> Result<Self, String> {
+        if !path.starts_with('/') || path.contains('\0') {
+            return Err(format!(
+                "{path:?} is not a network namespace path: give an absolute path, e.g. \
+                 /run/netns/NAME"
+            ));
+        }
+        Ok(Self(path))
+    }
+}
+
+impl From<NetnsPath> for String {
+    fn from(path: NetnsPath) -> String {
+        path.0
+    }
+}
+
+impl JsonSchema for NetnsPath {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NetnsPath".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^/",
+            "description": "A network namespace's path, e.g. /run/netns/NAME",
+        })
+    }
+}
+
+/// What a `CgroupLimit` limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitScope {
+    /// A cgroup, or every cgroup a glob matches.
+    Cgroup(CgroupPattern),
+    /// Every socket of a network namespace, whatever its cgroup; with peers in some subnets
+    /// left unlimited, or alone limited.
+    Netns {
+        path: NetnsPath,
+        subnets: Option<Subnets>,
+    },
+}
+
+/// `CgroupLimit`'s spec: a cgroup (or a glob of them) or a network namespace, and the limit of
+/// each direction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, try_from = "CgroupLimitFields")]
+#[serde(try_from = "CgroupLimitFields", into = "CgroupLimitFields")]
 #[schemars(with = "CgroupLimitFields")]
 pub struct CgroupLimitSpec {
-    pub cgroup: CgroupPattern,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: LimitScope,
     pub egress: Option<DirectionLimit>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<DirectionLimit>,
 }
 
-/// `CgroupLimitSpec` before the check that it limits something.
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+/// `CgroupLimitSpec` as a file writes it.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CgroupLimitFields {
-    /// A cgroup path from the cgroup v2 root, or a glob of them.
-    cgroup: CgroupPattern,
-    /// Limit of the traffic the cgroup's processes send.
-    #[serde(default)]
+    /// A cgroup path from the cgroup v2 root, or a glob of them (give cgroup or netns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cgroup: Option<CgroupPattern>,
+    /// A network namespace (/run/netns/NAME): every socket in it shares the limit, whatever
+    /// its cgroup (give cgroup or netns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    netns: Option<NetnsPath>,
+    /// With netns: traffic with peers in these subnets (CIDRs) is not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Vec<String>>")]
+    unshaped_subnets: Option<Vec<IpNet>>,
+    /// With netns: only traffic with peers in these subnets (CIDRs) is limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Vec<String>>")]
+    shaped_subnets: Option<Vec<IpNet>>,
+    /// Limit of the traffic the cgroup's (or namespace's) processes send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     egress: Option<DirectionLimit>,
-    /// Limit of the traffic the cgroup's processes receive.
-    #[serde(default)]
+    /// Limit of the traffic the cgroup's (or namespace's) processes receive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     ingress: Option<DirectionLimit>,
 }
 
 impl TryFrom<CgroupLimitFields> for CgroupLimitSpec {
-    type Error = &'static str;
+    type Error = String;
     fn try_from(fields: CgroupLimitFields) -> Result<Self, Self::Error> {
         if fields.egress.is_none() && fields.ingress.is_none() {
-            return Err("a CgroupLimit limits egress, ingress or both: give at least one");
+            return Err("a CgroupLimit limits egress, ingress or both: give at least one".into());
         }
+        let subnets = match (fields.unshaped_subnets, fields.shaped_subnets) {
+            (Some(_), Some(_)) => {
+                return Err("give unshapedSubnets or shapedSubnets, not both".into());
+            }
+            (Some(nets), None) if nets.is_empty() => {
+                return Err("unshapedSubnets is empty: leave it out to limit every peer".into());
+            }
+            (None, Some(nets)) if nets.is_empty() => {
+                return Err("shapedSubnets is empty: it would limit nothing".into());
+            }
+            (Some(nets), None) => Some(Subnets::Unshaped(nets)),
+            (None, Some(nets)) => Some(Subnets::Shaped(nets)),
+            (None, None) => None,
+        };
+        if let Some(subnets) = &subnets
+            && subnets.nets().len() > MAX_SUBNETS as usize
+        {
+            return Err(format!(
+                "{} subnets: at most {MAX_SUBNETS} over all namespace limits",
+                subnets.nets().len()
+            ));
+        }
+        let scope = match (fields.cgroup, fields.netns) {
+            (Some(_), Some(_)) => return Err("give cgroup or netns, not both".into()),
+            (None, None) => {
+                return Err(
+                    "give cgroup (a cgroup path or glob) or netns (a network namespace path)"
+                        .into(),
+                );
+            }
+            (Some(_), None) if subnets.is_some() => {
+                return Err(
+                    "unshapedSubnets and shapedSubnets belong to a netns limit, not a cgroup's"
+                        .into(),
+                );
+            }
+            (Some(cgroup), None) => LimitScope::Cgroup(cgroup),
+            (None, Some(path)) => LimitScope::Netns { path, subnets },
+        };
         Ok(Self {
-            cgroup: fields.cgroup,
+            scope,
             egress: fields.egress,
             ingress: fields.ingress,
         })
+    }
+}
+
+impl From<CgroupLimitSpec> for CgroupLimitFields {
+    fn from(spec: CgroupLimitSpec) -> Self {
+        let (cgroup, netns, subnets) = match spec.scope {
+            LimitScope::Cgroup(cgroup) => (Some(cgroup), None, None),
+            LimitScope::Netns { path, subnets } => (None, Some(path), subnets),
+        };
+        let (unshaped_subnets, shaped_subnets) = match subnets {
+            Some(Subnets::Unshaped(nets)) => (Some(nets), None),
+            Some(Subnets::Shaped(nets)) => (None, Some(nets)),
+            None => (None, None),
+        };
+        Self {
+            cgroup,
+            netns,
+            unshaped_subnets,
+            shaped_subnets,
+            egress: spec.egress,
+            ingress: spec.ingress,
+        }
     }
 }
 
@@ -884,6 +1016,60 @@ mod tests {
             "schema/v1alpha1.json is stale: run `cargo run -p rein -- schema > \
              schema/v1alpha1.json`"
         );
+    }
+
+    #[test]
+    fn a_cgroup_limit_names_a_cgroup_or_a_network_namespace() {
+        let read = |text: &str| serde_norway::from_str::<CgroupLimitSpec>(text);
+        let spec = read(
+            "netns: /run/netns/pod\negress: {rate: 20mbit}\nunshapedSubnets: [198.18.0.2/32, \
+             2001:2::/48]\n",
+        )
+        .unwrap();
+        let LimitScope::Netns { path, subnets } = &spec.scope else {
+            panic!("{spec:?}");
+        };
+        assert_eq!(path.as_str(), "/run/netns/pod");
+        assert_eq!(
+            subnets,
+            &Some(Subnets::Unshaped(vec![
+                "198.18.0.2/32".parse().unwrap(),
+                "2001:2::/48".parse().unwrap()
+            ]))
+        );
+        // `rein get` shows it in the fields that declare it again.
+        let shown = serde_norway::to_string(&spec).unwrap();
+        assert!(shown.contains("unshapedSubnets:"), "{shown}");
+        assert_eq!(read(&shown).unwrap(), spec, "{shown}");
+        let cgroup = read("cgroup: /app\ningress: {rate: 1mbit}\n").unwrap();
+        assert_eq!(
+            cgroup.scope,
+            LimitScope::Cgroup("/app".to_owned().try_into().unwrap())
+        );
+
+        let limited = |text: &str| format!("{text}egress: {{rate: 1mbit}}\n");
+        for (text, needle) in [
+            (limited("cgroup: /a\nnetns: /run/netns/a\n"), "not both"),
+            (limited(""), "give cgroup"),
+            (limited("netns: run/netns/a\n"), "absolute path"),
+            (
+                limited("netns: /a\nunshapedSubnets: [10.0.0.0/8]\nshapedSubnets: [10.0.0.0/8]\n"),
+                "not both",
+            ),
+            (limited("netns: /a\nshapedSubnets: []\n"), "limit nothing"),
+            (
+                limited("netns: /a\nshapedSubnets: [10.0.0.0/33]\n"),
+                "invalid IP",
+            ),
+            (
+                limited("cgroup: /a\nunshapedSubnets: [10.0.0.0/8]\n"),
+                "belong to a netns",
+            ),
+            ("netns: /run/netns/a\n".into(), "at least one"),
+        ] {
+            let error = read(&text).unwrap_err().to_string();
+            assert!(error.contains(needle), "{text}: {error}");
+        }
     }
 
     #[test]

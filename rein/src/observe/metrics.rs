@@ -3,7 +3,7 @@
 //!
 //! The text is made afresh from a [`Status`] at each scrape: the kernel maps hold the counters,
 //! so rein keeps no metric of its own, and a limit gone from the status is gone from the text.
-//! Labels name limits only (`cgroup`, `rule`, `direction`, and a rule's `device` and `hook`; up
+//! Labels name limits only (`cgroup`, `netns`, `rule`, `direction`, and a rule's `device` and `hook`; up
 //! to [`crate::capabilities::net_rules`]' five top sources per per-source rule): as many series
 //! as limits, never one per flow or packet.
 use std::{
@@ -129,48 +129,25 @@ pub fn render_with(status: &Status, extra: &Extra) -> Result<String> {
     };
     extra(&mut families.registry);
 
-    let cgroup = Traffic::new(&mut families, "cgroup", "a cgroup limit");
-    let cgroup_rate: Family<Labels, Gauge> = families.gauge(
-        "cgroup_rate_bytes_per_second",
-        "Rate of a cgroup limit (IP bytes per second)",
-        None,
+    let cgroups = status.cgroups.iter().map(|rule| {
+        (
+            ("cgroup", rule.cgroup.clone()),
+            [("egress", &rule.egress), ("ingress", &rule.ingress)],
+        )
+    });
+    render_limits(&mut families, "cgroup", "a cgroup limit", cgroups);
+    let namespaces = status.netns.iter().map(|view| {
+        (
+            ("netns", view.netns.clone()),
+            [("egress", &view.egress), ("ingress", &view.ingress)],
+        )
+    });
+    render_limits(
+        &mut families,
+        "netns",
+        "a network namespace limit",
+        namespaces,
     );
-    let cgroup_burst: Family<Labels, Gauge> =
-        families.gauge("cgroup_burst", "Burst of a cgroup limit", Some(Unit::Bytes));
-    let cgroup_flows: Family<Labels, Gauge> = families.gauge(
-        "cgroup_tcp_flows",
-        "TCP flows sharing a cgroup limit now (sent in the last 100-200 ms)",
-        None,
-    );
-    for rule in &status.cgroups {
-        for (direction, view) in [("egress", &rule.egress), ("ingress", &rule.ingress)] {
-            let Some(view) = view else { continue };
-            let labels = vec![
-                ("cgroup", rule.cgroup.clone()),
-                ("direction", direction.into()),
-            ];
-            let DirectionView {
-                passed_bytes,
-                passed_packets,
-                dropped_bytes,
-                dropped_packets,
-                ..
-            } = *view;
-            cgroup.record(
-                &labels,
-                [passed_bytes, passed_packets, dropped_bytes, dropped_packets],
-            );
-            cgroup_rate
-                .get_or_create(&labels)
-                .set(gauge_value(view.rate_bits_per_second / 8));
-            cgroup_burst
-                .get_or_create(&labels)
-                .set(gauge_value(view.burst_bytes));
-            cgroup_flows
-                .get_or_create(&labels)
-                .set(i64::from(view.tcp_flows));
-        }
-    }
 
     let backlog: Family<Labels, Gauge> = families.gauge(
         "ingress_queue_backlog",
@@ -207,6 +184,61 @@ pub fn render_with(status: &Status, extra: &Extra) -> Result<String> {
     text::encode(&mut out, &families.registry)
         .map_err(|error| Error::Metrics(error.to_string()))?;
     Ok(out)
+}
+
+/// A limit's scope label, and its view of each direction.
+type Scoped<'a> = (
+    (&'static str, String),
+    [(&'static str, &'a Option<DirectionView>); 2],
+);
+
+/// The families of limits of a kind of scope (`cgroup`, `netns`): traffic, rate, burst and
+/// flows per limited direction, labelled by the scope and the direction.
+fn render_limits<'a>(
+    families: &mut Families,
+    prefix: &str,
+    what: &str,
+    limits: impl Iterator<Item = Scoped<'a>>,
+) {
+    let traffic = Traffic::new(families, prefix, what);
+    let rate: Family<Labels, Gauge> = families.gauge(
+        &format!("{prefix}_rate_bytes_per_second"),
+        &format!("Rate of {what} (IP bytes per second)"),
+        None,
+    );
+    let burst: Family<Labels, Gauge> = families.gauge(
+        &format!("{prefix}_burst"),
+        &format!("Burst of {what}"),
+        Some(Unit::Bytes),
+    );
+    let flows: Family<Labels, Gauge> = families.gauge(
+        &format!("{prefix}_tcp_flows"),
+        &format!("TCP flows sharing {what} now (sent in the last 100-200 ms)"),
+        None,
+    );
+    for (scope, directions) in limits {
+        for (direction, view) in directions {
+            let Some(view) = view else { continue };
+            let labels = vec![scope.clone(), ("direction", direction.into())];
+            let DirectionView {
+                passed_bytes,
+                passed_packets,
+                dropped_bytes,
+                dropped_packets,
+                ..
+            } = *view;
+            traffic.record(
+                &labels,
+                [passed_bytes, passed_packets, dropped_bytes, dropped_packets],
+            );
+            rate.get_or_create(&labels)
+                .set(gauge_value(view.rate_bits_per_second / 8));
+            burst
+                .get_or_create(&labels)
+                .set(gauge_value(view.burst_bytes));
+            flows.get_or_create(&labels).set(i64::from(view.tcp_flows));
+        }
+    }
 }
 
 fn render_net(families: &mut Families, rules: &[NetRuleView]) {
@@ -538,5 +570,55 @@ fn text_response(
     match tiny_http::Header::from_bytes("Content-Type", content_type) {
         Ok(header) => response.with_header(header),
         Err(()) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::netns_limit::{NetnsOrigin, NetnsView};
+
+    #[test]
+    fn a_network_namespace_limit_has_the_series_of_a_cgroup_limit_labelled_by_its_path() {
+        let view = DirectionView {
+            rate_bits_per_second: 20_000_000,
+            burst_bytes: 65_536,
+            burst_is_default: true,
+            passed_packets: 3,
+            passed_bytes: 4_500,
+            dropped_packets: 1,
+            dropped_bytes: 1_500,
+            tcp_flows: 2,
+        };
+        let status = Status {
+            cgroups: vec![],
+            netns: vec![NetnsView {
+                netns: "/run/netns/pod".into(),
+                cookie: 9,
+                origin: NetnsOrigin::Manual,
+                declared_by: None,
+                subnets: None,
+                egress: Some(view),
+                ingress: None,
+            }],
+            net: vec![],
+            conn: vec![],
+            queues: vec![],
+        };
+        let text = render(&status).unwrap();
+        let labels = r#"{netns="/run/netns/pod",direction="egress"}"#;
+        for (series, value) in [
+            ("rein_netns_passed_bytes_total", "4500"),
+            ("rein_netns_passed_packets_total", "3"),
+            ("rein_netns_dropped_bytes_total", "1500"),
+            ("rein_netns_dropped_packets_total", "1"),
+            ("rein_netns_rate_bytes_per_second", "2500000"),
+            ("rein_netns_burst_bytes", "65536"),
+            ("rein_netns_tcp_flows", "2"),
+        ] {
+            let line = format!("{series}{labels} {value}\n");
+            assert!(text.contains(&line), "no {line:?} in:\n{text}");
+        }
+        assert!(!text.contains("direction=\"ingress\""), "{text}");
     }
 }

@@ -44,9 +44,9 @@ pub const FOOTER: &str = "sort: n name  r rate  u use of limit  d drops  f flows
 /// One limit and direction: a row of the view.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key {
-    /// `cgroup` or `net`.
+    /// `cgroup`, `netns`, `net` or `conn`.
     pub kind: &'static str,
-    /// The cgroup's path, or `#id dev hook` of a net rule.
+    /// The cgroup's or the network namespace's path, or `#id dev hook` of a net rule.
     pub name: String,
     pub direction: &'static str,
 }
@@ -98,6 +98,25 @@ pub fn readings(status: &Status) -> Vec<Reading> {
                 dropped_bytes: view.dropped_bytes,
                 dropped_packets: view.dropped_packets,
                 tcp_flows: Some(view.tcp_flows),
+            });
+        }
+    }
+    for view in &status.netns {
+        for (direction, limit) in [("egress", &view.egress), ("ingress", &view.ingress)] {
+            let Some(limit) = limit else { continue };
+            out.push(Reading {
+                key: Key {
+                    kind: "netns",
+                    name: view.netns.clone(),
+                    direction,
+                },
+                measure: Measure::Bytes,
+                limit_per_second: Some(limit.rate_bits_per_second / 8),
+                limit_text: bits(limit.rate_bits_per_second as f64),
+                passed: limit.passed_bytes,
+                dropped_bytes: limit.dropped_bytes,
+                dropped_packets: limit.dropped_packets,
+                tcp_flows: Some(limit.tcp_flows),
             });
         }
     }
@@ -671,6 +690,56 @@ mod tests {
         assert_eq!(readings[0].limit_per_second, Some(2_500_000));
         assert_eq!(readings[0].passed, 15_000);
         assert_eq!(readings[0].tcp_flows, Some(2));
+    }
+
+    #[test]
+    fn a_network_namespace_limit_is_a_row_beside_the_cgroups() {
+        use crate::capabilities::netns_limit::{NetnsOrigin, NetnsView};
+        let view = |passed_bytes| DirectionView {
+            rate_bits_per_second: 20_000_000,
+            burst_bytes: 65_536,
+            burst_is_default: true,
+            passed_packets: 0,
+            passed_bytes,
+            dropped_packets: 0,
+            dropped_bytes: 0,
+            tcp_flows: 1,
+        };
+        let status = |passed| Status {
+            cgroups: vec![],
+            netns: vec![NetnsView {
+                netns: "/run/netns/pod".into(),
+                cookie: 9,
+                origin: NetnsOrigin::Manual,
+                declared_by: None,
+                subnets: None,
+                egress: None,
+                ingress: Some(view(passed)),
+            }],
+            net: vec![],
+            conn: vec![],
+            queues: vec![],
+        };
+        let mut history = History::default();
+        history.observe(0.0, readings(&status(0)));
+        history.observe(1.0, readings(&status(1_250_000)));
+        let rows = history.rows();
+        assert_eq!(rows.len(), 1, "one row per limited direction");
+        assert_eq!(rows[0].use_of_limit(), Some(0.5));
+        let line = &lines(&rows, Sort::default())[1];
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            fields[..6],
+            [
+                "netns",
+                "/run/netns/pod",
+                "ingress",
+                "10.00Mbit",
+                "20.00Mbit",
+                "50%"
+            ],
+            "{line}"
+        );
     }
 
     #[test]

@@ -383,13 +383,27 @@ extern "C" fn charge_round<const INGRESS: bool>(index: u32, context: *mut c_void
     // Past the kept cgroups, the loop asks for each.
     let cgroup_id = match deep.cgroups.get(index as usize) {
         Some(&cgroup_id) => cgroup_id,
-        None => scope_at(walk.skb, level).unwrap_or(0),
+        // Both asked for and one picked without a jump: a branch to one helper or the other
+        // made the verifier follow the loop's rounds twice over, doubling the program (and
+        // the context has no room left for the namespace on the stack).
+        None => pick(
+            level == NETNS_LEVEL,
+            netns_scope_of(walk.skb),
+            ancestor(walk.skb, level).unwrap_or(0),
+        ),
     };
     if charge_cgroup::<INGRESS>(walk, bit, cgroup_id) {
         0
     } else {
         1
     }
+}
+
+/// `yes` if `condition`, else `no`, computed without a jump.
+#[inline(always)]
+fn pick(condition: bool, yes: u64, no: u64) -> u64 {
+    let mask = u64::from(condition).wrapping_neg();
+    no ^ ((no ^ yes) & mask)
 }
 
 /// Takes the lowest bit out of `levels`, and returns it.

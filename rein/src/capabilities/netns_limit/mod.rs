@@ -38,16 +38,16 @@ use crate::{
 
 /// A network namespace as a path named it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Namespace {
-    path: String,
-    cookie: u64,
-    inode: u64,
+pub(crate) struct Namespace {
+    pub path: String,
+    pub cookie: u64,
+    pub inode: u64,
 }
 
 impl Namespace {
     /// The namespace at `path`: an error naming the path when there is none (a missing path,
     /// or one that is not a network namespace).
-    fn open(path: &Path) -> Result<Self> {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
         let missing = || Error::NoSuchNetns(path.to_owned());
         let inode = fs::metadata(path).map_err(|_| missing())?.ino();
         let cookie = netns::cookie_of(path).map_err(|_| missing())?;
@@ -435,7 +435,7 @@ fn describe(spec: Option<LimitSpec>) -> String {
     }
 }
 
-fn check_subnet_count(subnets: Option<&Subnets>, others: usize) -> Result<()> {
+pub(crate) fn check_subnet_count(subnets: Option<&Subnets>, others: usize) -> Result<()> {
     let count = others + subnets.map_or(0, |s| s.nets().len());
     if count > MAX_SUBNETS as usize {
         return Err(Error::TooManySubnets {
