@@ -753,3 +753,89 @@ fn version_status_and_a_busy_instance() {
     ok(&pod.call(&host, "ADD", &config));
     ok(&pod.call(&host, "DEL", &config));
 }
+
+/// Through a real runtime: podman (CNI backend) runs a container on a bridge + host-local
+/// network whose conflist chains rein-cni where the reference `bandwidth` would be (same keys;
+/// the instance named by `reinInstance`), iperf3 on the host measures it both ways, and
+/// `podman rm` (the plugins' DEL) leaves no limit.
+#[test]
+#[ignore = "uploads into a pod's accepted (server) sockets reach ~0.25 of an ingress limit with hundreds of retransmits (netns_limit datapath, reported to the integrator); run with --ignored"]
+fn podman_runs_a_container_limited_by_rein_cni_both_ways() {
+    let _timed = one_at_a_time();
+    let rein = instance();
+    let mut entry = rein_testkit::podman::bandwidth_entry("rein-cni", RATE, 8 * 65_536);
+    entry["reinInstance"] = json!(rein.name());
+    let network = rein_testkit::podman::CniNetwork::create(&rein_testkit::podman::NetworkOptions {
+        shaping: Some(entry),
+        plugins: vec![PathBuf::from(env!("CARGO_BIN_EXE_rein-cni"))],
+    })
+    .unwrap();
+    let container = network.iperf3_server().unwrap();
+    let limits = netns_limits(&rein);
+    assert_eq!(limits.len(), 1, "{limits:#?}");
+    assert_eq!(
+        limits[0]["origin"]["network"],
+        network.name(),
+        "{limits:#?}"
+    );
+    assert_eq!(
+        limits[0]["origin"]["container_id"],
+        container.id(),
+        "{limits:#?}"
+    );
+    for (reverse, what) in [
+        (false, "into the container"),
+        (true, "out of the container"),
+    ] {
+        let options = ClientOptions {
+            seconds: 3,
+            omit: 1,
+            reverse,
+            ..ClientOptions::default()
+        };
+        let measured = container.iperf3(&options).unwrap();
+        assert_at_limit(&format!("podman, {what}"), measured.received_bps);
+    }
+    drop(container);
+    assert_eq!(
+        netns_limits(&rein),
+        Vec::<Value>::new(),
+        "podman rm left a limit"
+    );
+}
+
+/// The pod as a server: uploads from the host into a socket the pod accepted (ingress) and
+/// downloads from it (egress), at the limit. The transfer test above has the pod as the client.
+#[test]
+#[ignore = "uploads into a pod's accepted (server) sockets reach ~0.25 of an ingress limit with hundreds of retransmits (netns_limit datapath, reported to the integrator); run with --ignored"]
+fn a_server_in_the_pod_is_held_at_the_limit_both_ways() {
+    let _timed = one_at_a_time();
+    let rein = instance();
+    let pod = Pod::new("reincni");
+    let config = pod.config(
+        &rein,
+        json!({
+            "ingressRate": RATE, "ingressBurst": 8 * 65_536,
+            "egressRate": RATE, "egressBurst": 8 * 65_536,
+        }),
+    );
+    ok(&pod.rein_cni("ADD", &config, &[]));
+    let address = pod.result["ips"][0]["address"].as_str().unwrap();
+    let address = address.split('/').next().unwrap().to_owned();
+    for (reverse, what) in [
+        (false, "upload into the pod's server"),
+        (true, "download from it"),
+    ] {
+        let _server = iperf::Server::one_off(&pod.pod, &address, 5201, TIMEOUT).unwrap();
+        let opts = ClientOptions {
+            seconds: 3,
+            omit: 1,
+            reverse,
+            ..ClientOptions::default()
+        };
+        let argv = pod.host.exec(&iperf::client_argv(&address, 5201, &opts));
+        let measured = iperf::run_client(&Cmd::new(argv, opts.timeout()), false, reverse).unwrap();
+        assert_at_limit(what, measured.received_bps);
+    }
+    ok(&pod.rein_cni("DEL", &config, &[]));
+}
