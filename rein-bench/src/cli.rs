@@ -6,8 +6,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
-/// Runs iperf3 scenarios through rein, tc tbf and the reference CNI bandwidth plugin, each in
-/// throwaway network namespaces, and prints one table (plus JSON and a PNG plot). Needs root.
+/// Runs iperf3 scenarios through rein, tc tbf, the reference CNI bandwidth plugin and rein's CNI
+/// plugin, each in throwaway network namespaces, and prints one table (plus JSON and a PNG plot).
+/// Needs root.
 #[derive(Debug, Parser)]
 #[command(name = "rein-bench", version)]
 pub struct Args {
@@ -32,7 +33,7 @@ pub struct Args {
     pub directions: Vec<Direction>,
 
     /// Limiters to compare
-    #[arg(long, value_delimiter = ',', default_value = "rein,tbf,cni")]
+    #[arg(long, value_delimiter = ',', default_value = "rein,tbf,cni,rein-cni")]
     pub limiters: Vec<Limiter>,
 
     /// Kinds of scenario: single = one client (each --flows count, and UDP); side-by-side = two
@@ -65,6 +66,10 @@ pub struct Args {
     /// The rein binary [default: `rein` next to this executable]
     #[arg(long)]
     pub rein: Option<PathBuf>,
+
+    /// rein's CNI plugin [default: `rein-cni` next to this executable]
+    #[arg(long)]
+    pub rein_cni: Option<PathBuf>,
 
     /// TrueType font for the plot's text
     #[arg(
@@ -173,6 +178,9 @@ pub enum Limiter {
     Rein,
     Tbf,
     Cni,
+    /// rein's CNI plugin in the reference plugin's place: the same conflist but the type.
+    #[serde(rename = "rein-cni")]
+    ReinCni,
 }
 
 impl fmt::Display for Limiter {
@@ -181,6 +189,7 @@ impl fmt::Display for Limiter {
             Self::Rein => "rein",
             Self::Tbf => "tbf",
             Self::Cni => "cni",
+            Self::ReinCni => "rein-cni",
         })
     }
 }
@@ -297,6 +306,7 @@ pub struct Config {
     pub omit: u32,
     pub out: PathBuf,
     pub rein: PathBuf,
+    pub rein_cni: PathBuf,
     pub font: PathBuf,
 }
 
@@ -351,6 +361,12 @@ impl Config {
                 .context("finding this executable")?
                 .with_file_name("rein"),
         };
+        let rein_cni = match args.rein_cni {
+            Some(path) => path,
+            None => std::env::current_exe()
+                .context("finding this executable")?
+                .with_file_name("rein-cni"),
+        };
         let (rates, flows, mixes) = (dedup(rates), dedup(flows), dedup(mixes));
         let mut scenarios = Vec::new();
         for &direction in &dedup(args.directions) {
@@ -389,6 +405,7 @@ impl Config {
             omit: args.omit,
             out: args.out,
             rein,
+            rein_cni,
             font: args.font,
         })
     }
@@ -463,7 +480,10 @@ mod tests {
         assert_eq!(count(&full, Mix::Single), 24);
         assert_eq!(count(&full, Mix::SideBySide), 6);
         assert_eq!(count(&full, Mix::StartStop), 6);
-        assert_eq!(full.limiters, [Limiter::Rein, Limiter::Tbf, Limiter::Cni]);
+        assert_eq!(
+            full.limiters,
+            [Limiter::Rein, Limiter::Tbf, Limiter::Cni, Limiter::ReinCni]
+        );
 
         let quick = config(&["--quick"]);
         assert_eq!(quick.seconds, 4);

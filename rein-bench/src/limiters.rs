@@ -3,9 +3,14 @@
 //!   private instance purged at the end of the bench;
 //! - tc tbf: a tbf qdisc on the veth that carries the limited direction;
 //! - the reference CNI plugins (ptp + host-local, then bandwidth), driven by the CNI protocol with
-//!   SERVER as the "host" of a pod CLIENT.
+//!   SERVER as the "host" of a pod CLIENT;
+//! - rein-cni: the same pod and conflist, with rein's plugin in bandwidth's place (only the type
+//!   differs), limiting the pod's namespace through the bench's rein instance.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use rein_testkit::{
@@ -39,6 +44,14 @@ pub fn rein_instance(binary: &Path, pid: u32) -> Result<Rein> {
     )?)
 }
 
+/// What the rein limiters use: the bench's instance (for rein and rein-cni alike) and the
+/// rein-cni binary.
+#[derive(Debug, Clone, Copy)]
+pub struct ReinSetup<'a> {
+    pub instance: Option<&'a Rein>,
+    pub cni_plugin: &'a Path,
+}
+
 /// A limit in place for one run: how to start the client under it, and where the server is.
 #[derive(Debug, Default)]
 pub struct Limited {
@@ -63,13 +76,17 @@ impl Limited {
 /// directory for this run (CNI's IPAM data).
 pub fn apply(
     limiter: Limiter,
-    rein: Option<&Rein>,
+    rein: ReinSetup<'_>,
     hosts: &Hosts,
     direction: Direction,
     rate: Rate,
     work: &Path,
     pid: u32,
 ) -> Result<Limited> {
+    let ReinSetup {
+        instance: rein,
+        cni_plugin: rein_cni,
+    } = rein;
     match limiter {
         Limiter::Rein => {
             let rein = rein.context("rein is not set up")?;
@@ -113,8 +130,18 @@ pub fn apply(
                 ..Limited::default()
             })
         }
-        Limiter::Cni => {
-            let (pod, server_addr) = CniPod::add(hosts, direction, rate, work, pid)?;
+        Limiter::Cni | Limiter::ReinCni => {
+            let shaper = match limiter {
+                Limiter::ReinCni => {
+                    let rein = rein.context("rein is not set up")?;
+                    Shaper::ReinCni {
+                        binary: rein_cni.to_owned(),
+                        instance: rein.name().to_owned(),
+                    }
+                }
+                _ => Shaper::Bandwidth,
+            };
+            let (pod, server_addr) = CniPod::add(hosts, direction, rate, work, pid, &shaper)?;
             Ok(Limited {
                 server_addr,
                 _pod: Some(pod),
@@ -159,27 +186,45 @@ impl Drop for Qdisc {
     }
 }
 
+/// What limits the pod after ptp: the reference plugin, or rein's in its place.
+#[derive(Debug)]
+enum Shaper {
+    Bandwidth,
+    ReinCni { binary: PathBuf, instance: String },
+}
+
 /// One CNI plugin added to the pod; DEL on drop.
 #[derive(Debug)]
 struct CniPlugin {
     plugin: String,
+    binary: PathBuf,
     config: String,
     server_ns: String,
     env: Vec<(String, String)>,
+    /// `nsenter --net` instead of `ip netns exec`, whose private /sys would hide bpffs.
+    keep_mounts: bool,
 }
 
 impl CniPlugin {
     /// `ip netns exec SERVER /usr/lib/cni/PLUGIN` with the CNI variables and `config` on stdin:
     /// SERVER plays the host, so the plugin's host side (veth end, ifb, qdiscs) lands in SERVER.
     fn call(&self, command: &str) -> Result<String> {
-        let binary = format!("{CNI_PATH}/{}", self.plugin);
-        let mut cmd = Cmd::new(
-            ["ip", "netns", "exec", &self.server_ns, &binary],
-            CNI_TIMEOUT,
-        )
-        .env("CNI_COMMAND", command)
-        .envs(&self.env)
-        .stdin(self.config.clone());
+        let binary = self.binary.to_string_lossy();
+        let argv = if self.keep_mounts {
+            vec![
+                "nsenter".to_owned(),
+                format!("--net=/run/netns/{}", self.server_ns),
+                binary.into_owned(),
+            ]
+        } else {
+            ["ip", "netns", "exec", &self.server_ns, &binary]
+                .map(str::to_owned)
+                .to_vec()
+        };
+        let mut cmd = Cmd::new(argv, CNI_TIMEOUT)
+            .env("CNI_COMMAND", command)
+            .envs(&self.env)
+            .stdin(self.config.clone());
         if command == "DEL" {
             cmd = cmd.cleanup();
         }
@@ -195,11 +240,25 @@ impl CniPlugin {
         hosts: &Hosts,
         env: &[(String, String)],
     ) -> Result<(Self, Value)> {
+        let binary = Path::new(CNI_PATH).join(plugin);
+        Self::add_binary(plugin, binary, false, config, hosts, env)
+    }
+
+    fn add_binary(
+        plugin: &str,
+        binary: PathBuf,
+        keep_mounts: bool,
+        config: Value,
+        hosts: &Hosts,
+        env: &[(String, String)],
+    ) -> Result<(Self, Value)> {
         let this = Self {
             plugin: plugin.to_owned(),
+            binary,
             config: config.to_string(),
             server_ns: hosts.server.name().to_owned(),
             env: env.to_vec(),
+            keep_mounts,
         };
         // On an error `this` is dropped, and so DELeted: a half-done ADD may have left something,
         // and DEL is what the spec says to call then.
@@ -218,7 +277,7 @@ impl Drop for CniPlugin {
     }
 }
 
-/// CLIENT as a pod: ptp (veth to SERVER, addresses from host-local), then bandwidth.
+/// CLIENT as a pod: ptp (veth to SERVER, addresses from host-local), then bandwidth or rein-cni.
 #[derive(Debug)]
 struct CniPod {
     // Fields drop in order: bandwidth's DEL runs before ptp's.
@@ -234,6 +293,7 @@ impl CniPod {
         rate: Rate,
         work: &Path,
         pid: u32,
+        shaper: &Shaper,
     ) -> Result<(Self, String)> {
         let name = format!("rein-bench-{pid}");
         let env: Vec<(String, String)> = [
@@ -271,15 +331,28 @@ impl CniPod {
             Direction::Egress => ("egressRate", "egressBurst"),
             Direction::Ingress => ("ingressRate", "ingressBurst"),
         };
+        let plugin = match shaper {
+            Shaper::Bandwidth => "bandwidth",
+            Shaper::ReinCni { .. } => "rein-cni",
+        };
         let mut bandwidth_config = json!({
             "cniVersion": CNI_VERSION,
             "name": name,
-            "type": "bandwidth",
+            "type": plugin,
             "prevResult": result,
         });
         bandwidth_config[rate_key] = json!(rate.bits_per_second());
         bandwidth_config[burst_key] = json!(rate.burst_bytes() * 8);
-        let (bandwidth, _) = CniPlugin::add("bandwidth", bandwidth_config, hosts, &env)?;
+        let (bandwidth, _) = match shaper {
+            Shaper::Bandwidth => CniPlugin::add(plugin, bandwidth_config, hosts, &env)?,
+            // The instance through the environment, as a runtime that passes it would: the
+            // conflist stays the reference's but for the type.
+            Shaper::ReinCni { binary, instance } => {
+                let mut env = env.clone();
+                env.push(("REIN_INSTANCE".to_owned(), instance.clone()));
+                CniPlugin::add_binary(plugin, binary.clone(), true, bandwidth_config, hosts, &env)?
+            }
+        };
         let pod = Self {
             _bandwidth: bandwidth,
             _ptp: ptp,

@@ -119,7 +119,7 @@ fn write_outputs(config: &Config, rows: &[Row]) -> Result<()> {
         .unwrap_or_default();
     let generated = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let title = format!(
-        "rein vs tc tbf vs CNI bandwidth plugin: iperf3 {} s per run between two namespaces, \
+        "rein vs tc tbf vs CNI bandwidth plugin vs rein-cni: iperf3 {} s per run between two namespaces, \
          Linux {kernel}, {generated}",
         config.seconds
     );
@@ -161,7 +161,27 @@ fn preflight(config: &Config) -> Result<()> {
             }
         }
     }
-    if config.limiters.contains(&Limiter::Rein) && !config.rein.is_file() {
+    if config.limiters.contains(&Limiter::ReinCni) {
+        for plugin in ["ptp", "host-local"] {
+            let path = Path::new(limiters::CNI_PATH).join(plugin);
+            if !path.is_file() {
+                bail!(
+                    "no CNI plugin at {} (Debian package containernetworking-plugins)",
+                    path.display()
+                );
+            }
+        }
+        if !config.rein_cni.is_file() {
+            bail!(
+                "no rein-cni binary at {} (cargo build --release -p rein-cni, or give --rein-cni)",
+                config.rein_cni.display()
+            );
+        }
+    }
+    let needs_rein = [Limiter::Rein, Limiter::ReinCni]
+        .iter()
+        .any(|l| config.limiters.contains(l));
+    if needs_rein && !config.rein.is_file() {
         bail!(
             "no rein binary at {} (cargo build --release -p rein, or give --rein)",
             config.rein.display()

@@ -33,6 +33,7 @@ fn colour(limiter: Limiter) -> RGBColor {
         Limiter::Rein => RGBColor(31, 119, 180),
         Limiter::Tbf => RGBColor(255, 127, 14),
         Limiter::Cni => RGBColor(44, 160, 44),
+        Limiter::ReinCni => RGBColor(148, 103, 189),
     }
 }
 

@@ -115,9 +115,10 @@ impl<'a> Bench<'a> {
     pub fn new(config: &'a Config) -> Result<Self> {
         let pid = std::process::id();
         let work = WorkDir::create(pid)?;
-        let rein = config
-            .limiters
-            .contains(&Limiter::Rein)
+        // rein-cni limits through the same private instance, whose purge cleans up after both.
+        let rein = [Limiter::Rein, Limiter::ReinCni]
+            .iter()
+            .any(|l| config.limiters.contains(l))
             .then(|| limiters::rein_instance(&config.rein, pid))
             .transpose()?;
         Ok(Self {
@@ -160,7 +161,10 @@ impl<'a> Bench<'a> {
         let hosts = Hosts::create(&format!("rein-bench-{id}"))?;
         let limited = limiters::apply(
             limiter,
-            self.rein.as_ref(),
+            limiters::ReinSetup {
+                instance: self.rein.as_ref(),
+                cni_plugin: &self.config.rein_cni,
+            },
             &hosts,
             scenario.direction,
             scenario.rate,

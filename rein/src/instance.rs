@@ -71,6 +71,12 @@ impl Instance {
         Ok(instance)
     }
 
+    /// This instance's system paths under another name (the CNI plugin's `reinInstance`).
+    pub fn renamed(self, name: &str) -> Result<Self> {
+        let name = Self::new(name)?.name;
+        Ok(Self { name, ..self })
+    }
+
     pub fn net_max_rules(&self) -> u32 {
         self.net_max_rules
     }
