@@ -759,7 +759,6 @@ fn version_status_and_a_busy_instance() {
 /// the instance named by `reinInstance`), iperf3 on the host measures it both ways, and
 /// `podman rm` (the plugins' DEL) leaves no limit.
 #[test]
-#[ignore = "uploads into a pod's accepted (server) sockets reach ~0.25 of an ingress limit with hundreds of retransmits (netns_limit datapath, reported to the integrator); run with --ignored"]
 fn podman_runs_a_container_limited_by_rein_cni_both_ways() {
     let _timed = one_at_a_time();
     let rein = instance();
@@ -795,6 +794,14 @@ fn podman_runs_a_container_limited_by_rein_cni_both_ways() {
         };
         let measured = container.iperf3(&options).unwrap();
         assert_at_limit(&format!("podman, {what}"), measured.received_bps);
+        // rein's edge over the reference plugin here (about 600 retransmits in 3 s at this
+        // limit, the podman harness measured): no loss, so next to no retransmits.
+        let retransmits = measured.retransmits.unwrap_or(0);
+        eprintln!("podman, {what}: {retransmits} retransmits");
+        assert!(
+            retransmits <= 50,
+            "podman, {what}: {retransmits} retransmits"
+        );
     }
     drop(container);
     assert_eq!(
@@ -807,7 +814,6 @@ fn podman_runs_a_container_limited_by_rein_cni_both_ways() {
 /// The pod as a server: uploads from the host into a socket the pod accepted (ingress) and
 /// downloads from it (egress), at the limit. The transfer test above has the pod as the client.
 #[test]
-#[ignore = "uploads into a pod's accepted (server) sockets reach ~0.25 of an ingress limit with hundreds of retransmits (netns_limit datapath, reported to the integrator); run with --ignored"]
 fn a_server_in_the_pod_is_held_at_the_limit_both_ways() {
     let _timed = one_at_a_time();
     let rein = instance();

@@ -1217,6 +1217,59 @@ fn a_tcp_download_is_queued_to_the_limit_without_retransmissions() {
     rein.assert_no_trace("`rein run` of iperf3 -R");
 }
 
+/// A server under an ingress limit: an upload into the socket it accepted is windowed and
+/// queued as a download is. Its first segments answer the handshake and iperf3's short cookie,
+/// before the ingress program has opened the flow's storage; the window callbacks used to stop
+/// there, leaving the upload policed at a quarter of the limit with hundreds of retransmits.
+#[test]
+fn an_upload_into_a_limited_server_is_queued_to_the_limit_without_retransmissions() {
+    let _traffic = traffic();
+    let rein = instance();
+    let pair = host_pair();
+    let client = pair.client();
+    let port = IPERF3_PORT.to_string();
+    let server = rein
+        .command_in_ns(client)
+        .args(["run", "--ingress", "20mbit", "--"])
+        .args(client.exec(&[
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            &pair.link.client_addr,
+            "-p",
+            &port,
+        ]))
+        .timeout(Duration::from_secs(60))
+        .spawn()
+        .unwrap();
+    let listening = rein_testkit::process::wait_until(Duration::from_secs(10), || {
+        Cmd::new(
+            client.exec(&["ss", "-Hltn", &format!("sport = :{port}")]),
+            Duration::from_secs(5),
+        )
+        .run()
+        .is_ok_and(|out| !out.stdout.trim().is_empty())
+    });
+    assert!(listening, "the limited iperf3 server never listened");
+    let opts = tcp(false);
+    let upload = Cmd::new(
+        pair.server().exec(&iperf::client_argv(
+            &pair.link.client_addr,
+            IPERF3_PORT,
+            &opts,
+        )),
+        opts.timeout(),
+    );
+    let result = iperf::run_client(&upload, false, false).unwrap();
+    server.wait().unwrap().check("the limited server").unwrap();
+    eprintln!(
+        "upload into the server: {:.2} Mbit/s",
+        result.received_bps / 1e6
+    );
+    assert_tcp_paced(&result, "upload into a limited server");
+}
+
 /// An upload and a download in one cgroup under both limits: each gets its own. The download's
 /// ACKs going out used to register it as an upload too, which halved the real upload's pacing
 /// (48 of 100 Mbit/s).
