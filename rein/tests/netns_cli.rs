@@ -7,12 +7,7 @@
 // too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    fs,
-    path::Path,
-    sync::{Mutex, MutexGuard},
-    time::Duration,
-};
+use std::{fs, path::Path, sync::MutexGuard, time::Duration};
 
 use rein::{
     Engine,
@@ -26,16 +21,14 @@ use rein_testkit::{
     files::Files,
     iperf::{self, ClientOptions, PORT, Server},
     netns::{HostPair, Netns, ip},
-    process::{Cmd, wait_until},
+    process::{Cmd, one_at_a_time, wait_until},
     rein_instance::ReinInstance,
 };
 use serde_json::Value;
 
 /// Traffic tests share two cores: one at a time.
-static TRAFFIC: Mutex<()> = Mutex::new(());
-
 fn traffic() -> MutexGuard<'static, ()> {
-    TRAFFIC.lock().unwrap_or_else(|e| e.into_inner())
+    one_at_a_time()
 }
 
 fn instance() -> ReinInstance {

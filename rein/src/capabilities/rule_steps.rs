@@ -1,7 +1,7 @@
 //! The diff by id that the rule capabilities (net rules, conn limits) plan with: which held
 //! rules go, which change their limit in place, which are added again under their id, and
 //! which wanted rules are new.
-use std::collections::HashMap;
+use std::{collections::HashMap, hash::Hash};
 
 use crate::error::{Error, Result};
 
@@ -67,6 +67,31 @@ pub(crate) fn rule_steps<'a, R, W>(
     Ok(steps)
 }
 
+/// The diff of records keyed by `key` (one per cgroup, one per namespace): the held records no
+/// wanted one has the key of, and each wanted record that differs from the held one of its key
+/// (with that one, if any).
+pub(crate) fn keyed_changes<'a, R: PartialEq, K: Hash + Eq>(
+    held: &'a [R],
+    wanted: &'a [R],
+    key: impl Fn(&R) -> K,
+) -> (Vec<&'a R>, Vec<(Option<&'a R>, &'a R)>) {
+    // By key: the agent plans 10,000 limits every few seconds.
+    let held_by_key: HashMap<K, &R> = held.iter().map(|r| (key(r), r)).collect();
+    let wanted_keys: std::collections::HashSet<K> = wanted.iter().map(&key).collect();
+    let removed = held
+        .iter()
+        .filter(|r| !wanted_keys.contains(&key(r)))
+        .collect();
+    let set = wanted
+        .iter()
+        .filter_map(|w| {
+            let before = held_by_key.get(&key(w)).copied();
+            (before != Some(w)).then_some((before, w))
+        })
+        .collect();
+    (removed, set)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +147,14 @@ mod tests {
     fn a_wanted_id_nothing_holds_is_refused() {
         let err = steps(&[(1, 5, 'a')], &[(Some(9), 5, 'a')]).unwrap_err();
         assert!(matches!(err, Error::NoSuchNetRule(9)), "{err}");
+    }
+
+    #[test]
+    fn keyed_changes_remove_what_no_wanted_record_keys_and_set_what_differs() {
+        let held = [(1, 'a'), (2, 'b'), (3, 'c')];
+        let wanted = [(2, 'b'), (3, 'x'), (4, 'd')];
+        let (removed, set) = super::keyed_changes(&held, &wanted, |r| r.0);
+        assert_eq!(removed, [&(1, 'a')]);
+        assert_eq!(set, [(Some(&(3, 'c')), &(3, 'x')), (None, &(4, 'd'))]);
     }
 }

@@ -97,26 +97,44 @@ pub fn list(views: &[RuleView]) -> String {
                 shown.join(",")
             }
         };
-        for (name, direction) in [("egress", &view.egress), ("ingress", &view.ingress)] {
-            let Some(d) = direction else { continue };
-            rows.push([
-                view.cgroup.clone(),
-                origin.clone(),
-                name.into(),
-                rate(d),
-                burst(d),
-                if name == "egress" {
-                    d.tcp_flows.to_string()
-                } else {
-                    "-".into()
-                },
-                format!("{} pkt / {}", d.passed_packets, bytes(d.passed_bytes)),
-                format!("{} pkt / {}", d.dropped_packets, bytes(d.dropped_bytes)),
-                pids.clone(),
-            ]);
-        }
+        push_limit_rows(
+            &mut rows,
+            &view.cgroup,
+            &origin,
+            [&view.egress, &view.ingress],
+            &pids,
+        );
     }
     table(&rows)
+}
+
+/// A limit's rows, a direction each: what it limits, its origin, the direction's figures, and
+/// the last column (`PIDS`, `PEERS`).
+fn push_limit_rows(
+    rows: &mut Vec<[String; 9]>,
+    subject: &str,
+    origin: &str,
+    directions: [&Option<DirectionView>; 2],
+    last: &str,
+) {
+    for (name, direction) in ["egress", "ingress"].into_iter().zip(directions) {
+        let Some(d) = direction else { continue };
+        rows.push([
+            subject.to_owned(),
+            origin.to_owned(),
+            name.into(),
+            rate(d),
+            burst(d),
+            if name == "egress" {
+                d.tcp_flows.to_string()
+            } else {
+                "-".into()
+            },
+            format!("{} pkt / {}", d.passed_packets, bytes(d.passed_bytes)),
+            format!("{} pkt / {}", d.dropped_packets, bytes(d.dropped_bytes)),
+            last.to_owned(),
+        ]);
+    }
 }
 
 /// What `set --netns` did.
@@ -161,24 +179,13 @@ pub fn netns_list(views: &[NetnsView]) -> String {
             Some(Subnets::Unshaped(nets)) => format!("all but {} subnets", nets.len()),
             Some(Subnets::Shaped(nets)) => format!("{} subnets", nets.len()),
         };
-        for (name, direction) in [("egress", &view.egress), ("ingress", &view.ingress)] {
-            let Some(d) = direction else { continue };
-            rows.push([
-                view.netns.clone(),
-                origin.clone(),
-                name.into(),
-                rate(d),
-                burst(d),
-                if name == "egress" {
-                    d.tcp_flows.to_string()
-                } else {
-                    "-".into()
-                },
-                format!("{} pkt / {}", d.passed_packets, bytes(d.passed_bytes)),
-                format!("{} pkt / {}", d.dropped_packets, bytes(d.dropped_bytes)),
-                peers.clone(),
-            ]);
-        }
+        push_limit_rows(
+            &mut rows,
+            &view.netns,
+            &origin,
+            [&view.egress, &view.ingress],
+            &peers,
+        );
     }
     table(&rows)
 }

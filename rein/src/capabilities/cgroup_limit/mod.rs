@@ -4,7 +4,7 @@
 //! `set`, `unset` and `rein run` are transactions on the engine: a cgroup made or a process
 //! moved, and the plan from the state to the state with the changed record.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fmt, fs, thread,
     time::{Duration, Instant},
 };
@@ -18,7 +18,7 @@ mod spec;
 pub use spec::{DeclaredBy, LimitChange, LimitSpec, Origin, RuleRecord, Section, Target};
 
 use self::datapath::{DIRECTIONS, Datapath};
-use super::{Capability, Context, PreparedReload};
+use super::{Capability, Context, PreparedReload, rule_steps::keyed_changes};
 use crate::{
     engine::{Desired, Engine, Plan, PurgeReport, Step},
     error::{Error, Result},
@@ -506,26 +506,20 @@ impl Capability for CgroupLimits {
     }
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
-        let held = &state.cgroup_limits;
-        let wanted: HashSet<u64> = desired.cgroup_limits.iter().map(|r| r.cgroup_id).collect();
-        for record in &held.rules {
-            if !wanted.contains(&record.cgroup_id) {
-                plan.push(RemoveLimit {
-                    record: record.clone(),
-                });
-            }
+        let (removed, set) =
+            keyed_changes(&state.cgroup_limits.rules, &desired.cgroup_limits, |r| {
+                r.cgroup_id
+            });
+        for record in removed {
+            plan.push(RemoveLimit {
+                record: record.clone(),
+            });
         }
-        // By id: the agent plans 10,000 limits every few seconds.
-        let by_id: HashMap<u64, &RuleRecord> =
-            held.rules.iter().map(|r| (r.cgroup_id, r)).collect();
-        for record in &desired.cgroup_limits {
-            let before = by_id.get(&record.cgroup_id).copied();
-            if before != Some(record) {
-                plan.push(SetLimit {
-                    before: before.cloned(),
-                    after: record.clone(),
-                });
-            }
+        for (before, after) in set {
+            plan.push(SetLimit {
+                before: before.cloned(),
+                after: after.clone(),
+            });
         }
         Ok(())
     }

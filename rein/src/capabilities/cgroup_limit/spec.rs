@@ -36,6 +36,22 @@ impl LimitChange {
             Direction::Ingress => self.ingress,
         }
     }
+
+    /// A direction's limit `old` with the change: a new rate keeps a burst set explicitly
+    /// before.
+    pub fn applied_to(&self, old: Option<LimitSpec>, direction: Direction) -> Option<LimitSpec> {
+        match (self.rate(direction), old) {
+            (Some(rate), old) => Some(LimitSpec {
+                rate,
+                burst: self.burst.or(old.and_then(|o| o.burst)),
+            }),
+            (None, Some(old)) => Some(LimitSpec {
+                rate: old.rate,
+                burst: self.burst.or(old.burst),
+            }),
+            (None, None) => None,
+        }
+    }
 }
 
 /// One limited cgroup.
@@ -78,18 +94,7 @@ impl RuleRecord {
         origin: Origin,
     ) -> Result<RuleRecord> {
         let direction = |direction: Direction| {
-            let old = existing.and_then(|r| r.spec(direction));
-            match (change.rate(direction), old) {
-                (Some(rate), old) => Some(LimitSpec {
-                    rate,
-                    burst: change.burst.or(old.and_then(|o| o.burst)),
-                }),
-                (None, Some(old)) => Some(LimitSpec {
-                    rate: old.rate,
-                    burst: change.burst.or(old.burst),
-                }),
-                (None, None) => None,
-            }
+            change.applied_to(existing.and_then(|r| r.spec(direction)), direction)
         };
         let egress = direction(Direction::Egress);
         let ingress = direction(Direction::Ingress);

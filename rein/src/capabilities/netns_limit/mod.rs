@@ -4,12 +4,7 @@
 //! (ingress) at their share; the queue is a device in the namespace itself. A pod is one
 //! network namespace, known to the CNI plugin by path before any container starts: the plugin
 //! sets its limit through [`attach`].
-use std::{
-    collections::{HashMap, HashSet},
-    fmt, fs,
-    os::unix::fs::MetadataExt,
-    path::Path,
-};
+use std::{collections::HashSet, fmt, fs, os::unix::fs::MetadataExt, path::Path};
 
 use ipnet::IpNet;
 use rein_common::{
@@ -28,9 +23,10 @@ use super::{
         self, DirectionView, LimitSpec,
         datapath::{DIRECTIONS, Datapath},
     },
+    rule_steps::keyed_changes,
 };
 use crate::{
-    engine::{Desired, Engine, Plan, PurgeReport, Step},
+    engine::{Desired, Engine, Plan, PurgeReport, Step, Transaction},
     error::{Error, Result},
     platform::netns,
     store::{State, Undo},
@@ -115,28 +111,13 @@ pub fn set(engine: &mut Engine, netns: &Path, change: NetnsChange) -> Result<Net
         return Err(Error::NothingToSet);
     }
     let namespace = Namespace::open(netns)?;
-    let mut tx = engine.begin()?;
+    let tx = engine.begin()?;
     let existing = tx.state().netns_limits.find(namespace.cookie).cloned();
     if let Some(attachment) = existing.as_ref().and_then(NetnsRecord::attachment) {
         return Err(owned_by(&namespace.path, attachment));
     }
     let spec = |direction: Direction| {
-        let old = existing.as_ref().and_then(|r| r.spec(direction));
-        let rate = match direction {
-            Direction::Egress => change.egress,
-            Direction::Ingress => change.ingress,
-        };
-        match (rate, old) {
-            (Some(rate), old) => Some(LimitSpec {
-                rate,
-                burst: change.burst.or(old.and_then(|o| o.burst)),
-            }),
-            (None, Some(old)) => Some(LimitSpec {
-                rate: old.rate,
-                burst: change.burst.or(old.burst),
-            }),
-            (None, None) => None,
-        }
+        change.applied_to(existing.as_ref().and_then(|r| r.spec(direction)), direction)
     };
     let (egress, ingress) = (spec(Direction::Egress), spec(Direction::Ingress));
     if egress.is_none() && ingress.is_none() {
@@ -154,16 +135,14 @@ pub fn set(engine: &mut Engine, netns: &Path, change: NetnsChange) -> Result<Net
     };
     let mut desired = tx.desired();
     upsert(&mut desired, record.clone());
-    let plan = tx.plan(&desired)?;
-    tx.apply(&plan)?;
-    tx.commit()?;
+    carry_out(tx, &desired)?;
     Ok(record)
 }
 
 /// Removes a namespace's limit, whoever set it. A namespace that is gone is found by the path
 /// it was limited by.
 pub fn unset(engine: &mut Engine, netns: &Path) -> Result<NetnsRecord> {
-    let mut tx = engine.begin()?;
+    let tx = engine.begin()?;
     let shown = netns.display().to_string();
     let record = match Namespace::open(netns) {
         Ok(namespace) => tx.state().netns_limits.find(namespace.cookie).cloned(),
@@ -178,9 +157,7 @@ pub fn unset(engine: &mut Engine, netns: &Path) -> Result<NetnsRecord> {
     .ok_or(Error::NotLimited(shown))?;
     let mut desired = tx.desired();
     desired.netns_limits.retain(|r| r.cookie != record.cookie);
-    let plan = tx.plan(&desired)?;
-    tx.apply(&plan)?;
-    tx.commit()?;
+    carry_out(tx, &desired)?;
     Ok(record)
 }
 
@@ -195,7 +172,7 @@ pub fn attach(
 ) -> Result<Option<NetnsRecord>> {
     check_subnet_count(limit.subnets.as_ref(), 0)?;
     let namespace = Namespace::open(netns)?;
-    let mut tx = engine.begin()?;
+    let tx = engine.begin()?;
     let held = &tx.state().netns_limits;
     if let Some(other) = held.find(namespace.cookie)
         && other.attachment() != Some(&attachment)
@@ -235,9 +212,7 @@ pub fn attach(
     if let Some(record) = &record {
         desired.netns_limits.push(record.clone());
     }
-    let plan = tx.plan(&desired)?;
-    tx.apply(&plan)?;
-    tx.commit()?;
+    carry_out(tx, &desired)?;
     Ok(record)
 }
 
@@ -248,7 +223,7 @@ pub fn detach(
     container_id: &str,
     ifname: &str,
 ) -> Result<Option<NetnsRecord>> {
-    let mut tx = engine.begin()?;
+    let tx = engine.begin()?;
     let Some(record) = tx
         .state()
         .netns_limits
@@ -259,9 +234,7 @@ pub fn detach(
     };
     let mut desired = tx.desired();
     desired.netns_limits.retain(|r| r.cookie != record.cookie);
-    let plan = tx.plan(&desired)?;
-    tx.apply(&plan)?;
-    tx.commit()?;
+    carry_out(tx, &desired)?;
     Ok(Some(record))
 }
 
@@ -374,7 +347,7 @@ pub fn collect(
     network: &str,
     valid: &HashSet<(String, String)>,
 ) -> Result<Vec<NetnsRecord>> {
-    let mut tx = engine.begin()?;
+    let tx = engine.begin()?;
     let gone: Vec<NetnsRecord> = tx
         .state()
         .netns_limits
@@ -395,10 +368,15 @@ pub fn collect(
     desired
         .netns_limits
         .retain(|r| !cookies.contains(&r.cookie));
-    let plan = tx.plan(&desired)?;
-    tx.apply(&plan)?;
-    tx.commit()?;
+    carry_out(tx, &desired)?;
     Ok(gone)
+}
+
+/// Plans the transaction's way to `desired`, applies it and commits.
+fn carry_out(mut tx: Transaction<'_>, desired: &Desired) -> Result<()> {
+    let plan = tx.plan(desired)?;
+    tx.apply(&plan)?;
+    tx.commit()
 }
 
 fn owned_by(netns: &str, attachment: &Attachment) -> Error {
@@ -610,25 +588,19 @@ impl Capability for NetnsLimits {
     }
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
-        let held = &state.netns_limits;
-        let wanted: HashSet<u64> = desired.netns_limits.iter().map(|r| r.cookie).collect();
-        for record in &held.rules {
-            if !wanted.contains(&record.cookie) {
-                plan.push(RemoveNetnsLimit {
-                    record: record.clone(),
-                });
-            }
+        let (removed, set) = keyed_changes(&state.netns_limits.rules, &desired.netns_limits, |r| {
+            r.cookie
+        });
+        for record in removed {
+            plan.push(RemoveNetnsLimit {
+                record: record.clone(),
+            });
         }
-        let by_cookie: HashMap<u64, &NetnsRecord> =
-            held.rules.iter().map(|r| (r.cookie, r)).collect();
-        for record in &desired.netns_limits {
-            let before = by_cookie.get(&record.cookie).copied();
-            if before != Some(record) {
-                plan.push(SetNetnsLimit {
-                    before: before.cloned(),
-                    after: record.clone(),
-                });
-            }
+        for (before, after) in set {
+            plan.push(SetNetnsLimit {
+                before: before.cloned(),
+                after: after.clone(),
+            });
         }
         Ok(())
     }
