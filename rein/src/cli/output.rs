@@ -65,20 +65,7 @@ pub fn list(views: &[RuleView]) -> String {
     if views.is_empty() {
         return "no limits\n".into();
     }
-    let mut rows = vec![
-        [
-            "CGROUP",
-            "ORIGIN",
-            "DIR",
-            "RATE",
-            "BURST",
-            "TCP FLOWS",
-            "PASSED",
-            "DROPPED",
-            "PIDS",
-        ]
-        .map(String::from),
-    ];
+    let mut rows = vec![limit_header("CGROUP", "PIDS")];
     for view in views {
         let origin = match (&view.origin, &view.declared_by) {
             (_, Some(name)) => format!("declared {name}"),
@@ -106,6 +93,22 @@ pub fn list(views: &[RuleView]) -> String {
         );
     }
     table(&rows)
+}
+
+/// The header of a table of limits, named by what they limit and their last column.
+fn limit_header(subject: &str, last: &str) -> [String; 9] {
+    [
+        subject,
+        "ORIGIN",
+        "DIR",
+        "RATE",
+        "BURST",
+        "TCP FLOWS",
+        "PASSED",
+        "DROPPED",
+        last,
+    ]
+    .map(String::from)
 }
 
 /// A limit's rows, a direction each: what it limits, its origin, the direction's figures, and
@@ -151,20 +154,7 @@ pub fn netns_set(record: &NetnsRecord) -> String {
 
 /// The table of limited network namespaces.
 pub fn netns_list(views: &[NetnsView]) -> String {
-    let mut rows = vec![
-        [
-            "NETNS",
-            "ORIGIN",
-            "DIR",
-            "RATE",
-            "BURST",
-            "TCP FLOWS",
-            "PASSED",
-            "DROPPED",
-            "PEERS",
-        ]
-        .map(String::from),
-    ];
+    let mut rows = vec![limit_header("NETNS", "PEERS")];
     for view in views {
         let origin = match (&view.origin, &view.declared_by) {
             (_, Some(name)) => format!("declared {name}"),

@@ -502,6 +502,20 @@ fn write_subnets(
     Ok(())
 }
 
+/// Writes a record's subnets and rules into the kernel maps: the subnets first, before the
+/// rules whose flags name them.
+fn write_record(cx: &Context, record: &NetnsRecord, undo: &mut Undo) -> Result<()> {
+    let scope = netns_scope(record.cookie);
+    write_subnets(cx, scope, record.subnets.as_ref(), undo)?;
+    cgroup_limit::write_scope_rules(
+        cx,
+        scope,
+        |d| record.spec(d),
+        flags(record.subnets.as_ref()),
+        undo,
+    )
+}
+
 /// Sets the limit of a namespace, or changes it.
 struct SetNetnsLimit {
     before: Option<NetnsRecord>,
@@ -538,18 +552,8 @@ impl fmt::Display for SetNetnsLimit {
 
 impl Step for SetNetnsLimit {
     fn apply(&self, cx: &Context, state: &mut State, undo: &mut Undo) -> Result<()> {
-        let record = &self.after;
-        let scope = netns_scope(record.cookie);
-        // The subnets before the rules whose flags name them.
-        write_subnets(cx, scope, record.subnets.as_ref(), undo)?;
-        cgroup_limit::write_scope_rules(
-            cx,
-            scope,
-            |d| record.spec(d),
-            flags(record.subnets.as_ref()),
-            undo,
-        )?;
-        state.netns_limits.upsert(record.clone());
+        write_record(cx, &self.after, undo)?;
+        state.netns_limits.upsert(self.after.clone());
         Ok(())
     }
 }
@@ -626,14 +630,7 @@ impl Capability for NetnsLimits {
                 record.spec(*d).is_some() && datapath.rule(RuleKey::new(scope, *d)).is_none()
             });
             if missing {
-                write_subnets(cx, scope, record.subnets.as_ref(), undo)?;
-                cgroup_limit::write_scope_rules(
-                    cx,
-                    scope,
-                    |d| record.spec(d),
-                    flags(record.subnets.as_ref()),
-                    undo,
-                )?;
+                write_record(cx, record, undo)?;
                 restored += 1;
             }
         }
