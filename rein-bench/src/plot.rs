@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use plotters::{
     coord::{
         Shift,
@@ -12,8 +12,8 @@ use plotters::{
     },
     prelude::*,
 };
-use rein_bench::font::FONT;
 pub use rein_bench::font::load_font;
+use rein_bench::{chart::plot_error, font::FONT};
 
 use crate::{
     cli::{Limiter, Proto, Scenario, dedup},
@@ -145,10 +145,6 @@ fn legend(
         x += 90;
     }
     Ok(())
-}
-
-fn plot_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
-    anyhow!("drawing the plot: {e}")
 }
 
 /// The bars of one panel: for each scenario (a group centred on its index) and limiter, the

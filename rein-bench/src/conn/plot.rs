@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use plotters::prelude::*;
 
 use crate::{
+    chart::{Area, draw_legend, empty_panel, plot_error, swatch},
     conn::{
         latency::Variant,
         report::{Document, Row, count},
@@ -15,12 +16,6 @@ use crate::{
 };
 
 const SIZE: (u32, u32) = (1200, 1300);
-
-type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
-
-fn plot_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
-    anyhow!("drawing the plot: {e}")
-}
 
 /// Where a row sits on the x axis: 0 rules drawn at 0.5 (a log axis has no 0).
 fn x_of(row: &Row) -> Option<f64> {
@@ -39,15 +34,6 @@ pub fn draw(path: &Path, title: &str, doc: &Document) -> Result<()> {
     flood_panel(&bottom, doc)?;
     root.present().map_err(plot_error)?;
     Ok(())
-}
-
-/// A panel whose part did not run.
-fn empty_panel(area: &Area<'_>, title: &str) -> Result<()> {
-    let style = TextStyle::from((FONT, 16).into_font()).color(&BLACK);
-    area.draw_text(title, &style, (20, 10))
-        .map_err(plot_error)?;
-    area.draw_text("not measured in this run", &style, (20, 40))
-        .map_err(plot_error)
 }
 
 fn latency_panel(root: &Area<'_>, title: &str, doc: &Document) -> Result<()> {
@@ -146,14 +132,7 @@ fn latency_panel(root: &Area<'_>, title: &str, doc: &Document) -> Result<()> {
                 PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 13))
-        .draw()
-        .map_err(plot_error)?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft, 13)?;
     Ok(())
 }
 
@@ -225,15 +204,8 @@ fn flood_panel(area: &Area<'_>, doc: &Document) -> Result<()> {
             )
             .map_err(plot_error)?
             .label(label)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+            .legend(swatch(colour));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 13))
-        .draw()
-        .map_err(plot_error)?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 13)?;
     Ok(())
 }

@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
-use plotters::{coord::Shift, prelude::*};
+use anyhow::Result;
+use plotters::prelude::*;
 
 use crate::{
+    chart::{Area, draw_legend, empty_panel, plot_error, swatch},
     font::FONT,
     net::{
         flood::{FloodRow, Limiter},
@@ -18,12 +19,6 @@ use crate::{
 };
 
 const SIZE: (u32, u32) = (1800, 1100);
-
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
-
-fn plot_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
-    anyhow!("drawing the plot: {e}")
-}
 
 fn case_colour(case: Case) -> RGBColor {
     match case {
@@ -66,15 +61,6 @@ pub fn draw(path: &Path, title: &str, doc: &Document) -> Result<()> {
     sketch_panel(&lower[1], doc)?;
     root.present().map_err(plot_error)?;
     Ok(())
-}
-
-/// A panel whose section did not run (or measured nothing).
-fn empty_panel(area: &Area<'_>, title: &str) -> Result<()> {
-    let style = TextStyle::from((FONT, 16).into_font()).color(&BLACK);
-    area.draw_text(title, &style, (20, 10))
-        .map_err(plot_error)?;
-    area.draw_text("not measured in this run", &style, (20, 40))
-        .map_err(plot_error)
 }
 
 fn ns_panel(area: &Area<'_>, doc: &Document, hook: Hook) -> Result<()> {
@@ -136,14 +122,7 @@ fn ns_panel(area: &Area<'_>, doc: &Document, hook: Hook) -> Result<()> {
             .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
             .map_err(plot_error)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 12))
-        .draw()
-        .map_err(plot_error)?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 12)?;
     Ok(())
 }
 
@@ -226,16 +205,9 @@ fn flood_panel(area: &Area<'_>, rows: &[FloodRow]) -> Result<()> {
             }))
             .map_err(plot_error)?
             .label(limiter.label())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+            .legend(swatch(colour));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 12))
-        .draw()
-        .map_err(plot_error)?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 12)?;
     Ok(())
 }
 
@@ -312,15 +284,8 @@ fn sketch_panel(area: &Area<'_>, doc: &Document) -> Result<()> {
             .draw_series(bars)
             .map_err(plot_error)?
             .label(label)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+            .legend(swatch(colour));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 12))
-        .draw()
-        .map_err(plot_error)?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 12)?;
     Ok(())
 }
