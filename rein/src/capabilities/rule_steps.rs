@@ -16,6 +16,20 @@ pub(crate) enum Change {
     Other,
 }
 
+impl Change {
+    /// The change from a held rule to a wanted one that is `unchanged` (spec and owner), or
+    /// whose `only_limit` differs.
+    pub(crate) fn between(unchanged: bool, only_limit: bool) -> Self {
+        if unchanged {
+            Change::None
+        } else if only_limit {
+            Change::Limit
+        } else {
+            Change::Other
+        }
+    }
+}
+
 /// One step from the held rules `R` to the wanted rules `W`.
 #[derive(Debug, PartialEq)]
 pub(crate) enum RuleStep<'a, R, W> {

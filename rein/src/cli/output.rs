@@ -231,18 +231,7 @@ pub fn resources(listed: &[Listed]) -> String {
                 .collect();
                 (target, limits.join(", "))
             }
-            ListedSpec::NetRule(spec) => {
-                let rule = spec.rule();
-                (
-                    format!("{} {}", rule.device, rule.hook.name()),
-                    format!(
-                        "{}: {}{}",
-                        net_match(rule),
-                        net_limit(&rule.limit),
-                        net_sources(rule.sources)
-                    ),
-                )
-            }
+            ListedSpec::NetRule(spec) => net_target_and_limit(spec.rule()),
             ListedSpec::RateLimit(spec) => match spec.rule() {
                 RateLimitRule::Outbound(rule) => {
                     let scope = match &rule.scope {
@@ -256,15 +245,7 @@ pub fn resources(listed: &[Listed]) -> String {
                         format!("{}{per_caller}", rule.limit),
                     )
                 }
-                RateLimitRule::Inbound(rule) => (
-                    format!("{} {}", rule.device, rule.hook.name()),
-                    format!(
-                        "{}: {}{}",
-                        net_match(rule),
-                        net_limit(&rule.limit),
-                        net_sources(rule.sources)
-                    ),
-                ),
+                RateLimitRule::Inbound(rule) => net_target_and_limit(rule),
             },
         };
         rows.push([
@@ -338,6 +319,19 @@ pub fn net_rule(record: &NetRuleRecord) -> String {
         net_match(spec),
         net_limit(&spec.limit),
         net_sources(spec.sources)
+    )
+}
+
+/// `rein get`'s target and limit columns of a net rule (an inbound connection limit is one).
+fn net_target_and_limit(rule: &NetRuleSpec) -> (String, String) {
+    (
+        format!("{} {}", rule.device, rule.hook.name()),
+        format!(
+            "{}: {}{}",
+            net_match(rule),
+            net_limit(&rule.limit),
+            net_sources(rule.sources)
+        ),
     )
 }
 

@@ -431,13 +431,10 @@ impl Capability for ConnLimits {
             &desired.conn_rules,
             |w| w.id,
             |r, w| {
-                if r.spec == w.spec && r.declared_by == w.declared_by {
-                    Change::None
-                } else if only_the_limit_changed(&r.spec, &w.spec) {
-                    Change::Limit
-                } else {
-                    Change::Other
-                }
+                Change::between(
+                    r.spec == w.spec && r.declared_by == w.declared_by,
+                    only_the_limit_changed(&r.spec, &w.spec),
+                )
             },
             first_new_id(state, desired),
             Error::NoSuchConnRule,

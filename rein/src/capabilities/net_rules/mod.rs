@@ -538,13 +538,10 @@ impl Capability for NetRules {
             &desired.net_rules,
             |w| w.id,
             |r, w| {
-                if r.spec == w.spec && r.declared_by == w.declared_by {
-                    Change::None
-                } else if only_the_limit_changed(&r.spec, &w.spec) {
-                    Change::Limit
-                } else {
-                    Change::Other
-                }
+                Change::between(
+                    r.spec == w.spec && r.declared_by == w.declared_by,
+                    only_the_limit_changed(&r.spec, &w.spec),
+                )
             },
             state.next_rule_id(),
             Error::NoSuchNetRule,
