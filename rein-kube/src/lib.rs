@@ -2,4 +2,8 @@
 //! labels and from the `BandwidthPolicy` and `RateLimit` custom resources, applied through
 //! rein's engine as declarations of their own.
 pub mod crd;
+pub mod places;
+pub mod pod_limits;
+pub mod pods;
+pub mod quantity;
 pub mod world;

@@ -3,7 +3,7 @@
 //! rate limits into rein resources (which fill [`Declarations`]).
 use std::{collections::BTreeMap, path::PathBuf};
 
-use rein::declarative::Resource;
+use rein::declarative::Declared;
 
 /// A pod of this node, as the agent found it on the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +50,8 @@ pub struct Problem {
 /// What the agent declares to rein, and what it could not.
 #[derive(Clone, Debug, Default)]
 pub struct Declarations {
-    pub resources: Vec<Resource>,
+    /// Each with the object it was made from as its location (`Pod default/web-0`), which
+    /// rein's errors name.
+    pub resources: Vec<Declared>,
     pub problems: Vec<Problem>,
 }

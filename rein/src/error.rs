@@ -191,7 +191,7 @@ pub enum Error {
     #[error("{at}: {kind} {name}: {source}")]
     InResource {
         at: String,
-        kind: &'static str,
+        kind: crate::declarative::Kind,
         name: String,
         source: Box<Error>,
     },
@@ -226,6 +226,17 @@ pub enum Error {
 
     #[error("the kernel's BTF ({path}): {reason}")]
     KernelBtf { path: PathBuf, reason: String },
+}
+
+impl Error {
+    /// The declarative resource (kind and name) an apply failed on, if one did: a caller that
+    /// declares many (the Kubernetes node agent) can leave it out and apply the rest.
+    pub fn resource(&self) -> Option<(crate::declarative::Kind, &str)> {
+        match self {
+            Error::InResource { kind, name, .. } => Some((*kind, name)),
+            _ => None,
+        }
+    }
 }
 
 /// Attaches what was being done to an I/O error.

@@ -11,7 +11,9 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 use kube::{CustomResource, ResourceExt};
-use rein::declarative::{self, ApiVersion, Manifest, Resource, resource::Metadata};
+use rein::declarative::{
+    self, ApiVersion, Declared, Location, Manifest, Resource, resource::Metadata,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -494,11 +496,14 @@ pub fn declare_rate_limits(
             for (target, spec) in specs {
                 held.insert((scope.clone(), *target), shown.clone());
                 let name = names.unique(&format!("{stem}.{}", target.name_part()));
-                out.resources.push(Resource::RateLimit(Manifest {
-                    api_version: ApiVersion::V1Alpha1,
-                    metadata: Metadata { name },
-                    spec,
-                }));
+                out.resources.push(Declared {
+                    resource: Resource::RateLimit(Manifest {
+                        api_version: ApiVersion::V1Alpha1,
+                        metadata: Metadata { name },
+                        spec,
+                    }),
+                    location: Location::Object(format!("RateLimit {shown}")),
+                });
             }
         }
     }
@@ -605,9 +610,16 @@ mod tests {
     fn rules(out: &Declarations) -> Vec<(String, String, String, ScopeRequest)> {
         out.resources
             .iter()
-            .map(|resource| {
-                let Resource::RateLimit(manifest) = resource else {
-                    panic!("{resource:?}");
+            .map(|declared| {
+                assert_eq!(
+                    declared.location,
+                    Location::Object(format!(
+                        "RateLimit shop/{}",
+                        declared.resource.name().as_str().split('.').nth(2).unwrap()
+                    ))
+                );
+                let Resource::RateLimit(manifest) = &declared.resource else {
+                    panic!("{declared:?}");
                 };
                 let RateLimitRule::Outbound(rule) = manifest.spec.rule() else {
                     panic!("{manifest:?}");
@@ -654,7 +666,7 @@ mod tests {
             )
         });
         assert_eq!(found, expected);
-        let Resource::RateLimit(manifest) = &out.resources[0] else {
+        let Resource::RateLimit(manifest) = &out.resources[0].resource else {
             unreachable!()
         };
         let RateLimitRule::Outbound(rule) = manifest.spec.rule() else {
@@ -695,7 +707,7 @@ mod tests {
         .map(|(d, p)| ((*d).to_owned(), (*p).to_owned()))
         .collect();
         assert_eq!(found, expected);
-        let Resource::RateLimit(manifest) = &out.resources[0] else {
+        let Resource::RateLimit(manifest) = &out.resources[0].resource else {
             unreachable!()
         };
         let RateLimitRule::Outbound(rule) = manifest.spec.rule() else {

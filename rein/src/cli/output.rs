@@ -12,7 +12,7 @@ use rein::{
         },
         netns_limit::{NetnsOrigin, NetnsRecord, NetnsView, Subnets},
     },
-    declarative::{DirectionLimit, LimitScope, Listed, ListedSpec, RateLimitRule},
+    declarative::{Declarer, DirectionLimit, LimitScope, Listed, ListedSpec, RateLimitRule},
     doctor::Check,
     units::{Period, Rate, Size},
 };
@@ -61,6 +61,15 @@ fn spec(spec: Option<LimitSpec>) -> String {
     }
 }
 
+/// Who declared a limit: `declared web` (the files), `kubernetes pod.default.web` (the node
+/// agent).
+fn declared(owner: &str) -> String {
+    match Declarer::of(owner) {
+        (Declarer::Files, name) => format!("declared {name}"),
+        (declarer, name) => format!("{declarer} {name}"),
+    }
+}
+
 pub fn list(views: &[RuleView]) -> String {
     if views.is_empty() {
         return "no limits\n".into();
@@ -68,7 +77,7 @@ pub fn list(views: &[RuleView]) -> String {
     let mut rows = vec![limit_header("CGROUP", "PIDS")];
     for view in views {
         let origin = match (&view.origin, &view.declared_by) {
-            (_, Some(name)) => format!("declared {name}"),
+            (_, Some(owner)) => declared(owner),
             (Origin::Run { owner }, None) => format!("run by {owner}"),
             (Origin::Pid { pid, .. }, None) => format!("pid {pid}"),
             (Origin::Cgroup, None) => "cgroup".into(),
@@ -157,7 +166,7 @@ pub fn netns_list(views: &[NetnsView]) -> String {
     let mut rows = vec![limit_header("NETNS", "PEERS")];
     for view in views {
         let origin = match (&view.origin, &view.declared_by) {
-            (_, Some(name)) => format!("declared {name}"),
+            (_, Some(owner)) => declared(owner),
             (NetnsOrigin::Cni(a), None) => {
                 let id: String = a.container_id.chars().take(12).collect();
                 format!("cni {} {id}/{}", a.network, a.ifname)

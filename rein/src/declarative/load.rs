@@ -36,11 +36,29 @@ impl fmt::Display for SourceLocation {
     }
 }
 
+/// Where a resource was declared: a place in a file, or the object another declarer made it
+/// from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    File(SourceLocation),
+    /// What names the object, as errors show it: `Pod default/web-0`.
+    Object(String),
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::File(location) => location.fmt(f),
+            Location::Object(object) => f.write_str(object),
+        }
+    }
+}
+
 /// A resource and where it was declared.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Declared {
     pub resource: Resource,
-    pub location: SourceLocation,
+    pub location: Location,
 }
 
 /// Every resource of a set of files, names unique per kind.
@@ -59,7 +77,7 @@ impl Resources {
 /// name order, subdirectories not), in order.
 pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Result<Resources> {
     let mut resources = Resources::default();
-    let mut seen: HashMap<(Kind, String), SourceLocation> = HashMap::new();
+    let mut seen: HashMap<(Kind, String), Location> = HashMap::new();
     for file in files(paths, options)? {
         let text =
             fs::read_to_string(&file).context(|| format!("cannot read {}", file.display()))?;
@@ -175,11 +193,11 @@ fn parse(file: &Path, text: &str) -> Result<Vec<Declared>> {
         };
         resources.push(Declared {
             resource,
-            location: SourceLocation {
+            location: Location::File(SourceLocation {
                 file: file.to_owned(),
                 line,
                 column: 1,
-            },
+            }),
         });
     }
     Ok(resources)
@@ -245,7 +263,13 @@ mod tests {
             GOOD.replace("web", "db")
         );
         let resources = parse(Path::new("f.yaml"), &text).unwrap();
-        let lines: Vec<usize> = resources.iter().map(|r| r.location.line).collect();
+        let lines: Vec<usize> = resources
+            .iter()
+            .map(|r| match &r.location {
+                Location::File(location) => location.line,
+                Location::Object(object) => panic!("{object}"),
+            })
+            .collect();
         assert_eq!(lines, [2, 11]);
         let Resource::CgroupLimit(limit) = &resources[1].resource else {
             panic!("{resources:?}")

@@ -8,6 +8,10 @@
 //! For the agent: [`load`] with [`LoadOptions::require_root_owned`], then [`apply`] with
 //! [`Mode::Exact`] on every change of the files and whenever cgroups come and go; a
 //! `CgroupLimit` glob is expanded anew on each apply ([`expand`]).
+//!
+//! The files are one [`Declarer`]; rein's Kubernetes node agent is another ([`apply_as`]):
+//! each one's `Mode::Exact` removes only what it declared itself, so the two never take each
+//! other's resources away.
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
@@ -15,7 +19,7 @@ use serde::Serialize;
 pub mod load;
 pub mod resource;
 
-pub use load::{Declared, LoadOptions, Resources, SourceLocation, load};
+pub use load::{Declared, LoadOptions, Location, Resources, SourceLocation, load};
 pub use resource::{
     API_VERSION, ApiVersion, CgroupLimitSpec, CgroupPattern, DirectionLimit, Kind, LimitScope,
     Manifest, NetRuleResourceSpec, NetnsPath, RateLimitRule, RateLimitSpec, Resource, ResourceName,
@@ -28,11 +32,12 @@ use crate::{
         cgroup_limit::{DeclaredBy, LimitSpec, Origin, RuleRecord},
         conn_limits::WantedConnRule,
         net_rules::{WantedNetRule, spec::NetRuleSpec},
-        netns_limit::{self, Namespace, NetnsOrigin, NetnsRecord, Subnets},
+        netns_limit::{self, Attachment, Namespace, NetnsOrigin, NetnsRecord, Subnets},
     },
     engine::{Desired, Engine, Plan},
     error::{Error, Result},
     platform::{cgroupfs::Cgroup, netns},
+    store::State,
 };
 
 /// An inbound `RateLimit` is a net rule; its `declared_by` is its name behind this prefix,
@@ -45,6 +50,54 @@ fn net_rule_owner(declared_by: &str) -> (Kind, &str) {
     match declared_by.strip_prefix(RATE_LIMIT_PREFIX) {
         Some(name) => (Kind::RateLimit, name),
         None => (Kind::NetRule, declared_by),
+    }
+}
+
+/// Who declares resources. Each record of a declared resource names its owner in its
+/// `declared_by`: the resource's name for the files (as rein wrote it before there were other
+/// declarers, so older state files read as the files'), behind `kubernetes:` for the node
+/// agent's. A resource name cannot hold a `:`, so no name of the files reads as another's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Declarer {
+    /// YAML files: `rein apply`, `rein delete`, `rein agent`.
+    #[default]
+    Files,
+    /// rein's Kubernetes node agent (`rein-kube agent`).
+    Kubernetes,
+}
+
+impl Declarer {
+    const KUBERNETES_PREFIX: &str = "kubernetes:";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Files => "files",
+            Self::Kubernetes => "kubernetes",
+        }
+    }
+
+    /// The `declared_by` of a record that `name` (a resource name, or the `RateLimit/`-prefixed
+    /// owner of an inbound rate limit's rule) declares.
+    pub fn owner(self, name: &str) -> String {
+        match self {
+            Self::Files => name.to_owned(),
+            Self::Kubernetes => format!("{}{name}", Self::KUBERNETES_PREFIX),
+        }
+    }
+
+    /// The declarer and the name behind a record's `declared_by`.
+    pub fn of(declared_by: &str) -> (Declarer, &str) {
+        match declared_by.strip_prefix(Self::KUBERNETES_PREFIX) {
+            Some(name) => (Self::Kubernetes, name),
+            None => (Self::Files, declared_by),
+        }
+    }
+}
+
+impl std::fmt::Display for Declarer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -61,9 +114,23 @@ pub enum Mode {
 }
 
 /// Makes the instance hold what `resources` declare, all-or-nothing; returns what changed.
+/// The files' declarations: see [`apply_as`].
 pub fn apply(engine: &mut Engine, resources: &Resources, mode: Mode) -> Result<Plan> {
+    apply_as(engine, resources, mode, Declarer::Files)
+}
+
+/// Makes the instance hold what `resources` declare for `declarer`, all-or-nothing; returns
+/// what changed. What other declarers declared stays whatever the mode, as limits set by hand
+/// do; a resource that wants a cgroup or namespace another declarer holds is refused
+/// ([`Error::InResource`], [`Error::resource`] names it).
+pub fn apply_as(
+    engine: &mut Engine,
+    resources: &Resources,
+    mode: Mode,
+    declarer: Declarer,
+) -> Result<Plan> {
     let mut tx = engine.begin()?;
-    let desired = declare(tx.context(), tx.desired(), resources, mode)?;
+    let desired = declare(tx.context(), tx.desired(), resources, mode, declarer)?;
     let plan = tx.plan(&desired)?;
     // The agent applies twice a second: when nothing changes, nothing is written.
     if plan.is_empty() {
@@ -76,15 +143,31 @@ pub fn apply(engine: &mut Engine, resources: &Resources, mode: Mode) -> Result<P
 
 /// What [`apply`] would change; nothing changes.
 pub fn plan(engine: &Engine, resources: &Resources, mode: Mode) -> Result<Plan> {
-    let desired = declare(engine.context(), engine.desired()?, resources, mode)?;
+    plan_as(engine, resources, mode, Declarer::Files)
+}
+
+/// What [`apply_as`] would change; nothing changes.
+pub fn plan_as(
+    engine: &Engine,
+    resources: &Resources,
+    mode: Mode,
+    declarer: Declarer,
+) -> Result<Plan> {
+    let desired = declare(
+        engine.context(),
+        engine.desired()?,
+        resources,
+        mode,
+        declarer,
+    )?;
     engine.plan(&desired)
 }
 
 /// Removes what `resources` declared (by kind and name), all-or-nothing; returns what changed.
-/// Limits set by hand stay, whatever the files say.
+/// Limits set by hand stay, whatever the files say, and so do other declarers' resources.
 pub fn delete(engine: &mut Engine, resources: &Resources) -> Result<Plan> {
     let mut tx = engine.begin()?;
-    let desired = undeclare(tx.desired(), resources);
+    let desired = undeclare(tx.desired(), resources, Declarer::Files);
     let plan = tx.plan(&desired)?;
     tx.apply(&plan)?;
     tx.commit()?;
@@ -93,7 +176,27 @@ pub fn delete(engine: &mut Engine, resources: &Resources) -> Result<Plan> {
 
 /// What [`delete`] would change; nothing changes.
 pub fn plan_delete(engine: &Engine, resources: &Resources) -> Result<Plan> {
-    engine.plan(&undeclare(engine.desired()?, resources))
+    engine.plan(&undeclare(engine.desired()?, resources, Declarer::Files))
+}
+
+/// The CNI plugin's attachment whose limit holds the network namespace at `path`, if one
+/// does (none when there is no namespace there). The plugin owns that limit: [`apply`] in
+/// `Mode::Exact` leaves it in place with a warning and declares nothing for the namespace, a
+/// command refuses; a declarer reports the resource as not applied.
+pub fn cni_attachment(state: &State, path: &std::path::Path) -> Result<Option<Attachment>> {
+    let namespace = match Namespace::open(path) {
+        Err(Error::NoSuchNetns(_)) => return Ok(None),
+        opened => opened?,
+    };
+    Ok(state
+        .netns_limits
+        .rules
+        .iter()
+        .filter(|r| r.cookie == namespace.cookie)
+        .find_map(|r| match &r.origin {
+            NetnsOrigin::Cni(attachment) => Some(attachment.clone()),
+            NetnsOrigin::Manual => None,
+        }))
 }
 
 /// The cgroups `pattern` names now: the one at its path (which must exist), or every existing
@@ -142,6 +245,7 @@ fn declare(
     mut desired: Desired,
     resources: &Resources,
     mode: Mode,
+    declarer: Declarer,
 ) -> Result<Desired> {
     let named = |kind: Kind| -> HashSet<&str> {
         resources
@@ -153,23 +257,22 @@ fn declare(
     };
     let (limits_named, rules_named) = (named(Kind::CgroupLimit), named(Kind::NetRule));
     let rate_limits_named = named(Kind::RateLimit);
-    // What the files declare is made anew below; what else was declared stays in a merge.
-    let keeps = |declared_by: Option<&str>, named: &HashSet<&str>| match declared_by {
+    // What the files declare is made anew below; what else this declarer declared stays in a
+    // merge; what others declared stays, as limits set by hand do.
+    let keeps = |owner: Option<(Declarer, &str)>, named: &HashSet<&str>| match owner {
         None => true,
-        Some(name) => mode == Mode::Merge && !named.contains(name),
+        Some((by, _)) if by != declarer => true,
+        Some((_, name)) => mode == Mode::Merge && !named.contains(name),
     };
-    desired.cgroup_limits.retain(|r| {
-        keeps(
-            r.declared_by.as_ref().map(|d| d.name.as_str()),
-            &limits_named,
-        )
-    });
-    desired.netns_limits.retain(|r| {
-        keeps(
-            r.declared_by.as_ref().map(|d| d.name.as_str()),
-            &limits_named,
-        )
-    });
+    fn owner_of(by: &Option<DeclaredBy>) -> Option<(Declarer, &str)> {
+        by.as_ref().map(|d| Declarer::of(&d.name))
+    }
+    desired
+        .cgroup_limits
+        .retain(|r| keeps(owner_of(&r.declared_by), &limits_named));
+    desired
+        .netns_limits
+        .retain(|r| keeps(owner_of(&r.declared_by), &limits_named));
     // Who holds each namespace now, by cookie: the CNI plugin, a hand, or another resource.
     let held_netns: HashMap<u64, NetnsRecord> = desired
         .netns_limits
@@ -183,23 +286,26 @@ fn declare(
         .iter()
         .filter_map(|w| Some((w.declared_by.clone()?, w.clone())))
         .collect();
-    desired
-        .net_rules
-        .retain(|w| match w.declared_by.as_deref() {
-            None => true,
-            Some(by) => match net_rule_owner(by) {
-                (Kind::RateLimit, name) => keeps(Some(name), &rate_limits_named),
-                (_, name) => keeps(Some(name), &rules_named),
-            },
-        });
+    desired.net_rules.retain(|w| {
+        let Some((by, owner)) = w.declared_by.as_deref().map(Declarer::of) else {
+            return true;
+        };
+        match net_rule_owner(owner) {
+            (Kind::RateLimit, name) => keeps(Some((by, name)), &rate_limits_named),
+            (_, name) => keeps(Some((by, name)), &rules_named),
+        }
+    });
     let held_conn_rules: HashMap<String, WantedConnRule> = desired
         .conn_rules
         .iter()
         .filter_map(|w| Some((w.declared_by.clone()?, w.clone())))
         .collect();
-    desired
-        .conn_rules
-        .retain(|w| keeps(w.declared_by.as_deref(), &rate_limits_named));
+    desired.conn_rules.retain(|w| {
+        keeps(
+            w.declared_by.as_deref().map(Declarer::of),
+            &rate_limits_named,
+        )
+    });
 
     let mut claimed: HashMap<u64, &str> = HashMap::new();
     // Who holds each cgroup now (limits set by hand, and declared ones a merge keeps), by id:
@@ -212,7 +318,7 @@ fn declare(
     for declared in &resources.items {
         let in_resource = |source: Error| Error::InResource {
             at: declared.location.to_string(),
-            kind: declared.resource.kind().name(),
+            kind: declared.resource.kind(),
             name: declared.resource.name().to_string(),
             source: Box::new(source),
         };
@@ -225,6 +331,7 @@ fn declare(
                     LimitScope::Netns { path, subnets } => {
                         let wanted = WantedNetns {
                             name,
+                            declarer,
                             path,
                             subnets: subnets.as_ref(),
                             egress: spec.egress,
@@ -292,7 +399,7 @@ fn declare(
                         ingress: limit(spec.ingress),
                         origin: Origin::Cgroup,
                         declared_by: Some(DeclaredBy {
-                            name: name.to_owned(),
+                            name: declarer.owner(name),
                             cgroup: pattern.as_str().to_owned(),
                         }),
                     });
@@ -301,15 +408,17 @@ fn declare(
             Resource::NetRule(manifest) => {
                 let name = manifest.metadata.name.as_str();
                 let spec = manifest.spec.rule();
-                let held = held_rules.get(name);
-                want_net_rule(&mut desired, held, spec, name.to_owned(), name, mode)
+                let declared_by = declarer.owner(name);
+                let held = held_rules.get(&declared_by);
+                want_net_rule(&mut desired, held, spec, declared_by, name, mode)
                     .map_err(in_resource)?;
             }
             Resource::RateLimit(manifest) => {
                 let name = manifest.metadata.name.as_str();
                 match manifest.spec.rule() {
                     RateLimitRule::Outbound(rule) => {
-                        let held = held_conn_rules.get(name);
+                        let declared_by = declarer.owner(name);
+                        let held = held_conn_rules.get(&declared_by);
                         let spec = match rule.clone().resolve(cx) {
                             // As a missing cgroup of a CgroupLimit: the agent waits for it.
                             Err(error @ (Error::NoSuchCgroup(_) | Error::NoSuchNetns(_)))
@@ -323,11 +432,11 @@ fn declare(
                         desired.conn_rules.push(WantedConnRule {
                             id: held.and_then(|held| held.id),
                             spec,
-                            declared_by: Some(name.to_owned()),
+                            declared_by: Some(declared_by),
                         });
                     }
                     RateLimitRule::Inbound(spec) => {
-                        let declared_by = format!("{RATE_LIMIT_PREFIX}{name}");
+                        let declared_by = declarer.owner(&format!("{RATE_LIMIT_PREFIX}{name}"));
                         let held = held_rules.get(&declared_by);
                         want_net_rule(&mut desired, held, spec, declared_by, name, mode)
                             .map_err(in_resource)?;
@@ -350,6 +459,7 @@ fn declare(
 /// A namespace limit as a `CgroupLimit` declares it.
 struct WantedNetns<'a> {
     name: &'a str,
+    declarer: Declarer,
     path: &'a NetnsPath,
     subnets: Option<&'a Subnets>,
     egress: Option<DirectionLimit>,
@@ -415,7 +525,7 @@ fn want_netns_limit(
         subnets: wanted.subnets.cloned(),
         origin: NetnsOrigin::Manual,
         declared_by: Some(DeclaredBy {
-            name: name.to_owned(),
+            name: wanted.declarer.owner(name),
             cgroup: wanted.path.as_str().to_owned(),
         }),
     }))
@@ -451,33 +561,37 @@ fn want_net_rule(
     Ok(())
 }
 
-/// `desired` without what `resources` declared.
-fn undeclare(mut desired: Desired, resources: &Resources) -> Desired {
+/// `desired` without what `resources` declared for `declarer`.
+fn undeclare(mut desired: Desired, resources: &Resources, declarer: Declarer) -> Desired {
     let named: HashSet<(Kind, &str)> = resources
         .items
         .iter()
         .map(|d| (d.resource.kind(), d.resource.name().as_str()))
         .collect();
-    desired.cgroup_limits.retain(|r| {
-        r.declared_by
-            .as_ref()
-            .is_none_or(|d| !named.contains(&(Kind::CgroupLimit, d.name.as_str())))
-    });
-    desired.netns_limits.retain(|r| {
-        r.declared_by
-            .as_ref()
-            .is_none_or(|d| !named.contains(&(Kind::CgroupLimit, d.name.as_str())))
-    });
-    desired.net_rules.retain(|w| {
-        w.declared_by
-            .as_deref()
-            .is_none_or(|by| !named.contains(&net_rule_owner(by)))
-    });
-    desired.conn_rules.retain(|w| {
-        w.declared_by
-            .as_deref()
-            .is_none_or(|name| !named.contains(&(Kind::RateLimit, name)))
-    });
+    // Whether a record's `declared_by` names one of `resources` of this declarer.
+    let declared = |kind_of: fn(&str) -> (Kind, &str), declared_by: Option<&str>| {
+        declared_by
+            .map(Declarer::of)
+            .is_some_and(|(by, owner)| by == declarer && named.contains(&kind_of(owner)))
+    };
+    fn limit(owner: &str) -> (Kind, &str) {
+        (Kind::CgroupLimit, owner)
+    }
+    fn rate_limit(owner: &str) -> (Kind, &str) {
+        (Kind::RateLimit, owner)
+    }
+    desired
+        .cgroup_limits
+        .retain(|r| !declared(limit, r.declared_by.as_ref().map(|d| d.name.as_str())));
+    desired
+        .netns_limits
+        .retain(|r| !declared(limit, r.declared_by.as_ref().map(|d| d.name.as_str())));
+    desired
+        .net_rules
+        .retain(|w| !declared(net_rule_owner, w.declared_by.as_deref()));
+    desired
+        .conn_rules
+        .retain(|w| !declared(rate_limit, w.declared_by.as_deref()));
     desired
 }
 
@@ -526,6 +640,8 @@ pub struct ListedStatus {
 pub enum ListedOrigin {
     /// Applied from a file (`rein apply`, the agent).
     Declared,
+    /// Declared by rein's Kubernetes node agent, from a pod or a custom resource.
+    Kubernetes,
     /// `rein set --cgroup`.
     SetCgroup,
     /// `rein set --pid`.
@@ -543,9 +659,18 @@ pub enum ListedOrigin {
 }
 
 impl ListedOrigin {
+    /// The origin of what `declarer` declared.
+    pub fn declared_by(declarer: Declarer) -> Self {
+        match declarer {
+            Declarer::Files => Self::Declared,
+            Declarer::Kubernetes => Self::Kubernetes,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Declared => "declared",
+            Self::Kubernetes => "kubernetes",
             Self::SetCgroup => "set-cgroup",
             Self::SetPid => "set-pid",
             Self::Run => "run",
@@ -570,10 +695,15 @@ pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
                 burst: s.burst,
             })
         };
+        // By owner: the files' and the node agent's resources of one name are two.
         let mut declared: BTreeMap<&str, Listed> = BTreeMap::new();
         for record in &state.cgroup_limits.rules {
             let (name, pattern, origin) = match (&record.declared_by, &record.origin) {
-                (Some(by), _) => (by.name.clone(), by.cgroup.clone(), ListedOrigin::Declared),
+                (Some(by), _) => {
+                    let (declarer, name) = Declarer::of(&by.name);
+                    let origin = ListedOrigin::declared_by(declarer);
+                    (name.to_owned(), by.cgroup.clone(), origin)
+                }
                 (None, Origin::Cgroup) => (
                     record.cgroup.clone(),
                     record.cgroup.clone(),
@@ -623,7 +753,10 @@ pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
         listed.extend(declared.into_values());
         for record in &state.netns_limits.rules {
             let (name, origin) = match (&record.declared_by, &record.origin) {
-                (Some(by), _) => (by.name.clone(), ListedOrigin::Declared),
+                (Some(by), _) => {
+                    let (declarer, name) = Declarer::of(&by.name);
+                    (name.to_owned(), ListedOrigin::declared_by(declarer))
+                }
                 (None, NetnsOrigin::Manual) => (record.netns.clone(), ListedOrigin::SetNetns),
                 (None, NetnsOrigin::Cni(_)) => (record.netns.clone(), ListedOrigin::Cni),
             };
@@ -653,8 +786,11 @@ pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
     }
     if wanted(Kind::NetRule) {
         for record in &state.net_rules.net {
-            let (name, origin) = match record.declared_by.as_deref().map(net_rule_owner) {
-                Some((Kind::NetRule, name)) => (name.to_owned(), ListedOrigin::Declared),
+            let owner = record.declared_by.as_deref().map(Declarer::of);
+            let (name, origin) = match owner.map(|(by, owner)| (by, net_rule_owner(owner))) {
+                Some((by, (Kind::NetRule, name))) => {
+                    (name.to_owned(), ListedOrigin::declared_by(by))
+                }
                 None if !record.spec.limits_connections() => {
                     (format!("rule-{}", record.id), ListedOrigin::NetAdd)
                 }
@@ -687,8 +823,8 @@ pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
             },
         };
         for record in &state.conn_limits.rules {
-            let (name, origin) = match &record.declared_by {
-                Some(name) => (name.clone(), ListedOrigin::Declared),
+            let (name, origin) = match record.declared_by.as_deref().map(Declarer::of) {
+                Some((by, name)) => (name.to_owned(), ListedOrigin::declared_by(by)),
                 None => (format!("rule-{}", record.id), ListedOrigin::ConnAdd),
             };
             let spec = RateLimitSpec::of_outbound(&record.spec);
@@ -697,8 +833,11 @@ pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
         // A hand-made net rule of connections is a `rein conn add --dev` (or a `rein net add
         // --connections`: the same rule).
         for record in &state.net_rules.net {
-            let (name, origin) = match record.declared_by.as_deref().map(net_rule_owner) {
-                Some((Kind::RateLimit, name)) => (name.to_owned(), ListedOrigin::Declared),
+            let owner = record.declared_by.as_deref().map(Declarer::of);
+            let (name, origin) = match owner.map(|(by, owner)| (by, net_rule_owner(owner))) {
+                Some((by, (Kind::RateLimit, name))) => {
+                    (name.to_owned(), ListedOrigin::declared_by(by))
+                }
                 None if record.spec.limits_connections() => {
                     (format!("rule-{}", record.id), ListedOrigin::ConnAdd)
                 }

@@ -123,6 +123,14 @@ impl CgroupFs {
     }
 }
 
+/// The cgroup v1 hierarchies' mounts in /proc/self/mountinfo: on a hybrid host, a
+/// container runtime or kubelet with the cgroupfs driver may make its cgroups only there.
+pub fn v1_mounts() -> Result<Vec<PathBuf>> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .context(|| "cannot read /proc/self/mountinfo".into())?;
+    Ok(parse_v1_mounts(&mountinfo))
+}
+
 fn strip_root(path: &Path) -> &Path {
     path.strip_prefix("/").unwrap_or(path)
 }
@@ -135,6 +143,18 @@ fn parse_mountinfo(mountinfo: &str) -> Option<PathBuf> {
         let mount_point = before.split_whitespace().nth(4)?;
         (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
     })
+}
+
+fn parse_v1_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let fstype = after.split_whitespace().next()?;
+            let mount_point = before.split_whitespace().nth(4)?;
+            (fstype == "cgroup").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+        })
+        .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -310,6 +330,10 @@ mod tests {
         assert_eq!(
             parse_mountinfo("36 35 0:30 / /x rw - cgroup cgroup rw"),
             None
+        );
+        assert_eq!(
+            parse_v1_mounts(mountinfo),
+            [PathBuf::from("/sys/fs/cgroup/systemd")]
         );
         assert_eq!(
             parse_mountinfo("1 2 0:3 / /a\\040b rw - cgroup2 cgroup2 rw"),
