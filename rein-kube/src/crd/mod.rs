@@ -18,6 +18,7 @@ pub mod status;
 
 pub use bandwidth_policy::{
     BandwidthLimit, BandwidthPolicy, BandwidthPolicySpec, BandwidthPolicyStatus, PolicyMode,
+    declare_policies,
 };
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 pub use rate_limit::{RateLimit, RateLimitSpec, RateLimitStatus, declare_rate_limits};
