@@ -211,9 +211,21 @@ mod tests {
         // Even without a place yet: the operator hears of it at once.
         let unplaced = pod("default", "unplaced", None, "lots");
         let long = pod("default", &"a".repeat(250), place.clone(), "10M");
+        let misplaced = pod(
+            "default",
+            "misplaced",
+            Some(PodPlace::Cgroup("kubepods/podx".into())),
+            "10M",
+        );
         let mut out = Declarations::default();
         declare_pods(
-            &[bad, unplaced, long, pod("default", "good", place, "1M")],
+            &[
+                bad,
+                unplaced,
+                long,
+                misplaced,
+                pod("default", "good", place, "1M"),
+            ],
             &mut out,
         );
         let reasons: Vec<(&str, &str)> = out
@@ -226,7 +238,8 @@ mod tests {
             [
                 ("bad", INVALID_BANDWIDTH),
                 ("unplaced", INVALID_BANDWIDTH),
-                (&*"a".repeat(250), INVALID_NAME)
+                (&*"a".repeat(250), INVALID_NAME),
+                ("misplaced", INVALID_PLACE),
             ]
         );
         let names: Vec<&str> = out
