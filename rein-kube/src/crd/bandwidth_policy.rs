@@ -86,8 +86,8 @@ pub enum PolicyMode {
     Shared,
 }
 
-/// What every node's agent agrees on about a `BandwidthPolicy`. How many pods it selects is
-/// each node's own: the agents' metrics say it, the shared status does not.
+/// What every node's agent agrees on about a `BandwidthPolicy`. Which pods it holds is each
+/// node's own: Events on the pods say what is node-specific, the shared status does not.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BandwidthPolicyStatus {
