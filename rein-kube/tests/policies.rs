@@ -1,0 +1,185 @@
+//! BandwidthPolicies end to end on a node: the agent's translation of a policy applied through
+//! rein's library as the Kubernetes declarer, with two pods (each a network namespace of its
+//! own) sending real iperf3 traffic. A `PerPod` policy gives each pod its own rate; a policy
+//! removed frees the pods. Needs root, a bpffs at /sys/fs/bpf, cgroup v2 and iperf3.
+// clippy.toml allows unwrap/expect in #[test] functions only; the helpers here panic on purpose
+// too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use rein::{
+    Engine,
+    declarative::{self, Declarer, Mode, Resources},
+};
+use rein_kube::{
+    crd::{BandwidthPolicy, declare_policies},
+    world::{Declarations, NodePod, PodPlace},
+};
+use rein_testkit::{
+    iperf::{self, ClientOptions, Measured, PORT, Server},
+    netns::HostPair,
+    process::{Cmd, Running, one_at_a_time},
+    rein_instance::ReinInstance,
+};
+use serde_json::{Value, json};
+
+/// The `rein` binary of the same build, for the instance's `list` and purge: built here once,
+/// since `cargo test -p rein-kube` builds only rein-kube's binaries.
+fn rein_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let own = Path::new(env!("CARGO_BIN_EXE_crdgen"));
+        let profile_dir = own.parent().unwrap();
+        let target_dir = profile_dir.parent().unwrap();
+        let mut argv = vec![
+            env!("CARGO").to_owned(),
+            "build".into(),
+            "--locked".into(),
+            "-p".into(),
+            "rein".into(),
+            "--bin".into(),
+            "rein".into(),
+            "--target-dir".into(),
+            target_dir.display().to_string(),
+        ];
+        if profile_dir.ends_with("release") {
+            argv.push("--release".into());
+        }
+        Cmd::new(argv, Duration::from_secs(900))
+            .run()
+            .unwrap_or_else(|e| panic!("cannot build rein: {e}"));
+        profile_dir.join("rein")
+    })
+}
+
+/// A pod of the test: its network namespace (the pair's client) and a peer to send to.
+struct Pod {
+    pair: HostPair,
+    _server: Server,
+}
+
+impl Pod {
+    fn new() -> Self {
+        let pair = HostPair::create("rkp").unwrap();
+        let server = Server::start(
+            pair.server(),
+            &pair.link.server_addr,
+            PORT,
+            Duration::from_secs(90),
+        )
+        .unwrap();
+        Self {
+            pair,
+            _server: server,
+        }
+    }
+
+    /// The pod as the agent finds it on the node.
+    fn node_pod(&self, name: &str) -> NodePod {
+        NodePod {
+            namespace: "batch".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            labels: BTreeMap::from([("app".into(), "crunch".into())]),
+            annotations: BTreeMap::new(),
+            place: Some(PodPlace::Netns(PathBuf::from(self.pair.client().path()))),
+        }
+    }
+
+    /// An upload from the pod to its peer, started now.
+    fn upload(&self) -> Running {
+        let options = ClientOptions {
+            seconds: 4,
+            omit: 1,
+            ..ClientOptions::default()
+        };
+        let argv = self.pair.client().exec(&iperf::client_argv(
+            &self.pair.link.server_addr,
+            PORT,
+            &options,
+        ));
+        Cmd::new(argv, Duration::from_secs(30)).spawn().unwrap()
+    }
+}
+
+fn measured(upload: Running) -> Measured {
+    let out = upload.wait().unwrap();
+    assert!(out.status.success(), "iperf3 failed:\n{out}");
+    iperf::parse(&out.stdout, false, false).unwrap()
+}
+
+fn policy(mode: &str, rate: &str) -> BandwidthPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "rein.dev/v1alpha1",
+        "kind": "BandwidthPolicy",
+        "metadata": {"name": "crunch", "namespace": "batch", "uid": "uid-policy",
+                     "generation": 1, "creationTimestamp": "2026-11-26T19:00:00Z"},
+        "spec": {"podSelector": {"matchLabels": {"app": "crunch"}},
+                 "egress": {"rate": rate}, "mode": mode}
+    }))
+    .unwrap()
+}
+
+/// What the agent does on a reconcile: the policies' declarations for the node's pods, applied
+/// as the Kubernetes declarer's whole (Exact).
+fn reconcile(rein: &ReinInstance, policies: &[BandwidthPolicy], pods: &[NodePod]) {
+    let mut out = Declarations::default();
+    declare_policies(policies, pods, &mut out);
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    let resources = Resources {
+        items: out.resources,
+    };
+    let mut engine = Engine::open(rein.library_instance()).unwrap();
+    declarative::apply_as(&mut engine, &resources, Mode::Exact, Declarer::Kubernetes).unwrap();
+}
+
+fn list(rein: &ReinInstance) -> Value {
+    serde_json::from_str(rein.rein(&["list", "--json"]).ok()).unwrap()
+}
+
+fn assert_near(what: &str, bps: f64, limit: f64, range: std::ops::RangeInclusive<f64>) {
+    let ratio = bps / limit;
+    eprintln!(
+        "{what}: {:.2} Mbit/s, {ratio:.3} of {:.0} Mbit/s",
+        bps / 1e6,
+        limit / 1e6
+    );
+    assert!(
+        range.contains(&ratio),
+        "{what}: {:.1} Mbit/s is {ratio:.3} of the limit, expected {range:?}",
+        bps / 1e6
+    );
+}
+
+/// Two pods under a PerPod policy: each has the rate of its own, so together they get twice
+/// it; the policy removed, nothing of it is left.
+#[test]
+fn a_per_pod_policy_gives_each_pod_its_rate() {
+    let _traffic = one_at_a_time();
+    let rein = ReinInstance::for_test(rein_binary().to_str().unwrap());
+    let (one, two) = (Pod::new(), Pod::new());
+    let pods = [one.node_pod("crunch-0"), two.node_pod("crunch-1")];
+    reconcile(&rein, &[policy("PerPod", "10M")], &pods);
+    let (a, b) = (one.upload(), two.upload());
+    let both = [measured(a), measured(b)];
+    for (pod, result) in both.iter().enumerate() {
+        assert_near(
+            &format!("pod {pod}"),
+            result.received_bps,
+            10e6,
+            0.85..=1.03,
+        );
+    }
+    reconcile(&rein, &[], &pods);
+    let listed = list(&rein);
+    assert!(
+        listed["netns"].as_array().is_none_or(Vec::is_empty),
+        "{listed}"
+    );
+}
