@@ -12,7 +12,9 @@ use rein::declarative::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, ResourceNames, object_ref, oldest_first, pod_ref, selector::Selector};
+use super::{
+    Condition, ResourceNames, object_ref, oldest_first, pod_ref, reasons, selector::Selector,
+};
 use crate::{
     pod_limits::KEYS,
     pods,
@@ -187,7 +189,7 @@ pub fn declare_policies(policies: &[BandwidthPolicy], pods: &[NodePod], out: &mu
             Err(message) => {
                 out.problems.push(Problem {
                     object: object_ref("BandwidthPolicy", policy),
-                    reason: "Invalid",
+                    reason: reasons::INVALID,
                     message,
                 });
                 continue;
@@ -261,7 +263,7 @@ pub fn declare_policies(policies: &[BandwidthPolicy], pods: &[NodePod], out: &mu
             // rein's SharedLimit kind is not in this build yet.
             PolicyMode::Shared => out.problems.push(Problem {
                 object: object_ref("BandwidthPolicy", policy),
-                reason: "Unsupported",
+                reason: reasons::UNSUPPORTED,
                 message: "mode Shared needs rein's SharedLimit, which this agent lacks".into(),
             }),
         }

@@ -24,6 +24,32 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 pub use rate_limit::{RateLimit, RateLimitSpec, RateLimitStatus, declare_rate_limits};
 pub use status::write_statuses;
 
+/// The reasons of a custom resource's `Accepted: False`: each is about what every node sees alike
+/// (the resource, its Service), so every node's agent writes the same condition. A problem only
+/// one node sees (a rein apply that node refused) is no condition: the status writer leaves it
+/// out, and the agent tells it in an Event.
+pub mod reasons {
+    pub const INVALID: &str = "Invalid";
+    pub const SERVICE_NOT_FOUND: &str = "ServiceNotFound";
+    pub const NO_CLUSTER_IP: &str = "NoClusterIP";
+    pub const NO_PORTS: &str = "NoPorts";
+    pub const PORT_NOT_FOUND: &str = "PortNotFound";
+    pub const INVALID_SERVICE: &str = "InvalidService";
+    pub const CONFLICT: &str = "Conflict";
+    pub const UNSUPPORTED: &str = "Unsupported";
+
+    pub const ALL: [&str; 8] = [
+        INVALID,
+        SERVICE_NOT_FOUND,
+        NO_CLUSTER_IP,
+        NO_PORTS,
+        PORT_NOT_FOUND,
+        INVALID_SERVICE,
+        CONFLICT,
+        UNSUPPORTED,
+    ];
+}
+
 /// The custom resource definitions of the agent's resources, as `deploy/crds.yaml` holds them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![BandwidthPolicy::crd(), RateLimit::crd()]

@@ -17,7 +17,9 @@ use rein::declarative::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, ResourceNames, object_ref, oldest_first, pod_ref, selector::Selector};
+use super::{
+    Condition, ResourceNames, object_ref, oldest_first, pod_ref, reasons, selector::Selector,
+};
 use crate::world::{Declarations, NodePod, PodPlace, Problem};
 
 /// A limit on the connections local processes open to a Service: each of its cluster IPs
@@ -182,14 +184,14 @@ pub fn resolve(limit: &RateLimit, services: &[Service]) -> Result<Vec<Target>, U
         .find(|s| s.namespace().as_deref() == Some(&namespace) && &s.name_any() == wanted)
         .ok_or_else(|| {
             problem(
-                "ServiceNotFound",
+                reasons::SERVICE_NOT_FOUND,
                 format!("Service {namespace}/{wanted} is not there (yet): nothing is limited"),
             )
         })?;
     let spec = service.spec.clone().unwrap_or_default();
     if spec.type_.as_deref() == Some("ExternalName") {
         return Err(problem(
-            "NoClusterIP",
+            reasons::NO_CLUSTER_IP,
             format!(
                 "Service {namespace}/{wanted} is an ExternalName: it has no cluster IP to \
                  limit connections to"
@@ -206,7 +208,7 @@ pub fn resolve(limit: &RateLimit, services: &[Service]) -> Result<Vec<Target>, U
         .collect();
     if texts.is_empty() {
         return Err(problem(
-            "NoClusterIP",
+            reasons::NO_CLUSTER_IP,
             format!(
                 "Service {namespace}/{wanted} is headless (clusterIP None): it has no cluster \
                  IP to limit connections to"
@@ -217,7 +219,7 @@ pub fn resolve(limit: &RateLimit, services: &[Service]) -> Result<Vec<Target>, U
     for text in texts {
         let ip = text.parse::<IpAddr>().map_err(|_| {
             problem(
-                "InvalidService",
+                reasons::INVALID_SERVICE,
                 format!("Service {namespace}/{wanted} has cluster IP {text:?}, not an address"),
             )
         })?;
@@ -244,7 +246,7 @@ pub fn resolve(limit: &RateLimit, services: &[Service]) -> Result<Vec<Target>, U
             }));
             if ports.is_empty() {
                 return Err(problem(
-                    "NoPorts",
+                    reasons::NO_PORTS,
                     format!("Service {namespace}/{wanted} has no TCP port to limit"),
                 ));
             }
@@ -252,7 +254,7 @@ pub fn resolve(limit: &RateLimit, services: &[Service]) -> Result<Vec<Target>, U
         Some(wanted_ports) => {
             if wanted_ports.is_empty() {
                 return Err(problem(
-                    "Invalid",
+                    reasons::INVALID,
                     "ports is empty: leave it out to limit every TCP port".into(),
                 ));
             }
@@ -272,14 +274,14 @@ pub fn resolve(limit: &RateLimit, services: &[Service]) -> Result<Vec<Target>, U
                 };
                 if matching.is_empty() {
                     return Err(problem(
-                        "PortNotFound",
+                        reasons::PORT_NOT_FOUND,
                         format!("Service {namespace}/{wanted} has no port {shown}"),
                     ));
                 }
                 for port in matching {
                     let protocol = protocol_of(port).ok_or_else(|| {
                         problem(
-                            "Invalid",
+                            reasons::INVALID,
                             format!(
                                 "port {shown} of Service {namespace}/{wanted} is {}: rein \
                                  counts TCP and UDP connects",
@@ -391,7 +393,7 @@ pub fn declare_rate_limits(
         let shown = format!("{namespace}/{}", limit.name_any());
         let invalid = |message: String| Problem {
             object: object_ref("RateLimit", limit),
-            reason: "Invalid",
+            reason: reasons::INVALID,
             message,
         };
         let selector = match limit.spec.pod_selector.as_ref().map(Selector::parse) {
@@ -432,7 +434,7 @@ pub fn declare_rate_limits(
                 {
                     out.problems.push(Problem {
                         object: object_ref("RateLimit", limit),
-                        reason: "Conflict",
+                        reason: reasons::CONFLICT,
                         message: format!(
                             "RateLimit {} already limits connections to {} ({}): the oldest \
                              holds a destination",

@@ -16,7 +16,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{BandwidthPolicy, RateLimit, object_ref, rate_limit};
+use super::{BandwidthPolicy, RateLimit, object_ref, rate_limit, reasons};
 use crate::world::{ObjectRef, Problem};
 
 /// The one condition type: whether the agents took the resource as it is.
@@ -39,7 +39,7 @@ impl Verdict {
     fn new(object: &ObjectRef, generation: Option<i64>, problems: &[Problem]) -> Self {
         let refused = problems
             .iter()
-            .find(|p| &p.object == object)
+            .find(|p| &p.object == object && reasons::ALL.contains(&p.reason))
             .map(|p| (p.reason.to_owned(), p.message.clone()));
         Self {
             refused,
@@ -530,6 +530,22 @@ mod tests {
             panic!("{:?}", writes.failed);
         };
         assert_eq!(object.name, "api-connects");
+    }
+
+    #[tokio::test]
+    async fn what_one_node_alone_sees_is_no_condition() {
+        // An apply this node refused (a hand-made rule in the way, say) is this node's: the
+        // other nodes would write Accepted back, and the two would flap.
+        let refused_here = Problem {
+            object: object_ref("RateLimit", &rate_limit(None)),
+            reason: "ApplyRefused",
+            message: "conn rule 7 holds the destination".into(),
+        };
+        let (_, seen) = write(StatusCode::OK, &[rate_limit(None)], &[], &[refused_here]).await;
+        let [patch] = seen.as_slice() else {
+            panic!("{seen:?}");
+        };
+        assert_eq!(patch.body["status"]["conditions"][0]["status"], "True");
     }
 
     #[test]
