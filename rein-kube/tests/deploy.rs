@@ -188,6 +188,14 @@ fn the_daemon_set_runs_unprivileged_with_the_capabilities_and_mounts_rein_needs(
     );
     // The API server refuses allowPrivilegeEscalation false beside SYS_ADMIN.
     assert_ne!(security.allow_privilege_escalation, Some(false));
+    // Read-only: whatever rein writes (its state, its lock) is a host mount below.
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    let ports = agent.ports.clone().unwrap_or_default();
+    assert_eq!(
+        ports.iter().map(|p| p.container_port).collect::<Vec<_>>(),
+        [9471],
+        "the agent's default --metrics port"
+    );
     let volumes = pod.volumes.unwrap_or_default();
     let host_path = |name: &str| {
         volumes
@@ -219,6 +227,11 @@ fn the_daemon_set_runs_unprivileged_with_the_capabilities_and_mounts_rein_needs(
         [
             propagated("/run/netns"),
             ("/run/rein".to_owned(), "/run/rein".to_owned(), None),
+            (
+                "/run/rein.lock".to_owned(),
+                "/run/rein.lock".to_owned(),
+                None
+            ),
             propagated("/sys/fs/bpf"),
             propagated("/sys/fs/cgroup"),
             propagated("/var/run/netns"),
