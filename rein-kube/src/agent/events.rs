@@ -46,7 +46,8 @@ impl Notice {
 }
 
 pub struct Publisher {
-    recorder: Recorder,
+    client: Client,
+    reporter: Reporter,
     /// The problems published and still there.
     lasting: HashSet<Notice>,
 }
@@ -59,7 +60,8 @@ impl Publisher {
             instance: Some(node.to_owned()),
         };
         Self {
-            recorder: Recorder::new(client, reporter),
+            client,
+            reporter,
             lasting: HashSet::new(),
         }
     }
@@ -106,7 +108,11 @@ impl Publisher {
             uid: Some(object.uid.clone()),
             ..ObjectReference::default()
         };
-        match self.recorder.publish(&event, &reference).await {
+        // A recorder of its own: kube's folds Events of the same object and reason into a
+        // series that keeps the first one's message, and a changed limit or a new problem
+        // must say what it is now. Repeats are the publisher's to avoid.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        match recorder.publish(&event, &reference).await {
             Ok(()) => {
                 tracing::info!(
                     "{} {}/{}: {}: {}",

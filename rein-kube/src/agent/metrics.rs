@@ -13,7 +13,9 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::{Registry, Unit},
 };
-use rein::{Instance, capabilities::cgroup_limit::DirectionView, engine::Status};
+use rein::{
+    Instance, capabilities::cgroup_limit::DirectionView, declarative::Declarer, engine::Status,
+};
 
 /// What a pod is to the agent, for `rein_kube_pods{state}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -244,7 +246,12 @@ impl Metrics {
             .iter()
             .map(|v| (v.declared_by.as_deref(), [&v.egress, &v.ingress]));
         for (declared_by, views) in cgroups.chain(namespaces) {
-            let Some(pod) = declared_by.and_then(|name| state.limited.get(name)) else {
+            // Only the agent's own declarations: a file's resource may bear the same name.
+            let Some(pod) = declared_by
+                .map(Declarer::of)
+                .and_then(|(by, name)| (by == Declarer::Kubernetes).then_some(name))
+                .and_then(|name| state.limited.get(name))
+            else {
                 continue;
             };
             for (direction, view) in ["egress", "ingress"].into_iter().zip(views) {

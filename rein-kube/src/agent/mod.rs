@@ -277,6 +277,7 @@ struct Agent {
 impl Agent {
     async fn reconcile(&mut self, snapshot: Snapshot) {
         let (instance, places) = (self.instance.clone(), Arc::clone(&self.places));
+        let started = std::time::Instant::now();
         // The engine is synchronous, reads the cgroup tree and holds the instance's lock.
         let outcome = tokio::task::spawn_blocking(move || {
             let world = world(&snapshot, &places);
@@ -314,6 +315,7 @@ impl Agent {
         for change in &applied.changes {
             tracing::info!("{change}");
         }
+        tracing::debug!("reconciled in {:?}", started.elapsed());
         self.metrics.applied(if applied.changes.is_empty() {
             ApplyResult::Unchanged
         } else {

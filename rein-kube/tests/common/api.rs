@@ -79,6 +79,8 @@ struct State {
     status_patches: Vec<(String, Value)>,
     /// Requests the server does not know.
     unknown: Vec<String>,
+    /// Whether list requests wait (an API server slow to answer).
+    lists_held: bool,
 }
 
 /// The test's API server.
@@ -216,6 +218,9 @@ impl Api {
                 if query.get("watch").map(String::as_str) == Some("true") {
                     self.watch(p, &query)
                 } else {
+                    while self.state().lists_held {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                     self.list(p, &query)
                 }
             }
@@ -360,6 +365,15 @@ impl Api {
         for (_, collection) in self.state().collections.values_mut() {
             collection.watchers.clear();
         }
+    }
+
+    /// Makes list requests wait until [`Api::release_lists`].
+    pub fn hold_lists(&self) {
+        self.state().lists_held = true;
+    }
+
+    pub fn release_lists(&self) {
+        self.state().lists_held = false;
     }
 
     pub fn events(&self) -> Vec<Value> {
