@@ -123,3 +123,145 @@ fn read_limits(pod: &NodePod) -> Result<PodLimits, Invalid> {
         ingress: direction(ingress, ingress_burst, INGRESS_BANDWIDTH, INGRESS_BURST)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn pod(annotations: &[(&str, &str)], labels: &[(&str, &str)]) -> NodePod {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        NodePod {
+            namespace: "default".into(),
+            name: "web-0".into(),
+            uid: "6b1f5c3e-0d1a-4c6e-9a55-0c1e2f3a4b5c".into(),
+            labels: map(labels),
+            annotations: map(annotations),
+            place: None,
+        }
+    }
+
+    fn limit(rate: u64, burst: Option<u64>) -> Option<DirectionLimit> {
+        Some(DirectionLimit {
+            rate: rein::units::Rate::from_bits(rate).unwrap(),
+            burst: burst.map(|b| rein::units::Size::from_bytes(b).unwrap()),
+        })
+    }
+
+    #[test]
+    fn annotations_give_each_directions_rate_and_burst() {
+        let limits = pod_limits(&pod(
+            &[
+                (EGRESS_BANDWIDTH, "10M"),
+                (INGRESS_BANDWIDTH, "1.5G"),
+                (EGRESS_BURST, "64Ki"),
+            ],
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(limits.egress, limit(10_000_000, Some(65_536)));
+        assert_eq!(limits.ingress, limit(1_500_000_000, None));
+        assert!(pod_limits(&pod(&[], &[("app", "web")])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn labels_count_and_an_annotation_wins_over_a_label() {
+        let limits = pod_limits(&pod(
+            &[(EGRESS_BANDWIDTH, "10M")],
+            &[
+                (EGRESS_BANDWIDTH, "20M"),
+                (INGRESS_BANDWIDTH, "5M"),
+                (INGRESS_BURST, "1M"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(limits.egress, limit(10_000_000, None));
+        assert_eq!(limits.ingress, limit(5_000_000, Some(1_000_000)));
+        // A burst by annotation for a rate by label is one direction's limit.
+        let limits = pod_limits(&pod(
+            &[(EGRESS_BURST, "128Ki")],
+            &[(EGRESS_BANDWIDTH, "1M")],
+        ))
+        .unwrap();
+        assert_eq!(limits.egress, limit(1_000_000, Some(131_072)));
+    }
+
+    #[test]
+    fn an_invalid_value_is_a_problem_naming_key_value_and_bound_and_nothing_applies() {
+        let problem = |annotations: &[(&str, &str)], labels: &[(&str, &str)]| {
+            *pod_limits(&pod(annotations, labels)).unwrap_err()
+        };
+        // The valid egress does not apply either.
+        let p = problem(
+            &[(EGRESS_BANDWIDTH, "10M"), (INGRESS_BANDWIDTH, "100")],
+            &[],
+        );
+        assert_eq!(p.reason, INVALID_BANDWIDTH);
+        assert_eq!(
+            p.message,
+            "annotation kubernetes.io/ingress-bandwidth: \"100\" is below the lowest bandwidth, \
+             1k (1000 bit/s)"
+        );
+        assert_eq!(
+            (
+                p.object.kind,
+                p.object.namespace.as_str(),
+                p.object.name.as_str()
+            ),
+            ("Pod", "default", "web-0")
+        );
+        let p = problem(&[], &[(EGRESS_BANDWIDTH, "2P")]);
+        assert_eq!(p.reason, INVALID_BANDWIDTH);
+        assert!(
+            p.message
+                .starts_with("label kubernetes.io/egress-bandwidth: \"2P\" is above")
+                && p.message.contains("1P"),
+            "{}",
+            p.message
+        );
+        let p = problem(&[(EGRESS_BANDWIDTH, "10 Mbit")], &[]);
+        assert_eq!(p.reason, INVALID_BANDWIDTH);
+        assert!(
+            p.message.contains("\"10 Mbit\" is not a quantity"),
+            "{}",
+            p.message
+        );
+        let p = problem(&[(EGRESS_BANDWIDTH, "10M"), (EGRESS_BURST, "1k")], &[]);
+        assert_eq!(p.reason, INVALID_BURST);
+        assert!(
+            p.message
+                .starts_with("annotation rein.dev/egress-burst: \"1k\" is below")
+                && p.message.contains("1500 bytes"),
+            "{}",
+            p.message
+        );
+        let p = problem(&[(INGRESS_BANDWIDTH, "10M"), (INGRESS_BURST, "2Gi")], &[]);
+        assert_eq!(p.reason, INVALID_BURST);
+        let p = problem(&[(INGRESS_BANDWIDTH, "10M"), (EGRESS_BURST, "64Ki")], &[]);
+        assert_eq!(p.reason, BURST_WITHOUT_RATE);
+        assert_eq!(
+            p.message,
+            "rein.dev/egress-burst is given without kubernetes.io/egress-bandwidth: a burst needs \
+             its rate"
+        );
+        // A valid annotation hides an invalid label of the same key.
+        assert!(
+            pod_limits(&pod(
+                &[(EGRESS_BANDWIDTH, "1M")],
+                &[(EGRESS_BANDWIDTH, "x")]
+            ))
+            .is_ok()
+        );
+        // Every message is one line.
+        for p in [
+            problem(&[(EGRESS_BANDWIDTH, "1\n2")], &[]),
+            problem(&[(EGRESS_BURST, "1")], &[]),
+        ] {
+            assert!(!p.message.contains('\n'), "{}", p.message);
+        }
+    }
+}

@@ -272,3 +272,184 @@ impl FromStr for Burst {
         Size::from_bytes(bytes).map(Self).map_err(|_| too_large())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str) -> i128 {
+        text.parse::<Quantity>()
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+            .value()
+    }
+
+    #[test]
+    fn every_suffix_is_read_exactly() {
+        for (text, expected) in [
+            ("0", 0),
+            ("7", 7),
+            ("+7", 7),
+            ("1k", 1_000),
+            ("1M", 1_000_000),
+            ("1G", 1_000_000_000),
+            ("1T", 1_000_000_000_000),
+            ("1P", 1_000_000_000_000_000),
+            ("1E", 1_000_000_000_000_000_000),
+            ("1Ki", 1 << 10),
+            ("1Mi", 1 << 20),
+            ("1Gi", 1 << 30),
+            ("1Ti", 1 << 40),
+            ("1Pi", 1 << 50),
+            ("1Ei", 1 << 60),
+            ("64Ki", 65_536),
+            ("1e6", 1_000_000),
+            ("1E6", 1_000_000),
+            ("1e+3", 1_000),
+            ("15e-1", 2),
+            ("1.5M", 1_500_000),
+            ("2.5Gi", 2_684_354_560),
+            ("0.1", 1),
+            (".5k", 500),
+            ("1.k", 1_000),
+            ("1500m", 2),
+            ("1000m", 1),
+            ("123456789123456789", 123_456_789_123_456_789),
+            ("0001.000k", 1_000),
+            ("1.000000000000000000000001k", 1_001),
+            ("1n", 1),
+            ("1u", 1),
+            ("-", 0),
+            (".", 0),
+            ("M", 0),
+        ] {
+            assert_eq!(value(text), expected, "{text}");
+        }
+        // Rounded up like Value(): away from zero.
+        assert_eq!(value("-1.5"), -2);
+        assert_eq!(value("-1k"), -1_000);
+        // Far beyond any bound: saturated, never wrapped.
+        assert!(value("1e40") > i128::from(u64::MAX));
+        assert!(value("99999999999999999999999999999999999999999E") > i128::from(u64::MAX));
+        assert_eq!(value("1e-400"), 1);
+    }
+
+    #[test]
+    fn malformed_quantities_are_refused_as_kubelet_refuses_them() {
+        for text in [
+            "", "1.2.3", "1 M", " 1", "1M ", "10Mbit", "1e", "1K", "1ki", "--1",
+        ] {
+            assert!(
+                text.parse::<Quantity>().is_err(),
+                "{text:?} was read as a quantity"
+            );
+        }
+        assert_eq!(
+            "".parse::<Quantity>(),
+            Err(QuantityError::Syntax(String::new()))
+        );
+        assert_eq!(
+            "1.2.3".parse::<Quantity>(),
+            Err(QuantityError::Syntax("1.2.3".into()))
+        );
+        assert_eq!(
+            "10x".parse::<Quantity>(),
+            Err(QuantityError::Syntax("10x".into()))
+        );
+        assert_eq!(
+            "10K".parse::<Quantity>(),
+            Err(QuantityError::Suffix {
+                input: "10K".into(),
+                suffix: "K".into()
+            })
+        );
+        assert_eq!(
+            "1e".parse::<Quantity>(),
+            Err(QuantityError::Suffix {
+                input: "1e".into(),
+                suffix: "e".into()
+            })
+        );
+        let message = "10Mbit".parse::<Quantity>().unwrap_err().to_string();
+        assert!(
+            message.contains("\"10Mbit\"") && message.contains("quantity"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bandwidth_has_kubelets_bounds() {
+        let bits = |text: &str| text.parse::<Bandwidth>().map(Bandwidth::bits_per_second);
+        assert_eq!(bits("1k"), Ok(1_000));
+        assert_eq!(
+            bits("999.5"),
+            Ok(1_000),
+            "rounded up before the bound, as Value()"
+        );
+        assert_eq!(bits("10M"), Ok(10_000_000));
+        assert_eq!(bits("1.5M"), Ok(1_500_000));
+        assert_eq!(bits("1P"), Ok(1_000_000_000_000_000));
+        assert_eq!(
+            bits("999"),
+            Err(QuantityError::TooSmall {
+                input: "999".into(),
+                what: "bandwidth",
+                bound: "1k (1000 bit/s)"
+            })
+        );
+        assert!(matches!(bits("0"), Err(QuantityError::TooSmall { .. })));
+        assert!(matches!(bits("-10M"), Err(QuantityError::TooSmall { .. })));
+        assert_eq!(
+            bits("1001T"),
+            Err(QuantityError::TooLarge {
+                input: "1001T".into(),
+                what: "bandwidth",
+                bound: "1P (10^15 bit/s)"
+            })
+        );
+        assert!(matches!(bits("1Pi"), Err(QuantityError::TooLarge { .. })));
+        assert!(matches!(bits("10Mbit"), Err(QuantityError::Syntax(_))));
+        let message = "1".parse::<Bandwidth>().unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "\"1\" is below the lowest bandwidth, 1k (1000 bit/s)"
+        );
+    }
+
+    #[test]
+    fn bandwidth_becomes_reins_rate_in_bits() {
+        let rate = |text: &str| text.parse::<Bandwidth>().unwrap().rate();
+        assert_eq!(rate("10M").bits_per_second(), 10_000_000);
+        assert_eq!(rate("1k").bits_per_second(), 1_000);
+        assert_eq!(rate("64Ki").bits_per_second(), 65_536);
+        // Beyond rein's fastest rate: that rate.
+        assert_eq!(rate("1P").bits_per_second(), Rate::MAX_BITS);
+    }
+
+    #[test]
+    fn burst_is_bytes_within_reins_bounds() {
+        let bytes = |text: &str| text.parse::<Burst>().map(|b| b.size().bytes());
+        assert_eq!(bytes("64Ki"), Ok(65_536));
+        assert_eq!(bytes("1M"), Ok(1_000_000));
+        assert_eq!(bytes("1500"), Ok(1_500));
+        assert_eq!(bytes("1Gi"), Ok(1 << 30));
+        assert_eq!(
+            bytes("1499"),
+            Err(QuantityError::TooSmall {
+                input: "1499".into(),
+                what: "burst",
+                bound: "1500 bytes (one full-size packet)"
+            })
+        );
+        assert_eq!(
+            bytes("1.1Gi"),
+            Err(QuantityError::TooLarge {
+                input: "1.1Gi".into(),
+                what: "burst",
+                bound: "1Gi (2^30 bytes)"
+            })
+        );
+        assert!(matches!(bytes("1e30"), Err(QuantityError::TooLarge { .. })));
+        assert!(matches!(bytes("64KB"), Err(QuantityError::Syntax(_))));
+        assert!(matches!(bytes("64mi"), Err(QuantityError::Suffix { .. })));
+    }
+}

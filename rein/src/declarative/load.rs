@@ -166,7 +166,7 @@ fn check_ownership(path: &Path, metadata: &fs::Metadata) -> Result<()> {
 
 /// Every resource of one file's text. Each document is read twice: once for its kind, then
 /// as that kind, both straight from the parser, so an error keeps its line and column.
-fn parse(file: &Path, text: &str) -> Result<Vec<Declared>> {
+pub(super) fn parse(file: &Path, text: &str) -> Result<Vec<Declared>> {
     let located = |error: serde_norway::Error| located_error(file, &error);
     let mut kinds = Vec::new();
     for document in serde_norway::Deserializer::from_str(text) {

@@ -101,6 +101,15 @@ impl std::fmt::Display for Declarer {
     }
 }
 
+/// A record's owner as an error names it: `web`, or `pod.default.web-0 (rein's Kubernetes node
+/// agent's)`.
+fn shown_owner(declared_by: &str) -> String {
+    match Declarer::of(declared_by) {
+        (Declarer::Files, name) => name.to_owned(),
+        (Declarer::Kubernetes, name) => format!("{name} (rein's Kubernetes node agent's)"),
+    }
+}
+
 /// How the files relate to what was declared before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -313,7 +322,12 @@ fn declare(
     let held: HashMap<u64, Option<String>> = desired
         .cgroup_limits
         .iter()
-        .map(|r| (r.cgroup_id, r.declared_by.as_ref().map(|d| d.name.clone())))
+        .map(|r| {
+            (
+                r.cgroup_id,
+                r.declared_by.as_ref().map(|d| shown_owner(&d.name)),
+            )
+        })
         .collect();
     for declared in &resources.items {
         let in_resource = |source: Error| Error::InResource {
@@ -505,7 +519,7 @@ fn want_netns_limit(
             (NetnsOrigin::Manual, Some(other)) => {
                 return Err(Error::NetnsDeclaredElsewhere {
                     netns: namespace.path,
-                    owner: other.name.clone(),
+                    owner: shown_owner(&other.name),
                 });
             }
         }
@@ -848,4 +862,72 @@ pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
         }
     }
     Ok(listed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn a_declared_by_without_a_declarer_is_the_files() {
+        assert_eq!(Declarer::of("web"), (Declarer::Files, "web"));
+        assert_eq!(Declarer::Files.owner("web"), "web");
+        let owner = Declarer::Kubernetes.owner("pod.default.web-0");
+        assert_eq!(owner, "kubernetes:pod.default.web-0");
+        assert_eq!(
+            Declarer::of(&owner),
+            (Declarer::Kubernetes, "pod.default.web-0")
+        );
+        // An inbound RateLimit's rule: the declarer first, then the kind.
+        let owner = Declarer::Kubernetes.owner(&format!("{RATE_LIMIT_PREFIX}web"));
+        let (declarer, rest) = Declarer::of(&owner);
+        assert_eq!(
+            (declarer, net_rule_owner(rest)),
+            (Declarer::Kubernetes, (Kind::RateLimit, "web"))
+        );
+        // No resource name holds the separator: no file's name reads as the agent's.
+        assert!(ResourceName::try_from("kubernetes:web".to_owned()).is_err());
+    }
+
+    /// A state file written before there were declarers (version 4, `declared_by` as the
+    /// resource's name) loads, its declared resources the files': the node agent's delete of
+    /// resources of the same names leaves them, the files' removes them.
+    #[test]
+    fn a_state_from_before_declarers_holds_the_files_resources() {
+        let json = r#"{"version":4,"rules":[{"cgroup":"/web","cgroup_id":7,
+            "egress":{"rate":10000000,"burst":null},"ingress":null,"origin":{"kind":"cgroup"},
+            "declared_by":{"name":"web","cgroup":"/web"}}],
+            "net":[{"id":1,"device":"eth0","hook":"tc-ingress","limit":{"algorithm":
+            "token-bucket","per":"bytes","rate":1250000,"burst":65536},"sources":{"kind":
+            "shared"},"ifindex":2,"netns":4026531840,"link_id":9,"declared_by":"edge"}],
+            "next_net_id":2,
+            "netns_limits":{"rules":[{"netns":"/run/netns/pod","cookie":9,"inode":11,
+            "egress":{"rate":5000000,"burst":null},"ingress":null,"origin":{"kind":"manual"},
+            "declared_by":{"name":"pod","cgroup":"/run/netns/pod"}}]}}"#;
+        let dir = std::env::temp_dir().join(format!("rein-declarers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        std::fs::write(&path, json).unwrap();
+        let state = State::load(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let desired = Desired::from_state(&state.unwrap());
+        let text = "apiVersion: rein.dev/v1alpha1\nkind: CgroupLimit\nmetadata:\n  name: web\n\
+                    spec:\n  cgroup: /web\n  egress:\n    rate: 1mbit\n---\n\
+                    apiVersion: rein.dev/v1alpha1\nkind: CgroupLimit\nmetadata:\n  name: pod\n\
+                    spec:\n  netns: /run/netns/pod\n  egress:\n    rate: 1mbit\n---\n\
+                    apiVersion: rein.dev/v1alpha1\nkind: NetRule\nmetadata:\n  name: edge\n\
+                    spec:\n  device: eth0\n  direction: ingress\n  rate: 10mbit\n";
+        let resources = Resources {
+            items: load::parse(Path::new("f.yaml"), text).unwrap(),
+        };
+        assert_eq!(resources.items.len(), 3);
+        let kept = undeclare(desired.clone(), &resources, Declarer::Kubernetes);
+        assert_eq!(kept, desired);
+        let removed = undeclare(desired, &resources, Declarer::Files);
+        assert!(removed.cgroup_limits.is_empty(), "{removed:?}");
+        assert!(removed.netns_limits.is_empty(), "{removed:?}");
+        assert!(removed.net_rules.is_empty(), "{removed:?}");
+    }
 }
