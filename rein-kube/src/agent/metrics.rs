@@ -309,3 +309,89 @@ pub fn read_status(instance: &Instance) -> Option<Status> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text;
+    use rein::capabilities::netns_limit::{NetnsOrigin, NetnsView};
+
+    use super::*;
+
+    fn view(path: &str, declared_by: Option<&str>) -> NetnsView {
+        NetnsView {
+            netns: path.into(),
+            cookie: 7,
+            origin: NetnsOrigin::Manual,
+            declared_by: declared_by.map(str::to_owned),
+            subnets: None,
+            egress: Some(DirectionView {
+                rate_bits_per_second: 10_000_000,
+                burst_bytes: 65_536,
+                burst_is_default: true,
+                passed_packets: 10,
+                passed_bytes: 15_000,
+                dropped_packets: 1,
+                dropped_bytes: 1_500,
+                tcp_flows: 1,
+            }),
+            ingress: None,
+        }
+    }
+
+    #[test]
+    fn per_pod_series_are_those_of_the_agents_limited_pods_only() {
+        let metrics = Metrics::default();
+        let web = LimitedPod {
+            namespace: "default".into(),
+            pod: "web".into(),
+        };
+        metrics.set_pods(
+            [PodState::Limited, PodState::Waiting],
+            [("pod.default.web".to_owned(), web)].into(),
+        );
+        let status = Status {
+            cgroups: vec![],
+            netns: vec![
+                view("/run/netns/a", Some("kubernetes:pod.default.web")),
+                // A file's resource of the same name, and a pod the agent no longer limits.
+                view("/run/netns/b", Some("pod.default.web")),
+                view("/run/netns/c", Some("kubernetes:pod.default.gone")),
+                view("/run/netns/d", None),
+            ],
+            net: vec![],
+            conn: vec![],
+            queues: vec![],
+        };
+        let mut registry = Registry::with_prefix("rein");
+        metrics.register(&mut registry, Some(&status));
+        let mut out = String::new();
+        text::encode(&mut out, &registry).unwrap();
+        let labels = r#"{namespace="default",pod="web",direction="egress"}"#;
+        for (series, value) in [
+            ("rein_kube_pod_limit_bits_per_second", "10000000"),
+            ("rein_kube_pod_burst_bytes", "65536"),
+            ("rein_kube_pod_passed_bytes_total", "15000"),
+            ("rein_kube_pod_dropped_bytes_total", "1500"),
+        ] {
+            let line = format!("{series}{labels} {value}\n");
+            assert!(out.contains(&line), "no {line:?} in:\n{out}");
+        }
+        assert_eq!(
+            out.matches("rein_kube_pod_limit_bits_per_second{").count(),
+            1,
+            "{out}"
+        );
+        for (state, count) in [("limited", 1), ("waiting", 1), ("invalid", 0), ("cni", 0)] {
+            let line = format!("rein_kube_pods{{state=\"{state}\"}} {count}\n");
+            assert!(out.contains(&line), "no {line:?} in:\n{out}");
+        }
+
+        // The pod gone, its series go.
+        metrics.set_pods([], BTreeMap::new());
+        let mut registry = Registry::with_prefix("rein");
+        metrics.register(&mut registry, Some(&status));
+        let mut out = String::new();
+        text::encode(&mut out, &registry).unwrap();
+        assert!(!out.contains("pod=\"web\""), "{out}");
+    }
+}
