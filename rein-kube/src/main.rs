@@ -25,8 +25,8 @@ enum Command {
         /// The rein instance to apply to (as rein's REIN_INSTANCE).
         #[arg(long, env = "REIN_INSTANCE", default_value = Instance::DEFAULT_NAME)]
         instance: String,
-        /// Where the pods' cgroups are, from the cgroup v2 root (default: `kubepods` or
-        /// `kubepods.slice`, whichever is there).
+        /// Where the pods' cgroups are, a path from the cgroup v2 root (default:
+        /// `/kubepods.slice` or `/kubepods`, whichever is there).
         #[arg(long)]
         kubepods_root: Option<String>,
         /// Where to serve /metrics (host:port), or `off`.
@@ -66,7 +66,14 @@ fn main() -> std::process::ExitCode {
     match execute(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("rein-kube: {error:#}");
+            // One line: kube's errors repeat their sources' messages in their own.
+            let mut line = error.to_string();
+            for cause in error.chain().skip(1).map(ToString::to_string) {
+                if !line.contains(&cause) {
+                    line = format!("{line}: {cause}");
+                }
+            }
+            eprintln!("rein-kube: {line}");
             std::process::ExitCode::FAILURE
         }
     }

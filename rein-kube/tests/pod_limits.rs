@@ -463,3 +463,94 @@ fn an_agent_started_again_adopts_the_limits_in_force_and_removes_those_of_vanish
     );
     agent.stop();
 }
+
+#[test]
+fn a_pod_whose_cgroup_comes_later_is_limited_then_and_one_rein_refuses_is_left_out_alone() {
+    let node = Node::new(Driver::Systemd);
+    let held = TestPod::in_netns(&node, "Burstable", &uid());
+    let fine = TestPod::in_netns(&node, "BestEffort", &uid());
+    // The held pod's namespace is limited by hand: rein refuses to declare over it.
+    let held_path = held.netns_path();
+    node.rein
+        .rein(&["set", "--netns", &held_path, "--egress", "5mbit"])
+        .ok();
+    let api = Api::new(&[PODS]);
+    api.add(
+        &PODS,
+        pod_json("held", &held, "Burstable", &[(EGRESS, "20M")]),
+    );
+    api.add(
+        &PODS,
+        pod_json("fine", &fine, "BestEffort", &[(EGRESS, "20M")]),
+    );
+    // A pod the API knows before its sandbox is made.
+    let late_uid = uid();
+    let late_json = api::pod(&PodSpec {
+        namespace: "default",
+        name: "late",
+        uid: &late_uid,
+        node: NODE,
+        qos: "Guaranteed",
+        host_network: true,
+        annotations: &[(EGRESS, "3M")],
+        labels: &[],
+    });
+    api.add(&PODS, late_json);
+    let agent = RunningAgent::start(&api, &node, NODE);
+
+    let fine_path = fine.netns_path();
+    eventually("the fine pod is limited", || {
+        node.netns_limit(&fine_path).is_some()
+    });
+    eventually("a CannotLimit Event on the held pod", || {
+        !events_of(&api, &held.uid, "CannotLimit").is_empty()
+    });
+    let event = &events_of(&api, &held.uid, "CannotLimit")[0];
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["note"].as_str().unwrap().contains(&held_path),
+        "{event:#}"
+    );
+    let hand = node.netns_limit(&held_path).unwrap();
+    assert_eq!(
+        hand["egress"]["rate_bits_per_second"], 5_000_000,
+        "{hand:#}"
+    );
+    assert!(hand.get("declared_by").is_none(), "{hand:#}");
+    let metrics = agent.scrape();
+    assert_eq!(
+        sample(&metrics, "rein_kube_pods{state=\"waiting\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "rein_kube_refused_resources_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // The late pod's cgroup and process appear, with no API event: the next tick limits it.
+    let late = TestPod::on_host(&node, "Guaranteed", &late_uid);
+    let late_cgroup = node.rein.relative(&late.cgroup);
+    assert!(
+        wait_until(Duration::from_millis(2500), || node
+            .cgroup_limit(&late_cgroup)
+            .is_some()),
+        "the late pod was not limited within 2.5 s"
+    );
+    let metrics = agent.scrape();
+    assert_eq!(
+        sample(&metrics, "rein_kube_pods{state=\"waiting\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "rein_kube_pods{state=\"limited\"}"),
+        Some(2.0),
+        "{metrics}"
+    );
+    // Told once, though refused on every reconcile.
+    assert_eq!(events_of(&api, &held.uid, "CannotLimit").len(), 1);
+    agent.stop();
+    node.rein.rein(&["unset", "--netns", &held_path]).ok();
+}

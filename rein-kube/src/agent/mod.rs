@@ -244,7 +244,7 @@ fn apply(
                 if resources.items.len() == before {
                     return Err(error);
                 }
-                tracing::warn!("leaving {kind} {name} out: {error}");
+                tracing::debug!("leaving {kind} {name} out: {error}");
                 if let Some(object) = owners.get(name) {
                     refused.push(Problem {
                         object: object.clone(),
