@@ -76,7 +76,12 @@ const TICK: Duration = Duration::from_secs(1);
 /// How long an apply waits for a rein command that holds the instance.
 const PATIENCE: Duration = Duration::from_secs(2);
 
-/// Every watch of the agent; the one place where a watched kind is added.
+/// Every watch of the agent. A kind is wired here and nowhere else: a field and its
+/// [`Watch::start`] (the custom resources and Services cluster-wide, like the pods but without
+/// the node's field selector), its wait in [`Watches::listed`] (no apply before every kind has
+/// listed), its store copied in [`Watches::snapshot`], and its translation called in [`world`].
+/// The custom resources' statuses are written after the apply in [`Agent::reconcile`], from the
+/// problems of their objects, and their counts given to [`Metrics::set_custom_resources`].
 struct Watches {
     pods: Watch<Pod>,
 }
@@ -183,6 +188,8 @@ fn world(snapshot: &Snapshot, places: &PodPlaces) -> World {
         pods.push(pod);
     }
     pods::declare_pods(&pods, &mut declarations);
+    // The custom resources' translations follow the pods', on the same `pods` (a policy
+    // selects among them).
     World {
         pods,
         asking,
