@@ -70,6 +70,17 @@ impl Publisher {
     pub async fn problems(&mut self, problems: &[Problem], metrics: &Metrics) {
         let now: HashSet<Notice> = problems.iter().map(Notice::of_problem).collect();
         self.lasting.retain(|notice| now.contains(notice));
+        self.publish_new(now, metrics).await;
+    }
+
+    /// Publishes the problems not published yet, forgetting none: when the apply failed, the
+    /// problems it would have found are not known, and those told must not be told again.
+    pub async fn more_problems(&mut self, problems: &[Problem], metrics: &Metrics) {
+        let now: HashSet<Notice> = problems.iter().map(Notice::of_problem).collect();
+        self.publish_new(now, metrics).await;
+    }
+
+    async fn publish_new(&mut self, now: HashSet<Notice>, metrics: &Metrics) {
         for notice in now {
             if self.lasting.contains(&notice) {
                 continue;

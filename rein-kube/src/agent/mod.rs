@@ -315,7 +315,8 @@ impl Agent {
                 // again. The problems of the pods are still told.
                 tracing::error!("cannot apply the node's limits: {error}");
                 self.metrics.applied(ApplyResult::Failed);
-                self.tell(&world.declarations.problems).await;
+                let on_pods = pod_problems(&world.declarations.problems);
+                self.publisher.more_problems(&on_pods, &self.metrics).await;
                 return;
             }
         };
@@ -338,13 +339,9 @@ impl Agent {
         self.count(&world, &owners, &applied, &problems);
     }
 
-    /// Events for the pods' problems (the custom resources' go to their status).
+    /// Events for the pods' problems.
     async fn tell(&mut self, problems: &[Problem]) {
-        let on_pods: Vec<Problem> = problems
-            .iter()
-            .filter(|p| p.object.kind == "Pod")
-            .cloned()
-            .collect();
+        let on_pods = pod_problems(problems);
         self.publisher.problems(&on_pods, &self.metrics).await;
     }
 
@@ -404,6 +401,15 @@ impl Agent {
             .collect();
         self.metrics.set_pods(states.into_values(), limited);
     }
+}
+
+/// The problems of pods: the custom resources' go to their status instead.
+fn pod_problems(problems: &[Problem]) -> Vec<Problem> {
+    problems
+        .iter()
+        .filter(|p| p.object.kind == "Pod")
+        .cloned()
+        .collect()
 }
 
 /// Whether a line of a plan sets or changes the limit of `pod`'s place ("limit cgroup /x, ...",
