@@ -446,7 +446,16 @@ fn an_agent_started_again_adopts_the_limits_in_force_and_removes_those_of_vanish
     eventually("the vanished pod's limit is removed", || {
         node.netns_limit(&gone_path).is_none()
     });
-    thread::sleep(Duration::from_millis(1500));
+    // An unchanged world writes nothing, though it is reconciled every second.
+    let state = node.rein.state_dir().join("state.json");
+    let modified = || std::fs::metadata(&state).unwrap().modified().unwrap();
+    let before = modified();
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        modified(),
+        before,
+        "the state was written with nothing changed"
+    );
     let limit = node
         .netns_limit(&kept_path)
         .expect("the kept pod's limit stays");
