@@ -533,7 +533,7 @@ fn a_pod_whose_cgroup_comes_later_is_limited_then_and_one_rein_refuses_is_left_o
         "{metrics}"
     );
     assert_eq!(
-        sample(&metrics, "rein_kube_refused_resources_total"),
+        sample(&metrics, "rein_kube_refused_resources"),
         Some(1.0),
         "{metrics}"
     );
@@ -560,6 +560,30 @@ fn a_pod_whose_cgroup_comes_later_is_limited_then_and_one_rein_refuses_is_left_o
     );
     // Told once, though refused on every reconcile.
     assert_eq!(events_of(&api, &held.uid, "CannotLimit").len(), 1);
+
+    // The host-network pod's traffic is its cgroup's: an upload by a process of the pod (in a
+    // namespace of the test's, as the host's own network is not the test's to load).
+    let _traffic = traffic();
+    let pair = rein_testkit::netns::HostPair::create("rkh").unwrap();
+    let addr = &pair.link.server_addr;
+    let _server =
+        iperf::Server::one_off(pair.server(), addr, iperf::PORT, Duration::from_secs(60)).unwrap();
+    let opts = ClientOptions {
+        seconds: 3,
+        omit: 1,
+        ..ClientOptions::default()
+    };
+    let argv = pair
+        .client()
+        .exec(&iperf::client_argv(addr, iperf::PORT, &opts));
+    let cmd = rein_testkit::cgroup::in_cgroup(&late.cgroup, &argv, opts.timeout());
+    let measured = iperf::run_client(&cmd, false, false).unwrap();
+    let share = measured.received_bps / 3e6;
+    eprintln!(
+        "host-network pod upload: {:.2} Mbit/s, {share:.3} of the limit",
+        measured.received_bps / 1e6
+    );
+    assert!((0.85..=1.05).contains(&share), "{measured:?}");
     agent.stop();
     node.rein.rein(&["unset", "--netns", &held_path]).ok();
 }

@@ -58,8 +58,8 @@ struct State {
     applies_changed: u64,
     applies_unchanged: u64,
     applies_failed: u64,
-    /// Resources dropped from an apply because rein refused them.
-    refused: u64,
+    /// Resources left out of the last apply because rein refused them.
+    refused: usize,
     events: u64,
     event_errors: u64,
     watch_restarts: BTreeMap<&'static str, u64>,
@@ -113,8 +113,9 @@ impl Metrics {
         }
     }
 
-    pub fn refused(&self) {
-        self.state().refused += 1;
+    /// How many resources the last apply left out, rein refusing them.
+    pub fn set_refused(&self, count: usize) {
+        self.state().refused = count;
     }
 
     pub fn event_published(&self, ok: bool) {
@@ -183,11 +184,13 @@ impl Metrics {
             counter.inc_by(value);
             counter
         };
+        let refused = Gauge::<i64>::default();
+        refused.set(i64::try_from(state.refused).unwrap_or(i64::MAX));
         registry.register(
             "refused_resources",
-            "Resources left out of an apply because rein refused them (an Event or a status \
+            "Resources the last apply left out because rein refused them (an Event or a status \
              condition says why)",
-            counter(state.refused),
+            refused,
         );
         registry.register(
             "events",

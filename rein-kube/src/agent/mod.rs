@@ -329,9 +329,7 @@ impl Agent {
         } else {
             ApplyResult::Changed
         });
-        for _ in &applied.refused {
-            self.metrics.refused();
-        }
+        self.metrics.set_refused(applied.refused.len());
         let mut problems = applied.declarations.problems.clone();
         problems.extend(applied.refused.iter().cloned());
         self.tell(&problems).await;
