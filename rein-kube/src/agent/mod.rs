@@ -65,6 +65,10 @@ pub enum AgentError {
     Unlisted,
 }
 
+/// The reason of a problem that rein refused a pod's resource (its cgroup or namespace held by
+/// a hand or by the files).
+pub const CANNOT_LIMIT: &str = "CannotLimit";
+
 /// How long a change waits for more before the agent reconciles: a rollout changes many
 /// pods at once.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -252,12 +256,15 @@ fn apply(
                     return Err(error);
                 }
                 tracing::debug!("leaving {kind} {name} out: {error}");
-                if let Some(object) = owners.get(name) {
-                    refused.push(Problem {
+                match owners.get(name) {
+                    Some(object) => refused.push(Problem {
                         object: object.clone(),
-                        reason: "CannotLimit",
+                        reason: CANNOT_LIMIT,
                         message: rein_cause(&error),
-                    });
+                    }),
+                    // Every declared resource has its object in `owners`: a kind wired without
+                    // is still said, here.
+                    None => tracing::warn!("{error}"),
                 }
             }
         }
@@ -288,6 +295,7 @@ impl Agent {
         // The engine is synchronous, reads the cgroup tree and holds the instance's lock.
         let outcome = tokio::task::spawn_blocking(move || {
             let world = world(&snapshot, &places);
+            // The object of each resource, for the problem of one rein refuses.
             let owners: HashMap<String, ObjectRef> = world
                 .pods
                 .iter()
