@@ -72,6 +72,35 @@ pub enum Error {
     #[error("pid {pid} is limited through cgroup {cgroup}; use `rein unset --cgroup {cgroup}`")]
     LimitedThroughCgroup { pid: u32, cgroup: String },
 
+    #[error(
+        "invalid shared limit name {0:?}: use 1-63 characters of a-z, 0-9, -, _ and ., starting \
+         with a letter or digit"
+    )]
+    BadSharedName(String),
+
+    #[error("no shared limit {0}")]
+    NoSuchShared(String),
+
+    #[error("shared limit {name} is declared by SharedLimit {owner}; change it in its file")]
+    SharedDeclared { name: String, owner: String },
+
+    #[error("{member} cannot join shared limit {shared}: it is already limited by {owner}")]
+    MemberOwnedElsewhere {
+        member: String,
+        shared: String,
+        owner: String,
+    },
+
+    #[error(
+        "cgroup {inner} is below cgroup {outer}, both members of shared limit {shared}: its \
+         traffic would be charged twice"
+    )]
+    NestedMembers {
+        shared: String,
+        outer: String,
+        inner: String,
+    },
+
     #[error("{0} has no rein limit")]
     NotLimited(String),
 
