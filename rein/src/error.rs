@@ -84,7 +84,10 @@ pub enum Error {
     #[error("shared limit {name} is declared by SharedLimit {owner}; change it in its file")]
     SharedDeclared { name: String, owner: String },
 
-    #[error("{member} cannot join shared limit {shared}: it is already limited by {owner}")]
+    #[error(
+        "{member} would be both a member of shared limit {shared} and limited by {owner}; a \
+         member has no limit of its own"
+    )]
     MemberOwnedElsewhere {
         member: String,
         shared: String,
