@@ -73,10 +73,16 @@ pub enum Error {
     LimitedThroughCgroup { pid: u32, cgroup: String },
 
     #[error(
-        "invalid shared limit name {0:?}: use 1-63 characters of a-z, 0-9, -, _ and ., starting \
+        "invalid shared limit name {0:?}: use 1-253 characters of a-z, 0-9, -, _ and ., starting \
          with a letter or digit"
     )]
     BadSharedName(String),
+
+    #[error(
+        "shared limit {0} was made by hand; `rein unshare {0}` first, or give the resource \
+         another name"
+    )]
+    SharedByHand(String),
 
     #[error("no shared limit {0}")]
     NoSuchShared(String),

@@ -139,7 +139,7 @@ pub enum ArgError {
     },
     #[error("--pid: {0:?} is not a process id")]
     BadPid(String),
-    #[error("{0:?} is not a kind: CgroupLimit or NetRule")]
+    #[error("{0:?} is not a kind: CgroupLimit, NetRule, RateLimit or SharedLimit")]
     BadKind(String),
     #[error("{0}")]
     Library(#[from] rein::error::Error),

@@ -284,6 +284,24 @@ pub fn resources(listed: &[Listed]) -> String {
                 .collect();
                 (target, limits.join(", "))
             }
+            ListedSpec::SharedLimit(spec) => {
+                let limits: Vec<String> = [
+                    direction("egress", spec.egress()),
+                    direction("ingress", spec.ingress()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (
+                    format!(
+                        "{} members ({} cgroups, {} netns)",
+                        item.status.cgroups.len(),
+                        spec.cgroups().len(),
+                        spec.netns().len()
+                    ),
+                    format!("shared {}", limits.join(", ")),
+                )
+            }
             ListedSpec::NetRule(spec) => net_target_and_limit(spec.rule()),
             ListedSpec::RateLimit(spec) => match spec.rule() {
                 RateLimitRule::Outbound(rule) => {

@@ -39,14 +39,14 @@ use crate::{
     store::{State, Undo},
 };
 
-/// A shared limit's name: 1 to 63 characters of a-z, 0-9, `-`, `_` and `.`, starting with a
+/// A shared limit's name: 1 to 253 characters of a-z, 0-9, `-`, `_` and `.`, starting with a
 /// letter or digit (a Kubernetes object's name fits).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SharedName(String);
 
 impl SharedName {
     pub fn new(name: &str) -> Result<Self> {
-        let good = (1..=63).contains(&name.len())
+        let good = (1..=253).contains(&name.len())
             && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
             && name
                 .chars()
