@@ -1044,7 +1044,9 @@ fn two_members_charge_one_bucket_as_the_model(_ids: Ids) -> Result<(), Failed> {
         ensure(counted == expected, || {
             format!("members counted {counted:?}, expected {expected:?}")
         })?;
-        let group_counters = loaded.counters(group, Direction::Egress).unwrap_or_default();
+        let group_counters = loaded
+            .counters(group, Direction::Egress)
+            .unwrap_or_default();
         ensure(group_counters == Counters::default(), || {
             format!("the group's own key counted {group_counters:?}: members count, not it")
         })
@@ -1090,10 +1092,9 @@ fn a_member_and_its_own_ancestor_rule_are_both_charged(ids: Ids) -> Result<(), F
     // The group's bucket took the 5 passed packets: its clock moved about 5 s (1 ms a byte).
     let group_after = loaded.rule(group, Direction::Egress).bucket.tat;
     let charged = group_after - group_before.max(group_after - 10_000_000_000);
-    ensure(
-        (4_900_000_000..=5_100_000_000).contains(&charged),
-        || format!("the group was charged {charged} ns for 5 passed packets"),
-    )?;
+    ensure((4_900_000_000..=5_100_000_000).contains(&charged), || {
+        format!("the group was charged {charged} ns for 5 passed packets")
+    })?;
     // The member's own rule is untouched: no bucket of its own.
     let own = loaded.rule(ids.inner, Direction::Egress);
     ensure(own.bucket.tat == 0 && own.group() == Some(group), || {
@@ -1118,10 +1119,9 @@ fn a_refusal_below_a_member_refunds_the_group(ids: Ids) -> Result<(), Failed> {
     })?;
     let after = loaded.rule(group, Direction::Egress).bucket.tat;
     let charged = after - before.max(after - 10_000_000_000);
-    ensure(
-        (2_900_000_000..=3_100_000_000).contains(&charged),
-        || format!("the group was charged {charged} ns for 3 passed packets"),
-    )?;
+    ensure((2_900_000_000..=3_100_000_000).contains(&charged), || {
+        format!("the group was charged {charged} ns for 3 passed packets")
+    })?;
     let member = loaded.counters(ids.parent, Direction::Egress).unwrap();
     let child = loaded.counters(ids.inner, Direction::Egress).unwrap();
     ensure(

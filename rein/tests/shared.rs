@@ -167,7 +167,12 @@ fn two_cgroups_share_one_egress_limit() {
     );
     assert_eq!(after["egress"]["rate_bits_per_second"], 40_000_000);
     let faster = finish(client(&pair, PORT + 1, Some(&b), &options(false)), false);
-    assert_near("a member at the new rate", faster.received_bps, 40e6, 0.85..=1.03);
+    assert_near(
+        "a member at the new rate",
+        faster.received_bps,
+        40e6,
+        0.85..=1.03,
+    );
 
     // b leaves: unlimited again, and only a is left in the group.
     share("40mbit", &[&a_rel]);
@@ -225,9 +230,9 @@ fn two_namespaces_share_one_egress_limit() {
     rein.rein(&["unshare", "pods"]).ok();
 }
 
-/// Downloads into two cgroups under one shared ingress limit: policed by the group's bucket
-/// (no queue), the members' windows held at their share. The figures (and the retransmissions
-/// the policing costs) are printed.
+/// Downloads into two cgroups under one shared ingress limit: both go through the group's one
+/// queue (the members' windows held at their share), so the sum holds. The figures and
+/// retransmissions are printed.
 #[test]
 fn a_shared_ingress_limit_holds_the_sum_of_two_downloads() {
     let _traffic = traffic();
@@ -235,16 +240,20 @@ fn a_shared_ingress_limit_holds_the_sum_of_two_downloads() {
     let pair = HostPair::create("rsi").unwrap();
     let (a, b) = (rein.cgroup("a"), rein.cgroup("b"));
     let _servers = [server(&pair, PORT), server(&pair, PORT + 1)];
-    rein.rein(&[
-        "share",
-        "down",
-        "--ingress",
-        "20mbit",
-        "--cgroup",
-        &rein.relative(&a),
-        "--cgroup",
-        &rein.relative(&b),
-    ])
+    // rein runs in the client's namespace, where downloads arrive and the group's queue must be.
+    rein.rein_in(
+        pair.client().name(),
+        &[
+            "share",
+            "down",
+            "--ingress",
+            "20mbit",
+            "--cgroup",
+            &rein.relative(&a),
+            "--cgroup",
+            &rein.relative(&b),
+        ],
+    )
     .ok();
     let both = together(
         vec![
@@ -258,14 +267,15 @@ fn a_shared_ingress_limit_holds_the_sum_of_two_downloads() {
         sum(&both) / 1e6,
         retransmits(&both)
     );
-    assert_near("two downloads together", sum(&both), 20e6, 0.50..=1.05);
+    assert_near("two downloads together", sum(&both), 20e6, 0.85..=1.03);
+    assert!(retransmits(&both) <= 20, "{both:?}");
     let alone = finish(client(&pair, PORT, Some(&a), &options(true)), true);
     eprintln!(
         "one download alone: {:.1} Mbit/s, {} retransmissions",
         alone.received_bps / 1e6,
         alone.retransmits.unwrap_or(0)
     );
-    assert_near("one download alone", alone.received_bps, 20e6, 0.50..=1.05);
+    assert_near("one download alone", alone.received_bps, 20e6, 0.85..=1.03);
 }
 
 /// `rein reload` keeps a shared limit: the same group and members, and it still holds.
@@ -300,23 +310,65 @@ fn bad_input_changes_nothing() {
     let rein = instance();
     let (a, b) = (rein.cgroup("a"), rein.cgroup("b"));
     let inner = rein.cgroup("b/inner");
-    let (a_rel, b_rel, inner_rel) = (
-        rein.relative(&a),
-        rein.relative(&b),
-        rein.relative(&inner),
-    );
+    let (a_rel, b_rel, inner_rel) = (rein.relative(&a), rein.relative(&b), rein.relative(&inner));
     // Nothing there yet: refused, and no trace of rein.
     for (args, needle) in [
-        (vec!["share", "Web", "--egress", "1mbit", "--cgroup", &a_rel], "invalid shared limit name"),
-        (vec!["share", "web", "--egress", "1mbit"], "--cgroup, --pid or --netns"),
-        (vec!["share", "web", "--cgroup", &a_rel], "--egress or --ingress"),
-        (vec!["share", "web", "--ingress-burst", "10k", "--cgroup", &a_rel], "--ingress-burst needs --ingress"),
-        (vec!["share", "web", "--egress", "fast", "--cgroup", &a_rel], "--egress"),
-        (vec!["share", "web", "--egress", "1mbit", "--cgroup", "/no-such-cgroup-xyz"], "no cgroup"),
-        (vec!["share", "web", "--egress", "1mbit", "--cgroup", "/"], "root"),
-        (vec!["share", "web", "--egress", "1mbit", "--netns", "/run/netns/no-such-ns-xyz"], "no-such-ns-xyz"),
-        (vec!["share", "web", "--egress", "1mbit", "--pid", "0"], "--pid"),
-        (vec!["share", "web", "--egress", "1mbit", "--cgroup", &b_rel, "--cgroup", &inner_rel], "charged twice"),
+        (
+            vec!["share", "Web", "--egress", "1mbit", "--cgroup", &a_rel],
+            "invalid shared limit name",
+        ),
+        (
+            vec!["share", "web", "--egress", "1mbit"],
+            "--cgroup, --pid or --netns",
+        ),
+        (
+            vec!["share", "web", "--cgroup", &a_rel],
+            "--egress or --ingress",
+        ),
+        (
+            vec!["share", "web", "--ingress-burst", "10k", "--cgroup", &a_rel],
+            "--ingress-burst needs --ingress",
+        ),
+        (
+            vec!["share", "web", "--egress", "fast", "--cgroup", &a_rel],
+            "--egress",
+        ),
+        (
+            vec![
+                "share",
+                "web",
+                "--egress",
+                "1mbit",
+                "--cgroup",
+                "/no-such-cgroup-xyz",
+            ],
+            "no cgroup",
+        ),
+        (
+            vec!["share", "web", "--egress", "1mbit", "--cgroup", "/"],
+            "root",
+        ),
+        (
+            vec![
+                "share",
+                "web",
+                "--egress",
+                "1mbit",
+                "--netns",
+                "/run/netns/no-such-ns-xyz",
+            ],
+            "no-such-ns-xyz",
+        ),
+        (
+            vec!["share", "web", "--egress", "1mbit", "--pid", "0"],
+            "--pid",
+        ),
+        (
+            vec![
+                "share", "web", "--egress", "1mbit", "--cgroup", &b_rel, "--cgroup", &inner_rel,
+            ],
+            "charged twice",
+        ),
         (vec!["unshare", "web"], "no shared limit web"),
     ] {
         let out = rein.rein(&args);
@@ -325,17 +377,38 @@ fn bad_input_changes_nothing() {
         rein.assert_no_trace(&format!("`rein {}`", args.join(" ")));
     }
     // With limits in place: a member limited elsewhere is refused, and nothing moves.
-    rein.rein(&["set", "--cgroup", &a_rel, "--egress", "5mbit"]).ok();
-    rein.rein(&["share", "one", "--egress", "10mbit", "--cgroup", &b_rel]).ok();
+    rein.rein(&["set", "--cgroup", &a_rel, "--egress", "5mbit"])
+        .ok();
+    rein.rein(&["share", "one", "--egress", "10mbit", "--cgroup", &b_rel])
+        .ok();
     let before = snapshot(&rein);
     for (args, needle) in [
-        (vec!["share", "two", "--egress", "1mbit", "--cgroup", &a_rel], "rein set --cgroup"),
-        (vec!["share", "two", "--egress", "1mbit", "--cgroup", &b_rel], "shared limit one"),
-        (vec!["share", "one", "--egress", "1mbit", "--cgroup", &b_rel, "--cgroup", &a_rel], "limit of its own"),
-        (vec!["set", "--cgroup", &b_rel, "--egress", "1mbit"], "shared limit one"),
+        (
+            vec!["share", "two", "--egress", "1mbit", "--cgroup", &a_rel],
+            "rein set --cgroup",
+        ),
+        (
+            vec!["share", "two", "--egress", "1mbit", "--cgroup", &b_rel],
+            "shared limit one",
+        ),
+        (
+            vec![
+                "share", "one", "--egress", "1mbit", "--cgroup", &b_rel, "--cgroup", &a_rel,
+            ],
+            "limit of its own",
+        ),
+        (
+            vec!["set", "--cgroup", &b_rel, "--egress", "1mbit"],
+            "shared limit one",
+        ),
     ] {
         rein.rein(&args).refused(&[needle]);
-        assert_eq!(snapshot(&rein), before, "`rein {}` changed something", args.join(" "));
+        assert_eq!(
+            snapshot(&rein),
+            before,
+            "`rein {}` changed something",
+            args.join(" ")
+        );
     }
     rein.rein(&["unshare", "one"]).ok();
     rein.rein(&["unset", "--cgroup", &a_rel]).ok();
@@ -369,13 +442,23 @@ fn a_shared_limit_is_applied_changed_and_deleted_from_a_file() {
         .map(|m| m["path"].as_str().unwrap())
         .collect();
     assert_eq!(members.len(), 2, "{group}");
-    assert!(members.contains(&rein.relative(&a).as_str()) && members.contains(&rein.relative(&b).as_str()));
+    assert!(
+        members.contains(&rein.relative(&a).as_str())
+            && members.contains(&rein.relative(&b).as_str())
+    );
     // Unchanged: nothing to do.
     let diff = rein.rein(&["diff", "-f", path]);
     assert_eq!(diff.status.code(), Some(0), "{diff}");
     // By hand it is the file's.
-    rein.rein(&["share", "pods", "--egress", "1mbit", "--cgroup", &rein.relative(&a)])
-        .refused(&["SharedLimit pods"]);
+    rein.rein(&[
+        "share",
+        "pods",
+        "--egress",
+        "1mbit",
+        "--cgroup",
+        &rein.relative(&a),
+    ])
+    .refused(&["SharedLimit pods"]);
     let file = write("30mbit");
     rein.rein(&["apply", "-f", &file]).ok();
     let changed = group_named(&rein, "pods").unwrap();

@@ -4,7 +4,6 @@ use std::{ffi::OsString, path::PathBuf};
 use rein::{
     capabilities::{
         cgroup_limit::{LimitChange, LimitSpec, Target},
-        shared_limit::{MemberRequest, SharedName, SharedRequest},
         conn_limits::{
             request::{ConnRuleRequest, NewConnRule, RequestError as ConnRequestError},
             spec::{ConnError, parse_port},
@@ -14,6 +13,7 @@ use rein::{
             request::{Algorithm, MAX_PPS, NetRuleRequest, OptionNames, RequestError},
             spec::{NetError, NetRuleSpec, Protocol},
         },
+        shared_limit::{MemberRequest, SharedName, SharedRequest},
     },
     declarative::Kind,
     units::UnitError,
@@ -477,7 +477,12 @@ fn shared(share: &LowShare) -> Result<SharedRequest, ArgError> {
         }
     };
     let egress = direction(&share.egress, &share.egress_burst, "egress", "egress-burst")?;
-    let ingress = direction(&share.ingress, &share.ingress_burst, "ingress", "ingress-burst")?;
+    let ingress = direction(
+        &share.ingress,
+        &share.ingress_burst,
+        "ingress",
+        "ingress-burst",
+    )?;
     if egress.is_none() && ingress.is_none() {
         return Err(ArgError::Missing {
             flag: "egress",

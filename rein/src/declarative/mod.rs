@@ -321,8 +321,8 @@ fn declare(
                 if hand_shared.contains(name) {
                     return Err(in_resource(Error::SharedByHand(name.to_owned())));
                 }
-                let members = shared_members(cx, &manifest.spec, &held, mode, name)
-                    .map_err(in_resource)?;
+                let members =
+                    shared_members(cx, &manifest.spec, &held, mode, name).map_err(in_resource)?;
                 let group = match held_groups.get(name) {
                     Some(&group) => group,
                     None => {
@@ -338,7 +338,10 @@ fn declare(
                     })
                 };
                 desired.shared_limits.push(SharedRecord {
-                    name: SharedName::new(name).map_err(in_resource)?.as_str().to_owned(),
+                    name: SharedName::new(name)
+                        .map_err(in_resource)?
+                        .as_str()
+                        .to_owned(),
                     group,
                     members,
                     egress: limit(manifest.spec.egress()),
@@ -809,11 +812,7 @@ pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
                 spec: ListedSpec::SharedLimit(spec),
                 status: ListedStatus {
                     origin,
-                    cgroups: record
-                        .members
-                        .iter()
-                        .map(|m| m.path().to_owned())
-                        .collect(),
+                    cgroups: record.members.iter().map(|m| m.path().to_owned()).collect(),
                     rule_id: None,
                 },
             });

@@ -483,7 +483,12 @@ pub(crate) fn remove_rules(cx: &Context, cgroup_id: u64, undo: &mut Undo) -> Res
     Ok(())
 }
 
-pub(crate) fn undo_rule(cx: &Context, undo: &mut Undo, key: RuleKey, previous: Option<rein_common::Rule>) {
+pub(crate) fn undo_rule(
+    cx: &Context,
+    undo: &mut Undo,
+    key: RuleKey,
+    previous: Option<rein_common::Rule>,
+) {
     let instance = cx.instance.clone();
     undo.push(move || {
         if let Ok(mut datapath) = Datapath::open(&instance) {

@@ -131,7 +131,11 @@ pub fn share(engine: &mut Engine, request: &SharedRequest) -> Result<SharedRecor
             members.push(member);
         }
     }
-    let existing = tx.state().shared_limits.find(request.name.as_str()).cloned();
+    let existing = tx
+        .state()
+        .shared_limits
+        .find(request.name.as_str())
+        .cloned();
     if let Some(by) = existing.as_ref().and_then(|r| r.declared_by.as_ref()) {
         return Err(Error::SharedDeclared {
             name: request.name.as_str().to_owned(),
@@ -497,11 +501,10 @@ impl Capability for SharedLimits {
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
         check_members(desired)?;
-        let (removed, set) = keyed_changes(
-            &state.shared_limits.groups,
-            &desired.shared_limits,
-            |g| g.name.clone(),
-        );
+        let (removed, set) =
+            keyed_changes(&state.shared_limits.groups, &desired.shared_limits, |g| {
+                g.name.clone()
+            });
         for record in removed {
             plan.push(RemoveShared {
                 record: record.clone(),
@@ -589,7 +592,10 @@ impl Capability for SharedLimits {
                     .is_some_and(|group| !members.contains(&(key.cgroup_id, group))),
             };
             if orphan {
-                tracing::info!("removing the orphaned shared rule of scope {:#x}", key.cgroup_id);
+                tracing::info!(
+                    "removing the orphaned shared rule of scope {:#x}",
+                    key.cgroup_id
+                );
                 datapath.remove_rule(key);
             }
         }
