@@ -964,7 +964,7 @@ fn two_members_charge_one_bucket_as_the_model(_ids: Ids) -> Result<(), Failed> {
     let loaded = std::sync::Mutex::new(loaded);
     // A thread per namespace, each offering the sizes it is sent and answering with verdicts.
     let (cookies_tx, cookies_rx) = mpsc::channel();
-    let result = thread::scope(|scope| -> Result<(), Failed> {
+    thread::scope(|scope| -> Result<(), Failed> {
         let mut senders = Vec::new();
         let mut verdicts = Vec::new();
         for _ in 0..2 {
@@ -1050,8 +1050,7 @@ fn two_members_charge_one_bucket_as_the_model(_ids: Ids) -> Result<(), Failed> {
         ensure(group_counters == Counters::default(), || {
             format!("the group's own key counted {group_counters:?}: members count, not it")
         })
-    });
-    result
+    })
 }
 
 /// A member cgroup whose parent has a limit of its own: each packet is charged to both, the

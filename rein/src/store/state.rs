@@ -135,6 +135,39 @@ mod tests {
         // Nor `rein conn` rules: none, and the next id after the net rule's.
         assert!(state.conn_limits.is_empty());
         assert_eq!(state.next_rule_id(), 2);
+        // Nor shared limits: an empty section.
+        assert!(state.shared_limits.is_empty());
+    }
+
+    #[test]
+    fn a_shared_limit_round_trips_with_its_group_and_members() {
+        use crate::capabilities::shared_limit::{Member, SharedRecord};
+        let mut state = State::default();
+        state.shared_limits.upsert(SharedRecord {
+            name: "web".into(),
+            group: 3,
+            members: vec![
+                Member::Cgroup {
+                    path: "/pod-a".into(),
+                    id: 11,
+                },
+                Member::Netns {
+                    path: "/run/netns/b".into(),
+                    cookie: 5,
+                    inode: 4026532000,
+                },
+            ],
+            egress: Some(LimitSpec {
+                rate: "10mbit".parse().unwrap(),
+                burst: None,
+            }),
+            ingress: None,
+            declared_by: Some("web".into()),
+        });
+        let json = serde_json::to_string(&state).unwrap();
+        assert!(json.contains("\"shared_limits\""), "{json}");
+        let loaded: State = serde_json::from_str(&json).unwrap();
+        assert_eq!(loaded.shared_limits, state.shared_limits);
     }
 
     #[test]
