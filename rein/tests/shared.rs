@@ -469,3 +469,50 @@ fn a_shared_limit_is_applied_changed_and_deleted_from_a_file() {
     rein.rein(&["delete", "-f", &file]).ok();
     assert!(shared(&rein).is_empty());
 }
+
+/// A member whose cgroup goes leaves the limit at the next command; the limit and its other
+/// member stay. A member namespace that goes leaves the same way.
+#[test]
+fn a_vanished_member_leaves_its_shared_limit() {
+    let rein = instance();
+    let (a, b) = (rein.cgroup("a"), rein.cgroup("b"));
+    let pair = HostPair::create("rsg").unwrap();
+    let gone = HostPair::create("rsh").unwrap();
+    rein.rein(&[
+        "share",
+        "gc",
+        "--egress",
+        "10mbit",
+        "--cgroup",
+        &rein.relative(&a),
+        "--cgroup",
+        &rein.relative(&b),
+        "--netns",
+        &pair.client().path(),
+        "--netns",
+        &gone.client().path(),
+    ])
+    .ok();
+    assert_eq!(
+        group_named(&rein, "gc").unwrap()["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    std::fs::remove_dir(&b).unwrap();
+    drop(gone);
+    let group = group_named(&rein, "gc").unwrap();
+    let members: Vec<String> = group["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        members,
+        [rein.relative(&a), pair.client().path()],
+        "the vanished members are still listed"
+    );
+    rein.rein(&["unshare", "gc"]).ok();
+}
