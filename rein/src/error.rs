@@ -110,6 +110,13 @@ pub enum Error {
         inner: String,
     },
 
+    #[error(
+        "shared limit {shared} cannot limit the downloads of namespace {netns}: they cannot go \
+         through the group's queue (a device in one namespace); give the namespace an ingress \
+         limit of its own"
+    )]
+    SharedIngressOfNetns { shared: String, netns: String },
+
     #[error("{0} has no rein limit")]
     NotLimited(String),
 

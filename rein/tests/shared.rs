@@ -311,6 +311,8 @@ fn bad_input_changes_nothing() {
     let (a, b) = (rein.cgroup("a"), rein.cgroup("b"));
     let inner = rein.cgroup("b/inner");
     let (a_rel, b_rel, inner_rel) = (rein.relative(&a), rein.relative(&b), rein.relative(&inner));
+    let namespace = rein_testkit::netns::Netns::create("rsbad").unwrap();
+    let namespace_path = namespace.path();
     // Nothing there yet: refused, and no trace of rein.
     for (args, needle) in [
         (
@@ -368,6 +370,19 @@ fn bad_input_changes_nothing() {
                 "share", "web", "--egress", "1mbit", "--cgroup", &b_rel, "--cgroup", &inner_rel,
             ],
             "charged twice",
+        ),
+        (
+            vec![
+                "share",
+                "web",
+                "--ingress",
+                "1mbit",
+                "--cgroup",
+                &a_rel,
+                "--netns",
+                &namespace_path,
+            ],
+            "ingress limit of its own",
         ),
         (vec!["unshare", "web"], "no shared limit web"),
     ] {

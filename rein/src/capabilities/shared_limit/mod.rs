@@ -333,6 +333,18 @@ fn check_members(desired: &Desired) -> Result<()> {
         for member in &record.members {
             owners.insert(member.scope(), format!("shared limit {}", record.name));
         }
+        // Policed without a queue, two downloads got 0.4 of such a limit, with retransmissions.
+        if record.ingress.is_some()
+            && let Some(Member::Netns { path, .. }) = record
+                .members
+                .iter()
+                .find(|m| matches!(m, Member::Netns { .. }))
+        {
+            return Err(Error::SharedIngressOfNetns {
+                shared: record.name.clone(),
+                netns: path.clone(),
+            });
+        }
         for outer in &record.members {
             for inner in &record.members {
                 if let (Member::Cgroup { path: o, .. }, Member::Cgroup { path: i, .. }) =
