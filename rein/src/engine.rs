@@ -20,6 +20,7 @@ use crate::{
         ingress_queue::{self, QueueView},
         net_rules::{self, NetRuleView, WantedNetRule},
         netns_limit::{self, NetnsRecord, NetnsView},
+        shared_limit::{self, SharedRecord, SharedView},
     },
     error::{Error, Result},
     instance::Instance,
@@ -38,6 +39,8 @@ pub struct Desired {
     pub conn_rules: Vec<WantedConnRule>,
     /// Limited network namespaces, one record per namespace.
     pub netns_limits: Vec<NetnsRecord>,
+    /// Shared limits, one record per name.
+    pub shared_limits: Vec<SharedRecord>,
 }
 
 impl Desired {
@@ -46,6 +49,7 @@ impl Desired {
         Self {
             cgroup_limits: state.cgroup_limits.rules.clone(),
             netns_limits: state.netns_limits.rules.clone(),
+            shared_limits: state.shared_limits.groups.clone(),
             net_rules: state
                 .net_rules
                 .net
@@ -129,6 +133,8 @@ pub struct Status {
     pub cgroups: Vec<RuleView>,
     /// Limited network namespaces.
     pub netns: Vec<NetnsView>,
+    /// Shared limits, each with its members.
+    pub shared: Vec<SharedView>,
     pub net: Vec<NetRuleView>,
     /// `rein conn` rules (outbound new-connection limits).
     pub conn: Vec<ConnRuleView>,
@@ -141,6 +147,7 @@ impl Status {
         Ok(Self {
             cgroups: cgroup_limit::status(cx, state)?,
             netns: netns_limit::status(cx, state)?,
+            shared: shared_limit::status(cx, state)?,
             net: net_rules::status(cx, state)?,
             conn: conn_limits::status(cx, state)?,
             queues: ingress_queue::status(cx, state),

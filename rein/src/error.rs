@@ -72,6 +72,51 @@ pub enum Error {
     #[error("pid {pid} is limited through cgroup {cgroup}; use `rein unset --cgroup {cgroup}`")]
     LimitedThroughCgroup { pid: u32, cgroup: String },
 
+    #[error(
+        "invalid shared limit name {0:?}: use 1-253 characters of a-z, 0-9, -, _ and ., starting \
+         with a letter or digit"
+    )]
+    BadSharedName(String),
+
+    #[error(
+        "shared limit {0} was made by hand; `rein unshare {0}` first, or give the resource \
+         another name"
+    )]
+    SharedByHand(String),
+
+    #[error("no shared limit {0}")]
+    NoSuchShared(String),
+
+    #[error("shared limit {name} is declared by SharedLimit {owner}; change it in its file")]
+    SharedDeclared { name: String, owner: String },
+
+    #[error(
+        "{member} would be both a member of shared limit {shared} and limited by {owner}; a \
+         member has no limit of its own"
+    )]
+    MemberOwnedElsewhere {
+        member: String,
+        shared: String,
+        owner: String,
+    },
+
+    #[error(
+        "cgroup {inner} is below cgroup {outer}, both members of shared limit {shared}: its \
+         traffic would be charged twice"
+    )]
+    NestedMembers {
+        shared: String,
+        outer: String,
+        inner: String,
+    },
+
+    #[error(
+        "shared limit {shared} cannot limit the downloads of namespace {netns}: they cannot go \
+         through the group's queue (a device in one namespace); give the namespace an ingress \
+         limit of its own"
+    )]
+    SharedIngressOfNetns { shared: String, netns: String },
+
     #[error("{0} has no rein limit")]
     NotLimited(String),
 

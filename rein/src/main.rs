@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use rein::{
     Engine, Instance,
-    capabilities::{cgroup_limit, conn_limits, net_rules, netns_limit},
+    capabilities::{cgroup_limit, conn_limits, net_rules, netns_limit, shared_limit},
     declarative::{self, LoadOptions, Mode},
     doctor, observe,
     platform::cgroupfs::CgroupFs,
@@ -69,23 +69,41 @@ fn execute(low: LowArgs) -> anyhow::Result<ExitCode> {
             let record = netns_limit::unset(&mut Engine::open(instance)?, &netns)?;
             println!("removed the limit of network namespace {}", record.netns);
         }
+        HiCommand::Share(request) => {
+            let record = shared_limit::share(&mut Engine::open(instance)?, &request)?;
+            println!("{}", output::shared_set(&record));
+        }
+        HiCommand::Unshare(name) => {
+            let record = shared_limit::unshare(&mut Engine::open(instance)?, &name)?;
+            println!("removed shared limit {}", record.name);
+        }
         HiCommand::List { json } => {
             let status = Engine::open(instance)?.status()?;
-            let (cgroups, netns, net, conn) =
-                (status.cgroups, status.netns, status.net, status.conn);
+            let (cgroups, netns, shared, net, conn) = (
+                status.cgroups,
+                status.netns,
+                status.shared,
+                status.net,
+                status.conn,
+            );
             if json {
                 let all = serde_json::json!({
-                    "cgroups": cgroups, "netns": netns, "net": net, "conn": conn
+                    "cgroups": cgroups, "netns": netns, "shared": shared, "net": net, "conn": conn
                 });
                 println!("{}", serde_json::to_string_pretty(&all).context("json")?);
             } else {
                 // The cgroup table (or "no limits") unless only rules of the other kinds exist.
                 let mut tables = Vec::new();
-                if !cgroups.is_empty() || (netns.is_empty() && net.is_empty() && conn.is_empty()) {
+                if !cgroups.is_empty()
+                    || (netns.is_empty() && shared.is_empty() && net.is_empty() && conn.is_empty())
+                {
                     tables.push(output::list(&cgroups));
                 }
                 if !netns.is_empty() {
                     tables.push(output::netns_list(&netns));
+                }
+                if !shared.is_empty() {
+                    tables.push(output::shared_list(&shared));
                 }
                 if !net.is_empty() {
                     tables.push(output::net_list(&net));

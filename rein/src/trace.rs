@@ -45,7 +45,10 @@ use rein_common::{
 use serde::Serialize;
 
 use crate::{
-    capabilities::{cgroup_limit::datapath::load_object, ingress_queue::datapath as queues},
+    capabilities::{
+        cgroup_limit::datapath::load_object, ingress_queue::datapath as queues,
+        shared_limit::Member,
+    },
     clock::{Clock, MonotonicClock},
     error::{Error, Result, bpf_error},
     instance::Instance,
@@ -694,6 +697,18 @@ impl CgroupNames {
                 netns_scope(record.cookie),
                 format!("netns {}", record.netns),
             );
+        }
+        // A member's refusals are its shared limit's: named with it.
+        for group in &state.shared_limits.groups {
+            for member in &group.members {
+                let name = match member {
+                    Member::Cgroup { path, .. } => format!("{path} (shared {})", group.name),
+                    Member::Netns { path, .. } => {
+                        format!("netns {path} (shared {})", group.name)
+                    }
+                };
+                self.names.insert(member.scope(), name);
+            }
         }
     }
 

@@ -39,7 +39,7 @@ use rein_common::{
         EVENT_CGROUP_REFUSED, TRACE_BUDGET_MAP, TRACE_EVENTS_MAP, TRACE_FAMILY_IPV4, TRACE_MAP,
         TraceBudget, TraceControl, TraceEvent,
     },
-    netns_scope,
+    group_scope, netns_scope,
 };
 use rein_testkit::model::{TokenBucketModel, Xorshift};
 
@@ -149,6 +149,18 @@ fn main() {
             "subnets_decide_which_peers_a_namespace_rule_charges",
             subnets_decide_which_peers_a_namespace_rule_charges,
         ),
+        (
+            "two_members_charge_one_bucket_as_the_model",
+            two_members_charge_one_bucket_as_the_model,
+        ),
+        (
+            "a_member_and_its_own_ancestor_rule_are_both_charged",
+            a_member_and_its_own_ancestor_rule_are_both_charged,
+        ),
+        (
+            "a_refusal_below_a_member_refunds_the_group",
+            a_refusal_below_a_member_refunds_the_group,
+        ),
     ];
     let mut trials: Vec<Trial> = tests
         .into_iter()
@@ -229,6 +241,25 @@ impl Loaded {
             );
             map.insert(&key, 1, 0).unwrap();
         }
+    }
+
+    /// Makes `scope` a member of the shared limit whose group scope is `group`.
+    fn set_member(&mut self, scope: u64, group: u64, direction: Direction) {
+        let mut rules: HashMap<_, RuleKey, Rule> =
+            HashMap::try_from(self.ebpf.map_mut(RULES_MAP).unwrap()).unwrap();
+        rules
+            .insert(RuleKey::new(scope, direction), Rule::member(group), 0)
+            .unwrap();
+        let cpus = aya::util::nr_cpus().unwrap();
+        let mut counters: PerCpuHashMap<_, RuleKey, Counters> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut(COUNTERS_MAP).unwrap()).unwrap();
+        let zero = PerCpuValues::try_from(vec![Counters::default(); cpus]).unwrap();
+        counters
+            .insert(RuleKey::new(scope, direction), zero, 0)
+            .unwrap();
+        let mut generation: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut(GENERATION_MAP).unwrap()).unwrap();
+        cgroup_limit::datapath::bump_generation(&mut generation).unwrap();
     }
 
     fn rule(&self, cgroup_id: u64, direction: Direction) -> Rule {
@@ -921,6 +952,187 @@ fn subnets_decide_which_peers_a_namespace_rule_charges(_ids: Ids) -> Result<(), 
     Ok(())
 }
 
+/// Two namespaces, each a member of one shared limit, offer packets in a random order: the
+/// group's one bucket passes exactly what the model of one bucket fed both streams passes, and
+/// each member counts its own packets.
+fn two_members_charge_one_bucket_as_the_model(_ids: Ids) -> Result<(), Failed> {
+    use std::sync::mpsc;
+    let mut loaded = Loaded::new();
+    let limit = limit("8kbit", "20000");
+    let group = group_scope(7);
+    loaded.set_rule(group, Direction::Egress, limit);
+    let loaded = std::sync::Mutex::new(loaded);
+    // A thread per namespace, each offering the sizes it is sent and answering with verdicts.
+    let (cookies_tx, cookies_rx) = mpsc::channel();
+    thread::scope(|scope| -> Result<(), Failed> {
+        let mut senders = Vec::new();
+        let mut verdicts = Vec::new();
+        for _ in 0..2 {
+            let (size_tx, size_rx) = mpsc::channel::<Option<usize>>();
+            let (verdict_tx, verdict_rx) = mpsc::channel::<u32>();
+            let (cookies_tx, loaded) = (cookies_tx.clone(), &loaded);
+            scope.spawn(move || {
+                // SAFETY: a plain syscall; it moves only this thread, which ends here.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+                let cookie = rein::platform::netns::cookie().expect("cookie");
+                cookies_tx.send(cookie).unwrap();
+                while let Ok(Some(bytes)) = size_rx.recv() {
+                    let verdict = loaded
+                        .lock()
+                        .unwrap()
+                        .offer(Direction::Egress, &Packet::tcp(bytes));
+                    verdict_tx.send(verdict).unwrap();
+                }
+            });
+            senders.push(size_tx);
+            verdicts.push(verdict_rx);
+        }
+        let members: Vec<u64> = (0..2)
+            .map(|_| netns_scope(cookies_rx.recv().unwrap()))
+            .collect();
+        for &member in &members {
+            loaded
+                .lock()
+                .unwrap()
+                .set_member(member, group, Direction::Egress);
+        }
+        // Which thread has which namespace does not matter: each member counts its thread's.
+        let mut model = TokenBucketModel::new(limit, &MonotonicClock);
+        let mut random = Xorshift(0x51a7_ed11_b0c4_e7a1);
+        let mut passed = [0u64; 2];
+        let mut refused = [0u64; 2];
+        let mut outcome: Result<(), Failed> = Ok(());
+        for i in 0..300 {
+            let who = (random.next_u64() % 2) as usize;
+            let bytes = 50 * (1 + random.next_u64() % 30) as usize;
+            let expected = model.offer(bytes as u64, &MonotonicClock);
+            senders[who].send(Some(bytes)).unwrap();
+            let verdict = verdicts[who].recv().unwrap();
+            let expected_code = if expected { PASS } else { EGRESS_REFUSED };
+            if verdict != expected_code {
+                outcome = Err(format!(
+                    "packet {i} ({bytes} B from member {who}): kernel {verdict}, model {expected_code}"
+                )
+                .into());
+                break;
+            }
+            if expected {
+                passed[who] += 1;
+            } else {
+                refused[who] += 1;
+            }
+        }
+        for sender in &senders {
+            let _ = sender.send(None);
+        }
+        outcome?;
+        ensure(
+            passed.iter().all(|&p| p > 5) && refused.iter().sum::<u64>() > 100,
+            || format!("passed {passed:?}, refused {refused:?}"),
+        )?;
+        let loaded = loaded.lock().unwrap();
+        let mut counted: Vec<(u64, u64)> = members
+            .iter()
+            .map(|&m| {
+                let c = loaded.counters(m, Direction::Egress).unwrap_or_default();
+                (c.passed_packets, c.dropped_packets)
+            })
+            .collect();
+        let mut expected: Vec<(u64, u64)> = (0..2).map(|w| (passed[w], refused[w])).collect();
+        counted.sort_unstable();
+        expected.sort_unstable();
+        ensure(counted == expected, || {
+            format!("members counted {counted:?}, expected {expected:?}")
+        })?;
+        let group_counters = loaded
+            .counters(group, Direction::Egress)
+            .unwrap_or_default();
+        ensure(group_counters == Counters::default(), || {
+            format!("the group's own key counted {group_counters:?}: members count, not it")
+        })
+    })
+}
+
+/// A member cgroup whose parent has a limit of its own: each packet is charged to both, the
+/// tighter (the group's) decides, and the parent is refunded what the group refused.
+fn a_member_and_its_own_ancestor_rule_are_both_charged(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    let group = group_scope(3);
+    loaded.set_rule(ids.parent, Direction::Egress, limit("8kbit", "20000"));
+    loaded.set_rule(group, Direction::Egress, limit("8kbit", "5000"));
+    loaded.set_member(ids.inner, group, Direction::Egress);
+    let group_before = loaded.rule(group, Direction::Egress).bucket.tat;
+    let passed = (0..10)
+        .filter(|_| loaded.offer(Direction::Egress, &Packet::tcp(1000)) == PASS)
+        .count();
+    ensure(passed == 5, || {
+        format!("{passed} of 10 passed the group's 5000-byte burst")
+    })?;
+    let parent = loaded.counters(ids.parent, Direction::Egress).unwrap();
+    let member = loaded.counters(ids.inner, Direction::Egress).unwrap();
+    ensure(
+        parent.passed_packets == 5 && parent.dropped_packets == 0,
+        || format!("the parent's counters {parent:?}"),
+    )?;
+    ensure(
+        member.passed_packets == 5 && member.dropped_packets == 5,
+        || format!("the member's counters {member:?}"),
+    )?;
+    let now = rein::clock::Clock::now_ns(&MonotonicClock);
+    let parent_debt = loaded
+        .rule(ids.parent, Direction::Egress)
+        .bucket
+        .tat
+        .saturating_sub(now)
+        / 1_000_000;
+    ensure(parent_debt < 5_100, || {
+        format!("the parent's bucket holds {parent_debt} bytes of debt, not 5000")
+    })?;
+    // The group's bucket took the 5 passed packets: its clock moved about 5 s (1 ms a byte).
+    let group_after = loaded.rule(group, Direction::Egress).bucket.tat;
+    let charged = group_after - group_before.max(group_after - 10_000_000_000);
+    ensure((4_900_000_000..=5_100_000_000).contains(&charged), || {
+        format!("the group was charged {charged} ns for 5 passed packets")
+    })?;
+    // The member's own rule is untouched: no bucket of its own.
+    let own = loaded.rule(ids.inner, Direction::Egress);
+    ensure(own.bucket.tat == 0 && own.group() == Some(group), || {
+        format!("the member's rule changed: {own:?}")
+    })
+}
+
+/// A member parent cgroup above a child with a tighter limit of its own: when the child
+/// refuses, the group (not the member's unused rule) gets back what it was charged.
+fn a_refusal_below_a_member_refunds_the_group(ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    let group = group_scope(4);
+    loaded.set_rule(group, Direction::Egress, limit("8kbit", "20000"));
+    loaded.set_member(ids.parent, group, Direction::Egress);
+    loaded.set_rule(ids.inner, Direction::Egress, limit("8kbit", "3000"));
+    let before = loaded.rule(group, Direction::Egress).bucket.tat;
+    let passed = (0..10)
+        .filter(|_| loaded.offer(Direction::Egress, &Packet::tcp(1000)) == PASS)
+        .count();
+    ensure(passed == 3, || {
+        format!("{passed} passed the child's 3000-byte burst")
+    })?;
+    let after = loaded.rule(group, Direction::Egress).bucket.tat;
+    let charged = after - before.max(after - 10_000_000_000);
+    ensure((2_900_000_000..=3_100_000_000).contains(&charged), || {
+        format!("the group was charged {charged} ns for 3 passed packets")
+    })?;
+    let member = loaded.counters(ids.parent, Direction::Egress).unwrap();
+    let child = loaded.counters(ids.inner, Direction::Egress).unwrap();
+    ensure(
+        member.passed_packets == 3 && member.dropped_packets == 0 && child.dropped_packets == 7,
+        || format!("member {member:?}, child {child:?}"),
+    )?;
+    let own = loaded.rule(ids.parent, Direction::Egress);
+    ensure(own.bucket.tat == 0, || {
+        format!("the member's own rule was charged: {own:?}")
+    })
+}
+
 /// The verifier walks every path of a program and gives up at a million instructions: a program
 /// near that cannot take one more branch (a test added after the cgroup walk once made
 /// rein_ingress "too large"). Each program keeps half the limit as room for later code.
@@ -991,6 +1203,7 @@ fn per_packet_cost(ids: Ids) -> Result<(), Failed> {
     for (name, direction, cgroups) in cases {
         measure(&format!("depth 2, {name}"), direction, cgroups, ids)?;
     }
+    measure_member("depth 2, egress, member rule on the cgroup", ids)?;
     for (name, flags) in [
         ("egress, rule on the namespace", 0),
         (
@@ -1046,6 +1259,29 @@ fn measure(name: &str, direction: Direction, cgroups: &[u64], ids: Ids) -> Resul
         ensure(verdict == PASS, || format!("{name}: verdict {verdict}"))?;
         best = best.min(time);
     }
+    eprintln!("{name}: {} ns per packet", best.as_nanos());
+    Ok(())
+}
+
+/// As `measure`, with the cgroup a member of a shared limit: one lookup more per packet.
+fn measure_member(name: &str, ids: Ids) -> Result<(), Failed> {
+    let mut loaded = Loaded::new();
+    let group = group_scope(1);
+    loaded.set_rule(group, Direction::Egress, limit("1tbit", "1g"));
+    loaded.set_member(ids.inner, group, Direction::Egress);
+    let packet = Packet::tcp(1000);
+    let mut best = Duration::MAX;
+    for _ in 0..7 {
+        let (verdict, time) = loaded.run_repeated(Direction::Egress, &packet, 100_000);
+        ensure(verdict == PASS, || format!("{name}: verdict {verdict}"))?;
+        best = best.min(time);
+    }
+    let counters = loaded
+        .counters(ids.inner, Direction::Egress)
+        .unwrap_or_default();
+    ensure(counters.passed_packets > 0, || {
+        format!("{name}: the member counted nothing")
+    })?;
     eprintln!("{name}: {} ns per packet", best.as_nanos());
     Ok(())
 }

@@ -258,3 +258,54 @@ fn a_resource_wanting_what_the_other_declarer_holds_is_refused_by_name() {
     apply(&rein, &Resources::default(), Declarer::Kubernetes).unwrap();
     rein.assert_no_trace("the files' removed");
 }
+
+fn shared_limit(name: &str, cgroup: &str, rate: &str) -> String {
+    format!(
+        "apiVersion: rein.dev/v1alpha1\nkind: SharedLimit\nmetadata:\n  name: {name}\nspec:\n  \
+         cgroups: [{cgroup}]\n  egress:\n    rate: {rate}\n"
+    )
+}
+
+#[test]
+fn a_shared_limit_of_the_node_agent_is_kept_apart_from_the_files() {
+    let rein = instance();
+    let files = Files::new("declarers-shared");
+    let (a, b) = (
+        rein.relative(&rein.cgroup("a")),
+        rein.relative(&rein.cgroup("b")),
+    );
+    let agent_resources = resources(
+        &files,
+        &[shared_limit("policy.default.web", &a, "4mbit")],
+        Some("BandwidthPolicy default/web"),
+    );
+    apply(&rein, &agent_resources, Declarer::Kubernetes).unwrap();
+    // The files declaring nothing leave the agent's shared limit.
+    apply(&rein, &Resources::default(), Declarer::Files).unwrap();
+    assert_eq!(
+        listed(&rein),
+        [item("SharedLimit", "policy.default.web", "kubernetes")]
+    );
+    // The same name from the files is refused, naming the holder, and changes nothing.
+    let clash = resources(
+        &files,
+        &[shared_limit("policy.default.web", &b, "1mbit")],
+        None,
+    );
+    let error = apply(&rein, &clash, Declarer::Files).unwrap_err();
+    assert!(error.to_string().contains("policy.default.web"), "{error}");
+    {
+        let engine = Engine::open(rein.library_instance()).unwrap();
+        let state = engine.state().unwrap();
+        let groups = &state.shared_limits.groups;
+        assert_eq!(groups.len(), 1);
+        assert_eq!(
+            groups[0].declared_by.as_deref(),
+            Some("kubernetes:policy.default.web")
+        );
+        assert_eq!(groups[0].members.len(), 1);
+    }
+    // The agent's exact apply of nothing removes it.
+    apply(&rein, &Resources::default(), Declarer::Kubernetes).unwrap();
+    assert_eq!(listed(&rein), []);
+}

@@ -46,8 +46,9 @@ pub const SOCK_OPS_PROGRAM: &str = "rein_sock_ops";
 pub const QUEUE_PROGRAM: &str = "rein_queue";
 
 /// Version of the map layout. Pins live in a directory named after it, so a build with another
-/// layout never reads maps it does not understand.
-pub const LAYOUT_VERSION: u32 = 4;
+/// layout never reads maps it does not understand. 5: member rules (`Action::Member`), which
+/// older programs would take for rules of their own.
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Key of both maps: a scope (see [`netns_scope`]) and a direction.
 #[repr(C)]
@@ -92,6 +93,26 @@ pub const fn netns_scope(cookie: u64) -> u64 {
 pub const fn scope_netns(scope: u64) -> Option<u64> {
     if scope & NETNS_SCOPE != 0 {
         Some(scope & !NETNS_SCOPE)
+    } else {
+        None
+    }
+}
+
+/// The bit that marks a rule's scope as a shared limit's group: the one rule whose bucket
+/// several member scopes (cgroups, namespaces) charge. No socket's level is ever a group (no
+/// cgroup id reaches bit 62, as for [`NETNS_SCOPE`]); a group is reached only through its
+/// members' rules ([`Action::Member`]).
+pub const GROUP_SCOPE: u64 = 1 << 62;
+
+/// The scope of the rule of the shared limit with group id `id`.
+pub const fn group_scope(id: u32) -> u64 {
+    id as u64 | GROUP_SCOPE
+}
+
+/// The group id of a scope, if it is a shared limit's group.
+pub const fn scope_group(scope: u64) -> Option<u32> {
+    if scope & (GROUP_SCOPE | NETNS_SCOPE) == GROUP_SCOPE {
+        Some(scope as u32)
     } else {
         None
     }
@@ -149,12 +170,16 @@ const _: () = assert!(core::mem::size_of::<QueueKey>() == 16);
 
 /// What the datapath does with a packet the bucket refuses.
 ///
-/// Only `Drop` exists now; the discriminant is part of the map value so that other actions
-/// (congestion notification, pacing) can be added without changing the layout.
+/// The discriminant is part of the map value so that other actions (congestion notification,
+/// pacing) can be added without changing the layout.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Drop = 0,
+    /// Not a limit of its own: the scope is a member of a shared limit, whose group rule (at
+    /// `RuleKey(rule.rate, direction)`, see [`Rule::member`]) takes its packets. The programs
+    /// follow one hop only: a group rule is never a member.
+    Member = 1,
 }
 
 /// Value of the rule map: the limit's configuration and its live state.
@@ -166,7 +191,8 @@ pub struct Rule {
     pub action: u32,
     /// `RULE_*` bits.
     pub flags: u32,
-    /// The limit in IP bytes per second, which TCP flows share by pacing.
+    /// The limit in IP bytes per second, which TCP flows share by pacing. In a member's rule
+    /// (`Action::Member`): its group's scope ([`group_scope`]), and the rest of the rule unused.
     pub rate: u64,
     /// The TCP flows currently sharing the rate. Shared by all CPUs; compare-and-swap only.
     pub flows: EpochCount,
@@ -185,6 +211,31 @@ impl Rule {
             rate,
             flows: EpochCount(0),
             others: EpochCount(0),
+        }
+    }
+
+    /// The rule of a member of the shared limit whose group scope is `group`.
+    pub const fn member(group: u64) -> Self {
+        Self {
+            bucket: Bucket {
+                ns_per_byte: 0,
+                burst_ns: 0,
+                tat: 0,
+            },
+            action: Action::Member as u32,
+            flags: 0,
+            rate: group,
+            flows: EpochCount(0),
+            others: EpochCount(0),
+        }
+    }
+
+    /// The group scope a member's rule points at; `None` for a rule of its own.
+    pub const fn group(&self) -> Option<u64> {
+        if self.action == Action::Member as u32 {
+            Some(self.rate)
+        } else {
+            None
         }
     }
 }

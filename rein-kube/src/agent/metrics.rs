@@ -364,6 +364,7 @@ mod tests {
             net: vec![],
             conn: vec![],
             queues: vec![],
+            shared: vec![],
         };
         let mut registry = Registry::with_prefix("rein");
         metrics.register(&mut registry, Some(&status));

@@ -279,8 +279,20 @@ impl Agent {
                     }) => Some(path.to_string_lossy().into_owned()),
                     _ => None,
                 },
-                Resource::NetRule(_) => None,
+                Resource::NetRule(_) | Resource::SharedLimit(_) => None,
             })
+            .chain(resources.items.iter().flat_map(|declared| {
+                // A shared limit's cgroups are waited for as a CgroupLimit's are.
+                match &declared.resource {
+                    Resource::SharedLimit(manifest) => manifest
+                        .spec
+                        .cgroups()
+                        .iter()
+                        .map(|p| p.as_str().to_owned())
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            }))
             .map(|pattern| watch_dir(cgroupfs.mount(), &pattern))
             .collect();
         dirs.sort();

@@ -17,13 +17,15 @@ pub mod ingress_queue;
 pub mod net_rules;
 pub mod netns_limit;
 mod rule_steps;
+pub mod shared_limit;
 
 /// Every capability, in the order the engine runs them: a later one may build on what an
 /// earlier one put in place (the ingress queues on the cgroup limits' maps), and on its
 /// section of the state, never the other way round.
-pub(crate) static REGISTRY: [&dyn Capability; 5] = [
+pub(crate) static REGISTRY: [&dyn Capability; 6] = [
     &cgroup_limit::CgroupLimits,
     &netns_limit::NetnsLimits,
+    &shared_limit::SharedLimits,
     &ingress_queue::IngressQueues,
     &net_rules::NetRules,
     &conn_limits::ConnLimits,

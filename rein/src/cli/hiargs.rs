@@ -3,7 +3,7 @@ use std::{ffi::OsString, path::PathBuf};
 
 use rein::{
     capabilities::{
-        cgroup_limit::{LimitChange, Target},
+        cgroup_limit::{LimitChange, LimitSpec, Target},
         conn_limits::{
             request::{ConnRuleRequest, NewConnRule, RequestError as ConnRequestError},
             spec::{ConnError, parse_port},
@@ -13,6 +13,7 @@ use rein::{
             request::{Algorithm, MAX_PPS, NetRuleRequest, OptionNames, RequestError},
             spec::{NetError, NetRuleSpec, Protocol},
         },
+        shared_limit::{MemberRequest, SharedName, SharedRequest},
     },
     declarative::Kind,
     units::UnitError,
@@ -20,7 +21,8 @@ use rein::{
 use rein_common::Direction;
 
 use super::lowargs::{
-    LowArgs, LowCommand, LowConnAdd, LowConnCommand, LowLimits, LowNetAdd, LowNetCommand, LowTarget,
+    LowArgs, LowCommand, LowConnAdd, LowConnCommand, LowLimits, LowNetAdd, LowNetCommand, LowShare,
+    LowTarget,
 };
 
 #[derive(Debug)]
@@ -43,6 +45,8 @@ pub enum HiCommand {
     UnsetNetns {
         netns: PathBuf,
     },
+    Share(SharedRequest),
+    Unshare(SharedName),
     List {
         json: bool,
     },
@@ -135,8 +139,12 @@ pub enum ArgError {
     },
     #[error("--pid: {0:?} is not a process id")]
     BadPid(String),
-    #[error("{0:?} is not a kind: CgroupLimit or NetRule")]
+    #[error("{0:?} is not a kind: CgroupLimit, NetRule, RateLimit or SharedLimit")]
     BadKind(String),
+    #[error("{0}")]
+    Library(#[from] rein::error::Error),
+    #[error("--{0} needs --{1}")]
+    Needs(&'static str, &'static str),
 }
 
 pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
@@ -164,6 +172,8 @@ pub fn resolve(low: LowArgs) -> Result<HiCommand, ArgError> {
             },
         } => HiCommand::UnsetNetns { netns },
         LowCommand::Unset { target: t } => HiCommand::Unset { target: target(t)? },
+        LowCommand::Share(share) => HiCommand::Share(shared(&share)?),
+        LowCommand::Unshare { name } => HiCommand::Unshare(SharedName::new(name.trim())?),
         LowCommand::List { json } => HiCommand::List { json },
         LowCommand::Reload => HiCommand::Reload,
         LowCommand::Metrics => HiCommand::Metrics,
@@ -449,6 +459,61 @@ fn packets(value: &str, flag: &'static str, expected: &'static str) -> Result<u6
             value: value.to_owned(),
             expected,
         })
+}
+
+/// `rein share`: a name, at least one direction, at least one member.
+fn shared(share: &LowShare) -> Result<SharedRequest, ArgError> {
+    let direction = |rate: &Option<String>,
+                     burst: &Option<String>,
+                     rate_flag: &'static str,
+                     burst_flag: &'static str|
+     -> Result<Option<LimitSpec>, ArgError> {
+        let rate = optional(rate, unit(rate_flag))?;
+        let burst = optional(burst, unit(burst_flag))?;
+        match (rate, burst) {
+            (Some(rate), burst) => Ok(Some(LimitSpec { rate, burst })),
+            (None, Some(_)) => Err(ArgError::Needs(burst_flag, rate_flag)),
+            (None, None) => Ok(None),
+        }
+    };
+    let egress = direction(&share.egress, &share.egress_burst, "egress", "egress-burst")?;
+    let ingress = direction(
+        &share.ingress,
+        &share.ingress_burst,
+        "ingress",
+        "ingress-burst",
+    )?;
+    if egress.is_none() && ingress.is_none() {
+        return Err(ArgError::Missing {
+            flag: "egress",
+            what: "a shared limit needs --egress or --ingress",
+        });
+    }
+    let mut members: Vec<MemberRequest> = share
+        .cgroup
+        .iter()
+        .cloned()
+        .map(MemberRequest::Cgroup)
+        .collect();
+    for pid in &share.pid {
+        match pid.trim().parse::<u32>() {
+            Ok(pid) if pid > 0 => members.push(MemberRequest::Pid(pid)),
+            _ => return Err(ArgError::BadPid(pid.clone())),
+        }
+    }
+    members.extend(share.netns.iter().cloned().map(MemberRequest::Netns));
+    if members.is_empty() {
+        return Err(ArgError::Missing {
+            flag: "cgroup",
+            what: "give the members with --cgroup, --pid or --netns",
+        });
+    }
+    Ok(SharedRequest {
+        name: SharedName::new(share.name.trim())?,
+        egress,
+        ingress,
+        members,
+    })
 }
 
 fn change(limits: &LowLimits) -> Result<LimitChange, ArgError> {

@@ -44,6 +44,14 @@ pub enum LowCommand {
         #[command(flatten)]
         target: LowTarget,
     },
+    /// Make a shared limit (one bucket for every member's traffic together), or change one:
+    /// its limits and members become the ones given.
+    Share(Box<LowShare>),
+    /// Remove a shared limit.
+    Unshare {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
     /// Show every limit with its cgroup, processes and counters.
     List {
         /// Print JSON instead of a table.
@@ -144,6 +152,34 @@ pub struct LowFiles {
         required = true
     )]
     pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LowShare {
+    /// The shared limit's name (a-z, 0-9, -, _ and .).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Limit of the traffic all members send together (e.g. 10mbit).
+    #[arg(long, value_name = "RATE", allow_hyphen_values = true)]
+    pub egress: Option<String>,
+    /// Burst of the egress limit (default: the larger of 64k and 10 ms at the rate).
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub egress_burst: Option<String>,
+    /// Limit of the traffic all members receive together.
+    #[arg(long, value_name = "RATE", allow_hyphen_values = true)]
+    pub ingress: Option<String>,
+    /// Burst of the ingress limit.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub ingress_burst: Option<String>,
+    /// A member cgroup v2 (a directory or a path from the v2 root); repeat for more.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<PathBuf>,
+    /// A member: the cgroup the process is in (it is not moved); repeat for more.
+    #[arg(long, value_name = "PID", allow_hyphen_values = true)]
+    pub pid: Vec<String>,
+    /// A member network namespace (/run/netns/NAME, /proc/PID/ns/net); repeat for more.
+    #[arg(long, value_name = "PATH")]
+    pub netns: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

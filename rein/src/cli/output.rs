@@ -11,6 +11,7 @@ use rein::{
             spec::{NetLimit, NetRuleSpec, Per, Sources},
         },
         netns_limit::{NetnsOrigin, NetnsRecord, NetnsView, Subnets},
+        shared_limit::{SharedRecord, SharedView},
     },
     declarative::{Declarer, DirectionLimit, LimitScope, Listed, ListedSpec, RateLimitRule},
     doctor::Check,
@@ -161,6 +162,58 @@ pub fn netns_set(record: &NetnsRecord) -> String {
     line
 }
 
+/// What `share` did.
+pub fn shared_set(record: &SharedRecord) -> String {
+    let mut line = format!(
+        "shared limit {} over {} members:",
+        record.name,
+        record.members.len()
+    );
+    for (name, spec) in [("egress", record.egress), ("ingress", record.ingress)] {
+        if let Some(spec) = spec {
+            let limit = spec.effective();
+            let _ = write!(line, " {name} {} burst {}", limit.rate, limit.burst);
+        }
+    }
+    line
+}
+
+/// The table of shared limits: a row per direction with the members' sum, then a row per
+/// member and direction with its own traffic.
+pub fn shared_list(views: &[SharedView]) -> String {
+    let mut rows = vec![limit_header("SHARED", "MEMBERS")];
+    for view in views {
+        let origin = match &view.declared_by {
+            Some(name) => format!("declared {name}"),
+            None => "shared".into(),
+        };
+        push_limit_rows(
+            &mut rows,
+            &view.name,
+            &origin,
+            [&view.egress, &view.ingress],
+            &view.members.len().to_string(),
+        );
+        for member in &view.members {
+            for (name, traffic) in [("egress", &member.egress), ("ingress", &member.ingress)] {
+                let Some(t) = traffic else { continue };
+                rows.push([
+                    format!("  {} {}", member.kind, member.path),
+                    "member".into(),
+                    name.into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    format!("{} pkt / {}", t.passed_packets, bytes(t.passed_bytes)),
+                    format!("{} pkt / {}", t.dropped_packets, bytes(t.dropped_bytes)),
+                    "-".into(),
+                ]);
+            }
+        }
+    }
+    table(&rows)
+}
+
 /// The table of limited network namespaces.
 pub fn netns_list(views: &[NetnsView]) -> String {
     let mut rows = vec![limit_header("NETNS", "PEERS")];
@@ -239,6 +292,24 @@ pub fn resources(listed: &[Listed]) -> String {
                 .flatten()
                 .collect();
                 (target, limits.join(", "))
+            }
+            ListedSpec::SharedLimit(spec) => {
+                let limits: Vec<String> = [
+                    direction("egress", spec.egress()),
+                    direction("ingress", spec.ingress()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (
+                    format!(
+                        "{} members ({} cgroups, {} netns)",
+                        item.status.cgroups.len(),
+                        spec.cgroups().len(),
+                        spec.netns().len()
+                    ),
+                    format!("shared {}", limits.join(", ")),
+                )
             }
             ListedSpec::NetRule(spec) => net_target_and_limit(spec.rule()),
             ListedSpec::RateLimit(spec) => match spec.rule() {

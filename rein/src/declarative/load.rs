@@ -190,6 +190,9 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Vec<Declared>> {
             Some(Kind::RateLimit) => {
                 Resource::RateLimit(Document::deserialize(document).map_err(located)?.into())
             }
+            Some(Kind::SharedLimit) => {
+                Resource::SharedLimit(Document::deserialize(document).map_err(located)?.into())
+            }
         };
         resources.push(Declared {
             resource,

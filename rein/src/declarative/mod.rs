@@ -23,7 +23,7 @@ pub use load::{Declared, LoadOptions, Location, Resources, SourceLocation, load}
 pub use resource::{
     API_VERSION, ApiVersion, CgroupLimitSpec, CgroupPattern, DirectionLimit, Kind, LimitScope,
     Manifest, NetRuleResourceSpec, NetnsPath, RateLimitRule, RateLimitSpec, Resource, ResourceName,
-    json_schema,
+    SharedLimitSpec, json_schema,
 };
 
 use crate::{
@@ -33,6 +33,7 @@ use crate::{
         conn_limits::WantedConnRule,
         net_rules::{WantedNetRule, spec::NetRuleSpec},
         netns_limit::{self, Attachment, Namespace, NetnsOrigin, NetnsRecord, Subnets},
+        shared_limit::{Member, SharedName, SharedRecord},
     },
     engine::{Desired, Engine, Plan},
     error::{Error, Result},
@@ -266,6 +267,14 @@ fn declare(
     };
     let (limits_named, rules_named) = (named(Kind::CgroupLimit), named(Kind::NetRule));
     let rate_limits_named = named(Kind::RateLimit);
+    let shared_named = named(Kind::SharedLimit);
+    // A shared limit declared again keeps its group, so its bucket goes on.
+    let held_groups: HashMap<String, u32> = desired
+        .shared_limits
+        .iter()
+        .map(|g| (g.name.clone(), g.group))
+        .collect();
+    let mut taken_groups: HashSet<u32> = held_groups.values().copied().collect();
     // What the files declare is made anew below; what else this declarer declared stays in a
     // merge; what others declared stays, as limits set by hand do.
     let keeps = |owner: Option<(Declarer, &str)>, named: &HashSet<&str>| match owner {
@@ -315,6 +324,15 @@ fn declare(
             &rate_limits_named,
         )
     });
+    desired
+        .shared_limits
+        .retain(|g| keeps(g.declared_by.as_deref().map(Declarer::of), &shared_named));
+    let hand_shared: HashSet<String> = desired
+        .shared_limits
+        .iter()
+        .filter(|g| g.declared_by.is_none())
+        .map(|g| g.name.clone())
+        .collect();
 
     let mut claimed: HashMap<u64, &str> = HashMap::new();
     // Who holds each cgroup now (limits set by hand, and declared ones a merge keeps), by id:
@@ -419,6 +437,50 @@ fn declare(
                     });
                 }
             }
+            Resource::SharedLimit(manifest) => {
+                let name = manifest.metadata.name.as_str();
+                if hand_shared.contains(name) {
+                    return Err(in_resource(Error::SharedByHand(name.to_owned())));
+                }
+                // Names are one space for every declarer: the other's limit of this name stays.
+                if let Some(other) = desired.shared_limits.iter().find(|g| g.name == name) {
+                    let owner = other
+                        .declared_by
+                        .as_deref()
+                        .map_or("", |by| Declarer::of(by).1);
+                    return Err(in_resource(Error::SharedDeclared {
+                        name: name.to_owned(),
+                        owner: owner.to_owned(),
+                    }));
+                }
+                let members =
+                    shared_members(cx, &manifest.spec, &held, mode, name).map_err(in_resource)?;
+                let group = match held_groups.get(name) {
+                    Some(&group) => group,
+                    None => {
+                        let group = taken_groups.iter().max().copied().unwrap_or(0) + 1;
+                        taken_groups.insert(group);
+                        group
+                    }
+                };
+                let limit = |limit: Option<DirectionLimit>| {
+                    limit.map(|l| LimitSpec {
+                        rate: l.rate,
+                        burst: l.burst,
+                    })
+                };
+                desired.shared_limits.push(SharedRecord {
+                    name: SharedName::new(name)
+                        .map_err(in_resource)?
+                        .as_str()
+                        .to_owned(),
+                    group,
+                    members,
+                    egress: limit(manifest.spec.egress()),
+                    ingress: limit(manifest.spec.ingress()),
+                    declared_by: Some(declarer.owner(name)),
+                });
+            }
             Resource::NetRule(manifest) => {
                 let name = manifest.metadata.name.as_str();
                 let spec = manifest.spec.rule();
@@ -468,6 +530,62 @@ fn declare(
         .sum();
     netns_limit::check_subnet_count(None, count)?;
     Ok(desired)
+}
+
+/// The members a `SharedLimit` names now: each cgroup path or glob expanded, each namespace
+/// opened. Under the agent (`Mode::Exact`) a member not there yet is skipped, as a
+/// `CgroupLimit`'s cgroup is; a glob leaves out cgroups with a limit of their own (`held`).
+fn shared_members(
+    cx: &Context,
+    spec: &SharedLimitSpec,
+    held: &HashMap<u64, Option<String>>,
+    mode: Mode,
+    name: &str,
+) -> Result<Vec<Member>> {
+    let mut members: Vec<Member> = Vec::new();
+    for pattern in spec.cgroups() {
+        let cgroups = match expand(cx, pattern) {
+            Err(Error::NoSuchCgroup(path)) if mode == Mode::Exact => {
+                tracing::info!("{name}: cgroup {path} is not there (yet)");
+                continue;
+            }
+            expanded => expanded?,
+        };
+        for cgroup in cgroups {
+            let id = cgroup.id()?;
+            if pattern.is_glob() && held.contains_key(&id) {
+                tracing::info!(
+                    "{name}: leaving {}, which has a limit of its own",
+                    cgroup.relative()
+                );
+                continue;
+            }
+            if !members.iter().any(|m| m.scope() == id) {
+                members.push(Member::Cgroup {
+                    path: cgroup.relative().to_owned(),
+                    id,
+                });
+            }
+        }
+    }
+    for path in spec.netns() {
+        let namespace = match Namespace::open(std::path::Path::new(path.as_str())) {
+            Err(error @ Error::NoSuchNetns(_)) if mode == Mode::Exact => {
+                tracing::info!("{name}: {error} (yet)");
+                continue;
+            }
+            opened => opened?,
+        };
+        let member = Member::Netns {
+            path: namespace.path,
+            cookie: namespace.cookie,
+            inode: namespace.inode,
+        };
+        if !members.iter().any(|m| m.scope() == member.scope()) {
+            members.push(member);
+        }
+    }
+    Ok(members)
 }
 
 /// A namespace limit as a `CgroupLimit` declares it.
@@ -594,6 +712,9 @@ fn undeclare(mut desired: Desired, resources: &Resources, declarer: Declarer) ->
     fn rate_limit(owner: &str) -> (Kind, &str) {
         (Kind::RateLimit, owner)
     }
+    fn shared(owner: &str) -> (Kind, &str) {
+        (Kind::SharedLimit, owner)
+    }
     desired
         .cgroup_limits
         .retain(|r| !declared(limit, r.declared_by.as_ref().map(|d| d.name.as_str())));
@@ -606,6 +727,9 @@ fn undeclare(mut desired: Desired, resources: &Resources, declarer: Declarer) ->
     desired
         .conn_rules
         .retain(|w| !declared(rate_limit, w.declared_by.as_deref()));
+    desired
+        .shared_limits
+        .retain(|g| !declared(shared, g.declared_by.as_deref()));
     desired
 }
 
@@ -635,6 +759,7 @@ pub enum ListedSpec {
     CgroupLimit(CgroupLimitSpec),
     NetRule(NetRuleResourceSpec),
     RateLimit(RateLimitSpec),
+    SharedLimit(SharedLimitSpec),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -670,6 +795,8 @@ pub enum ListedOrigin {
     SetNetns,
     /// The CNI plugin, for a container's network namespace.
     Cni,
+    /// `rein share`.
+    Share,
 }
 
 impl ListedOrigin {
@@ -692,6 +819,7 @@ impl ListedOrigin {
             Self::ConnAdd => "conn-add",
             Self::SetNetns => "set-netns",
             Self::Cni => "cni",
+            Self::Share => "share",
         }
     }
 }
@@ -793,6 +921,60 @@ pub fn get(engine: &Engine, kind: Option<Kind>) -> Result<Vec<Listed>> {
                 status: ListedStatus {
                     origin,
                     cgroups: Vec::new(),
+                    rule_id: None,
+                },
+            });
+        }
+    }
+    if wanted(Kind::SharedLimit) {
+        for record in &state.shared_limits.groups {
+            let (name, origin) = match &record.declared_by {
+                Some(by) => {
+                    let (declarer, name) = Declarer::of(by);
+                    (name.to_owned(), ListedOrigin::declared_by(declarer))
+                }
+                None => (record.name.clone(), ListedOrigin::Share),
+            };
+            // The members as they are now, by path (a glob's as expanded when applied).
+            let mut cgroups = Vec::new();
+            let mut namespaces = Vec::new();
+            for member in &record.members {
+                match member {
+                    Member::Cgroup { path, .. } => {
+                        if let Ok(pattern) = CgroupPattern::try_from(path.clone()) {
+                            cgroups.push(pattern);
+                        }
+                    }
+                    Member::Netns { path, .. } => {
+                        if let Ok(path) = NetnsPath::try_from(path.clone()) {
+                            namespaces.push(path);
+                        }
+                    }
+                }
+            }
+            let direction = |spec: Option<LimitSpec>| {
+                spec.map(|s| DirectionLimit {
+                    rate: s.rate,
+                    burst: s.burst,
+                })
+            };
+            // Written by rein with a direction; a hand-edited state file without is skipped.
+            let Ok(spec) = SharedLimitSpec::new(
+                cgroups,
+                namespaces,
+                direction(record.egress),
+                direction(record.ingress),
+            ) else {
+                continue;
+            };
+            listed.push(Listed {
+                api_version: ApiVersion::V1Alpha1,
+                kind: Kind::SharedLimit,
+                metadata: ListedMetadata { name },
+                spec: ListedSpec::SharedLimit(spec),
+                status: ListedStatus {
+                    origin,
+                    cgroups: record.members.iter().map(|m| m.path().to_owned()).collect(),
                     rule_id: None,
                 },
             });

@@ -40,16 +40,23 @@ pub enum Kind {
     CgroupLimit,
     NetRule,
     RateLimit,
+    SharedLimit,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::CgroupLimit, Kind::NetRule, Kind::RateLimit];
+    pub const ALL: [Kind; 4] = [
+        Kind::CgroupLimit,
+        Kind::NetRule,
+        Kind::RateLimit,
+        Kind::SharedLimit,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::CgroupLimit => "CgroupLimit",
             Kind::NetRule => "NetRule",
             Kind::RateLimit => "RateLimit",
+            Kind::SharedLimit => "SharedLimit",
         }
     }
 }
@@ -140,6 +147,9 @@ pub enum Resource {
     /// A limit on new connections: those local processes open (`rein conn add --dst`), or
     /// those a device receives (`rein conn add --dev`).
     RateLimit(Manifest<RateLimitSpec>),
+    /// One limit for several cgroups and network namespaces together: their traffic shares
+    /// one bucket per direction.
+    SharedLimit(Manifest<SharedLimitSpec>),
 }
 
 impl Resource {
@@ -148,6 +158,7 @@ impl Resource {
             Resource::CgroupLimit(_) => Kind::CgroupLimit,
             Resource::NetRule(_) => Kind::NetRule,
             Resource::RateLimit(_) => Kind::RateLimit,
+            Resource::SharedLimit(_) => Kind::SharedLimit,
         }
     }
 
@@ -156,6 +167,7 @@ impl Resource {
             Resource::CgroupLimit(m) => &m.metadata.name,
             Resource::NetRule(m) => &m.metadata.name,
             Resource::RateLimit(m) => &m.metadata.name,
+            Resource::SharedLimit(m) => &m.metadata.name,
         }
     }
 }
@@ -421,6 +433,92 @@ impl From<CgroupLimitSpec> for CgroupLimitFields {
             netns,
             unshaped_subnets,
             shaped_subnets,
+            egress: spec.egress,
+            ingress: spec.ingress,
+        }
+    }
+}
+
+/// `SharedLimit`'s spec: the members (cgroups by path or glob, network namespaces by path)
+/// and the limit of each direction, which their traffic together holds to. Built in Rust too
+/// (the Kubernetes agent): [`SharedLimitSpec::new`] checks what a file's reading checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "SharedLimitFields", into = "SharedLimitFields")]
+#[schemars(with = "SharedLimitFields")]
+pub struct SharedLimitSpec {
+    cgroups: Vec<CgroupPattern>,
+    netns: Vec<NetnsPath>,
+    egress: Option<DirectionLimit>,
+    ingress: Option<DirectionLimit>,
+}
+
+impl SharedLimitSpec {
+    /// A spec limiting at least one direction.
+    pub fn new(
+        cgroups: Vec<CgroupPattern>,
+        netns: Vec<NetnsPath>,
+        egress: Option<DirectionLimit>,
+        ingress: Option<DirectionLimit>,
+    ) -> Result<Self, String> {
+        if egress.is_none() && ingress.is_none() {
+            return Err("a SharedLimit limits egress, ingress or both: give at least one".into());
+        }
+        Ok(Self {
+            cgroups,
+            netns,
+            egress,
+            ingress,
+        })
+    }
+
+    pub fn cgroups(&self) -> &[CgroupPattern] {
+        &self.cgroups
+    }
+
+    pub fn netns(&self) -> &[NetnsPath] {
+        &self.netns
+    }
+
+    pub fn egress(&self) -> Option<DirectionLimit> {
+        self.egress
+    }
+
+    pub fn ingress(&self) -> Option<DirectionLimit> {
+        self.ingress
+    }
+}
+
+/// `SharedLimitSpec` as a file writes it.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SharedLimitFields {
+    /// Member cgroups: paths from the cgroup v2 root, or globs of them (a cgroup not there yet
+    /// joins when it appears, under the agent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cgroups: Vec<CgroupPattern>,
+    /// Member network namespaces (/run/netns/NAME): every socket in each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    netns: Vec<NetnsPath>,
+    /// Limit of the traffic all members send together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    egress: Option<DirectionLimit>,
+    /// Limit of the traffic all members receive together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ingress: Option<DirectionLimit>,
+}
+
+impl TryFrom<SharedLimitFields> for SharedLimitSpec {
+    type Error = String;
+    fn try_from(fields: SharedLimitFields) -> Result<Self, Self::Error> {
+        Self::new(fields.cgroups, fields.netns, fields.egress, fields.ingress)
+    }
+}
+
+impl From<SharedLimitSpec> for SharedLimitFields {
+    fn from(spec: SharedLimitSpec) -> Self {
+        Self {
+            cgroups: spec.cgroups,
+            netns: spec.netns,
             egress: spec.egress,
             ingress: spec.ingress,
         }

@@ -148,6 +148,19 @@ pub fn render_with(status: &Status, extra: &Extra) -> Result<String> {
         "a network namespace limit",
         namespaces,
     );
+    // A row per shared limit: its members' traffic summed (each member's is in `rein list`).
+    let shared = status.shared.iter().map(|view| {
+        (
+            ("shared", view.name.clone()),
+            [("egress", &view.egress), ("ingress", &view.ingress)],
+        )
+    });
+    render_limits(
+        &mut families,
+        "shared",
+        "a shared limit (all its members together)",
+        shared,
+    );
 
     let backlog: Family<Labels, Gauge> = families.gauge(
         "ingress_queue_backlog",
@@ -591,6 +604,7 @@ mod tests {
             tcp_flows: 2,
         };
         let status = Status {
+            shared: vec![],
             cgroups: vec![],
             netns: vec![NetnsView {
                 netns: "/run/netns/pod".into(),
@@ -620,5 +634,51 @@ mod tests {
             assert!(text.contains(&line), "no {line:?} in:\n{text}");
         }
         assert!(!text.contains("direction=\"ingress\""), "{text}");
+    }
+
+    #[test]
+    fn a_shared_limit_has_a_series_per_group_with_its_members_summed() {
+        use crate::capabilities::shared_limit::{MemberTraffic, MemberView, SharedView};
+        let view = DirectionView {
+            rate_bits_per_second: 40_000_000,
+            burst_bytes: 65_536,
+            burst_is_default: true,
+            passed_packets: 7,
+            passed_bytes: 9_000,
+            dropped_packets: 0,
+            dropped_bytes: 0,
+            tcp_flows: 2,
+        };
+        let member = MemberView {
+            kind: "cgroup",
+            path: "/pod-a".into(),
+            egress: Some(MemberTraffic::default()),
+            ingress: None,
+        };
+        let status = Status {
+            shared: vec![SharedView {
+                name: "web".into(),
+                group: 1,
+                declared_by: None,
+                members: vec![member],
+                egress: Some(view),
+                ingress: None,
+            }],
+            cgroups: vec![],
+            netns: vec![],
+            net: vec![],
+            conn: vec![],
+            queues: vec![],
+        };
+        let text = render(&status).unwrap();
+        let labels = r#"{shared="web",direction="egress"}"#;
+        for (series, value) in [
+            ("rein_shared_passed_bytes_total", "9000"),
+            ("rein_shared_rate_bytes_per_second", "5000000"),
+            ("rein_shared_tcp_flows", "2"),
+        ] {
+            let line = format!("{series}{labels} {value}\n");
+            assert!(text.contains(&line), "no {line:?} in:\n{text}");
+        }
     }
 }

@@ -44,7 +44,7 @@ pub const FOOTER: &str = "sort: n name  r rate  u use of limit  d drops  f flows
 /// One limit and direction: a row of the view.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key {
-    /// `cgroup`, `netns`, `net` or `conn`.
+    /// `cgroup`, `netns`, `shared`, `net` or `conn`.
     pub kind: &'static str,
     /// The cgroup's or the network namespace's path, or `#id dev hook` of a net rule.
     pub name: String,
@@ -108,6 +108,25 @@ pub fn readings(status: &Status) -> Vec<Reading> {
                 key: Key {
                     kind: "netns",
                     name: view.netns.clone(),
+                    direction,
+                },
+                measure: Measure::Bytes,
+                limit_per_second: Some(limit.rate_bits_per_second / 8),
+                limit_text: bits(limit.rate_bits_per_second as f64),
+                passed: limit.passed_bytes,
+                dropped_bytes: limit.dropped_bytes,
+                dropped_packets: limit.dropped_packets,
+                tcp_flows: Some(limit.tcp_flows),
+            });
+        }
+    }
+    for view in &status.shared {
+        for (direction, limit) in [("egress", &view.egress), ("ingress", &view.ingress)] {
+            let Some(limit) = limit else { continue };
+            out.push(Reading {
+                key: Key {
+                    kind: "shared",
+                    name: view.name.clone(),
                     direction,
                 },
                 measure: Measure::Bytes,
@@ -670,6 +689,7 @@ mod tests {
             tcp_flows: 2,
         };
         let status = Status {
+            shared: vec![],
             netns: vec![],
             cgroups: vec![RuleView {
                 cgroup: "/app".into(),
@@ -706,6 +726,7 @@ mod tests {
             tcp_flows: 1,
         };
         let status = |passed| Status {
+            shared: vec![],
             cgroups: vec![],
             netns: vec![NetnsView {
                 netns: "/run/netns/pod".into(),
@@ -768,6 +789,7 @@ mod tests {
             top_callers: vec![],
         };
         let status = |allowed, refused| Status {
+            shared: vec![],
             cgroups: vec![],
             netns: vec![],
             net: vec![],

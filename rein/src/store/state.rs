@@ -11,14 +11,14 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    capabilities::{cgroup_limit, conn_limits, net_rules, netns_limit},
+    capabilities::{cgroup_limit, conn_limits, net_rules, netns_limit, shared_limit},
     error::{Error, IoContext, Result},
 };
 
-/// 2 added `rein net` rules, 3 `rein conn` rules, 4 namespace limits: older files still load;
-/// an older rein refuses a newer version rather than dropping the rules it does not know on
-/// its next save.
-const STATE_VERSION: u32 = 4;
+/// 2 added `rein net` rules, 3 `rein conn` rules, 4 namespace limits, 5 shared limits: older
+/// files still load; an older rein refuses a newer version rather than dropping the rules it
+/// does not know on its next save.
+const STATE_VERSION: u32 = 5;
 const OLDEST_READABLE_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +37,9 @@ pub struct State {
     /// Absent from files written before namespace limits existed.
     #[serde(default)]
     pub netns_limits: netns_limit::Section,
+    /// Absent from files written before shared limits existed.
+    #[serde(default, rename = "shared_limits")]
+    pub shared_limits: shared_limit::Section,
 }
 
 impl State {
@@ -96,6 +99,7 @@ impl State {
             && self.net_rules.is_empty()
             && self.conn_limits.is_empty()
             && self.netns_limits.is_empty()
+            && self.shared_limits.is_empty()
     }
 
     /// The id of the next `rein net` or `rein conn` rule: one sequence for both, so an id names
@@ -131,6 +135,39 @@ mod tests {
         // Nor `rein conn` rules: none, and the next id after the net rule's.
         assert!(state.conn_limits.is_empty());
         assert_eq!(state.next_rule_id(), 2);
+        // Nor shared limits: an empty section.
+        assert!(state.shared_limits.is_empty());
+    }
+
+    #[test]
+    fn a_shared_limit_round_trips_with_its_group_and_members() {
+        use crate::capabilities::shared_limit::{Member, SharedRecord};
+        let mut state = State::default();
+        state.shared_limits.upsert(SharedRecord {
+            name: "web".into(),
+            group: 3,
+            members: vec![
+                Member::Cgroup {
+                    path: "/pod-a".into(),
+                    id: 11,
+                },
+                Member::Netns {
+                    path: "/run/netns/b".into(),
+                    cookie: 5,
+                    inode: 4026532000,
+                },
+            ],
+            egress: Some(LimitSpec {
+                rate: "10mbit".parse().unwrap(),
+                burst: None,
+            }),
+            ingress: None,
+            declared_by: Some("web".into()),
+        });
+        let json = serde_json::to_string(&state).unwrap();
+        assert!(json.contains("\"shared_limits\""), "{json}");
+        let loaded: State = serde_json::from_str(&json).unwrap();
+        assert_eq!(loaded.shared_limits, state.shared_limits);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockOpsContext},
 };
 use rein_common::{
-    Bucket, Counters, Direction, KEPT_CGROUPS, MAX_CGROUP_DEPTH, MAX_RULES, MAX_SUBNETS,
+    Action, Bucket, Counters, Direction, KEPT_CGROUPS, MAX_CGROUP_DEPTH, MAX_RULES, MAX_SUBNETS,
     NETNS_LEVEL, RULE_SHAPED_SUBNETS, RULE_UNSHAPED_SUBNETS, Rule, RuleKey, RuleLevels,
     SocketRuleLevels, SubnetKey, netns_scope,
 };
@@ -570,11 +570,21 @@ fn ancestor(skb: *mut __sk_buff, level: u32) -> Option<u64> {
     }
 }
 
-/// The rule of `cgroup_id` in `direction`, if it has one.
+/// The rule of `cgroup_id` in `direction`, if it has one: for a member of a shared limit, its
+/// group's rule, whose bucket and counts every member charges. One hop only, never a loop: a
+/// group's rule is never a member's (userspace writes no other), and a member pointing at a
+/// member would only charge that member's unused bucket.
 #[inline(always)]
 pub(crate) fn rule(cgroup_id: u64, direction: Direction) -> Option<RuleRef> {
-    let ptr = REIN_RULES.get_ptr_mut(RuleKey::new(cgroup_id, direction))?;
-    Some(RuleRef(ptr))
+    let own = REIN_RULES.get_ptr_mut(RuleKey::new(cgroup_id, direction))?;
+    // SAFETY: a map value, valid for the program's run; userspace writes `action` and `rate`
+    // only when it writes the whole rule.
+    let (action, group) = unsafe { ((*own).action, (*own).rate) };
+    if action != Action::Member as u32 {
+        return Some(RuleRef(own));
+    }
+    let group = REIN_RULES.get_ptr_mut(RuleKey::new(group, direction))?;
+    Some(RuleRef(group))
 }
 
 /// A rule in the map, which every CPU reads and updates at once: its configuration is read

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rein_common::{Direction, RuleKey, scope_netns, share::epoch_of};
+use rein_common::{Direction, RuleKey, scope_group, scope_netns, share::epoch_of};
 use serde::Serialize;
 
 pub mod datapath;
@@ -18,7 +18,7 @@ mod spec;
 pub use spec::{DeclaredBy, LimitChange, LimitSpec, Origin, RuleRecord, Section, Target};
 
 use self::datapath::{DIRECTIONS, Datapath};
-use super::{Capability, Context, PreparedReload, rule_steps::keyed_changes};
+use super::{Capability, Context, PreparedReload, rule_steps::keyed_changes, shared_limit};
 use crate::{
     engine::{Desired, Engine, Plan, PurgeReport, Step},
     error::{Error, Result},
@@ -483,7 +483,12 @@ pub(crate) fn remove_rules(cx: &Context, cgroup_id: u64, undo: &mut Undo) -> Res
     Ok(())
 }
 
-fn undo_rule(cx: &Context, undo: &mut Undo, key: RuleKey, previous: Option<rein_common::Rule>) {
+pub(crate) fn undo_rule(
+    cx: &Context,
+    undo: &mut Undo,
+    key: RuleKey,
+    previous: Option<rein_common::Rule>,
+) {
     let instance = cx.instance.clone();
     undo.push(move || {
         if let Ok(mut datapath) = Datapath::open(&instance) {
@@ -592,9 +597,14 @@ impl Capability for CgroupLimits {
                 .iter()
                 .map(|r| r.cgroup_id)
                 .collect();
-            // A namespace's rules are the namespace limits' to collect.
+            // A namespace's rules are the namespace limits' to collect, a shared limit's (its
+            // group's and its members') the shared limits'.
             for key in datapath.rule_keys() {
-                if scope_netns(key.cgroup_id).is_none() && !limited.contains(&key.cgroup_id) {
+                if scope_netns(key.cgroup_id).is_none()
+                    && scope_group(key.cgroup_id).is_none()
+                    && !limited.contains(&key.cgroup_id)
+                    && !shared_limit::is_member_rule(&datapath, key)
+                {
                     tracing::info!("removing the orphaned rule of cgroup {}", key.cgroup_id);
                     datapath.remove_rule(key);
                 }
@@ -606,8 +616,11 @@ impl Capability for CgroupLimits {
     }
 
     fn remove_if_unused(&self, cx: &Context, state: &State) {
-        // The namespace limits share the datapath.
-        if !state.cgroup_limits.is_empty() || !state.netns_limits.is_empty() {
+        // The namespace and shared limits share the datapath.
+        if !state.cgroup_limits.is_empty()
+            || !state.netns_limits.is_empty()
+            || !state.shared_limits.is_empty()
+        {
             return;
         }
         Datapath::uninstall(&cx.instance);

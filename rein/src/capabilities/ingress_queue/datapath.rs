@@ -158,18 +158,65 @@ pub fn is_set(instance: &Instance, cgroup_id: u64) -> bool {
     queues(instance).is_ok_and(|queues| queues.get(&key, 0).ok() == Some(device.ifindex))
 }
 
+/// Sends the downloads of the cgroups `aliases` (a shared limit's members) through the queue
+/// of `scope` (its group) in this network namespace, and no other cgroup's but the group's
+/// own: entries of members that left go.
+pub fn set_aliases(instance: &Instance, scope: u64, aliases: &[u64]) -> Result<()> {
+    let name = device_name(instance, scope);
+    let ifindex = netns::device(&name)
+        .context(|| format!("cannot find {name}"))?
+        .ok_or_else(|| Error::NoSuchDevice(name.clone()))?
+        .ifindex;
+    let netns_cookie = netns::cookie().context(|| "cannot read the network namespace".into())?;
+    let mut queues = queues(instance)?;
+    let held: Vec<QueueKey> = queues.keys().flatten().collect();
+    for key in held {
+        if key.netns_cookie == netns_cookie
+            && key.cgroup_id != scope
+            && !aliases.contains(&key.cgroup_id)
+            && queues.get(&key, 0).ok() == Some(ifindex)
+        {
+            let _ = queues.remove(&key);
+        }
+    }
+    for &cgroup_id in aliases {
+        let key = QueueKey {
+            cgroup_id,
+            netns_cookie,
+        };
+        queues
+            .insert(key, ifindex, 0)
+            .map_err(|e| bpf_error("cannot write the queue")(&e))?;
+    }
+    Ok(())
+}
+
 /// Removes the queue of `cgroup_id`'s ingress rule (the device in this network namespace, the
-/// map entries in all); detaches the tc program when no queue is left. What is missing is fine.
+/// map entries in all, and those of other cgroups sent to the device: a shared limit's
+/// members); detaches the tc program when no queue is left. What is missing is fine.
 pub fn remove(instance: &Instance, cgroup_id: u64) {
-    let _ = netlink::delete_link(&device_name(instance, cgroup_id));
+    let name = device_name(instance, cgroup_id);
+    let ifindex = netns::device(&name).ok().flatten().map(|d| d.ifindex);
+    let netns_cookie = netns::cookie().ok();
+    let _ = netlink::delete_link(&name);
     let Ok(mut queues) = queues(instance) else {
         return;
     };
     let keys: Vec<QueueKey> = queues.keys().flatten().collect();
-    for key in keys.iter().filter(|key| key.cgroup_id == cgroup_id) {
-        let _ = queues.remove(key);
+    let mut left = 0;
+    for key in &keys {
+        // An alias names the device by its index: once the device is gone, a packet sent
+        // there would be lost.
+        let alias = Some(key.netns_cookie) == netns_cookie
+            && ifindex.is_some()
+            && queues.get(key, 0).ok() == ifindex;
+        if key.cgroup_id == cgroup_id || alias {
+            let _ = queues.remove(key);
+        } else {
+            left += 1;
+        }
     }
-    if keys.iter().all(|key| key.cgroup_id == cgroup_id) {
+    if left == 0 {
         detach(instance);
     }
 }

@@ -20,6 +20,7 @@ use super::{
     Capability, Context, PreparedReload,
     cgroup_limit::{LimitSpec, RuleRecord},
     netns_limit::NetnsRecord,
+    shared_limit::{Member, SharedRecord},
 };
 use crate::{
     engine::{Desired, Plan, PurgeReport, Step},
@@ -44,16 +45,24 @@ struct Queued {
     label: String,
     netns: Option<String>,
     rule: Rule,
+    /// Other cgroups whose downloads go through this queue: a shared limit's member cgroups
+    /// (in the namespace rein runs in; member namespaces have none, their bucket polices).
+    aliases: Vec<u64>,
 }
 
-/// The queues `cgroup_limits` and `netns_limits` call for.
-fn queued(cgroup_limits: &[RuleRecord], netns_limits: &[NetnsRecord]) -> Vec<Queued> {
+/// The queues `cgroup_limits`, `netns_limits` and `shared_limits` call for.
+fn queued(
+    cgroup_limits: &[RuleRecord],
+    netns_limits: &[NetnsRecord],
+    shared_limits: &[SharedRecord],
+) -> Vec<Queued> {
     let cgroups = cgroup_limits.iter().filter_map(|record| {
         Some(Queued {
             scope: record.cgroup_id,
             label: format!("cgroup {}", record.cgroup),
             netns: None,
             rule: ingress_rule(record.ingress)?,
+            aliases: Vec::new(),
         })
     });
     let namespaces = netns_limits.iter().filter_map(|record| {
@@ -62,9 +71,35 @@ fn queued(cgroup_limits: &[RuleRecord], netns_limits: &[NetnsRecord]) -> Vec<Que
             label: format!("network namespace {}", record.netns),
             netns: Some(record.netns.clone()),
             rule: ingress_rule(record.ingress)?,
+            aliases: Vec::new(),
         })
     });
-    cgroups.chain(namespaces).collect()
+    let shared = shared_limits.iter().filter_map(|record| {
+        Some(Queued {
+            scope: record.scope(),
+            label: format!("shared limit {}", record.name),
+            netns: None,
+            rule: ingress_rule(record.ingress)?,
+            aliases: record
+                .members
+                .iter()
+                .filter_map(|m| match m {
+                    Member::Cgroup { id, .. } => Some(*id),
+                    Member::Netns { .. } => None,
+                })
+                .collect(),
+        })
+    });
+    cgroups.chain(namespaces).chain(shared).collect()
+}
+
+/// Every queue the state calls for.
+fn queued_in(state: &State) -> Vec<Queued> {
+    queued(
+        &state.cgroup_limits.rules,
+        &state.netns_limits.rules,
+        &state.shared_limits.groups,
+    )
 }
 
 /// Runs `f` in the namespace where a queue lives: `netns`, or this one.
@@ -159,7 +194,11 @@ impl fmt::Display for SetQueue {
 impl Step for SetQueue {
     fn apply(&self, cx: &Context, _state: &mut State, undo: &mut Undo) -> Result<()> {
         let Queued {
-            scope, netns, rule, ..
+            scope,
+            netns,
+            rule,
+            aliases,
+            ..
         } = self.queued.clone();
         let instance = cx.instance.clone();
         let previous = self.previous;
@@ -169,9 +208,14 @@ impl Step for SetQueue {
         within(netns.as_deref(), || {
             // A queue re-made would drop what waits in it: one in place only changes its rate.
             if previous.is_some() && datapath::is_set(&instance, scope) {
-                datapath::change(&instance, scope, &rule)
+                datapath::change(&instance, scope, &rule)?;
             } else {
-                datapath::set(&instance, scope, &rule)
+                datapath::set(&instance, scope, &rule)?;
+            }
+            if aliases.is_empty() {
+                Ok(())
+            } else {
+                datapath::set_aliases(&instance, scope, &aliases)
             }
         })
     }
@@ -235,8 +279,12 @@ impl Capability for IngressQueues {
     }
 
     fn plan(&self, cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
-        let held = queued(&state.cgroup_limits.rules, &state.netns_limits.rules);
-        let wanted = queued(&desired.cgroup_limits, &desired.netns_limits);
+        let held = queued_in(state);
+        let wanted = queued(
+            &desired.cgroup_limits,
+            &desired.netns_limits,
+            &desired.shared_limits,
+        );
         // By scope: the agent plans 10,000 limits every few seconds.
         let wanted_by_scope: HashMap<u64, &Queued> = wanted.iter().map(|q| (q.scope, q)).collect();
         let held_by_scope: HashMap<u64, &Queued> = held.iter().map(|q| (q.scope, q)).collect();
@@ -252,13 +300,15 @@ impl Capability for IngressQueues {
             }
         }
         for queue in &wanted {
-            let previous = held_by_scope
+            let held = held_by_scope
                 .get(&queue.scope)
-                .filter(|held| held.netns == queue.netns)
-                .map(|held| held.rule);
+                .filter(|held| held.netns == queue.netns);
+            let previous = held.map(|held| held.rule);
             // A queue re-made would lose what waits in it: only a new rate or burst, or a
-            // missing queue, re-makes it (a change of the egress limit does not).
-            let same = previous.is_some_and(|p| tbf_for(&p) == tbf_for(&queue.rule));
+            // missing queue, re-makes it (a change of the egress limit does not); new members
+            // of a shared limit only change its aliases.
+            let same = previous.is_some_and(|p| tbf_for(&p) == tbf_for(&queue.rule))
+                && held.is_some_and(|held| held.aliases == queue.aliases);
             if !same || !is_set(&cx.instance, queue.scope, queue.netns.as_deref()) {
                 plan.push(SetQueue {
                     queued: queue.clone(),
@@ -281,7 +331,7 @@ impl Capability for IngressQueues {
     /// Makes the queues that are missing (never the ones in place: they hold packets), and
     /// puts the queue program on devices that appeared since.
     fn restore(&self, cx: &Context, state: &State, undo: &mut Undo) -> Result<usize> {
-        for queue in queued(&state.cgroup_limits.rules, &state.netns_limits.rules) {
+        for queue in queued_in(state) {
             let netns = queue.netns.as_deref();
             if is_set(&cx.instance, queue.scope, netns) {
                 continue;
@@ -292,7 +342,14 @@ impl Capability for IngressQueues {
                 continue;
             }
             let (instance, scope) = (cx.instance.clone(), queue.scope);
-            within(netns, || datapath::set(&instance, scope, &queue.rule))?;
+            within(netns, || {
+                datapath::set(&instance, scope, &queue.rule)?;
+                if queue.aliases.is_empty() {
+                    Ok(())
+                } else {
+                    datapath::set_aliases(&instance, scope, &queue.aliases)
+                }
+            })?;
             let owned = queue.netns.clone();
             undo.push(move || remove_queue(&instance, scope, owned.as_deref()));
         }
@@ -306,14 +363,14 @@ impl Capability for IngressQueues {
     /// ingress rule, and puts the queue program on devices that appeared since the last
     /// command in a namespace that has queues.
     fn collect_garbage(&self, cx: &Context, state: &mut State) -> Result<()> {
-        let wanted: HashSet<u64> = queued(&state.cgroup_limits.rules, &state.netns_limits.rules)
-            .iter()
-            .map(|q| q.scope)
-            .collect();
+        let queues = queued_in(state);
+        let wanted: HashSet<u64> = queues.iter().map(|q| q.scope).collect();
+        // A shared limit's members' entries are its queue's, not orphans.
+        let aliases: HashSet<u64> = queues.iter().flat_map(|q| q.aliases.clone()).collect();
         let cookie = netns::cookie().ok();
         let mut queued_here = false;
         for key in datapath::entries(&cx.instance) {
-            if wanted.contains(&key.cgroup_id) {
+            if wanted.contains(&key.cgroup_id) || aliases.contains(&key.cgroup_id) {
                 queued_here |= Some(key.netns_cookie) == cookie;
                 continue;
             }
@@ -342,13 +399,13 @@ impl Capability for IngressQueues {
     }
 
     fn remove_if_unused(&self, cx: &Context, state: &State) {
-        if queued(&state.cgroup_limits.rules, &state.netns_limits.rules).is_empty() {
+        if queued_in(state).is_empty() {
             datapath::remove_all(&cx.instance);
         }
     }
 
     fn purge(&self, cx: &Context, state: &State, _report: &mut PurgeReport) {
-        for queue in queued(&state.cgroup_limits.rules, &state.netns_limits.rules) {
+        for queue in queued_in(state) {
             if queue.netns.is_some() {
                 remove_queue(&cx.instance, queue.scope, queue.netns.as_deref());
             }

@@ -661,8 +661,10 @@ impl Capability for NetnsLimits {
         let mut datapath = Datapath::open(&cx.instance)?;
         let limited: HashSet<u64> = state.netns_limits.rules.iter().map(|r| r.cookie).collect();
         for key in datapath.rule_keys() {
+            // A member of a shared limit is the shared limits' to collect.
             if let Some(cookie) = scope_netns(key.cgroup_id)
                 && !limited.contains(&cookie)
+                && !super::shared_limit::is_member_rule(&datapath, key)
             {
                 tracing::info!("removing the orphaned rule of network namespace {cookie:#x}");
                 datapath.remove_rule(key);
