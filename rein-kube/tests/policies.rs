@@ -1,7 +1,8 @@
 //! BandwidthPolicies end to end on a node: the agent's translation of a policy applied through
 //! rein's library as the Kubernetes declarer, with two pods (each a network namespace of its
-//! own) sending real iperf3 traffic. A `PerPod` policy gives each pod its own rate; a policy
-//! removed frees the pods. Needs root, a bpffs at /sys/fs/bpf, cgroup v2 and iperf3.
+//! own) sending real iperf3 traffic. A `Shared` policy holds the two pods' sum at its rate while
+//! each alone gets all of it; a `PerPod` policy gives each its own; a policy removed frees the
+//! pods. Needs root, a bpffs at /sys/fs/bpf, cgroup v2 and iperf3.
 // clippy.toml allows unwrap/expect in #[test] functions only; the helpers here panic on purpose
 // too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -157,8 +158,58 @@ fn assert_near(what: &str, bps: f64, limit: f64, range: std::ops::RangeInclusive
     );
 }
 
-/// Two pods under a PerPod policy: each has the rate of its own, so together they get twice
-/// it; the policy removed, nothing of it is left.
+/// A Shared policy over two pods: their uploads together hold at its rate, one alone gets all
+/// of it; the policy removed, neither is limited and nothing of it is left.
+#[test]
+fn a_shared_policy_holds_two_pods_sum_at_its_rate() {
+    let _traffic = one_at_a_time();
+    let rein = ReinInstance::for_test(rein_binary().to_str().unwrap());
+    let (one, two) = (Pod::new(), Pod::new());
+    let pods = [one.node_pod("crunch-0"), two.node_pod("crunch-1")];
+    let shared = policy("Shared", "20M");
+    reconcile(&rein, std::slice::from_ref(&shared), &pods);
+    let groups = list(&rein)["shared"].clone();
+    let [group] = groups.as_array().unwrap().as_slice() else {
+        panic!("{groups}");
+    };
+    assert_eq!(group["name"], "policy.batch.crunch", "{group}");
+    assert_eq!(group["members"].as_array().unwrap().len(), 2, "{group}");
+
+    let (a, b) = (one.upload(), two.upload());
+    let both = [measured(a), measured(b)];
+    let sum: f64 = both.iter().map(|m| m.received_bps).sum();
+    assert_near("two pods together", sum, 20e6, 0.80..=1.03);
+    for result in &both {
+        assert!(result.received_bps > 0.2 * 20e6, "a pod starved: {both:?}");
+    }
+    let alone = measured(one.upload());
+    assert_near("one pod alone", alone.received_bps, 20e6, 0.85..=1.03);
+
+    // Applying the same world again changes nothing (the agent reconciles every second).
+    let before = list(&rein);
+    reconcile(&rein, std::slice::from_ref(&shared), &pods);
+    assert_eq!(
+        list(&rein)["shared"][0]["group"],
+        before["shared"][0]["group"]
+    );
+
+    // The policy deleted: the pods are free, and nothing of it is left.
+    reconcile(&rein, &[], &pods);
+    let after = list(&rein);
+    assert!(
+        after["shared"].as_array().is_none_or(Vec::is_empty),
+        "{after}"
+    );
+    let free = measured(two.upload());
+    assert!(
+        free.received_bps > 4.0 * 20e6,
+        "a pod of a deleted policy is still limited: {:.1} Mbit/s",
+        free.received_bps / 1e6
+    );
+}
+
+/// The same pods under a PerPod policy: each has the rate of its own, so together they get
+/// twice it.
 #[test]
 fn a_per_pod_policy_gives_each_pod_its_rate() {
     let _traffic = one_at_a_time();

@@ -5,9 +5,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::LabelSelector};
 use kube::{CustomResource, ResourceExt};
-use rein::declarative::{
-    ApiVersion, CgroupLimitSpec, CgroupPattern, Declared, DirectionLimit, LimitScope, Manifest,
-    NetnsPath, Resource, resource::Metadata,
+use rein::{
+    declarative::{
+        self, ApiVersion, CgroupLimitSpec, CgroupPattern, Declared, DirectionLimit, LimitScope,
+        Location, Manifest, NetnsPath, Resource, SharedLimitSpec, resource::Metadata,
+    },
+    store::State,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -66,7 +69,7 @@ pub struct BandwidthPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<BandwidthLimit>,
     /// PerPod: each selected pod gets the limit. Shared: the selected pods of a node share
-    /// one limit.
+    /// one egress limit.
     #[serde(default)]
     pub mode: PolicyMode,
 }
@@ -118,6 +121,15 @@ fn check(spec: &BandwidthPolicySpec) -> Result<Checked, String> {
         Selector::parse(&spec.pod_selector).map_err(|error| format!("podSelector: {error}"))?;
     if spec.egress.is_none() && spec.ingress.is_none() {
         return Err("a BandwidthPolicy limits egress, ingress or both: give at least one".into());
+    }
+    // A download queue is a device in one namespace: rein cannot queue several pods'
+    // downloads together, and refuses a shared ingress limit over namespaces.
+    if spec.mode == PolicyMode::Shared && spec.ingress.is_some() {
+        return Err(
+            "mode Shared shares egress only: the downloads of several pods cannot go through \
+             one queue; give ingress in a PerPod policy"
+                .into(),
+        );
     }
     let direction = |limit: &Option<BandwidthLimit>, field: &str| {
         limit
@@ -260,14 +272,107 @@ pub fn declare_policies(policies: &[BandwidthPolicy], pods: &[NodePod], out: &mu
                     });
                 }
             }
-            // rein's SharedLimit kind is not in this build yet.
-            PolicyMode::Shared => out.problems.push(Problem {
-                object: object_ref("BandwidthPolicy", policy),
-                reason: reasons::UNSUPPORTED,
-                message: "mode Shared needs rein's SharedLimit, which this agent lacks".into(),
-            }),
+            PolicyMode::Shared => {
+                // Nothing to share on a node where no selected pod runs (yet).
+                if members.is_empty() {
+                    continue;
+                }
+                let (mut cgroups, mut netns) = (Vec::new(), Vec::new());
+                for (_, scope) in members {
+                    match scope {
+                        LimitScope::Cgroup(pattern) => cgroups.push(pattern),
+                        LimitScope::Netns { path, .. } => netns.push(path),
+                    }
+                }
+                let spec =
+                    match SharedLimitSpec::new(cgroups, netns, checked.egress, checked.ingress) {
+                        Ok(spec) => spec,
+                        // A direction is there, checked above.
+                        Err(message) => {
+                            out.problems.push(Problem {
+                                object: object_ref("BandwidthPolicy", policy),
+                                reason: reasons::INVALID,
+                                message,
+                            });
+                            continue;
+                        }
+                    };
+                let name = names.unique(&format!("policy.{namespace}.{}", policy.name_any()));
+                out.resources.push(Declared {
+                    resource: Resource::SharedLimit(Manifest {
+                        api_version: ApiVersion::V1Alpha1,
+                        metadata: Metadata { name },
+                        spec,
+                    }),
+                    location: Location::Object(format!("BandwidthPolicy {shown}")),
+                });
+            }
         }
     }
+}
+
+/// Leaves to rein's CNI plugin the pods whose network namespace it limits (it owns their
+/// limit, as for their annotations: see `pods::yield_to_cni`): each is taken out of the
+/// shared limits in `out` (a shared limit left with no member goes), with a `LimitedByCni`
+/// problem on the pod. The per-pod limits of policies carry the pod as their location, so
+/// `pods::yield_to_cni` takes them out already.
+pub fn yield_shared_to_cni(
+    state: &State,
+    pods: &[NodePod],
+    out: &mut Declarations,
+) -> rein::Result<()> {
+    for pod in pods {
+        let Some(PodPlace::Netns(path)) = &pod.place else {
+            continue;
+        };
+        if declarative::cni_attachment(state, path)?.is_none() {
+            continue;
+        }
+        let shown = path.display().to_string();
+        let mut left = false;
+        out.resources.retain_mut(|declared| {
+            let Resource::SharedLimit(manifest) = &mut declared.resource else {
+                return true;
+            };
+            let spec = &manifest.spec;
+            if !spec.netns().iter().any(|netns| netns.as_str() == shown) {
+                return true;
+            }
+            left = true;
+            let netns: Vec<NetnsPath> = spec
+                .netns()
+                .iter()
+                .filter(|netns| netns.as_str() != shown)
+                .cloned()
+                .collect();
+            if netns.is_empty() && spec.cgroups().is_empty() {
+                return false;
+            }
+            match SharedLimitSpec::new(
+                spec.cgroups().to_vec(),
+                netns,
+                spec.egress(),
+                spec.ingress(),
+            ) {
+                Ok(fewer) => {
+                    manifest.spec = fewer;
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        if left {
+            out.problems.push(Problem {
+                object: pod_ref(pod),
+                reason: pods::LIMITED_BY_CNI,
+                message: format!(
+                    "rein's CNI plugin limits the pod's network namespace {shown}: the plugin \
+                     owns its limit, and the pod is left out of the shared limit"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -463,6 +568,10 @@ mod tests {
         for (spec, needle) in [
             (json!({"podSelector": {}}), "at least one"),
             (
+                json!({"podSelector": {}, "ingress": {"rate": "10M"}, "mode": "Shared"}),
+                "egress only",
+            ),
+            (
                 json!({"podSelector": {}, "egress": {"rate": "10X"}}),
                 "egress.rate",
             ),
@@ -502,5 +611,120 @@ mod tests {
                 problem.message
             );
         }
+    }
+
+    #[test]
+    fn a_shared_policy_is_one_limit_for_its_pods_on_the_node() {
+        let shared = policy(
+            "batch",
+            "2026-11-21T00:00:00Z",
+            json!({"podSelector": {"matchLabels": {"app": "batch"}},
+                   "egress": {"rate": "20M"}, "mode": "Shared"}),
+        );
+        let mut host = pod("batch-1", &[("app", "batch")]);
+        host.place = Some(PodPlace::Cgroup("/kubepods/burstable/pod42".into()));
+        let pods = [pod("batch-0", &[("app", "batch")]), host, pod("web-0", &[])];
+        let out = declared(std::slice::from_ref(&shared), &pods);
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+        let [one] = out.resources.as_slice() else {
+            panic!("{:?}", out.resources);
+        };
+        let Resource::SharedLimit(manifest) = &one.resource else {
+            panic!("{one:?}");
+        };
+        assert_eq!(manifest.metadata.name.as_str(), "policy.shop.batch");
+        assert_eq!(
+            one.location,
+            Location::Object("BandwidthPolicy shop/batch".into())
+        );
+        let spec = &manifest.spec;
+        assert_eq!(
+            spec.netns()
+                .iter()
+                .map(NetnsPath::as_str)
+                .collect::<Vec<_>>(),
+            ["/run/netns/cni-batch-0"]
+        );
+        assert_eq!(
+            spec.cgroups()
+                .iter()
+                .map(CgroupPattern::as_str)
+                .collect::<Vec<_>>(),
+            ["/kubepods/burstable/pod42"]
+        );
+        assert_eq!(
+            spec.egress().map(|l| l.rate.bits_per_second()),
+            Some(20_000_000)
+        );
+        assert_eq!(spec.ingress(), None);
+        // No selected pod on this node: nothing to share.
+        let out = declared(&[shared], &pods[2..]);
+        assert!(out.resources.is_empty() && out.problems.is_empty());
+    }
+
+    #[test]
+    fn a_pod_the_cni_plugin_limits_leaves_the_shared_limit() {
+        use rein::capabilities::{
+            cgroup_limit::LimitSpec,
+            netns_limit::{Attachment, NetnsOrigin, NetnsRecord},
+        };
+        // The test's own namespace stands for the pod's.
+        let path = PathBuf::from("/proc/self/ns/net");
+        let cookie = rein::platform::netns::cookie_of(&path).unwrap();
+        let mut state = State::default();
+        state.netns_limits.rules.push(NetnsRecord {
+            netns: "/run/netns/cni-x".into(),
+            cookie,
+            inode: 1,
+            egress: Some(LimitSpec {
+                rate: Rate::from_bits(5_000_000).unwrap(),
+                burst: None,
+            }),
+            ingress: None,
+            subnets: None,
+            origin: NetnsOrigin::Cni(Attachment {
+                network: "k8s-pod-network".into(),
+                container_id: "0123456789abcdef".into(),
+                ifname: "eth0".into(),
+            }),
+            declared_by: None,
+        });
+        let shared = policy(
+            "batch",
+            "2026-11-21T00:00:00Z",
+            json!({"podSelector": {}, "egress": {"rate": "20M"}, "mode": "Shared"}),
+        );
+        let mut by_cni = pod("batch-0", &[]);
+        by_cni.place = Some(PodPlace::Netns(path.clone()));
+        let pods = [by_cni.clone(), pod("batch-1", &[])];
+        let mut out = declared(std::slice::from_ref(&shared), &pods);
+        yield_shared_to_cni(&state, &pods, &mut out).unwrap();
+        let [one] = out.resources.as_slice() else {
+            panic!("{:?}", out.resources);
+        };
+        let Resource::SharedLimit(manifest) = &one.resource else {
+            panic!("{one:?}");
+        };
+        assert_eq!(
+            manifest
+                .spec
+                .netns()
+                .iter()
+                .map(NetnsPath::as_str)
+                .collect::<Vec<_>>(),
+            ["/run/netns/cni-batch-1"]
+        );
+        let [problem] = out.problems.as_slice() else {
+            panic!("{:?}", out.problems);
+        };
+        assert_eq!(
+            (problem.object.name.as_str(), problem.reason),
+            ("batch-0", pods::LIMITED_BY_CNI)
+        );
+        // Its only member the plugin's: no shared limit at all.
+        let mut out = declared(&[shared], std::slice::from_ref(&by_cni));
+        yield_shared_to_cni(&state, &[by_cni], &mut out).unwrap();
+        assert!(out.resources.is_empty(), "{:?}", out.resources);
+        assert_eq!(out.problems.len(), 1);
     }
 }

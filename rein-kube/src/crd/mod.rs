@@ -36,9 +36,8 @@ pub mod reasons {
     pub const PORT_NOT_FOUND: &str = "PortNotFound";
     pub const INVALID_SERVICE: &str = "InvalidService";
     pub const CONFLICT: &str = "Conflict";
-    pub const UNSUPPORTED: &str = "Unsupported";
 
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 7] = [
         INVALID,
         SERVICE_NOT_FOUND,
         NO_CLUSTER_IP,
@@ -46,7 +45,6 @@ pub mod reasons {
         PORT_NOT_FOUND,
         INVALID_SERVICE,
         CONFLICT,
-        UNSUPPORTED,
     ];
 }
 
