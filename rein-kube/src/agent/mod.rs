@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{Api, Client, runtime::watcher};
 use rein::{
     Engine, Instance,
@@ -35,6 +35,7 @@ use self::{
     watch::Watch,
 };
 use crate::{
+    crd::{self, BandwidthPolicy, RateLimit},
     places::{PlacesOptions, PodPlaces, QosClass},
     pod_limits::{self, pod_ref},
     pods,
@@ -88,6 +89,9 @@ const PATIENCE: Duration = Duration::from_secs(2);
 /// problems of their objects, and their counts given to [`Metrics::set_custom_resources`].
 struct Watches {
     pods: Watch<Pod>,
+    rate_limits: Watch<RateLimit>,
+    policies: Watch<BandwidthPolicy>,
+    services: Watch<Service>,
 }
 
 impl Watches {
@@ -101,24 +105,59 @@ impl Watches {
                 Arc::clone(changed),
                 Arc::clone(metrics),
             ),
+            rate_limits: Watch::start(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                "ratelimits",
+                Arc::clone(changed),
+                Arc::clone(metrics),
+            ),
+            policies: Watch::start(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                "bandwidthpolicies",
+                Arc::clone(changed),
+                Arc::clone(metrics),
+            ),
+            services: Watch::start(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                "services",
+                Arc::clone(changed),
+                Arc::clone(metrics),
+            ),
         }
     }
 
     /// Whether every watch has listed.
     async fn listed(&self) -> bool {
         self.pods.listed().await
+            && self.rate_limits.listed().await
+            && self.policies.listed().await
+            && self.services.listed().await
     }
 
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             pods: self.pods.store.state(),
+            rate_limits: owned(self.rate_limits.store.state()),
+            policies: owned(self.policies.store.state()),
+            services: owned(self.services.store.state()),
         }
     }
 }
 
+fn owned<K: Clone>(items: Vec<Arc<K>>) -> Vec<K> {
+    items.iter().map(|item| (**item).clone()).collect()
+}
+
 /// What the watches hold at one reconciliation.
+#[derive(Clone)]
 struct Snapshot {
     pods: Vec<Arc<Pod>>,
+    rate_limits: Vec<RateLimit>,
+    policies: Vec<BandwidthPolicy>,
+    services: Vec<Service>,
 }
 
 /// What the node asks for, found from a [`Snapshot`] (reads the cgroup and proc trees).
@@ -194,6 +233,13 @@ fn world(snapshot: &Snapshot, places: &PodPlaces) -> World {
     pods::declare_pods(&pods, &mut declarations);
     // The custom resources' translations follow the pods', on the same `pods` (a policy
     // selects among them).
+    crd::declare_policies(&snapshot.policies, &pods, &mut declarations);
+    crd::declare_rate_limits(
+        &snapshot.rate_limits,
+        &snapshot.services,
+        &pods,
+        &mut declarations,
+    );
     World {
         pods,
         asking,
@@ -225,6 +271,7 @@ fn apply(
     let mut engine = Engine::open_waiting(instance.clone(), PATIENCE)?;
     let mut declarations = world.declarations.clone();
     pods::yield_to_cni(&engine.state()?, &world.pods, &mut declarations)?;
+    crd::bandwidth_policy::yield_shared_to_cni(&engine.state()?, &world.pods, &mut declarations)?;
     let mut resources = Resources {
         items: std::mem::take(&mut declarations.resources),
     };
@@ -282,6 +329,7 @@ fn rein_cause(error: &rein::Error) -> String {
 
 /// The agent between reconciliations.
 struct Agent {
+    client: Client,
     instance: Instance,
     places: Arc<PodPlaces>,
     publisher: Publisher,
@@ -291,6 +339,7 @@ struct Agent {
 impl Agent {
     async fn reconcile(&mut self, snapshot: Snapshot) {
         let (instance, places) = (self.instance.clone(), Arc::clone(&self.places));
+        let custom = snapshot.clone();
         let started = std::time::Instant::now();
         // The engine is synchronous, reads the cgroup tree and holds the instance's lock.
         let outcome = tokio::task::spawn_blocking(move || {
@@ -343,6 +392,27 @@ impl Agent {
         self.tell(&problems).await;
         self.tell_limited(&world.pods, &applied.changes).await;
         self.count(&world, &owners, &applied, &problems);
+        let writes = crd::write_statuses(
+            &self.client,
+            &custom.rate_limits,
+            &custom.policies,
+            &custom.services,
+            &problems,
+        )
+        .await;
+        for (object, error) in writes.failed {
+            tracing::warn!(
+                "status of {} {}/{}: {error}",
+                object.kind,
+                object.namespace,
+                object.name
+            );
+        }
+        for ((kind, reason), count) in
+            crd::status::counts(&custom.rate_limits, &custom.policies, &problems)
+        {
+            self.metrics.set_custom_resources(kind, &reason, count);
+        }
     }
 
     /// Events for the pods' problems.
@@ -452,6 +522,7 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let watches = Watches::start(&client, &options.node, &changed, &metrics);
     let mut agent = Agent {
+        client: client.clone(),
         instance: options.instance,
         places: Arc::new(places),
         publisher: Publisher::new(client, &options.node),

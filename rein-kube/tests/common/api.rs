@@ -239,7 +239,10 @@ impl Api {
                 self.state()
                     .status_patches
                     .push((p.to_owned(), patch.clone()));
-                answer(StatusCode::OK, &patch)
+                match self.patch_status(p, &patch) {
+                    Some(object) => answer(StatusCode::OK, &object),
+                    None => status_error(StatusCode::NOT_FOUND, &format!("no object at {p}")),
+                }
             }
             _ => {
                 self.state().unknown.push(line.clone());
@@ -291,6 +294,33 @@ impl Api {
             .header("content-type", "application/json")
             .body(StreamBody(rx))
             .unwrap()
+    }
+
+    /// As the API server does: `patch` (a JSON merge patch) merged into the status of the
+    /// object at `path` (`.../namespaces/NS/PLURAL/NAME/status`), the object answered and sent
+    /// to the watches as MODIFIED.
+    fn patch_status(&self, path: &str, patch: &Value) -> Option<Value> {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let [.., "namespaces", namespace, plural, name, "status"] = parts.as_slice() else {
+            return None;
+        };
+        let kind = self
+            .state()
+            .collections
+            .values()
+            .find(|(kind, _)| kind.plural == *plural)
+            .map(|(kind, _)| kind.clone())?;
+        let key = ((*namespace).to_owned(), (*name).to_owned());
+        let mut object = self.state().collections[kind.path]
+            .1
+            .objects
+            .get(&key)?
+            .clone();
+        if let Some(status) = patch.get("status") {
+            merge_patch(&mut object["status"], status);
+        }
+        self.change(&kind, "MODIFIED", object);
+        Some(self.get(&kind, namespace, name))
     }
 
     /// Records a change of `kind`'s object and sends it to the open watches.
@@ -495,4 +525,24 @@ pub fn pod(spec: &PodSpec<'_>) -> Value {
             }]
         }
     })
+}
+
+/// RFC 7386: objects merged key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(entries) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (key, value) in entries {
+        if value.is_null() {
+            if let Some(map) = target.as_object_mut() {
+                map.remove(key);
+            }
+        } else {
+            merge_patch(&mut target[key.as_str()], value);
+        }
+    }
 }
