@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    api::{self, Api, Kind, PODS, PodSpec},
+    api::{self, Api, PODS, POLICIES, PodSpec, WATCHED},
     node::{Driver, Node, RunningAgent, TestPod},
 };
 use rein_testkit::{
@@ -24,25 +24,6 @@ use rein_testkit::{
 use serde_json::{Value, json};
 
 const NODE: &str = "node-a";
-
-const POLICIES: Kind = Kind {
-    path: "/apis/rein.dev/v1alpha1/bandwidthpolicies",
-    api_version: "rein.dev/v1alpha1",
-    kind: "BandwidthPolicy",
-    plural: "bandwidthpolicies",
-};
-const RATE_LIMITS: Kind = Kind {
-    path: "/apis/rein.dev/v1alpha1/ratelimits",
-    api_version: "rein.dev/v1alpha1",
-    kind: "RateLimit",
-    plural: "ratelimits",
-};
-const SERVICES: Kind = Kind {
-    path: "/api/v1/services",
-    api_version: "v1",
-    kind: "Service",
-    plural: "services",
-};
 
 fn uid() -> String {
     let suffix = rein_testkit::netns::unique_suffix();
@@ -145,7 +126,7 @@ fn a_shared_policy_through_the_agent_holds_two_pods_sum_and_goes_with_the_policy
             .unwrap()
         })
         .collect();
-    let api = Api::new(&[PODS, POLICIES, RATE_LIMITS, SERVICES]);
+    let api = Api::new(WATCHED);
     api.add(&PODS, pod_json("crunch-0", &one));
     api.add(&PODS, pod_json("crunch-1", &two));
     api.add(
@@ -242,7 +223,7 @@ fn a_shared_policy_through_the_agent_holds_two_pods_sum_and_goes_with_the_policy
         let (method, uri) = request.split_once(' ').unwrap();
         let path = uri.split('?').next().unwrap();
         let granted = match method {
-            "GET" => [PODS.path, SERVICES.path, POLICIES.path, RATE_LIMITS.path].contains(&path),
+            "GET" => WATCHED.iter().any(|kind| kind.path == path),
             "PATCH" => {
                 path.starts_with("/apis/rein.dev/v1alpha1/namespaces/")
                     && (path.contains("/bandwidthpolicies/") || path.contains("/ratelimits/"))

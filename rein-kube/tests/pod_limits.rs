@@ -15,7 +15,7 @@ use std::{
 };
 
 use common::{
-    api::{self, Api, PODS, PodSpec},
+    api::{self, Api, PODS, PodSpec, WATCHED},
     node::{Driver, Node, RunningAgent, TestPod},
 };
 use rein_testkit::{
@@ -136,7 +136,7 @@ fn an_egress_annotation_limits_the_pod_follows_its_changes_within_a_second_and_l
     let node = Node::new(Driver::Cgroupfs);
     let pod = TestPod::in_netns(&node, "Burstable", &uid());
     let host_pod = TestPod::on_host(&node, "Guaranteed", &uid());
-    let api = Api::new(&[PODS]);
+    let api = Api::new(WATCHED);
     api.add(
         &PODS,
         pod_json("web", &pod, "Burstable", &[(EGRESS, "40M")]),
@@ -308,7 +308,7 @@ fn an_ingress_annotation_holds_the_pods_downloads_at_the_limit_without_retransmi
     let _traffic = traffic();
     let node = Node::new(Driver::Systemd);
     let pod = TestPod::in_netns(&node, "BestEffort", &uid());
-    let api = Api::new(&[PODS]);
+    let api = Api::new(WATCHED);
     api.add(
         &PODS,
         pod_json("db", &pod, "BestEffort", &[(INGRESS, "20M")]),
@@ -348,7 +348,7 @@ fn an_ingress_annotation_holds_the_pods_downloads_at_the_limit_without_retransmi
 fn a_bad_annotation_is_told_once_in_an_event_and_applies_nothing() {
     let node = Node::new(Driver::Cgroupfs);
     let pod = TestPod::in_netns(&node, "BestEffort", &uid());
-    let api = Api::new(&[PODS]);
+    let api = Api::new(WATCHED);
     api.add(
         &PODS,
         pod_json("bad", &pod, "BestEffort", &[(EGRESS, "10Q")]),
@@ -412,7 +412,7 @@ fn an_agent_started_again_adopts_the_limits_in_force_and_removes_those_of_vanish
     let node = Node::new(Driver::Systemd);
     let kept = TestPod::in_netns(&node, "Guaranteed", &uid());
     let gone = TestPod::in_netns(&node, "Burstable", &uid());
-    let api = Api::new(&[PODS]);
+    let api = Api::new(WATCHED);
     api.add(
         &PODS,
         pod_json("kept", &kept, "Guaranteed", &[(EGRESS, "30M")]),
@@ -483,7 +483,7 @@ fn a_pod_whose_cgroup_comes_later_is_limited_then_and_one_rein_refuses_is_left_o
     node.rein
         .rein(&["set", "--netns", &held_path, "--egress", "5mbit"])
         .ok();
-    let api = Api::new(&[PODS]);
+    let api = Api::new(WATCHED);
     api.add(
         &PODS,
         pod_json("held", &held, "Burstable", &[(EGRESS, "20M")]),

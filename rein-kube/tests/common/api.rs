@@ -58,6 +58,30 @@ pub const PODS: Kind = Kind {
     plural: "pods",
 };
 
+pub const POLICIES: Kind = Kind {
+    path: "/apis/rein.dev/v1alpha1/bandwidthpolicies",
+    api_version: "rein.dev/v1alpha1",
+    kind: "BandwidthPolicy",
+    plural: "bandwidthpolicies",
+};
+
+pub const RATE_LIMITS: Kind = Kind {
+    path: "/apis/rein.dev/v1alpha1/ratelimits",
+    api_version: "rein.dev/v1alpha1",
+    kind: "RateLimit",
+    plural: "ratelimits",
+};
+
+pub const SERVICES: Kind = Kind {
+    path: "/api/v1/services",
+    api_version: "v1",
+    kind: "Service",
+    plural: "services",
+};
+
+/// Every kind the agent watches: it applies nothing before each has listed.
+pub const WATCHED: &[Kind] = &[PODS, POLICIES, RATE_LIMITS, SERVICES];
+
 /// One collection: its objects and its history of watch events.
 #[derive(Default)]
 struct Collection {
