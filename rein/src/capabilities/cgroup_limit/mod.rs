@@ -434,6 +434,18 @@ fn write_rules(cx: &Context, record: &RuleRecord, undo: &mut Undo) -> Result<()>
     write_scope_rules(cx, record.cgroup_id, |d| record.spec(d), 0, undo)
 }
 
+/// Whether a direction `spec` limits has no rule of `scope` in the maps: what a restore after a
+/// reload writes again.
+pub(crate) fn scope_rule_missing(
+    datapath: &Datapath,
+    scope: u64,
+    spec: impl Fn(Direction) -> Option<LimitSpec>,
+) -> bool {
+    DIRECTIONS
+        .iter()
+        .any(|d| spec(*d).is_some() && datapath.rule(RuleKey::new(scope, *d)).is_none())
+}
+
 /// Writes both directions' rules of a scope (a cgroup, or a namespace as
 /// `rein_common::netns_scope` names it) with `flags`, keeping live bucket state; the datapath
 /// is installed with the first rule.

@@ -626,10 +626,7 @@ impl Capability for NetnsLimits {
         for record in &state.netns_limits.rules {
             let scope = netns_scope(record.cookie);
             let datapath = Datapath::open(&cx.instance)?;
-            let missing = DIRECTIONS.iter().any(|d| {
-                record.spec(*d).is_some() && datapath.rule(RuleKey::new(scope, *d)).is_none()
-            });
-            if missing {
+            if cgroup_limit::scope_rule_missing(&datapath, scope, |d| record.spec(d)) {
                 write_record(cx, record, undo)?;
                 restored += 1;
             }

@@ -547,11 +547,7 @@ impl Capability for SharedLimits {
         let mut restored = 0;
         for record in &state.shared_limits.groups {
             let datapath = Datapath::open(&cx.instance)?;
-            let group_missing = DIRECTIONS.iter().any(|d| {
-                record.spec(*d).is_some()
-                    && datapath.rule(RuleKey::new(record.scope(), *d)).is_none()
-            });
-            if group_missing {
+            if cgroup_limit::scope_rule_missing(&datapath, record.scope(), |d| record.spec(d)) {
                 cgroup_limit::write_scope_rules(cx, record.scope(), |d| record.spec(d), 0, undo)?;
                 restored += 1;
             }
