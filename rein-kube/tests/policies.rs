@@ -7,17 +7,11 @@
 // too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    sync::OnceLock,
-    time::Duration,
-};
+mod common;
 
-use rein::{
-    Engine,
-    declarative::{self, Declarer, Mode, Resources},
-};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use common::node::{apply_declared, rein_binary};
 use rein_kube::{
     crd::{BandwidthPolicy, declare_policies},
     world::{Declarations, NodePod, PodPlace},
@@ -29,35 +23,6 @@ use rein_testkit::{
     rein_instance::ReinInstance,
 };
 use serde_json::{Value, json};
-
-/// The `rein` binary of the same build, for the instance's `list` and purge: built here once,
-/// since `cargo test -p rein-kube` builds only rein-kube's binaries.
-fn rein_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let own = Path::new(env!("CARGO_BIN_EXE_crdgen"));
-        let profile_dir = own.parent().unwrap();
-        let target_dir = profile_dir.parent().unwrap();
-        let mut argv = vec![
-            env!("CARGO").to_owned(),
-            "build".into(),
-            "--locked".into(),
-            "-p".into(),
-            "rein".into(),
-            "--bin".into(),
-            "rein".into(),
-            "--target-dir".into(),
-            target_dir.display().to_string(),
-        ];
-        if profile_dir.ends_with("release") {
-            argv.push("--release".into());
-        }
-        Cmd::new(argv, Duration::from_secs(900))
-            .run()
-            .unwrap_or_else(|e| panic!("cannot build rein: {e}"));
-        profile_dir.join("rein")
-    })
-}
 
 /// A pod of the test: its network namespace (the pair's client) and a peer to send to.
 struct Pod {
@@ -132,12 +97,7 @@ fn policy(mode: &str, rate: &str) -> BandwidthPolicy {
 fn reconcile(rein: &ReinInstance, policies: &[BandwidthPolicy], pods: &[NodePod]) {
     let mut out = Declarations::default();
     declare_policies(policies, pods, &mut out);
-    assert!(out.problems.is_empty(), "{:?}", out.problems);
-    let resources = Resources {
-        items: out.resources,
-    };
-    let mut engine = Engine::open(rein.library_instance()).unwrap();
-    declarative::apply_as(&mut engine, &resources, Mode::Exact, Declarer::Kubernetes).unwrap();
+    apply_declared(rein, out);
 }
 
 fn list(rein: &ReinInstance) -> Value {

@@ -5,49 +5,39 @@
 use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    sync::OnceLock,
     time::Duration,
 };
 
-use rein_kube::agent;
+use rein::{
+    Engine,
+    declarative::{self, Declarer, Mode, Resources},
+};
+use rein_kube::{agent, world::Declarations};
 use rein_testkit::{
     cgroup::in_cgroup,
     netns::HostPair,
-    process::{Cmd, Running},
-    rein_instance::ReinInstance,
+    process::Running,
+    rein_instance::{self, ReinInstance},
 };
 use serde_json::Value;
 use tokio::{runtime::Runtime, sync::oneshot, task::JoinHandle};
 
 use super::api::Api;
 
-/// The `rein` binary of the same build, for the instance's `list` and purge: built here once,
-/// since `cargo test -p rein-kube` builds only rein-kube's binaries.
+/// The `rein` binary of the same build, for the instance's `list` and purge.
 pub fn rein_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let own = Path::new(env!("CARGO_BIN_EXE_rein-kube"));
-        let profile_dir = own.parent().unwrap();
-        let target_dir = profile_dir.parent().unwrap();
-        let mut argv = vec![
-            env!("CARGO").to_owned(),
-            "build".into(),
-            "--locked".into(),
-            "-p".into(),
-            "rein".into(),
-            "--bin".into(),
-            "rein".into(),
-            "--target-dir".into(),
-            target_dir.display().to_string(),
-        ];
-        if profile_dir.ends_with("release") {
-            argv.push("--release".into());
-        }
-        Cmd::new(argv, Duration::from_secs(900))
-            .run()
-            .unwrap_or_else(|e| panic!("cannot build rein: {e}"));
-        profile_dir.join("rein")
-    })
+    rein_instance::rein_binary_beside(env!("CARGO_BIN_EXE_rein-kube"))
+}
+
+/// What the agent does on a reconcile with `out`, its translation of the world: applied as the
+/// Kubernetes declarer's whole (Exact). A problem in the translation fails the test.
+pub fn apply_declared(rein: &ReinInstance, out: Declarations) {
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    let resources = Resources {
+        items: out.resources,
+    };
+    let mut engine = Engine::open(rein.library_instance()).unwrap();
+    declarative::apply_as(&mut engine, &resources, Mode::Exact, Declarer::Kubernetes).unwrap();
 }
 
 /// kubelet's cgroup driver: how the kubepods tree is named.
