@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rein_common::{Direction, RuleKey, scope_group, scope_netns, share::epoch_of};
+use rein_common::{Direction, Rule, RuleKey, scope_group, scope_netns, share::epoch_of};
 use serde::Serialize;
 
 pub mod datapath;
@@ -361,18 +361,27 @@ impl fmt::Display for SetLimit {
             "limit"
         };
         write!(f, "{verb} cgroup {}", self.after.cgroup)?;
-        for direction in DIRECTIONS {
-            if let Some(spec) = self.after.spec(direction) {
-                let limit = spec.effective();
-                let name = match direction {
-                    Direction::Egress => "egress",
-                    Direction::Ingress => "ingress",
-                };
-                write!(f, ", {name} {} burst {}", limit.rate, limit.burst)?;
-            }
-        }
-        Ok(())
+        write_limits(f, |d| self.after.spec(d))
     }
+}
+
+/// `, egress RATE burst BYTES, ingress ...` for each direction `spec` limits: how a plan step
+/// that sets a limit on a scope ends.
+pub(crate) fn write_limits(
+    f: &mut fmt::Formatter<'_>,
+    spec: impl Fn(Direction) -> Option<LimitSpec>,
+) -> fmt::Result {
+    for direction in DIRECTIONS {
+        if let Some(spec) = spec(direction) {
+            let limit = spec.effective();
+            let name = match direction {
+                Direction::Egress => "egress",
+                Direction::Ingress => "ingress",
+            };
+            write!(f, ", {name} {} burst {}", limit.rate, limit.burst)?;
+        }
+    }
+    Ok(())
 }
 
 impl Step for SetLimit {
@@ -482,15 +491,28 @@ pub(crate) fn write_scope_rules(
 
 /// Removes both directions' rules of a scope from the kernel maps, if they are there.
 pub(crate) fn remove_rules(cx: &Context, cgroup_id: u64, undo: &mut Undo) -> Result<()> {
+    remove_rules_where(cx, cgroup_id, |_| true, undo)
+}
+
+/// Removes the rules of a scope whose present rule (none: no rule) `remove` picks, each
+/// with its undo.
+pub(crate) fn remove_rules_where(
+    cx: &Context,
+    scope: u64,
+    remove: impl Fn(Option<Rule>) -> bool,
+    undo: &mut Undo,
+) -> Result<()> {
     if !Datapath::is_installed(&cx.instance) {
         return Ok(());
     }
     let mut datapath = Datapath::open(&cx.instance)?;
     for direction in DIRECTIONS {
-        let key = RuleKey::new(cgroup_id, direction);
+        let key = RuleKey::new(scope, direction);
         let previous = datapath.rule(key);
-        datapath.remove_rule(key);
-        undo_rule(cx, undo, key, previous);
+        if remove(previous) {
+            datapath.remove_rule(key);
+            undo_rule(cx, undo, key, previous);
+        }
     }
     Ok(())
 }

@@ -392,19 +392,12 @@ fn write_member(
 /// Removes a member's rules that still point at the group `group` (another limit may have
 /// taken the scope over in the same plan).
 fn remove_member(cx: &Context, group: u64, member: &Member, undo: &mut Undo) -> Result<()> {
-    if !Datapath::is_installed(&cx.instance) {
-        return Ok(());
-    }
-    let mut datapath = Datapath::open(&cx.instance)?;
-    for direction in DIRECTIONS {
-        let key = RuleKey::new(member.scope(), direction);
-        let previous = datapath.rule(key);
-        if previous.is_some_and(|p| p.group() == Some(group)) {
-            datapath.remove_rule(key);
-            cgroup_limit::undo_rule(cx, undo, key, previous);
-        }
-    }
-    Ok(())
+    cgroup_limit::remove_rules_where(
+        cx,
+        member.scope(),
+        |previous| previous.is_some_and(|p| p.group() == Some(group)),
+        undo,
+    )
 }
 
 /// Makes a shared limit or changes it: the group's rules first (a changed limit in place,
@@ -427,17 +420,7 @@ impl fmt::Display for SetShared {
             self.after.name,
             self.after.members.len()
         )?;
-        for direction in DIRECTIONS {
-            if let Some(spec) = self.after.spec(direction) {
-                let limit = spec.effective();
-                let name = match direction {
-                    Direction::Egress => "egress",
-                    Direction::Ingress => "ingress",
-                };
-                write!(f, ", {name} {} burst {}", limit.rate, limit.burst)?;
-            }
-        }
-        Ok(())
+        cgroup_limit::write_limits(f, |d| self.after.spec(d))
     }
 }
 
