@@ -383,37 +383,16 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::crd::fixtures;
 
     fn policy(name: &str, created: &str, spec: serde_json::Value) -> BandwidthPolicy {
-        serde_json::from_value(json!({
-            "apiVersion": "rein.dev/v1alpha1",
-            "kind": "BandwidthPolicy",
-            "metadata": {
-                "name": name,
-                "namespace": "shop",
-                "uid": format!("uid-{name}"),
-                "generation": 1,
-                "creationTimestamp": created
-            },
-            "spec": spec
-        }))
-        .unwrap()
+        fixtures::custom("BandwidthPolicy", name, created, spec)
     }
 
+    /// A pod in a network namespace of its own.
     fn pod(name: &str, labels: &[(&str, &str)]) -> NodePod {
-        NodePod {
-            namespace: "shop".into(),
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            annotations: BTreeMap::new(),
-            place: Some(PodPlace::Netns(PathBuf::from(format!(
-                "/run/netns/cni-{name}"
-            )))),
-        }
+        let netns = PathBuf::from(format!("/run/netns/cni-{name}"));
+        fixtures::pod(name, labels, Some(PodPlace::Netns(netns)))
     }
 
     fn declared(policies: &[BandwidthPolicy], pods: &[NodePod]) -> Declarations {
