@@ -425,6 +425,22 @@ mod tests {
             .collect()
     }
 
+    /// The one resource declared, a `SharedLimit`, and its manifest.
+    fn one_shared(out: &Declarations) -> (&Declared, &Manifest<SharedLimitSpec>) {
+        let [one] = out.resources.as_slice() else {
+            panic!("{:?}", out.resources);
+        };
+        let Resource::SharedLimit(manifest) = &one.resource else {
+            panic!("{one:?}");
+        };
+        (one, manifest)
+    }
+
+    /// The member namespaces of a shared limit, as paths.
+    fn member_netns(spec: &SharedLimitSpec) -> Vec<&str> {
+        spec.netns().iter().map(NetnsPath::as_str).collect()
+    }
+
     #[test]
     fn a_per_pod_policy_limits_each_selected_pod_of_its_namespace() {
         let web = policy(
@@ -605,25 +621,14 @@ mod tests {
         let pods = [pod("batch-0", &[("app", "batch")]), host, pod("web-0", &[])];
         let out = declared(std::slice::from_ref(&shared), &pods);
         assert!(out.problems.is_empty(), "{:?}", out.problems);
-        let [one] = out.resources.as_slice() else {
-            panic!("{:?}", out.resources);
-        };
-        let Resource::SharedLimit(manifest) = &one.resource else {
-            panic!("{one:?}");
-        };
+        let (one, manifest) = one_shared(&out);
         assert_eq!(manifest.metadata.name.as_str(), "policy.shop.batch");
         assert_eq!(
             one.location,
             Location::Object("BandwidthPolicy shop/batch".into())
         );
         let spec = &manifest.spec;
-        assert_eq!(
-            spec.netns()
-                .iter()
-                .map(NetnsPath::as_str)
-                .collect::<Vec<_>>(),
-            ["/run/netns/cni-batch-0"]
-        );
+        assert_eq!(member_netns(spec), ["/run/netns/cni-batch-0"]);
         assert_eq!(
             spec.cgroups()
                 .iter()
@@ -678,21 +683,8 @@ mod tests {
         let pods = [by_cni.clone(), pod("batch-1", &[])];
         let mut out = declared(std::slice::from_ref(&shared), &pods);
         yield_shared_to_cni(&state, &pods, &mut out).unwrap();
-        let [one] = out.resources.as_slice() else {
-            panic!("{:?}", out.resources);
-        };
-        let Resource::SharedLimit(manifest) = &one.resource else {
-            panic!("{one:?}");
-        };
-        assert_eq!(
-            manifest
-                .spec
-                .netns()
-                .iter()
-                .map(NetnsPath::as_str)
-                .collect::<Vec<_>>(),
-            ["/run/netns/cni-batch-1"]
-        );
+        let (_, manifest) = one_shared(&out);
+        assert_eq!(member_netns(&manifest.spec), ["/run/netns/cni-batch-1"]);
         let [problem] = out.problems.as_slice() else {
             panic!("{:?}", out.problems);
         };

@@ -116,21 +116,21 @@ impl Node {
 
     /// The namespace limit `rein list` shows for `path`.
     pub fn netns_limit(&self, path: &str) -> Option<Value> {
-        self.list()["netns"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|ns| ns["netns"].as_str() == Some(path))
-            .cloned()
+        self.listed("netns", "netns", path)
     }
 
     /// The cgroup limit `rein list` shows for `relative` (a path from the v2 root).
     pub fn cgroup_limit(&self, relative: &str) -> Option<Value> {
-        self.list()["cgroups"]
+        self.listed("cgroups", "cgroup", relative)
+    }
+
+    /// The entry of `rein list`'s `section` whose `field` is `value`.
+    fn listed(&self, section: &str, field: &str, value: &str) -> Option<Value> {
+        self.list()[section]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|c| c["cgroup"].as_str() == Some(relative))
+            .find(|entry| entry[field].as_str() == Some(value))
             .cloned()
     }
 }
