@@ -17,7 +17,7 @@ use rein_kube::{
     world::{Declarations, NodePod, PodPlace},
 };
 use rein_testkit::{
-    iperf::{self, ClientOptions, Measured, PORT, Server},
+    iperf::{self, ClientOptions, PORT, Server, assert_near, measured},
     netns::HostPair,
     process::{Cmd, Running, one_at_a_time},
     rein_instance::ReinInstance,
@@ -74,12 +74,6 @@ impl Pod {
     }
 }
 
-fn measured(upload: Running) -> Measured {
-    let out = upload.wait().unwrap();
-    assert!(out.status.success(), "iperf3 failed:\n{out}");
-    iperf::parse(&out.stdout, false, false).unwrap()
-}
-
 fn policy(mode: &str, rate: &str) -> BandwidthPolicy {
     serde_json::from_value(json!({
         "apiVersion": "rein.dev/v1alpha1",
@@ -102,20 +96,6 @@ fn reconcile(rein: &ReinInstance, policies: &[BandwidthPolicy], pods: &[NodePod]
 
 fn list(rein: &ReinInstance) -> Value {
     serde_json::from_str(rein.rein(&["list", "--json"]).ok()).unwrap()
-}
-
-fn assert_near(what: &str, bps: f64, limit: f64, range: std::ops::RangeInclusive<f64>) {
-    let ratio = bps / limit;
-    eprintln!(
-        "{what}: {:.2} Mbit/s, {ratio:.3} of {:.0} Mbit/s",
-        bps / 1e6,
-        limit / 1e6
-    );
-    assert!(
-        range.contains(&ratio),
-        "{what}: {:.1} Mbit/s is {ratio:.3} of the limit, expected {range:?}",
-        bps / 1e6
-    );
 }
 
 /// A Shared policy over two pods: their uploads together hold at its rate, one alone gets all
