@@ -148,9 +148,22 @@ pub struct TestPod {
 impl TestPod {
     /// A pod with a network namespace of its own.
     pub fn in_netns(node: &Node, qos: &str, uid: &str) -> Self {
-        let pair = HostPair::create("rk").unwrap();
+        Self::start(node, qos, uid, Some(HostPair::create("rk").unwrap()))
+    }
+
+    /// A pod on the host's network.
+    pub fn on_host(node: &Node, qos: &str, uid: &str) -> Self {
+        Self::start(node, qos, uid, None)
+    }
+
+    /// The pod's sandbox process in its cgroup, inside the pair's client if it has one.
+    fn start(node: &Node, qos: &str, uid: &str, pair: Option<HostPair>) -> Self {
         let cgroup = node.pod_cgroup(qos, uid);
-        let sandbox = ["ip", "netns", "exec", pair.client().name(), "sleep", "600"];
+        let mut sandbox = match &pair {
+            Some(pair) => vec!["ip", "netns", "exec", pair.client().name()],
+            None => vec![],
+        };
+        sandbox.extend(["sleep", "600"]);
         let process = in_cgroup(&cgroup, &sandbox, Duration::from_secs(600))
             .spawn()
             .unwrap();
@@ -159,22 +172,7 @@ impl TestPod {
             uid: uid.to_owned(),
             cgroup,
             process,
-            pair: Some(pair),
-        }
-    }
-
-    /// A pod on the host's network.
-    pub fn on_host(node: &Node, qos: &str, uid: &str) -> Self {
-        let cgroup = node.pod_cgroup(qos, uid);
-        let process = in_cgroup(&cgroup, &["sleep", "600"], Duration::from_secs(600))
-            .spawn()
-            .unwrap();
-        wait_in_cgroup(&cgroup, &process);
-        Self {
-            uid: uid.to_owned(),
-            cgroup,
-            process,
-            pair: None,
+            pair,
         }
     }
 
