@@ -196,14 +196,15 @@ pub fn declare_policies(policies: &[BandwidthPolicy], pods: &[NodePod], out: &mu
     for policy in oldest_first(policies) {
         let namespace = policy.namespace().unwrap_or_default();
         let shown = format!("{namespace}/{}", policy.name_any());
+        let invalid = |message: String| Problem {
+            object: object_ref("BandwidthPolicy", policy),
+            reason: reasons::INVALID,
+            message,
+        };
         let checked = match check(&policy.spec) {
             Ok(checked) => checked,
             Err(message) => {
-                out.problems.push(Problem {
-                    object: object_ref("BandwidthPolicy", policy),
-                    reason: reasons::INVALID,
-                    message,
-                });
+                out.problems.push(invalid(message));
                 continue;
             }
         };
@@ -289,11 +290,7 @@ pub fn declare_policies(policies: &[BandwidthPolicy], pods: &[NodePod], out: &mu
                         Ok(spec) => spec,
                         // A direction is there, checked above.
                         Err(message) => {
-                            out.problems.push(Problem {
-                                object: object_ref("BandwidthPolicy", policy),
-                                reason: reasons::INVALID,
-                                message,
-                            });
+                            out.problems.push(invalid(message));
                             continue;
                         }
                     };
