@@ -18,7 +18,7 @@ mod spec;
 pub use spec::{DeclaredBy, LimitChange, LimitSpec, Origin, RuleRecord, Section, Target};
 
 use self::datapath::{DIRECTIONS, Datapath};
-use super::{Capability, Context, PreparedReload, rule_steps::keyed_changes, shared_limit};
+use super::{Capability, Context, PreparedReload, rule_steps::plan_keyed, shared_limit};
 use crate::{
     engine::{Desired, Engine, Plan, PurgeReport, Step},
     error::{Error, Result},
@@ -545,21 +545,14 @@ impl Capability for CgroupLimits {
     }
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
-        let (removed, set) =
-            keyed_changes(&state.cgroup_limits.rules, &desired.cgroup_limits, |r| {
-                r.cgroup_id
-            });
-        for record in removed {
-            plan.push(RemoveLimit {
-                record: record.clone(),
-            });
-        }
-        for (before, after) in set {
-            plan.push(SetLimit {
-                before: before.cloned(),
-                after: after.clone(),
-            });
-        }
+        plan_keyed(
+            plan,
+            &state.cgroup_limits.rules,
+            &desired.cgroup_limits,
+            |r| r.cgroup_id,
+            |record| RemoveLimit { record },
+            |before, after| SetLimit { before, after },
+        );
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use super::{
         self, DirectionView, LimitSpec,
         datapath::{DIRECTIONS, Datapath},
     },
-    rule_steps::keyed_changes,
+    rule_steps::plan_keyed,
 };
 use crate::{
     engine::{Desired, Engine, Plan, PurgeReport, Step, Transaction},
@@ -592,20 +592,14 @@ impl Capability for NetnsLimits {
     }
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
-        let (removed, set) = keyed_changes(&state.netns_limits.rules, &desired.netns_limits, |r| {
-            r.cookie
-        });
-        for record in removed {
-            plan.push(RemoveNetnsLimit {
-                record: record.clone(),
-            });
-        }
-        for (before, after) in set {
-            plan.push(SetNetnsLimit {
-                before: before.cloned(),
-                after: after.clone(),
-            });
-        }
+        plan_keyed(
+            plan,
+            &state.netns_limits.rules,
+            &desired.netns_limits,
+            |r| r.cookie,
+            |record| RemoveNetnsLimit { record },
+            |before, after| SetNetnsLimit { before, after },
+        );
         Ok(())
     }
 

@@ -30,7 +30,7 @@ use super::{
         datapath::{DIRECTIONS, Datapath},
     },
     netns_limit::{Namespace, NetnsOrigin},
-    rule_steps::keyed_changes,
+    rule_steps::plan_keyed,
 };
 use crate::{
     engine::{Desired, Engine, Plan, PurgeReport, Step},
@@ -496,21 +496,14 @@ impl Capability for SharedLimits {
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
         check_members(desired)?;
-        let (removed, set) =
-            keyed_changes(&state.shared_limits.groups, &desired.shared_limits, |g| {
-                g.name.clone()
-            });
-        for record in removed {
-            plan.push(RemoveShared {
-                record: record.clone(),
-            });
-        }
-        for (before, after) in set {
-            plan.push(SetShared {
-                before: before.cloned(),
-                after: after.clone(),
-            });
-        }
+        plan_keyed(
+            plan,
+            &state.shared_limits.groups,
+            &desired.shared_limits,
+            |g| g.name.clone(),
+            |record| RemoveShared { record },
+            |before, after| SetShared { before, after },
+        );
         Ok(())
     }
 
