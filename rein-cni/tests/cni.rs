@@ -13,8 +13,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
-    sync::OnceLock,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -22,7 +21,7 @@ use rein_testkit::{
     iperf::{self, ClientOptions},
     netns::{Netns, unique_suffix},
     process::{Cmd, Output, one_at_a_time},
-    rein_instance::ReinInstance,
+    rein_instance::{ReinInstance, rein_binary_beside},
 };
 use serde_json::{Value, json};
 
@@ -32,37 +31,12 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// The newest version Debian's ptp (1.1.1) speaks.
 const PTP_VERSION: &str = "1.0.0";
 
-/// The `rein` binary of the same build as rein-cni, for the instance's purge and `list`: built
-/// here once, since `cargo test -p rein-cni` builds only rein-cni's binaries.
-fn rein_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let plugin = Path::new(env!("CARGO_BIN_EXE_rein-cni"));
-        let profile_dir = plugin.parent().unwrap();
-        let target_dir = profile_dir.parent().unwrap();
-        let mut argv = vec![
-            env!("CARGO").to_owned(),
-            "build".into(),
-            "--locked".into(),
-            "-p".into(),
-            "rein".into(),
-            "--bin".into(),
-            "rein".into(),
-            "--target-dir".into(),
-            target_dir.display().to_string(),
-        ];
-        if profile_dir.ends_with("release") {
-            argv.push("--release".into());
-        }
-        Cmd::new(argv, Duration::from_secs(600))
-            .run()
-            .unwrap_or_else(|e| panic!("cannot build rein: {e}"));
-        profile_dir.join("rein")
-    })
-}
-
 fn instance() -> ReinInstance {
-    ReinInstance::for_test(rein_binary().to_str().unwrap())
+    ReinInstance::for_test(
+        rein_binary_beside(env!("CARGO_BIN_EXE_rein-cni"))
+            .to_str()
+            .unwrap(),
+    )
 }
 
 /// One call of a CNI plugin inside `host`.

@@ -18,7 +18,7 @@ use common::{
     node::{Driver, Node, RunningAgent, TestPod},
 };
 use rein_testkit::{
-    iperf::{self, ClientOptions, Measured, PORT, Server},
+    iperf::{self, ClientOptions, PORT, Server, assert_near, measured},
     process::{Cmd, Running, one_at_a_time, wait_until},
 };
 use serde_json::{Value, json};
@@ -67,25 +67,6 @@ fn upload(pod: &TestPod) -> Running {
         .client()
         .exec(&iperf::client_argv(&pair.link.server_addr, PORT, &options));
     Cmd::new(argv, Duration::from_secs(30)).spawn().unwrap()
-}
-
-fn measured(upload: Running) -> Measured {
-    let out = upload.wait().unwrap();
-    assert!(out.status.success(), "iperf3 failed:\n{out}");
-    iperf::parse(&out.stdout, false, false).unwrap()
-}
-
-fn assert_near(what: &str, bps: f64, limit: f64, range: std::ops::RangeInclusive<f64>) {
-    let ratio = bps / limit;
-    eprintln!(
-        "{what}: {:.2} Mbit/s, {ratio:.3} of {:.0} Mbit/s",
-        bps / 1e6,
-        limit / 1e6
-    );
-    assert!(
-        range.contains(&ratio),
-        "{what}: {ratio:.3} of the limit, expected {range:?}"
-    );
 }
 
 /// The last status the agent wrote for `name` of `plural`.

@@ -21,7 +21,7 @@ use common::{
 use rein_testkit::{
     http::sample,
     iperf::{self, ClientOptions},
-    netns::{Netns, ip},
+    netns::queue_devices,
     process::{Cmd, one_at_a_time, wait_until},
 };
 use serde_json::{Value, json};
@@ -57,17 +57,6 @@ fn pod_json(name: &str, pod: &TestPod, qos: &str, annotations: &[(&str, &str)]) 
 /// Waits up to 5 s for `done`.
 fn eventually(what: &str, done: impl FnMut() -> bool) {
     assert!(wait_until(Duration::from_secs(5), done), "never: {what}");
-}
-
-/// The queue devices (`rq…`) inside `ns`.
-fn queue_devices(ns: &Netns) -> Vec<String> {
-    ip(&["-n", ns.name(), "-o", "link", "show"])
-        .unwrap()
-        .lines()
-        .filter_map(|line| line.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
-        .filter(|name| name.starts_with("rq"))
-        .collect()
 }
 
 /// Events of `reason` on the pod `uid`.
@@ -258,7 +247,11 @@ fn an_egress_annotation_limits_the_pod_follows_its_changes_within_a_second_and_l
     eventually("the pod's limit is removed", || {
         node.netns_limit(&path).is_none()
     });
-    assert!(queue_devices(pod.pair().client()).is_empty());
+    assert!(
+        queue_devices(pod.pair().client().name())
+            .unwrap()
+            .is_empty()
+    );
     // The pod deleted: its cgroup limit goes, and so do its metrics.
     api.delete(&PODS, "default", "host");
     eventually("the deleted pod's limit is removed", || {
@@ -322,7 +315,7 @@ fn an_ingress_annotation_holds_the_pods_downloads_at_the_limit_without_retransmi
         node.netns_limit(&path).unwrap()["ingress"]["rate_bits_per_second"],
         20_000_000
     );
-    assert_eq!(queue_devices(pod.pair().client()).len(), 1);
+    assert_eq!(queue_devices(pod.pair().client().name()).unwrap().len(), 1);
     let measured = download(&pod, 4);
     let share = measured.received_bps / 20e6;
     let retransmits = measured.retransmits.unwrap_or(u64::MAX);
@@ -340,7 +333,11 @@ fn an_ingress_annotation_holds_the_pods_downloads_at_the_limit_without_retransmi
     eventually("the deleted pod's limit is removed", || {
         node.netns_limit(&path).is_none()
     });
-    assert!(queue_devices(pod.pair().client()).is_empty());
+    assert!(
+        queue_devices(pod.pair().client().name())
+            .unwrap()
+            .is_empty()
+    );
     agent.stop();
 }
 

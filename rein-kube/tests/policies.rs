@@ -7,57 +7,22 @@
 // too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    sync::OnceLock,
-    time::Duration,
-};
+mod common;
 
-use rein::{
-    Engine,
-    declarative::{self, Declarer, Mode, Resources},
-};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use common::node::{apply_declared, rein_binary};
 use rein_kube::{
     crd::{BandwidthPolicy, declare_policies},
     world::{Declarations, NodePod, PodPlace},
 };
 use rein_testkit::{
-    iperf::{self, ClientOptions, Measured, PORT, Server},
+    iperf::{self, ClientOptions, PORT, Server, assert_near, measured},
     netns::HostPair,
     process::{Cmd, Running, one_at_a_time},
     rein_instance::ReinInstance,
 };
 use serde_json::{Value, json};
-
-/// The `rein` binary of the same build, for the instance's `list` and purge: built here once,
-/// since `cargo test -p rein-kube` builds only rein-kube's binaries.
-fn rein_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let own = Path::new(env!("CARGO_BIN_EXE_crdgen"));
-        let profile_dir = own.parent().unwrap();
-        let target_dir = profile_dir.parent().unwrap();
-        let mut argv = vec![
-            env!("CARGO").to_owned(),
-            "build".into(),
-            "--locked".into(),
-            "-p".into(),
-            "rein".into(),
-            "--bin".into(),
-            "rein".into(),
-            "--target-dir".into(),
-            target_dir.display().to_string(),
-        ];
-        if profile_dir.ends_with("release") {
-            argv.push("--release".into());
-        }
-        Cmd::new(argv, Duration::from_secs(900))
-            .run()
-            .unwrap_or_else(|e| panic!("cannot build rein: {e}"));
-        profile_dir.join("rein")
-    })
-}
 
 /// A pod of the test: its network namespace (the pair's client) and a peer to send to.
 struct Pod {
@@ -109,12 +74,6 @@ impl Pod {
     }
 }
 
-fn measured(upload: Running) -> Measured {
-    let out = upload.wait().unwrap();
-    assert!(out.status.success(), "iperf3 failed:\n{out}");
-    iperf::parse(&out.stdout, false, false).unwrap()
-}
-
 fn policy(mode: &str, rate: &str) -> BandwidthPolicy {
     serde_json::from_value(json!({
         "apiVersion": "rein.dev/v1alpha1",
@@ -132,30 +91,11 @@ fn policy(mode: &str, rate: &str) -> BandwidthPolicy {
 fn reconcile(rein: &ReinInstance, policies: &[BandwidthPolicy], pods: &[NodePod]) {
     let mut out = Declarations::default();
     declare_policies(policies, pods, &mut out);
-    assert!(out.problems.is_empty(), "{:?}", out.problems);
-    let resources = Resources {
-        items: out.resources,
-    };
-    let mut engine = Engine::open(rein.library_instance()).unwrap();
-    declarative::apply_as(&mut engine, &resources, Mode::Exact, Declarer::Kubernetes).unwrap();
+    apply_declared(rein, out);
 }
 
 fn list(rein: &ReinInstance) -> Value {
     serde_json::from_str(rein.rein(&["list", "--json"]).ok()).unwrap()
-}
-
-fn assert_near(what: &str, bps: f64, limit: f64, range: std::ops::RangeInclusive<f64>) {
-    let ratio = bps / limit;
-    eprintln!(
-        "{what}: {:.2} Mbit/s, {ratio:.3} of {:.0} Mbit/s",
-        bps / 1e6,
-        limit / 1e6
-    );
-    assert!(
-        range.contains(&ratio),
-        "{what}: {:.1} Mbit/s is {ratio:.3} of the limit, expected {range:?}",
-        bps / 1e6
-    );
 }
 
 /// A Shared policy over two pods: their uploads together hold at its rate, one alone gets all

@@ -8,19 +8,12 @@
 // too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::OnceLock,
-    time::Duration,
-};
+mod common;
 
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+
+use common::node::{apply_declared, rein_binary};
 use k8s_openapi::api::core::v1::Service;
-use rein::{
-    Engine,
-    declarative::{self, Declarer, Mode, Resources},
-};
 use rein_kube::{
     crd::{RateLimit, declare_rate_limits},
     world::{Declarations, NodePod, PodPlace},
@@ -28,39 +21,9 @@ use rein_kube::{
 use rein_testkit::{
     connect::{self, Reply, Server},
     netns::HostPair,
-    process::Cmd,
     rein_instance::ReinInstance,
 };
 use serde_json::{Value, json};
-
-/// The `rein` binary of the same build, for the instance's `list` and purge: built here once,
-/// since `cargo test -p rein-kube` builds only rein-kube's binaries.
-fn rein_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let own = Path::new(env!("CARGO_BIN_EXE_crdgen"));
-        let profile_dir = own.parent().unwrap();
-        let target_dir = profile_dir.parent().unwrap();
-        let mut argv = vec![
-            env!("CARGO").to_owned(),
-            "build".into(),
-            "--locked".into(),
-            "-p".into(),
-            "rein".into(),
-            "--bin".into(),
-            "rein".into(),
-            "--target-dir".into(),
-            target_dir.display().to_string(),
-        ];
-        if profile_dir.ends_with("release") {
-            argv.push("--release".into());
-        }
-        Cmd::new(argv, Duration::from_secs(900))
-            .run()
-            .unwrap_or_else(|e| panic!("cannot build rein: {e}"));
-        profile_dir.join("rein")
-    })
-}
 
 /// The Service: its cluster IPs are the peer's two addresses, its ports `ports` (name, port).
 fn service(pair: &HostPair, ports: &[(&str, u16)]) -> Service {
@@ -105,12 +68,7 @@ fn rate_limit(extra: Value) -> RateLimit {
 fn reconcile(rein: &ReinInstance, limits: &[RateLimit], services: &[Service], pods: &[NodePod]) {
     let mut out = Declarations::default();
     declare_rate_limits(limits, services, pods, &mut out);
-    assert!(out.problems.is_empty(), "{:?}", out.problems);
-    let resources = Resources {
-        items: out.resources,
-    };
-    let mut engine = Engine::open(rein.library_instance()).unwrap();
-    declarative::apply_as(&mut engine, &resources, Mode::Exact, Declarer::Kubernetes).unwrap();
+    apply_declared(rein, out);
 }
 
 /// The connects that pass out of `n` from the pod to `addr`, the others refused at once.

@@ -377,6 +377,30 @@ pub fn run_client(cmd: &Cmd, udp: bool, reverse: bool) -> Result<Measured> {
     Ok(measured)
 }
 
+/// What a TCP client started with [`Cmd::spawn`] measured, once it ends. Panics (a test's
+/// helper) when it fails.
+pub fn measured(client: Running) -> Measured {
+    let out = client.wait().unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "iperf3 failed:\n{out}");
+    parse(&out.stdout, false, false).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Asserts that `bps` is within `range` of `limit` (as fractions of it), saying the figures
+/// either way. Panics (a test's helper) when it is not.
+pub fn assert_near(what: &str, bps: f64, limit: f64, range: std::ops::RangeInclusive<f64>) {
+    let ratio = bps / limit;
+    eprintln!(
+        "{what}: {:.2} Mbit/s, {ratio:.3} of {:.0} Mbit/s",
+        bps / 1e6,
+        limit / 1e6
+    );
+    assert!(
+        range.contains(&ratio),
+        "{what}: {:.1} Mbit/s is {ratio:.3} of the limit, expected {range:?}",
+        bps / 1e6
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -81,6 +81,16 @@ pub fn ip(args: &[&str]) -> Result<String> {
     Ok(Cmd::new(argv, QUICK).run()?.stdout)
 }
 
+/// The names of rein's queue devices (`rq…`) in the network namespace named `ns`.
+pub fn queue_devices(ns: &str) -> Result<Vec<String>> {
+    Ok(ip(&["-n", ns, "-o", "link", "show"])?
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .filter(|name| name.starts_with("rq"))
+        .collect())
+}
+
 /// A named network namespace (`/run/netns/NAME`), deleted on drop.
 #[derive(Debug)]
 pub struct Netns {

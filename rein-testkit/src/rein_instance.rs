@@ -18,6 +18,7 @@ use std::{
     cell::RefCell,
     fs,
     path::{Path, PathBuf},
+    sync::OnceLock,
     thread,
     time::Duration,
 };
@@ -204,6 +205,40 @@ impl ReinInstance {
         let _ = fs::remove_dir_all(self.pin_dir());
         let _ = fs::remove_dir_all(self.state_dir());
     }
+}
+
+/// The `rein` binary of the build `sibling` belongs to (a binary of the calling crate:
+/// `env!("CARGO_BIN_EXE_<name>")`), built there once per test process: `cargo test -p <crate>`
+/// builds only that crate's binaries, and a test of rein-kube or rein-cni drives rein too.
+/// Panics when rein cannot be built.
+pub fn rein_binary_beside(sibling: &str) -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let sibling = Path::new(sibling);
+        let (Some(profile_dir), Some(target_dir)) =
+            (sibling.parent(), sibling.parent().and_then(Path::parent))
+        else {
+            panic!("{} is not in a target directory", sibling.display());
+        };
+        let mut argv = vec![
+            env!("CARGO").to_owned(),
+            "build".into(),
+            "--locked".into(),
+            "-p".into(),
+            "rein".into(),
+            "--bin".into(),
+            "rein".into(),
+            "--target-dir".into(),
+            target_dir.display().to_string(),
+        ];
+        if profile_dir.ends_with("release") {
+            argv.push("--release".into());
+        }
+        Cmd::new(argv, Duration::from_secs(900))
+            .run()
+            .unwrap_or_else(|e| panic!("cannot build rein: {e}"));
+        profile_dir.join("rein")
+    })
 }
 
 /// Helpers for tests: they panic with the command and its output when rein cannot run or says

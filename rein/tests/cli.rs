@@ -437,17 +437,6 @@ fn a_cgroup_limit_is_set_changed_reloaded_and_unset_without_trace() {
     rein.assert_no_trace("list");
 }
 
-/// The names of the queue devices (`rq...`) in the network namespace `ns`.
-fn queue_devices(ns: &str) -> Vec<String> {
-    netns::ip(&["-n", ns, "-o", "link"])
-        .unwrap()
-        .lines()
-        .filter_map(|line| line.split(": ").nth(1))
-        .filter(|name| name.starts_with("rq"))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The root qdisc of `device` in `ns`, as `tc` prints it.
 fn root_qdisc(ns: &str, device: &str) -> String {
     Cmd::new(
@@ -469,7 +458,7 @@ fn an_ingress_limit_has_its_queue_where_rein_runs_until_unset_or_purge() {
 
     rein.rein_in(ns, &["set", "--cgroup", app_arg, "--ingress", "5mbit"])
         .ok();
-    let queues = queue_devices(ns);
+    let queues = netns::queue_devices(ns).unwrap();
     assert_eq!(queues.len(), 1, "{queues:?}");
     let qdisc = root_qdisc(ns, &queues[0]);
     assert!(
@@ -496,10 +485,10 @@ fn an_ingress_limit_has_its_queue_where_rein_runs_until_unset_or_purge() {
     // A change of rate re-makes the queue; a reload keeps it, with what waits in it.
     rein.rein_in(ns, &["set", "--cgroup", app_arg, "--ingress", "8mbit"])
         .ok();
-    let queues = queue_devices(ns);
+    let queues = netns::queue_devices(ns).unwrap();
     let before = index(ns, &queues[0]);
     rein.rein_in(ns, &["reload"]).ok();
-    assert_eq!(queue_devices(ns), queues);
+    assert_eq!(netns::queue_devices(ns).unwrap(), queues);
     assert_eq!(index(ns, &queues[0]), before, "reload made the queue anew");
     let qdisc = root_qdisc(ns, &queues[0]);
     assert!(qdisc.contains("rate 8Mbit"), "{qdisc}");
@@ -518,18 +507,18 @@ fn an_ingress_limit_has_its_queue_where_rein_runs_until_unset_or_purge() {
     assert_eq!(index(ns, &queues[0]), before, "the queue was made anew");
 
     rein.rein_in(ns, &["unset", "--cgroup", app_arg]).ok();
-    assert_eq!(queue_devices(ns), Vec::<String>::new());
+    assert_eq!(netns::queue_devices(ns).unwrap(), Vec::<String>::new());
     rein.assert_no_trace("the unset of an ingress limit");
     // An egress limit alone has no queue.
     rein.rein_in(ns, &["set", "--cgroup", app_arg, "--egress", "8mbit"])
         .ok();
-    assert_eq!(queue_devices(ns), Vec::<String>::new());
+    assert_eq!(netns::queue_devices(ns).unwrap(), Vec::<String>::new());
 
     rein.rein_in(ns, &["set", "--cgroup", app_arg, "--ingress", "8mbit"])
         .ok();
-    assert_eq!(queue_devices(ns).len(), 1);
+    assert_eq!(netns::queue_devices(ns).unwrap().len(), 1);
     rein.rein_in(ns, &["purge"]).ok();
-    assert_eq!(queue_devices(ns), Vec::<String>::new());
+    assert_eq!(netns::queue_devices(ns).unwrap(), Vec::<String>::new());
     rein.assert_no_trace("purge");
 }
 

@@ -551,7 +551,7 @@ fn nested_rules_refund_the_parent(ids: Ids) -> Result<(), Failed> {
     })?;
     let parent_after = loaded.rule(ids.parent, Direction::Egress).bucket;
     // 3 packets of 1000 bytes at 1 ms a byte: the parent's clock moved 3 s, not 10.
-    let charged_ns = parent_after.tat - parent_before.tat.max(parent_after.tat - 10_000_000_000);
+    let charged_ns = charged_ns(parent_before.tat, parent_after.tat);
     ensure(
         (2_900_000_000..=3_100_000_000).contains(&charged_ns),
         || format!("parent charged {charged_ns} ns for 3 passed packets"),
@@ -562,6 +562,13 @@ fn nested_rules_refund_the_parent(ids: Ids) -> Result<(), Failed> {
         parent.passed_packets == 3 && parent.dropped_packets == 0 && child.dropped_packets == 7,
         || format!("parent {parent:?}, child {child:?}"),
     )
+}
+
+/// What a bucket was charged between two reads of its clock (`tat`), in ns. A clock behind
+/// now is credit, not charge: only its last 10 s count, the most the tests' 10 packets of 1000
+/// bytes at 1 ms a byte can charge.
+fn charged_ns(before: u64, after: u64) -> u64 {
+    after - before.max(after - 10_000_000_000)
 }
 
 /// Deeper nests: three rules (the levels below the test's cgroup, charged in line) and five
@@ -593,7 +600,7 @@ fn three_and_five_nested_rules_refund_the_rules_above(ids: Ids) -> Result<(), Fa
         for (&cgroup, before) in above.iter().zip(before) {
             let after = loaded.rule(cgroup, Direction::Egress).bucket.tat;
             // 3 packets of 1000 bytes at 1 ms a byte: 3 s, not 10.
-            let charged_ns = after - before.max(after - 10_000_000_000);
+            let charged_ns = charged_ns(before, after);
             ensure(
                 (2_900_000_000..=3_100_000_000).contains(&charged_ns),
                 || format!("{n} rules: cgroup {cgroup} charged {charged_ns} ns for 3 packets"),
@@ -1090,7 +1097,7 @@ fn a_member_and_its_own_ancestor_rule_are_both_charged(ids: Ids) -> Result<(), F
     })?;
     // The group's bucket took the 5 passed packets: its clock moved about 5 s (1 ms a byte).
     let group_after = loaded.rule(group, Direction::Egress).bucket.tat;
-    let charged = group_after - group_before.max(group_after - 10_000_000_000);
+    let charged = charged_ns(group_before, group_after);
     ensure((4_900_000_000..=5_100_000_000).contains(&charged), || {
         format!("the group was charged {charged} ns for 5 passed packets")
     })?;
@@ -1117,7 +1124,7 @@ fn a_refusal_below_a_member_refunds_the_group(ids: Ids) -> Result<(), Failed> {
         format!("{passed} passed the child's 3000-byte burst")
     })?;
     let after = loaded.rule(group, Direction::Egress).bucket.tat;
-    let charged = after - before.max(after - 10_000_000_000);
+    let charged = charged_ns(before, after);
     ensure((2_900_000_000..=3_100_000_000).contains(&charged), || {
         format!("the group was charged {charged} ns for 3 passed packets")
     })?;

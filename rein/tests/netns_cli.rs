@@ -20,7 +20,7 @@ use rein_testkit::{
     agent::{Agent, Config},
     files::Files,
     iperf::{self, ClientOptions, PORT, Server},
-    netns::{HostPair, Netns, ip},
+    netns::{HostPair, Netns, ip, queue_devices},
     process::{Cmd, one_at_a_time, wait_until},
     rein_instance::ReinInstance,
 };
@@ -69,17 +69,6 @@ fn pins(rein: &ReinInstance) -> Vec<String> {
     out
 }
 
-/// The queue devices (`rq…`) inside `ns`.
-fn queue_devices(ns: &Netns) -> Vec<String> {
-    ip(&["-n", ns.name(), "-o", "link", "show"])
-        .unwrap()
-        .lines()
-        .filter_map(|line| line.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
-        .filter(|name| name.starts_with("rq"))
-        .collect()
-}
-
 /// One iperf3 run from the client of `pair` to `addr` in its server (`reverse`: into the
 /// client), with a one-off server there.
 fn transfer(pair: &HostPair, addr: &str, seconds: u32, reverse: bool) -> iperf::Measured {
@@ -125,7 +114,7 @@ fn a_namespace_limit_holds_both_ways_and_unset_leaves_nothing() {
     assert_eq!(listed["origin"]["kind"], "manual");
     assert!(!pins(&rein).is_empty(), "a limit in force is pinned");
     assert_eq!(
-        queue_devices(pair.client()).len(),
+        queue_devices(pair.client().name()).unwrap().len(),
         1,
         "the ingress queue lives in the namespace"
     );
@@ -166,7 +155,7 @@ fn a_namespace_limit_holds_both_ways_and_unset_leaves_nothing() {
     let out = rein.rein(&["unset", "--netns", &path]);
     assert!(out.ok().contains("removed the limit"), "{out}");
     assert!(namespaces(&rein).is_empty());
-    assert!(queue_devices(pair.client()).is_empty());
+    assert!(queue_devices(pair.client().name()).unwrap().is_empty());
     assert_eq!(pins(&rein), pins_before, "unset left pins behind");
     rein.rein(&["unset", "--netns", &path])
         .refused(&["has no rein limit"]);

@@ -12,7 +12,7 @@ use std::{path::Path, sync::MutexGuard, time::Duration};
 use rein_testkit::{
     cgroup::in_cgroup,
     files::Files,
-    iperf::{self, ClientOptions, Measured, PORT, Server},
+    iperf::{self, ClientOptions, Measured, PORT, Server, assert_near},
     netns::HostPair,
     process::{Cmd, Running, one_at_a_time},
     rein_instance::ReinInstance,
@@ -96,16 +96,6 @@ fn sum(results: &[Measured]) -> f64 {
 
 fn retransmits(results: &[Measured]) -> u64 {
     results.iter().filter_map(|r| r.retransmits).sum()
-}
-
-fn assert_near(what: &str, bps: f64, limit: f64, range: std::ops::RangeInclusive<f64>) {
-    let ratio = bps / limit;
-    eprintln!("{what}: {ratio:.3} of the limit");
-    assert!(
-        range.contains(&ratio),
-        "{what}: {:.1} Mbit/s is {ratio:.3} of the limit, expected {range:?}",
-        bps / 1e6
-    );
 }
 
 fn member_passed_bytes(group: &Value, path: &str) -> u64 {

@@ -196,14 +196,15 @@ pub fn declare_policies(policies: &[BandwidthPolicy], pods: &[NodePod], out: &mu
     for policy in oldest_first(policies) {
         let namespace = policy.namespace().unwrap_or_default();
         let shown = format!("{namespace}/{}", policy.name_any());
+        let invalid = |message: String| Problem {
+            object: object_ref("BandwidthPolicy", policy),
+            reason: reasons::INVALID,
+            message,
+        };
         let checked = match check(&policy.spec) {
             Ok(checked) => checked,
             Err(message) => {
-                out.problems.push(Problem {
-                    object: object_ref("BandwidthPolicy", policy),
-                    reason: reasons::INVALID,
-                    message,
-                });
+                out.problems.push(invalid(message));
                 continue;
             }
         };
@@ -289,11 +290,7 @@ pub fn declare_policies(policies: &[BandwidthPolicy], pods: &[NodePod], out: &mu
                         Ok(spec) => spec,
                         // A direction is there, checked above.
                         Err(message) => {
-                            out.problems.push(Problem {
-                                object: object_ref("BandwidthPolicy", policy),
-                                reason: reasons::INVALID,
-                                message,
-                            });
+                            out.problems.push(invalid(message));
                             continue;
                         }
                     };
@@ -383,37 +380,16 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::crd::fixtures;
 
     fn policy(name: &str, created: &str, spec: serde_json::Value) -> BandwidthPolicy {
-        serde_json::from_value(json!({
-            "apiVersion": "rein.dev/v1alpha1",
-            "kind": "BandwidthPolicy",
-            "metadata": {
-                "name": name,
-                "namespace": "shop",
-                "uid": format!("uid-{name}"),
-                "generation": 1,
-                "creationTimestamp": created
-            },
-            "spec": spec
-        }))
-        .unwrap()
+        fixtures::custom("BandwidthPolicy", name, created, spec)
     }
 
+    /// A pod in a network namespace of its own.
     fn pod(name: &str, labels: &[(&str, &str)]) -> NodePod {
-        NodePod {
-            namespace: "shop".into(),
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            annotations: BTreeMap::new(),
-            place: Some(PodPlace::Netns(PathBuf::from(format!(
-                "/run/netns/cni-{name}"
-            )))),
-        }
+        let netns = PathBuf::from(format!("/run/netns/cni-{name}"));
+        fixtures::pod(name, labels, Some(PodPlace::Netns(netns)))
     }
 
     fn declared(policies: &[BandwidthPolicy], pods: &[NodePod]) -> Declarations {
@@ -444,6 +420,22 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// The one resource declared, a `SharedLimit`, and its manifest.
+    fn one_shared(out: &Declarations) -> (&Declared, &Manifest<SharedLimitSpec>) {
+        let [one] = out.resources.as_slice() else {
+            panic!("{:?}", out.resources);
+        };
+        let Resource::SharedLimit(manifest) = &one.resource else {
+            panic!("{one:?}");
+        };
+        (one, manifest)
+    }
+
+    /// The member namespaces of a shared limit, as paths.
+    fn member_netns(spec: &SharedLimitSpec) -> Vec<&str> {
+        spec.netns().iter().map(NetnsPath::as_str).collect()
     }
 
     #[test]
@@ -626,25 +618,14 @@ mod tests {
         let pods = [pod("batch-0", &[("app", "batch")]), host, pod("web-0", &[])];
         let out = declared(std::slice::from_ref(&shared), &pods);
         assert!(out.problems.is_empty(), "{:?}", out.problems);
-        let [one] = out.resources.as_slice() else {
-            panic!("{:?}", out.resources);
-        };
-        let Resource::SharedLimit(manifest) = &one.resource else {
-            panic!("{one:?}");
-        };
+        let (one, manifest) = one_shared(&out);
         assert_eq!(manifest.metadata.name.as_str(), "policy.shop.batch");
         assert_eq!(
             one.location,
             Location::Object("BandwidthPolicy shop/batch".into())
         );
         let spec = &manifest.spec;
-        assert_eq!(
-            spec.netns()
-                .iter()
-                .map(NetnsPath::as_str)
-                .collect::<Vec<_>>(),
-            ["/run/netns/cni-batch-0"]
-        );
+        assert_eq!(member_netns(spec), ["/run/netns/cni-batch-0"]);
         assert_eq!(
             spec.cgroups()
                 .iter()
@@ -699,21 +680,8 @@ mod tests {
         let pods = [by_cni.clone(), pod("batch-1", &[])];
         let mut out = declared(std::slice::from_ref(&shared), &pods);
         yield_shared_to_cni(&state, &pods, &mut out).unwrap();
-        let [one] = out.resources.as_slice() else {
-            panic!("{:?}", out.resources);
-        };
-        let Resource::SharedLimit(manifest) = &one.resource else {
-            panic!("{one:?}");
-        };
-        assert_eq!(
-            manifest
-                .spec
-                .netns()
-                .iter()
-                .map(NetnsPath::as_str)
-                .collect::<Vec<_>>(),
-            ["/run/netns/cni-batch-1"]
-        );
+        let (_, manifest) = one_shared(&out);
+        assert_eq!(member_netns(&manifest.spec), ["/run/netns/cni-batch-1"]);
         let [problem] = out.problems.as_slice() else {
             panic!("{:?}", out.problems);
         };

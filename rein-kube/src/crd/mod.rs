@@ -136,6 +136,50 @@ fn fnv1a(text: &str, salt: u64) -> u64 {
         })
 }
 
+/// What the translations' unit tests build their world from.
+#[cfg(test)]
+mod fixtures {
+    use std::collections::BTreeMap;
+
+    use serde::de::DeserializeOwned;
+    use serde_json::{Value, json};
+
+    use crate::world::{NodePod, PodPlace};
+
+    /// A custom resource of `kind` named `name` in namespace `shop`, created at `created` (its
+    /// age decides between two that claim the same thing), as the API server returns it.
+    pub fn custom<K: DeserializeOwned>(kind: &str, name: &str, created: &str, spec: Value) -> K {
+        serde_json::from_value(json!({
+            "apiVersion": "rein.dev/v1alpha1",
+            "kind": kind,
+            "metadata": {
+                "name": name,
+                "namespace": "shop",
+                "uid": format!("uid-{name}"),
+                "generation": 1,
+                "creationTimestamp": created
+            },
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    /// A pod of namespace `shop` on this node, with `labels` and no annotation.
+    pub fn pod(name: &str, labels: &[(&str, &str)], place: Option<PodPlace>) -> NodePod {
+        NodePod {
+            namespace: "shop".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            annotations: BTreeMap::new(),
+            place,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -522,6 +522,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::crd::fixtures::{self, pod};
 
     /// A dual-stack Service as the API server returns it (named ports, DNS on both protocols).
     fn dual_stack() -> Service {
@@ -573,33 +574,7 @@ mod tests {
     }
 
     fn rate_limit(name: &str, created: &str, spec: serde_json::Value) -> RateLimit {
-        serde_json::from_value(json!({
-            "apiVersion": "rein.dev/v1alpha1",
-            "kind": "RateLimit",
-            "metadata": {
-                "name": name,
-                "namespace": "shop",
-                "uid": format!("uid-{name}"),
-                "generation": 1,
-                "creationTimestamp": created
-            },
-            "spec": spec
-        }))
-        .unwrap()
-    }
-
-    fn pod(name: &str, labels: &[(&str, &str)], place: Option<PodPlace>) -> NodePod {
-        NodePod {
-            namespace: "shop".into(),
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            annotations: BTreeMap::new(),
-            place,
-        }
+        fixtures::custom("RateLimit", name, created, spec)
     }
 
     fn declared(limits: &[RateLimit], services: &[Service], pods: &[NodePod]) -> Declarations {

@@ -5,49 +5,39 @@
 use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    sync::OnceLock,
     time::Duration,
 };
 
-use rein_kube::agent;
+use rein::{
+    Engine,
+    declarative::{self, Declarer, Mode, Resources},
+};
+use rein_kube::{agent, world::Declarations};
 use rein_testkit::{
     cgroup::in_cgroup,
     netns::HostPair,
-    process::{Cmd, Running},
-    rein_instance::ReinInstance,
+    process::Running,
+    rein_instance::{self, ReinInstance},
 };
 use serde_json::Value;
 use tokio::{runtime::Runtime, sync::oneshot, task::JoinHandle};
 
 use super::api::Api;
 
-/// The `rein` binary of the same build, for the instance's `list` and purge: built here once,
-/// since `cargo test -p rein-kube` builds only rein-kube's binaries.
+/// The `rein` binary of the same build, for the instance's `list` and purge.
 pub fn rein_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let own = Path::new(env!("CARGO_BIN_EXE_rein-kube"));
-        let profile_dir = own.parent().unwrap();
-        let target_dir = profile_dir.parent().unwrap();
-        let mut argv = vec![
-            env!("CARGO").to_owned(),
-            "build".into(),
-            "--locked".into(),
-            "-p".into(),
-            "rein".into(),
-            "--bin".into(),
-            "rein".into(),
-            "--target-dir".into(),
-            target_dir.display().to_string(),
-        ];
-        if profile_dir.ends_with("release") {
-            argv.push("--release".into());
-        }
-        Cmd::new(argv, Duration::from_secs(900))
-            .run()
-            .unwrap_or_else(|e| panic!("cannot build rein: {e}"));
-        profile_dir.join("rein")
-    })
+    rein_instance::rein_binary_beside(env!("CARGO_BIN_EXE_rein-kube"))
+}
+
+/// What the agent does on a reconcile with `out`, its translation of the world: applied as the
+/// Kubernetes declarer's whole (Exact). A problem in the translation fails the test.
+pub fn apply_declared(rein: &ReinInstance, out: Declarations) {
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    let resources = Resources {
+        items: out.resources,
+    };
+    let mut engine = Engine::open(rein.library_instance()).unwrap();
+    declarative::apply_as(&mut engine, &resources, Mode::Exact, Declarer::Kubernetes).unwrap();
 }
 
 /// kubelet's cgroup driver: how the kubepods tree is named.
@@ -126,21 +116,21 @@ impl Node {
 
     /// The namespace limit `rein list` shows for `path`.
     pub fn netns_limit(&self, path: &str) -> Option<Value> {
-        self.list()["netns"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|ns| ns["netns"].as_str() == Some(path))
-            .cloned()
+        self.listed("netns", "netns", path)
     }
 
     /// The cgroup limit `rein list` shows for `relative` (a path from the v2 root).
     pub fn cgroup_limit(&self, relative: &str) -> Option<Value> {
-        self.list()["cgroups"]
+        self.listed("cgroups", "cgroup", relative)
+    }
+
+    /// The entry of `rein list`'s `section` whose `field` is `value`.
+    fn listed(&self, section: &str, field: &str, value: &str) -> Option<Value> {
+        self.list()[section]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|c| c["cgroup"].as_str() == Some(relative))
+            .find(|entry| entry[field].as_str() == Some(value))
             .cloned()
     }
 }
@@ -158,9 +148,22 @@ pub struct TestPod {
 impl TestPod {
     /// A pod with a network namespace of its own.
     pub fn in_netns(node: &Node, qos: &str, uid: &str) -> Self {
-        let pair = HostPair::create("rk").unwrap();
+        Self::start(node, qos, uid, Some(HostPair::create("rk").unwrap()))
+    }
+
+    /// A pod on the host's network.
+    pub fn on_host(node: &Node, qos: &str, uid: &str) -> Self {
+        Self::start(node, qos, uid, None)
+    }
+
+    /// The pod's sandbox process in its cgroup, inside the pair's client if it has one.
+    fn start(node: &Node, qos: &str, uid: &str, pair: Option<HostPair>) -> Self {
         let cgroup = node.pod_cgroup(qos, uid);
-        let sandbox = ["ip", "netns", "exec", pair.client().name(), "sleep", "600"];
+        let mut sandbox = match &pair {
+            Some(pair) => vec!["ip", "netns", "exec", pair.client().name()],
+            None => vec![],
+        };
+        sandbox.extend(["sleep", "600"]);
         let process = in_cgroup(&cgroup, &sandbox, Duration::from_secs(600))
             .spawn()
             .unwrap();
@@ -169,22 +172,7 @@ impl TestPod {
             uid: uid.to_owned(),
             cgroup,
             process,
-            pair: Some(pair),
-        }
-    }
-
-    /// A pod on the host's network.
-    pub fn on_host(node: &Node, qos: &str, uid: &str) -> Self {
-        let cgroup = node.pod_cgroup(qos, uid);
-        let process = in_cgroup(&cgroup, &["sleep", "600"], Duration::from_secs(600))
-            .spawn()
-            .unwrap();
-        wait_in_cgroup(&cgroup, &process);
-        Self {
-            uid: uid.to_owned(),
-            cgroup,
-            process,
-            pair: None,
+            pair,
         }
     }
 

@@ -1,9 +1,13 @@
 //! The diff by id that the rule capabilities (net rules, conn limits) plan with: which held
 //! rules go, which change their limit in place, which are added again under their id, and
-//! which wanted rules are new.
+//! which wanted rules are new; and the diff by key the cgroup, namespace and shared limits plan
+//! with ([`plan_keyed`]).
 use std::{collections::HashMap, hash::Hash};
 
-use crate::error::{Error, Result};
+use crate::{
+    engine::{Plan, Step},
+    error::{Error, Result},
+};
 
 /// How a wanted rule differs from the held rule of its id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +108,31 @@ pub(crate) fn keyed_changes<'a, R: PartialEq, K: Hash + Eq>(
         })
         .collect();
     (removed, set)
+}
+
+/// Plans the way from the held records to the wanted ones, keyed by `key` (see
+/// [`keyed_changes`]): a `remove` step for each held record no wanted one has the key of, then a
+/// `set` step (with the record it replaces, if any) for each new or changed one.
+pub(crate) fn plan_keyed<R, K, Remove, Set>(
+    plan: &mut Plan,
+    held: &[R],
+    wanted: &[R],
+    key: impl Fn(&R) -> K,
+    remove: impl Fn(R) -> Remove,
+    set: impl Fn(Option<R>, R) -> Set,
+) where
+    R: PartialEq + Clone,
+    K: Hash + Eq,
+    Remove: Step + 'static,
+    Set: Step + 'static,
+{
+    let (removed, changed) = keyed_changes(held, wanted, key);
+    for record in removed {
+        plan.push(remove(record.clone()));
+    }
+    for (before, after) in changed {
+        plan.push(set(before.cloned(), after.clone()));
+    }
 }
 
 #[cfg(test)]

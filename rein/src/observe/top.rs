@@ -23,6 +23,7 @@ use ratatui::{
 
 use crate::{
     capabilities::{
+        cgroup_limit::DirectionView,
         conn_limits::spec::ConnLimit,
         net_rules::spec::{NetHook, NetLimit, Per},
     },
@@ -79,65 +80,51 @@ pub struct Reading {
     pub tcp_flows: Option<u32>,
 }
 
+/// A reading for each direction a bandwidth limit (a cgroup's, a namespace's or a shared one)
+/// limits.
+fn push_bandwidth(
+    out: &mut Vec<Reading>,
+    kind: &'static str,
+    name: &str,
+    egress: &Option<DirectionView>,
+    ingress: &Option<DirectionView>,
+) {
+    for (direction, view) in [("egress", egress), ("ingress", ingress)] {
+        let Some(view) = view else { continue };
+        out.push(Reading {
+            key: Key {
+                kind,
+                name: name.to_owned(),
+                direction,
+            },
+            measure: Measure::Bytes,
+            limit_per_second: Some(view.rate_bits_per_second / 8),
+            limit_text: bits(view.rate_bits_per_second as f64),
+            passed: view.passed_bytes,
+            dropped_bytes: view.dropped_bytes,
+            dropped_packets: view.dropped_packets,
+            tcp_flows: Some(view.tcp_flows),
+        });
+    }
+}
+
 /// Every limit and direction of a status.
 pub fn readings(status: &Status) -> Vec<Reading> {
     let mut out = Vec::new();
     for rule in &status.cgroups {
-        for (direction, view) in [("egress", &rule.egress), ("ingress", &rule.ingress)] {
-            let Some(view) = view else { continue };
-            out.push(Reading {
-                key: Key {
-                    kind: "cgroup",
-                    name: rule.cgroup.clone(),
-                    direction,
-                },
-                measure: Measure::Bytes,
-                limit_per_second: Some(view.rate_bits_per_second / 8),
-                limit_text: bits(view.rate_bits_per_second as f64),
-                passed: view.passed_bytes,
-                dropped_bytes: view.dropped_bytes,
-                dropped_packets: view.dropped_packets,
-                tcp_flows: Some(view.tcp_flows),
-            });
-        }
+        push_bandwidth(
+            &mut out,
+            "cgroup",
+            &rule.cgroup,
+            &rule.egress,
+            &rule.ingress,
+        );
     }
     for view in &status.netns {
-        for (direction, limit) in [("egress", &view.egress), ("ingress", &view.ingress)] {
-            let Some(limit) = limit else { continue };
-            out.push(Reading {
-                key: Key {
-                    kind: "netns",
-                    name: view.netns.clone(),
-                    direction,
-                },
-                measure: Measure::Bytes,
-                limit_per_second: Some(limit.rate_bits_per_second / 8),
-                limit_text: bits(limit.rate_bits_per_second as f64),
-                passed: limit.passed_bytes,
-                dropped_bytes: limit.dropped_bytes,
-                dropped_packets: limit.dropped_packets,
-                tcp_flows: Some(limit.tcp_flows),
-            });
-        }
+        push_bandwidth(&mut out, "netns", &view.netns, &view.egress, &view.ingress);
     }
     for view in &status.shared {
-        for (direction, limit) in [("egress", &view.egress), ("ingress", &view.ingress)] {
-            let Some(limit) = limit else { continue };
-            out.push(Reading {
-                key: Key {
-                    kind: "shared",
-                    name: view.name.clone(),
-                    direction,
-                },
-                measure: Measure::Bytes,
-                limit_per_second: Some(limit.rate_bits_per_second / 8),
-                limit_text: bits(limit.rate_bits_per_second as f64),
-                passed: limit.passed_bytes,
-                dropped_bytes: limit.dropped_bytes,
-                dropped_packets: limit.dropped_packets,
-                tcp_flows: Some(limit.tcp_flows),
-            });
-        }
+        push_bandwidth(&mut out, "shared", &view.name, &view.egress, &view.ingress);
     }
     for view in &status.net {
         let spec = &view.record.spec;

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rein_common::{Direction, RuleKey, scope_group, scope_netns, share::epoch_of};
+use rein_common::{Direction, Rule, RuleKey, scope_group, scope_netns, share::epoch_of};
 use serde::Serialize;
 
 pub mod datapath;
@@ -18,7 +18,7 @@ mod spec;
 pub use spec::{DeclaredBy, LimitChange, LimitSpec, Origin, RuleRecord, Section, Target};
 
 use self::datapath::{DIRECTIONS, Datapath};
-use super::{Capability, Context, PreparedReload, rule_steps::keyed_changes, shared_limit};
+use super::{Capability, Context, PreparedReload, rule_steps::plan_keyed, shared_limit};
 use crate::{
     engine::{Desired, Engine, Plan, PurgeReport, Step},
     error::{Error, Result},
@@ -361,18 +361,27 @@ impl fmt::Display for SetLimit {
             "limit"
         };
         write!(f, "{verb} cgroup {}", self.after.cgroup)?;
-        for direction in DIRECTIONS {
-            if let Some(spec) = self.after.spec(direction) {
-                let limit = spec.effective();
-                let name = match direction {
-                    Direction::Egress => "egress",
-                    Direction::Ingress => "ingress",
-                };
-                write!(f, ", {name} {} burst {}", limit.rate, limit.burst)?;
-            }
-        }
-        Ok(())
+        write_limits(f, |d| self.after.spec(d))
     }
+}
+
+/// `, egress RATE burst BYTES, ingress ...` for each direction `spec` limits: how a plan step
+/// that sets a limit on a scope ends.
+pub(crate) fn write_limits(
+    f: &mut fmt::Formatter<'_>,
+    spec: impl Fn(Direction) -> Option<LimitSpec>,
+) -> fmt::Result {
+    for direction in DIRECTIONS {
+        if let Some(spec) = spec(direction) {
+            let limit = spec.effective();
+            let name = match direction {
+                Direction::Egress => "egress",
+                Direction::Ingress => "ingress",
+            };
+            write!(f, ", {name} {} burst {}", limit.rate, limit.burst)?;
+        }
+    }
+    Ok(())
 }
 
 impl Step for SetLimit {
@@ -434,6 +443,18 @@ fn write_rules(cx: &Context, record: &RuleRecord, undo: &mut Undo) -> Result<()>
     write_scope_rules(cx, record.cgroup_id, |d| record.spec(d), 0, undo)
 }
 
+/// Whether a direction `spec` limits has no rule of `scope` in the maps: what a restore after a
+/// reload writes again.
+pub(crate) fn scope_rule_missing(
+    datapath: &Datapath,
+    scope: u64,
+    spec: impl Fn(Direction) -> Option<LimitSpec>,
+) -> bool {
+    DIRECTIONS
+        .iter()
+        .any(|d| spec(*d).is_some() && datapath.rule(RuleKey::new(scope, *d)).is_none())
+}
+
 /// Writes both directions' rules of a scope (a cgroup, or a namespace as
 /// `rein_common::netns_scope` names it) with `flags`, keeping live bucket state; the datapath
 /// is installed with the first rule.
@@ -470,15 +491,28 @@ pub(crate) fn write_scope_rules(
 
 /// Removes both directions' rules of a scope from the kernel maps, if they are there.
 pub(crate) fn remove_rules(cx: &Context, cgroup_id: u64, undo: &mut Undo) -> Result<()> {
+    remove_rules_where(cx, cgroup_id, |_| true, undo)
+}
+
+/// Removes the rules of a scope whose present rule (none: no rule) `remove` picks, each
+/// with its undo.
+pub(crate) fn remove_rules_where(
+    cx: &Context,
+    scope: u64,
+    remove: impl Fn(Option<Rule>) -> bool,
+    undo: &mut Undo,
+) -> Result<()> {
     if !Datapath::is_installed(&cx.instance) {
         return Ok(());
     }
     let mut datapath = Datapath::open(&cx.instance)?;
     for direction in DIRECTIONS {
-        let key = RuleKey::new(cgroup_id, direction);
+        let key = RuleKey::new(scope, direction);
         let previous = datapath.rule(key);
-        datapath.remove_rule(key);
-        undo_rule(cx, undo, key, previous);
+        if remove(previous) {
+            datapath.remove_rule(key);
+            undo_rule(cx, undo, key, previous);
+        }
     }
     Ok(())
 }
@@ -511,21 +545,14 @@ impl Capability for CgroupLimits {
     }
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
-        let (removed, set) =
-            keyed_changes(&state.cgroup_limits.rules, &desired.cgroup_limits, |r| {
-                r.cgroup_id
-            });
-        for record in removed {
-            plan.push(RemoveLimit {
-                record: record.clone(),
-            });
-        }
-        for (before, after) in set {
-            plan.push(SetLimit {
-                before: before.cloned(),
-                after: after.clone(),
-            });
-        }
+        plan_keyed(
+            plan,
+            &state.cgroup_limits.rules,
+            &desired.cgroup_limits,
+            |r| r.cgroup_id,
+            |record| RemoveLimit { record },
+            |before, after| SetLimit { before, after },
+        );
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use super::{
         self, DirectionView, LimitSpec,
         datapath::{DIRECTIONS, Datapath},
     },
-    rule_steps::keyed_changes,
+    rule_steps::plan_keyed,
 };
 use crate::{
     engine::{Desired, Engine, Plan, PurgeReport, Step, Transaction},
@@ -592,20 +592,14 @@ impl Capability for NetnsLimits {
     }
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
-        let (removed, set) = keyed_changes(&state.netns_limits.rules, &desired.netns_limits, |r| {
-            r.cookie
-        });
-        for record in removed {
-            plan.push(RemoveNetnsLimit {
-                record: record.clone(),
-            });
-        }
-        for (before, after) in set {
-            plan.push(SetNetnsLimit {
-                before: before.cloned(),
-                after: after.clone(),
-            });
-        }
+        plan_keyed(
+            plan,
+            &state.netns_limits.rules,
+            &desired.netns_limits,
+            |r| r.cookie,
+            |record| RemoveNetnsLimit { record },
+            |before, after| SetNetnsLimit { before, after },
+        );
         Ok(())
     }
 
@@ -626,10 +620,7 @@ impl Capability for NetnsLimits {
         for record in &state.netns_limits.rules {
             let scope = netns_scope(record.cookie);
             let datapath = Datapath::open(&cx.instance)?;
-            let missing = DIRECTIONS.iter().any(|d| {
-                record.spec(*d).is_some() && datapath.rule(RuleKey::new(scope, *d)).is_none()
-            });
-            if missing {
+            if cgroup_limit::scope_rule_missing(&datapath, scope, |d| record.spec(d)) {
                 write_record(cx, record, undo)?;
                 restored += 1;
             }

@@ -30,7 +30,7 @@ use super::{
         datapath::{DIRECTIONS, Datapath},
     },
     netns_limit::{Namespace, NetnsOrigin},
-    rule_steps::keyed_changes,
+    rule_steps::plan_keyed,
 };
 use crate::{
     engine::{Desired, Engine, Plan, PurgeReport, Step},
@@ -392,19 +392,12 @@ fn write_member(
 /// Removes a member's rules that still point at the group `group` (another limit may have
 /// taken the scope over in the same plan).
 fn remove_member(cx: &Context, group: u64, member: &Member, undo: &mut Undo) -> Result<()> {
-    if !Datapath::is_installed(&cx.instance) {
-        return Ok(());
-    }
-    let mut datapath = Datapath::open(&cx.instance)?;
-    for direction in DIRECTIONS {
-        let key = RuleKey::new(member.scope(), direction);
-        let previous = datapath.rule(key);
-        if previous.is_some_and(|p| p.group() == Some(group)) {
-            datapath.remove_rule(key);
-            cgroup_limit::undo_rule(cx, undo, key, previous);
-        }
-    }
-    Ok(())
+    cgroup_limit::remove_rules_where(
+        cx,
+        member.scope(),
+        |previous| previous.is_some_and(|p| p.group() == Some(group)),
+        undo,
+    )
 }
 
 /// Makes a shared limit or changes it: the group's rules first (a changed limit in place,
@@ -427,17 +420,7 @@ impl fmt::Display for SetShared {
             self.after.name,
             self.after.members.len()
         )?;
-        for direction in DIRECTIONS {
-            if let Some(spec) = self.after.spec(direction) {
-                let limit = spec.effective();
-                let name = match direction {
-                    Direction::Egress => "egress",
-                    Direction::Ingress => "ingress",
-                };
-                write!(f, ", {name} {} burst {}", limit.rate, limit.burst)?;
-            }
-        }
-        Ok(())
+        cgroup_limit::write_limits(f, |d| self.after.spec(d))
     }
 }
 
@@ -513,21 +496,14 @@ impl Capability for SharedLimits {
 
     fn plan(&self, _cx: &Context, state: &State, desired: &Desired, plan: &mut Plan) -> Result<()> {
         check_members(desired)?;
-        let (removed, set) =
-            keyed_changes(&state.shared_limits.groups, &desired.shared_limits, |g| {
-                g.name.clone()
-            });
-        for record in removed {
-            plan.push(RemoveShared {
-                record: record.clone(),
-            });
-        }
-        for (before, after) in set {
-            plan.push(SetShared {
-                before: before.cloned(),
-                after: after.clone(),
-            });
-        }
+        plan_keyed(
+            plan,
+            &state.shared_limits.groups,
+            &desired.shared_limits,
+            |g| g.name.clone(),
+            |record| RemoveShared { record },
+            |before, after| SetShared { before, after },
+        );
         Ok(())
     }
 
@@ -547,11 +523,7 @@ impl Capability for SharedLimits {
         let mut restored = 0;
         for record in &state.shared_limits.groups {
             let datapath = Datapath::open(&cx.instance)?;
-            let group_missing = DIRECTIONS.iter().any(|d| {
-                record.spec(*d).is_some()
-                    && datapath.rule(RuleKey::new(record.scope(), *d)).is_none()
-            });
-            if group_missing {
+            if cgroup_limit::scope_rule_missing(&datapath, record.scope(), |d| record.spec(d)) {
                 cgroup_limit::write_scope_rules(cx, record.scope(), |d| record.spec(d), 0, undo)?;
                 restored += 1;
             }
