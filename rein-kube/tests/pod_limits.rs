@@ -15,7 +15,7 @@ use std::{
 };
 
 use common::{
-    api::{self, Api, PODS, PodSpec, WATCHED},
+    api::{self, Api, PODS, PodSpec, SERVICES, WATCHED},
     node::{Driver, Node, RunningAgent, TestPod},
 };
 use rein_testkit::{
@@ -345,7 +345,9 @@ fn an_ingress_annotation_holds_the_pods_downloads_at_the_limit_without_retransmi
 fn a_bad_annotation_is_told_once_in_an_event_and_applies_nothing() {
     let node = Node::new(Driver::Cgroupfs);
     let pod = TestPod::in_netns(&node, "BestEffort", &uid());
-    let api = Api::new(WATCHED);
+    // A cluster without rein's CRDs installed (their lists not found): the pods' limits and
+    // Events do not wait for them.
+    let api = Api::new(&[PODS, SERVICES]);
     api.add(
         &PODS,
         pod_json("bad", &pod, "BestEffort", &[(EGRESS, "10Q")]),

@@ -11,7 +11,10 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 
 use super::metrics::Metrics;
 
@@ -19,6 +22,8 @@ use super::metrics::Metrics;
 pub struct Watch<K: Resource<DynamicType = ()> + 'static> {
     pub store: Store<K>,
     task: JoinHandle<()>,
+    /// Whether the first list is in the store, or there is nothing to list.
+    listed: watch::Receiver<bool>,
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Drop for Watch<K> {
@@ -33,13 +38,19 @@ where
 {
     /// Lists and watches `api` (named `resource` in logs and metrics), waking `changed` on
     /// every change once the list is complete. Errors are retried with kube's backoff.
+    ///
+    /// A `custom` kind whose CustomResourceDefinition is not installed (the list is not
+    /// found) counts as listed and empty, so the pods' limits do not wait for it; its objects
+    /// are taken once it is installed.
     pub fn start(
         api: Api<K>,
         config: watcher::Config,
         resource: &'static str,
+        custom: bool,
         changed: Arc<Notify>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (listed_tx, listed_rx) = watch::channel(false);
         let (store, writer) = reflector::store();
         let stream = watcher(api, config).default_backoff().reflect(writer);
         let task = tokio::spawn(async move {
@@ -51,10 +62,23 @@ where
                     Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                     Ok(watcher::Event::InitDone) => {
                         listed = true;
+                        listed_tx.send_replace(true);
                         changed.notify_one();
                     }
                     Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
                         changed.notify_one();
+                    }
+                    Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                        if custom && status.is_not_found() =>
+                    {
+                        if !listed_tx.send_replace(true) {
+                            tracing::warn!(
+                                "{resource}: its CustomResourceDefinition is not installed \
+                                 (kubectl apply -f deploy/crds.yaml); none apply until it is"
+                            );
+                            changed.notify_one();
+                        }
+                        metrics.watch_failed(resource);
                     }
                     Err(error) => {
                         tracing::warn!("watching {resource}: {error}; trying again");
@@ -63,11 +87,15 @@ where
                 }
             }
         });
-        Self { store, task }
+        Self {
+            store,
+            task,
+            listed: listed_rx,
+        }
     }
 
-    /// Waits until the first list is in the store.
+    /// Waits until the first list is in the store (or a custom kind is not installed).
     pub async fn listed(&self) -> bool {
-        self.store.wait_until_ready().await.is_ok()
+        self.listed.clone().wait_for(|listed| *listed).await.is_ok()
     }
 }

@@ -182,7 +182,9 @@ fn status_error(code: StatusCode, message: &str) -> Response<StreamBody> {
         code,
         &json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": code.canonical_reason().unwrap_or(""), "code": code.as_u16()
+            // The API server's StatusReason (`NotFound`), not the HTTP reason phrase.
+            "message": message, "reason": code.canonical_reason().unwrap_or("").replace(' ', ""),
+            "code": code.as_u16()
         }),
     )
 }
