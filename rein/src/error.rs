@@ -87,7 +87,9 @@ pub enum Error {
     #[error("no shared limit {0}")]
     NoSuchShared(String),
 
-    #[error("shared limit {name} is declared by SharedLimit {owner}; change it in its file")]
+    #[error(
+        "shared limit {name} is declared by SharedLimit {owner}; change it where it is declared"
+    )]
     SharedDeclared { name: String, owner: String },
 
     #[error(

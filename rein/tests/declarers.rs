@@ -293,7 +293,12 @@ fn a_shared_limit_of_the_node_agent_is_kept_apart_from_the_files() {
         None,
     );
     let error = apply(&rein, &clash, Declarer::Files).unwrap_err();
-    assert!(error.to_string().contains("policy.default.web"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("policy.default.web (rein's Kubernetes node agent's)"),
+        "{error}"
+    );
     {
         let engine = Engine::open(rein.library_instance()).unwrap();
         let state = engine.state().unwrap();

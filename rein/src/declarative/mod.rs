@@ -104,7 +104,7 @@ impl std::fmt::Display for Declarer {
 
 /// A record's owner as an error names it: `web`, or `pod.default.web-0 (rein's Kubernetes node
 /// agent's)`.
-fn shown_owner(declared_by: &str) -> String {
+pub(crate) fn shown_owner(declared_by: &str) -> String {
     match Declarer::of(declared_by) {
         (Declarer::Files, name) => name.to_owned(),
         (Declarer::Kubernetes, name) => format!("{name} (rein's Kubernetes node agent's)"),
@@ -444,13 +444,12 @@ fn declare(
                 }
                 // Names are one space for every declarer: the other's limit of this name stays.
                 if let Some(other) = desired.shared_limits.iter().find(|g| g.name == name) {
-                    let owner = other
-                        .declared_by
-                        .as_deref()
-                        .map_or("", |by| Declarer::of(by).1);
                     return Err(in_resource(Error::SharedDeclared {
                         name: name.to_owned(),
-                        owner: owner.to_owned(),
+                        owner: other
+                            .declared_by
+                            .as_deref()
+                            .map_or_else(String::new, shown_owner),
                     }));
                 }
                 let members =

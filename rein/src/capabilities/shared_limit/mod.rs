@@ -33,6 +33,7 @@ use super::{
     rule_steps::plan_keyed,
 };
 use crate::{
+    declarative::shown_owner,
     engine::{Desired, Engine, Plan, PurgeReport, Step},
     error::{Error, Result},
     platform::procfs,
@@ -139,7 +140,7 @@ pub fn share(engine: &mut Engine, request: &SharedRequest) -> Result<SharedRecor
     if let Some(by) = existing.as_ref().and_then(|r| r.declared_by.as_ref()) {
         return Err(Error::SharedDeclared {
             name: request.name.as_str().to_owned(),
-            owner: by.clone(),
+            owner: shown_owner(by),
         });
     }
     let mut desired = tx.desired();
@@ -295,7 +296,7 @@ fn owners(desired: &Desired) -> HashMap<u64, String> {
     let mut owners = HashMap::new();
     for record in &desired.cgroup_limits {
         let owner = match (&record.declared_by, &record.origin) {
-            (Some(by), _) => format!("CgroupLimit {}", by.name),
+            (Some(by), _) => format!("CgroupLimit {}", shown_owner(&by.name)),
             (None, Origin::Cgroup) => "a limit of its own (rein set --cgroup)".to_owned(),
             (None, Origin::Pid { pid, .. }) => format!("a limit of its own (rein set --pid {pid})"),
             (None, Origin::Run { owner }) => format!("the rein run of pid {owner}"),
@@ -304,7 +305,7 @@ fn owners(desired: &Desired) -> HashMap<u64, String> {
     }
     for record in &desired.netns_limits {
         let owner = match (&record.declared_by, &record.origin) {
-            (Some(by), _) => format!("CgroupLimit {}", by.name),
+            (Some(by), _) => format!("CgroupLimit {}", shown_owner(&by.name)),
             (None, NetnsOrigin::Manual) => "a limit of its own (rein set --netns)".to_owned(),
             (None, NetnsOrigin::Cni(a)) => {
                 format!("the CNI plugin for container {}", a.container_id)
